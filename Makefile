@@ -1,0 +1,50 @@
+# Every target runs inside the repository's own virtual environment (.venv/), made by `make setup`.
+PY      := .venv/bin/python
+CLI     := .venv/bin/dlm-bench
+CONFIG  ?= configs/demo.yaml
+
+.PHONY: setup system-deps test test-slow demo base train-all eval-all figures bench clean
+
+setup: system-deps .venv/.installed
+
+# bubblewrap isolates generated code (see dlm_bench/sandbox.py); without it the sandbox falls back loudly.
+system-deps:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq >/dev/null && apt-get install -y -qq bubblewrap >/dev/null)) \
+	      || echo "warning: could not install bubblewrap; code runs with rlimits only"; \
+	  else echo "warning: bubblewrap (bwrap) missing; install it (apt-get install bubblewrap) for the code sandbox"; fi; }
+
+.venv/.installed: pyproject.toml
+	python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+demo: setup
+	$(CLI) demo --config $(CONFIG)
+
+base: setup
+	$(CLI) demo --config $(CONFIG) --only base
+
+train-all: setup
+	$(CLI) train-all --config $(CONFIG)
+
+eval-all: setup
+	$(CLI) eval-all --config $(CONFIG)
+
+figures: setup
+	$(CLI) report --config $(CONFIG)
+
+bench: setup
+	$(PY) bench/sampler.py
+
+clean:
+	rm -rf results reports/demo/*.pdf .pytest_cache

@@ -1,0 +1,68 @@
+"""The one command line. Every sub-command is a thin call into a module; bad input -> one line, exit 2."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dlm_bench.errors import UserError
+
+# name -> (module, help). Each module defines `add_arguments(parser)` and `run(args) -> int | None`.
+COMMANDS = {
+    "info": ("dlm_bench.commands.info", "show a model's architecture, parameter count and mask id"),
+    "sample": ("dlm_bench.commands.sample", "sample completions for prompts (JSONL in, JSONL out)"),
+    "pretrain": ("dlm_bench.commands.pretrain", "masked-diffusion pre-training / SFT on a task's answers"),
+    "tasks": ("dlm_bench.commands.tasks", "list benchmark tasks with their splits and sizes"),
+    "grade": ("dlm_bench.commands.grade", "grade a JSONL of completions with a task's grader"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dlm-bench", description=__doc__.split("\n")[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(_module=module)
+        _add_arguments(module, sp)
+    return p
+
+
+def _version() -> str:
+    from dlm_bench import __version__
+    return f"dlm-bench {__version__}"
+
+
+def _add_arguments(module: str, sp: argparse.ArgumentParser) -> None:
+    try:
+        importlib.import_module(module).add_arguments(sp)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        sp.set_defaults(_missing=True)
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    if getattr(args, "_missing", False):
+        print(f"dlm-bench {args.command}: not built yet", file=sys.stderr)
+        return 2
+    try:
+        rc = importlib.import_module(args._module).run(args)
+    except UserError as e:
+        print(f"dlm-bench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dlm-bench {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Find benchmark data at run time: an explicit directory, then $DLM_BENCH_DATA, then ../shared/data
+beside the checkout, then the Hugging Face hub. Data is never copied into the repository."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dlm_bench.errors import UserError
+
+ENV_VAR = "DLM_BENCH_DATA"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    dirs = []
+    if data_dir:
+        dirs.append(Path(data_dir))
+    if os.environ.get(ENV_VAR):
+        dirs.append(Path(os.environ[ENV_VAR]))
+    dirs += [_REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    seen, out = set(), []
+    for d in dirs:
+        key = str(d.resolve()) if d.exists() else str(d)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def find_file(relpath: str, data_dir: str | os.PathLike | None = None, hub: str | None = None) -> Path:
+    """Return the first existing `<dir>/<relpath>`; with `data_dir` given, also `<data_dir>/<basename>`.
+
+    `hub` names a Hugging Face dataset id to try last (callers handle loading from the hub
+    themselves; this function only raises with every place it looked).
+    """
+    tries = [d / relpath for d in candidate_dirs(data_dir)]
+    if data_dir:  # a user's own folder may hold the file without the sub-folder
+        tries.insert(1, Path(data_dir) / Path(relpath).name)
+    for p in tries:
+        if p.is_file():
+            return p
+    looked = [str(p) for p in tries]
+    where = "; ".join(looked)
+    hint = f" (or the hub dataset {hub!r}, unreachable here)" if hub else ""
+    raise UserError(f"data file {relpath!r} not found; looked in: {where}{hint}. "
+                    f"Pass --data-dir or set ${ENV_VAR}.")
+
+
+def hub_dataset(dataset_id: str, split: str, config: str | None = None):
+    """Load a dataset split from the hub (for users who can reach it); a clear error otherwise."""
+    try:
+        import datasets  # optional dependency
+    except ImportError as e:
+        raise UserError(f"the hub fallback for {dataset_id!r} needs the 'datasets' package") from e
+    try:
+        return list(datasets.load_dataset(dataset_id, config, split=split))
+    except Exception as e:  # network, missing split, ...
+        raise UserError(f"could not load {dataset_id!r} split {split!r} from the hub: {e}") from e

@@ -1,0 +1,91 @@
+"""Model backends behind one small interface: `DLM` (logits, hidden states, tokenizer, mask id, save).
+
+`load_model(path)` opens any local Hugging Face directory of a masked diffusion LM: the built-in tiny
+model (`dlm_bench.models.tiny`), LLaDA and Dream layouts (remote code), optionally with LoRA.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from dlm_bench.models.hf import LoraSpec, load_model  # noqa: F401  (re-exported)
+
+
+@dataclass
+class DLM:
+    model: torch.nn.Module
+    tokenizer: object
+    mask_id: int
+    eos_id: int
+    pad_id: int
+    eot_id: int | None = None          # end-of-turn token (LLaDA <|eot_id|>), if the tokenizer has one
+    shift_logits: bool = False         # AR-adapted models (Dream) predict token i at position i-1
+    four_d_mask: bool = False          # Dream expects a 4-D boolean attention mask + position ids
+    path: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _forward(self, input_ids, attention_mask=None, hidden=False):
+        kw = {}
+        if attention_mask is not None and not bool(attention_mask.all()):
+            if self.four_d_mask:
+                am = attention_mask.bool()
+                kw["attention_mask"] = am[:, None, None, :] & am[:, None, :, None]
+                kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            else:
+                kw["attention_mask"] = attention_mask
+        if hidden:
+            kw["output_hidden_states"] = True
+        return self.model(input_ids=input_ids, **kw)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, V] logits where position i scores token i (shifted for AR-adapted models)."""
+        logits = self._forward(input_ids, attention_mask).logits
+        if self.shift_logits:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, H] last-layer hidden states."""
+        return self._forward(input_ids, attention_mask, hidden=True).hidden_states[-1]
+
+    def prompt_ids(self, prompt) -> list[int]:
+        """Token ids for one prompt: a string, or chat messages rendered with the chat template."""
+        tok = self.tokenizer
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            return tok(text, add_special_tokens=False)["input_ids"]
+        return tok("\n".join(m["content"] for m in prompt))["input_ids"]
+
+    def pad_left(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+                mask[i, width - len(r):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def completion_text(self, ids) -> str:
+        """Decode completion tokens, cut at the first end-of-text (or end-of-turn) token."""
+        ids = [int(i) for i in ids]
+        stops = {self.eos_id} | ({self.eot_id} if self.eot_id is not None else set())
+        for i, t in enumerate(ids):
+            if t in stops:
+                ids = ids[:i]
+                break
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad or not trainable_only)
+
+    def save(self, path: str) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)

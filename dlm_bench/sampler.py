@@ -1,0 +1,208 @@
+"""LLaDA decoding (ML-GSAI/LLaDA `generate.py`), re-written for batch invariance and trajectories.
+
+The answer window of `gen_length` masks is split into semi-autoregressive blocks; `steps` are shared
+equally by the blocks and each step reveals a precomputed number of tokens (as even as possible,
+remainder first). A step predicts every position, samples candidates by Gumbel-max at temperature T
+in float64 (T = 0: argmax), and commits the most confident masked positions of the current block
+(`low_confidence`: untempered probability of the sampled token; `random`: uniform scores).
+
+Differences from the reference, none of which changes a completion's text:
+- Every row has its own `torch.Generator` and draws noise over exactly the positions it would have
+  alone, so a row's completion does not depend on the batch it is in, and at batch 1 the random
+  stream is consumed exactly as the reference consumes the global one.
+- A row stops once an end-of-text token is committed with everything before it decided (the text is
+  cut there anyway); the rest of its window is filled with end-of-text, as LLaDA's SFT data pads.
+  `stop_at_eos=False` reproduces the reference's tokens after end-of-text too.
+- Each completion records the step at which every token was unmasked and its number of forward
+  passes (NFE).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dlm_bench.errors import UserError
+
+REMASKING = ("low_confidence", "random")
+ORDERS = ("diffusion", "left_to_right")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    gen_length: int = 256
+    block_length: int = 32
+    steps: int = 256
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+    order: str = "diffusion"          # "left_to_right": one token per step, in order (JustGRPO rollouts)
+    cfg_scale: float = 0.0            # unsupervised classifier-free guidance (prompt masked)
+    threshold: float | None = None    # parallel decoding: commit every token above this confidence
+    logits_eos_inf: bool = False      # never sample end-of-text (LLaDA HumanEval setting)
+    confidence_eos_eot_inf: bool = False  # LLaDA's flag; as in its code, only end-of-turn is suppressed
+    stop_at_eos: bool = True
+
+    def resolved(self) -> "SamplerConfig":
+        """Validate; left-to-right order is LLaDA decoding with blocks of one token and one step each."""
+        for name in ("gen_length", "block_length", "steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise UserError(f"{name} must be a positive integer, got {v!r}")
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if self.remasking not in REMASKING:
+            raise UserError(f"remasking must be one of {REMASKING}, got {self.remasking!r}")
+        if self.order not in ORDERS:
+            raise UserError(f"order must be one of {ORDERS}, got {self.order!r}")
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise UserError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.order == "left_to_right":
+            return SamplerConfig(**{**asdict(self), "block_length": 1, "steps": self.gen_length,
+                                    "order": "diffusion"})
+        if self.gen_length % self.block_length:
+            raise UserError(f"block_length {self.block_length} does not divide gen_length {self.gen_length}")
+        blocks = self.gen_length // self.block_length
+        if self.steps % blocks:
+            raise UserError(f"steps {self.steps} is not divisible by the number of blocks {blocks}")
+        return self
+
+
+@dataclass
+class Completion:
+    tokens: list[int]       # the whole answer window
+    text: str               # decoded and cut at end-of-text
+    step_map: list[int]     # decoding step (0-based, global) at which each window token was unmasked
+    nfe: int                # forward passes spent on this row (CFG counts two per step)
+    length: int             # tokens before the first end-of-text
+
+
+def transfer_schedule(n_masked: int, steps: int) -> list[int]:
+    """Tokens to reveal at each step of a block: as even as possible, the remainder first (LLaDA)."""
+    base, rem = divmod(n_masked, steps)
+    return [base + (1 if i < rem else 0) for i in range(steps)]
+
+
+def make_generators(seeds: list[int], device) -> list[torch.Generator]:
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+@torch.no_grad()
+def sample(dlm, prompts: list[list[int]], cfg: SamplerConfig, generators: list[torch.Generator],
+           progress=None) -> list[Completion]:
+    """Decode one completion per prompt (token-id lists); row i draws its randomness from generators[i]."""
+    cfg = cfg.resolved()
+    if len(generators) != len(prompts):
+        raise ValueError("one generator per prompt is required")
+    tokens, steps_map, nfe = _decode(dlm, prompts, cfg, generators, progress)
+    out = []
+    for i in range(len(prompts)):
+        window = tokens[i].tolist()
+        text = dlm.completion_text(window)
+        length = next((j for j, t in enumerate(window) if t == dlm.eos_id), len(window))
+        out.append(Completion(window, text, steps_map[i].tolist(), int(nfe[i]), length))
+    return out
+
+
+def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
+    device, G, mask_id = dlm.device, cfg.gen_length, dlm.mask_id
+    B = len(prompts)
+    plen = torch.tensor([len(p) for p in prompts])
+    P = int(plen.max())
+    x = torch.full((B, P + G), mask_id, dtype=torch.long, device=device)
+    att = torch.zeros((B, P + G), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        x[i, P - len(p):P] = torch.tensor(p, dtype=torch.long, device=device)
+        x[i, :P - len(p)] = dlm.pad_id
+        att[i, P - len(p):] = 1
+    pad = (P - plen).tolist()
+    step_map = torch.full((B, G), -1, dtype=torch.long)
+    nfe = torch.zeros(B, dtype=torch.long)
+    done = torch.zeros(B, dtype=torch.bool)
+    row_step = [0] * B  # per row, so threshold decoding's step maps do not depend on the batch
+    blocks = G // cfg.block_length
+    steps_per_block = cfg.steps // blocks
+    total = 0
+    for b in range(blocks):
+        lo, hi = P + b * cfg.block_length, P + (b + 1) * cfg.block_length
+        schedule = transfer_schedule(cfg.block_length, steps_per_block)
+        s = 0
+        while True:
+            active = (~done).nonzero().flatten().tolist()
+            still = [i for i in active if bool((x[i, lo:hi] == mask_id).any())]
+            if not still or (cfg.threshold is None and s >= steps_per_block):
+                break
+            logits = _logits(dlm, x[still], att[still], P, cfg)
+            nfe[still] += 2 if cfg.cfg_scale > 0 else 1
+            for r, i in enumerate(still):
+                k = schedule[s] if cfg.threshold is None else None
+                _step_row(dlm, x, i, logits[r], pad[i], lo, hi, k, cfg, gens[i], step_map, row_step[i], P)
+                if cfg.stop_at_eos and _finished(x[i, P:], dlm.eos_id, mask_id):
+                    x[i, P:][x[i, P:] == mask_id] = dlm.eos_id
+                    step_map[i][step_map[i] < 0] = row_step[i]
+                    done[i] = True
+                row_step[i] += 1
+            s += 1
+            total += 1
+            if progress is not None:
+                progress(total)
+        if bool(done.all()):
+            break
+    return x[:, P:].cpu(), step_map, nfe
+
+
+def _logits(dlm, x, att, P, cfg: SamplerConfig) -> torch.Tensor:
+    if cfg.cfg_scale > 0:  # unconditional copy: the prompt itself is masked
+        un = x.clone()
+        un[:, :P][att[:, :P].bool()] = dlm.mask_id
+        both = dlm.logits(torch.cat([x, un]), torch.cat([att, att]))
+        cond, uncond = both.chunk(2)
+        logits = uncond + (cfg.cfg_scale + 1) * (cond - uncond)
+    else:
+        logits = dlm.logits(x, att)
+    if cfg.logits_eos_inf:
+        logits[..., dlm.eos_id] = -torch.inf
+    return logits
+
+
+def _step_row(dlm, x, i, logits, pad, lo, hi, k, cfg: SamplerConfig, gen, step_map, step, P):
+    """One denoising step for row i: sample candidates, score them, commit the most confident."""
+    row = logits[pad:]                      # the positions this row would have alone
+    rlo, rhi = lo - pad, hi - pad
+    if cfg.temperature > 0:
+        # Same draw as the reference's rand_like over the whole row; only the block is used.
+        u = torch.rand(row.shape, generator=gen, dtype=torch.float64, device=row.device)
+        blk = row[rlo:rhi].to(torch.float64)
+        x0 = torch.argmax(blk.exp() / (-torch.log(u[rlo:rhi])) ** cfg.temperature, dim=-1)
+    else:
+        x0 = torch.argmax(row[rlo:rhi], dim=-1)
+    if cfg.remasking == "low_confidence":
+        conf_logits = row[rlo:rhi]
+        if cfg.confidence_eos_eot_inf:  # the reference's effective behaviour (see module docstring)
+            conf_logits = conf_logits.clone()
+            conf_logits[:, dlm.eot_id if dlm.eot_id is not None else dlm.eos_id] = -torch.inf
+        p = F.softmax(conf_logits, dim=-1)
+        score = torch.gather(p, -1, x0[:, None]).squeeze(-1)
+    else:
+        score = torch.rand(row.shape[0], generator=gen, device=row.device)[rlo:rhi]
+    masked = x[i, lo:hi] == dlm.mask_id
+    conf = torch.full((row.shape[0],), -torch.inf, dtype=score.dtype, device=score.device)
+    conf[rlo:rhi] = torch.where(masked, score, torch.tensor(-torch.inf, dtype=score.dtype, device=score.device))
+    if k is None:  # threshold decoding: everything confident enough, and at least the best one
+        chosen = ((conf > cfg.threshold) & torch.isfinite(conf)).nonzero().flatten()
+        if chosen.numel() == 0:
+            chosen = conf.argmax()[None]
+    else:
+        chosen = torch.topk(conf, k=k).indices
+    pos = chosen - rlo                      # block-relative
+    x[i, lo + pos] = x0[pos]
+    step_map[i, lo - P + pos.cpu()] = step
+
+
+def _finished(window: torch.Tensor, eos_id: int, mask_id: int) -> bool:
+    """True when an end-of-text token is committed and everything before it is decided."""
+    eos = (window == eos_id).nonzero()
+    if eos.numel() == 0:
+        return False
+    first = int(eos[0])
+    return not bool((window[:first] == mask_id).any())

@@ -1,0 +1,101 @@
+"""Benchmark suites. One file per suite; each registers a `Task` subclass with `@register_task`.
+
+A task owns everything suite-specific: where its data lives, the prompt template, answer
+extraction, grading and the training reward. Third-party packages add tasks through the
+entry-point group ``dlm_bench.tasks`` (the entry point names a module that registers on import).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+from dlm_bench.errors import UserError
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str                  # stable id within the task (e.g. "HumanEval/0", "gsm8k/test/17")
+    question: str            # the problem statement shown in the prompt
+    answer: Any              # gold answer in the task's own form (number, string, tests, ...)
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Grade:
+    correct: bool
+    extracted: str | None    # what was read out of the completion (None when nothing was found)
+    reason: str              # "correct", "wrong", "no_answer", "timeout", "runtime_error", ...
+
+
+class Task:
+    """Base class. Subclasses set `name`, `splits` and `prompt_template` and implement the rest."""
+
+    name: ClassVar[str]
+    eval_split: ClassVar[str] = "test"
+    train_split: ClassVar[str | None] = None
+    splits: ClassVar[dict[str, int | None]] = {}   # split -> expected size (None: generated/variable)
+    prompt_template: ClassVar[str] = "{question}"  # data, recorded with every result
+    template_source: ClassVar[str] = ""            # which paper/repo the template follows
+
+    def __init__(self, data_dir: str | None = None):
+        self.data_dir = data_dir
+
+    def load(self, split: str) -> list[Problem]:
+        raise NotImplementedError
+
+    def prompt(self, problem: Problem) -> list[dict]:
+        """Chat messages for the model; backends apply the tokenizer's chat template."""
+        return [{"role": "user", "content": self.prompt_template.format(question=problem.question)}]
+
+    def grade(self, problem: Problem, completion: str) -> Grade:
+        raise NotImplementedError
+
+    def grade_many(self, problems: list[Problem], completions: list[str]) -> list[Grade]:
+        """Grade a batch; tasks that run code override this to use every core."""
+        return [self.grade(p, c) for p, c in zip(problems, completions)]
+
+    def reward(self, problem: Problem, completion: str) -> float:
+        """Training reward. Default: 1.0 for a correct grade, else 0.0."""
+        return float(self.grade(problem, completion).correct)
+
+    def rewards(self, problems: list[Problem], completions: list[str]) -> list[float]:
+        return [self.reward(p, c) for p, c in zip(problems, completions)]
+
+    def sft_target(self, problem: Problem) -> str | None:
+        """A reference completion for supervised pre-training (None when the task has none)."""
+        return None
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+_BUILTIN = ("gsm8k", "math500", "minerva", "humaneval", "mbpp", "livecodebench", "countdown", "sudoku",
+            "testbed")
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    for mod in _BUILTIN:
+        try:
+            importlib.import_module(f"dlm_bench.tasks.{mod}")
+        except ModuleNotFoundError as e:  # a suite not built yet must not break the others
+            if e.name != f"dlm_bench.tasks.{mod}":
+                raise
+    for ep in entry_points(group="dlm_bench.tasks"):
+        ep.load()
+
+
+def task_names() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str, data_dir: str | None = None) -> Task:
+    _load_all()
+    if name not in _REGISTRY:
+        raise UserError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](data_dir=data_dir)

@@ -1,0 +1,32 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    from dlm_bench.models.chartok import build_char_tokenizer
+    return build_char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, char_tokenizer):
+    """A randomly initialised 1M-parameter tiny DLM saved in Hugging Face format."""
+    from dlm_bench.models.tiny import build_tiny
+    torch.manual_seed(0)
+    model = build_tiny(char_tokenizer, "1m")
+    d = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(d)
+    char_tokenizer.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    from dlm_bench.models import load_model
+    return load_model(tiny_dir, device="cpu")

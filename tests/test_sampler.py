@@ -1,0 +1,113 @@
+"""The sampler against a literal re-implementation of LLaDA's published generate()."""
+import pytest
+import torch
+
+import llada_reference as ref
+from dlm_bench.errors import UserError
+from dlm_bench.models import DLM
+from dlm_bench.sampler import SamplerConfig, make_generators, sample, transfer_schedule
+
+QUESTIONS = ["What is 2+3?", "Name a colour.", "x", "Write 12 digits of pi, then stop here please.",
+             "Hello", "7*8", "Count to five: 1 2 3", "?", "Why is the sky blue?", "abc abc abc",
+             "Sum 1..10", "A longer prompt with several words in it to force padding.", "z z",
+             "The answer is", "Solve x+1=2", "Last"]
+
+
+def _reference(dlm, prompt, seed, cfg, cfg_scale=0.0):
+    torch.manual_seed(seed)
+    out = ref.generate(lambda x, am: dlm.logits(x, am), torch.tensor([prompt]), steps=cfg.steps,
+                       gen_length=cfg.gen_length, block_length=cfg.block_length, temperature=cfg.temperature,
+                       remasking=cfg.remasking, cfg_scale=cfg_scale, mask_id=dlm.mask_id)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.3])
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+@pytest.mark.parametrize("blocks", [1, 2, 4])
+def test_token_identical_to_reference(tiny, temperature, remasking, blocks):
+    cfg = SamplerConfig(gen_length=16, block_length=16 // blocks, steps=8, temperature=temperature,
+                        remasking=remasking, stop_at_eos=False)
+    for seed, q in enumerate(QUESTIONS[:3]):
+        prompt = tiny.prompt_ids(q)
+        ours = sample(tiny, [prompt], cfg, make_generators([seed], "cpu"))[0]
+        assert ours.tokens == _reference(tiny, prompt, seed, cfg)
+
+
+def test_classifier_free_guidance_matches_reference(tiny):
+    cfg = SamplerConfig(gen_length=8, block_length=8, steps=8, temperature=0.8, cfg_scale=1.5, stop_at_eos=False)
+    prompt = tiny.prompt_ids("guided")
+    ours = sample(tiny, [prompt], cfg, make_generators([5], "cpu"))[0]
+    assert ours.tokens == _reference(tiny, prompt, 5, cfg, cfg_scale=1.5)
+    assert ours.nfe == 16  # two forward passes per step
+
+
+def test_batch_size_does_not_change_completions(tiny):
+    cfg = SamplerConfig(gen_length=16, block_length=8, steps=16, temperature=1.0)
+    prompts = [tiny.prompt_ids(q) for q in QUESTIONS]
+    seeds = list(range(100, 116))
+    batched = sample(tiny, prompts, cfg, make_generators(seeds, "cpu"))
+    single = [sample(tiny, [p], cfg, make_generators([s], "cpu"))[0] for p, s in zip(prompts, seeds)]
+    assert [c.tokens for c in batched] == [c.tokens for c in single]
+    assert [c.step_map for c in batched] == [c.step_map for c in single]
+    assert [c.nfe for c in batched] == [c.nfe for c in single]
+
+
+class _EosBiased(DLM):
+    """The tiny model with end-of-text made likely, so that rows finish early."""
+
+    def logits(self, input_ids, attention_mask=None):
+        out = super().logits(input_ids, attention_mask)
+        out[..., self.eos_id] += 4.0
+        return out
+
+
+def test_early_stop_keeps_the_text_of_the_full_run(tiny):
+    tiny = _EosBiased(**vars(tiny))
+    full = SamplerConfig(gen_length=32, block_length=8, steps=32, temperature=1.5, stop_at_eos=False)
+    early = SamplerConfig(**{**full.__dict__, "stop_at_eos": True})
+    prompts = [tiny.prompt_ids(q) for q in QUESTIONS]
+    a = sample(tiny, prompts, full, make_generators(range(16), "cpu"))
+    b = sample(tiny, prompts, early, make_generators(range(16), "cpu"))
+    assert [c.text for c in a] == [c.text for c in b]
+    stopped = [y for x, y in zip(a, b) if y.nfe < x.nfe]
+    assert stopped, "no row stopped early; the test needs an end-of-text token"
+    for c in stopped:  # positions still masked at the stop become end-of-text padding
+        assert tiny.mask_id not in c.tokens and -1 not in c.step_map
+        assert c.tokens[c.length] == tiny.eos_id
+
+
+def test_schedule_and_trajectory(tiny):
+    assert transfer_schedule(10, 4) == [3, 3, 2, 2]
+    cfg = SamplerConfig(gen_length=12, block_length=6, steps=8, temperature=0.5, stop_at_eos=False)
+    c = sample(tiny, [tiny.prompt_ids("q")], cfg, make_generators([0], "cpu"))[0]
+    counts = [c.step_map.count(s) for s in range(8)]
+    assert counts == [2, 2, 1, 1, 2, 2, 1, 1]
+    assert max(c.step_map[:6]) < min(c.step_map[6:])  # semi-autoregressive blocks
+    assert c.nfe == 8
+
+
+def test_left_to_right_order(tiny):
+    cfg = SamplerConfig(gen_length=10, steps=10, block_length=10, order="left_to_right", temperature=1.0,
+                        stop_at_eos=False)
+    c = sample(tiny, [tiny.prompt_ids("q")], cfg, make_generators([3], "cpu"))[0]
+    assert c.step_map == list(range(10))
+    assert c.nfe == 10
+
+
+def test_threshold_decoding_commits_several_tokens_per_step(tiny):
+    cfg = SamplerConfig(gen_length=16, block_length=16, steps=16, temperature=0.0, threshold=0.01,
+                        stop_at_eos=False)
+    c = sample(tiny, [tiny.prompt_ids("q")], cfg, make_generators([3], "cpu"))[0]
+    assert -1 not in c.step_map and c.nfe < 16 and c.nfe == max(c.step_map) + 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(gen_length=-4), "gen_length"),
+    (dict(gen_length=10, block_length=4), "does not divide"),
+    (dict(gen_length=16, block_length=4, steps=6), "not divisible"),
+    (dict(remasking="sometimes"), "remasking"),
+    (dict(temperature=-1.0), "temperature"),
+])
+def test_bad_settings_are_user_errors(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        SamplerConfig(**kwargs).resolved()
