@@ -1,0 +1,103 @@
+"""Post-training methods behind one interface. One file per method; `@register_method` adds it.
+
+The shared loop (`dlm_bench.train`) does everything that is not method-specific: rollouts from the
+sampler (in the method's `rollout_order`, G per prompt), rewards from the task, the optimizer, LoRA,
+the frozen reference, rollout reuse, checkpoints and distribution. A method says what it needs
+(flags below) and turns a `Rollouts` batch into a loss:
+
+    method.prepare(rollouts, policy, ref)   # once per rollout batch, no grad: cache old/ref scores
+    loss, stats = method.loss(rollouts, policy, ref)   # every inner update (mu times per batch)
+
+Third-party packages add methods through the entry-point group ``dlm_bench.methods``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import torch
+
+from dlm_bench.errors import UserError
+from dlm_bench.likelihood import ScoredBatch
+
+
+@dataclass
+class Rollouts:
+    """One rollout batch: N = prompts x G completions, grouped by prompt."""
+    batch: ScoredBatch            # prompt ids/masks and completion windows, [N, ...]
+    rewards: torch.Tensor         # [N] float
+    groups: torch.Tensor          # [N] long: index of the prompt each completion answers
+    step_map: torch.Tensor        # [N, G] decoding step of every completion token
+    seed: int                     # seeds the method's mask draws (shared by policy, old, reference)
+    cache: dict[str, Any] = field(default_factory=dict)   # method-owned: old/ref scores, masks, ...
+
+
+class Method:
+    """Base class. Subclasses set the class attributes and implement `loss` (and `prepare`)."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]                      # a dataclass of documented fields with paper defaults
+    needs_reference: ClassVar[bool] = False     # the loop provides a frozen reference model
+    rollout_order: ClassVar[str] = "diffusion"  # or "left_to_right"
+    needs_trajectory: ClassVar[bool] = False    # uses Rollouts.step_map
+    trains: ClassVar[bool] = True               # False for `base`
+
+    def __init__(self, config=None, policy=None):
+        self.config = config if config is not None else self.Config()
+        self.extra_modules = torch.nn.ModuleDict()   # e.g. a learned log Z head (own learning rate)
+
+    def prepare(self, rollouts: Rollouts, policy, ref) -> None:
+        """Cache scores of the rollout-time policy ("old") and of the reference. Called under no_grad."""
+
+    def loss(self, rollouts: Rollouts, policy, ref) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups for the method's own modules (the loop adds the policy's)."""
+        return []
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+_BUILTIN = ("base", "trafl", "espo", "justgrpo", "tracerl", "tabom")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    for mod in _BUILTIN:
+        try:
+            importlib.import_module(f"dlm_bench.methods.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"dlm_bench.methods.{mod}":
+                raise
+    for ep in entry_points(group="dlm_bench.methods"):
+        ep.load()
+
+
+def method_names() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    _load_all()
+    if name not in _REGISTRY:
+        raise UserError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def make_config(method: type[Method], overrides: dict | None) -> Any:
+    """The method's config with `overrides` applied; unknown fields are a user error."""
+    overrides = dict(overrides or {})
+    known = {f.name for f in dataclasses.fields(method.Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"{method.name}: unknown config field(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(known))}")
+    return method.Config(**overrides)

@@ -1,0 +1,117 @@
+"""ESPO (arXiv 2512.03759, "Principled RL for Diffusion LLMs Emerges from a Sequence-Level
+Perspective"; code github.com/ML-GSAI/ESPO, `espo/espo_trainer.py`, `recipes/`).
+
+The whole completion is one action and its ELBO stands in for log pi(y|x):
+  rho = exp((ELBO_theta - ELBO_old) / L), clipped at 1 +- eps;
+  loss = -mean_i min(rho_i A_i, clip(rho_i) A_i) + beta * mean_i 1/2 (ELBO_theta - ELBO_ref)^2 / L
+with leave-one-out advantages A_i = r_i - mean_{j != i} r_j and no std scaling (`scale_rewards:
+false`). ELBOs use ESPO's coupled draws (mask l ~ U{0..L} tokens with weight (L+1)/l, then the exact
+complement with weight (L+1)/(L-l); `_get_elbo(reduce_var=True)`), `num_mc` = 2 pairs per estimate.
+
+Masks, as in `_generate_and_score_completions`: one seed per (inner iteration j, MC sample), drawn
+once per rollout batch. The old and reference ELBOs for every j are computed up front with those
+seeds (`_get_elbo_by_chunk`), and update j re-scores the policy with the same seed, so theta, old and
+ref see identical masked inputs. With a single update the old ELBO is the current one detached.
+Here the seeds derive from `rollouts.seed` and j.
+
+Not copied: `sync_ref_model` (ESPO refreshes the reference every 64 steps; the benchmark's reference
+is frozen); the prompt is never masked in ESPO either.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dlm_bench.likelihood import MaskDraw, draw_masks, elbo
+from dlm_bench.methods import Method, Rollouts, make_config, register_method
+from dlm_bench.methods.losses import espo_loss, group_advantages
+
+
+def iteration_draws(rollouts: Rollouts, j: int, n: int, scheme: str) -> MaskDraw:
+    """The masks of inner update j: a pure function of (rollouts.seed, j), shared by policy/old/ref."""
+    gen = torch.Generator().manual_seed((int(rollouts.seed) * 1_000_003 + j) % (2 ** 63))
+    return draw_masks(rollouts.batch.valid, n, gen, scheme)
+
+
+@dataclass
+class ESPOConfig:
+    """Defaults are ESPO's GSM8K recipe (recipes/run_gsm8k_llada.sh over recipes/train.yaml);
+    `ESPO.config_for(task)` applies the other tasks' recipes (RECIPES below)."""
+    lr: float = 3e-6                   # run_*_llada.sh --learning_rate 3e-6
+    lr_schedule: str = "constant_with_warmup"   # run_*_llada.sh --lr_scheduler_type
+    warmup_ratio: float = 0.001        # run_*_llada.sh --warmup_ratio
+    weight_decay: float = 0.01         # run_*_llada.sh --weight_decay
+    adam_betas: tuple[float, float] = (0.9, 0.99)   # train.yaml adam_beta1/2
+    max_grad_norm: float = 0.2         # run_*_llada.sh --max_grad_norm
+    group_size: int = 6                # --num_generations 6 (GSM8K)
+    batch_prompts: int = 16            # 3 completions/device x grad-accum 4 x 8 GPUs / G 6 = 16 prompts
+    train_steps: int | None = None     # train.yaml num_train_epochs 1: one pass over the train split
+    inner_updates: int = 8             # --num_iterations 8 (mu)
+    temperature: float = 1.0           # train.yaml generation_temperature
+    gen_length: int = 256              # train.yaml max_completion_length
+    steps: int = 256                   # --diffusion_steps 256 (GSM8K, MATH, code; 128 Countdown/Sudoku)
+    block_length: int = 32             # espo_trainer.py generate(block_length=32), hard-coded
+    lora_r: int = 128                  # train.yaml lora_r (0 = full fine-tuning, as the code recipe)
+    lora_alpha: int = 64               # train.yaml lora_alpha
+    lora_dropout: float = 0.05         # train.yaml lora_dropout
+    beta: float = 1e-3                 # --beta 1e-3 (GSM8K): k2 KL coefficient
+    epsilon_low: float = 0.2           # train.yaml epsilon (trl: epsilon_high defaults to epsilon)
+    epsilon_high: float = 0.2
+    num_mc: int = 2                    # --num_mc 2: coupled pairs per ELBO (4 forwards)
+    mask_scheme: str = "espo"          # ESPO's l ~ U{0..L} + exact complement; "paired" is lower-variance
+    scale_rewards: bool = False        # train.yaml scale_rewards: false (RLOO without std)
+
+
+# Per-task overrides of the GSM8K defaults, from recipes/run_{task}_llada.sh (+ train.yaml for code).
+RECIPES: dict[str, dict] = {
+    "gsm8k": {},
+    "math": dict(group_size=16),      # 2 x 16 x 8 / 16 = 16 prompts
+    "countdown": dict(beta=3e-3, epsilon_low=0.0, epsilon_high=0.0, steps=128),   # --epsilon 0 (sic)
+    "sudoku": dict(beta=1e-2, steps=128),
+    # code: full fine-tune (--use_peft false), lr and weight decay from train.yaml, 1 x 20 x 8 / 10 = 16
+    "code": dict(group_size=10, beta=1e-2, lr=1e-6, weight_decay=0.1, max_grad_norm=0.8,
+                 lora_r=0, lora_alpha=0, lora_dropout=0.0),
+}
+TASK_RECIPE = {"math500": "math", "minerva": "math", "humaneval": "code", "mbpp": "code",
+               "livecodebench": "code"}
+
+
+@register_method
+class ESPO(Method):
+    name = "espo"
+    Config = ESPOConfig
+    needs_reference = True
+
+    @classmethod
+    def config_for(cls, task: str, overrides: dict | None = None) -> ESPOConfig:
+        """ESPO's recipe for `task` (GSM8K's for tasks it has none for), then `overrides`."""
+        recipe = RECIPES.get(TASK_RECIPE.get(task, task), {})
+        return make_config(cls, {**recipe, **(overrides or {})})
+
+    def prepare(self, rollouts: Rollouts, policy, ref) -> None:
+        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
+        c["adv"] = group_advantages(rollouts.rewards, rollouts.groups, "rloo", scale=cfg.scale_rewards)
+        mu = max(1, cfg.inner_updates)
+        c["draws"] = [iteration_draws(rollouts, j, 2 * cfg.num_mc, cfg.mask_scheme) for j in range(mu)]
+        with torch.no_grad():
+            if mu > 1:
+                c["elbo_old"] = [elbo(policy, batch, d).detach() for d in c["draws"]]
+            if cfg.beta != 0.0:
+                c["elbo_ref"] = [elbo(ref, batch, d).detach() for d in c["draws"]]
+        c["iter"] = 0
+
+    def loss(self, rollouts: Rollouts, policy, ref):
+        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
+        if "draws" not in c:
+            self.prepare(rollouts, policy, ref)
+        j = c["iter"] % len(c["draws"])
+        c["iter"] += 1
+        e = elbo(policy, batch, c["draws"][j])
+        old = c["elbo_old"][j] if "elbo_old" in c else e.detach()
+        e_ref = c["elbo_ref"][j] if "elbo_ref" in c else None
+        adv = c["adv"].to(e.device, e.dtype)
+        loss, stats = espo_loss(e, old, e_ref, adv, batch.lengths, cfg.beta, cfg.epsilon_low, cfg.epsilon_high)
+        stats.update(inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()),
+                     elbo_per_token=float((e.detach() / batch.lengths.clamp(min=1)).mean()))
+        return loss, stats

@@ -1,0 +1,85 @@
+"""JustGRPO (arXiv 2601.15165, "The Flexibility Trap"; code github.com/LeapLabTHU/JustGRPO).
+
+During RL the diffusion LM is treated as an autoregressive policy: rollouts decode one token per step
+left to right (`generate(..., block_length=1)`), and the policy's log-prob of token k is the exact
+log p(o_k | x, o_<k, masks after k) (`grpo.py::logprob_loss`; here `left_to_right_logprob`). Plain
+GRPO on top: group z-scored advantages, token-level clipped ratio, no KL, no reference.
+
+Faithful details (grpo.py / train.py): advantages (r - mean) / (std + 1e-4) over the group of 16
+(8 generations x 2 repeats); ratio exp(logp - logp.detach()), i.e. one on-policy update, so the clip
+never binds; the per-token losses are summed over every position of the window (EOS padding
+included: the loop decides which positions are `valid`) and scaled by 1 / gen_length /
+#(samples with nonzero advantage). The code also never divides by its 8 gradient-accumulation steps,
+a constant factor that only interacts with the 1.0 gradient clip; it is not reproduced.
+
+Cost: left-to-right scoring needs one forward per completion position (gen_length per sample), as in
+the reference, which backpropagates position by position to bound memory; here the loss is one
+graph (the contract returns a tensor), so on an 8B model use small micro-batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dlm_bench.likelihood import left_to_right_logprob
+from dlm_bench.methods import Method, Rollouts, register_method
+from dlm_bench.methods.losses import clipped_pg, group_advantages
+
+
+@dataclass
+class JustGRPOConfig:
+    """Defaults are the paper's (Table 3) and agree with LeapLabTHU/JustGRPO train.py / grpo.py."""
+    lr: float = 5e-6                   # Table 3; train.py learning_rate (constant, AdamW)
+    lr_schedule: str = "constant"      # train.py: no scheduler
+    warmup_ratio: float = 0.0          # train.py: no warmup
+    weight_decay: float = 0.0          # train.py weight_decay
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # train.py AdamW betas
+    max_grad_norm: float = 1.0         # train.py max_grad_norm
+    group_size: int = 16               # num_generations 8 x repeat_times 2 (train.py); Table 3 "G 16"
+    batch_prompts: int = 64            # 1 per GPU x grad_accum 8 x 8 GPUs; Table 3 "global batch 64"
+    train_steps: int = 125             # Table 3 / train.py total_steps (all datasets)
+    inner_updates: int = 1             # Table 3 "policy updates per batch: 1" (ratio = 1 on-policy)
+    temperature: float = 1.0           # grpo.py sample(temperature=1.0); logprob_loss divides by the same
+    gen_length: int = 256              # train.py gen_length
+    steps: int = 256                   # train.py gen_steps: one token per step
+    block_length: int = 1              # grpo.py: block_length=1, pure left-to-right rollout
+    lora_r: int = 0                    # full-parameter fine-tuning (Table 3); 0 = no LoRA
+    lora_alpha: int = 0                # unused without LoRA
+    lora_dropout: float = 0.0          # unused without LoRA
+    epsilon: float = 0.2               # grpo.py logprob_loss(eps=0.2), symmetric clip
+    adv_eps: float = 1e-4              # grpo.py compute_group_advantages: std + 1e-4
+    loss_norm: str = "justgrpo"        # "justgrpo": / window / #nonzero-advantage samples (code);
+                                       # "seq_mean": the paper's (1/G) sum_i (1/|o_i|) sum_k; "token_mean"
+
+
+@register_method
+class JustGRPO(Method):
+    name = "justgrpo"
+    Config = JustGRPOConfig
+    rollout_order = "left_to_right"
+
+    def _advantages(self, rollouts: Rollouts) -> torch.Tensor:
+        c = rollouts.cache
+        if "adv" not in c:
+            c["adv"] = group_advantages(rollouts.rewards, rollouts.groups, "zscore", eps=self.config.adv_eps)
+        return c["adv"]
+
+    def prepare(self, rollouts: Rollouts, policy, ref) -> None:
+        self._advantages(rollouts)
+        if self.config.inner_updates > 1:      # reuse needs the rollout-time per-token log-probs
+            with torch.no_grad():
+                rollouts.cache["old_logp"] = left_to_right_logprob(policy, rollouts.batch, per_token=True)
+
+    def loss(self, rollouts: Rollouts, policy, ref):
+        batch, cfg = rollouts.batch, self.config
+        adv = self._advantages(rollouts).to(batch.completion.device)
+        logp = left_to_right_logprob(policy, batch, per_token=True)         # [N, G], exact AR order
+        old = rollouts.cache.get("old_logp")
+        old = logp.detach() if old is None else old                         # on-policy: ratio 1
+        loss, stats = clipped_pg(logp, old, adv.to(logp.dtype), cfg.epsilon, cfg.epsilon,
+                                 valid=batch.valid, reduce=cfg.loss_norm, width=batch.completion.shape[1])
+        stats.update(loss=float(loss.detach()), reward_mean=float(rollouts.rewards.float().mean()),
+                     nonzero_adv_frac=float((adv != 0).float().mean()),
+                     logp_per_token=float((logp.detach() * batch.valid).sum() / batch.valid.sum().clamp(min=1)))
+        return loss, stats

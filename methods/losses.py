@@ -1,0 +1,156 @@
+"""The RL objectives as pure functions of tensors: sequence scores, rewards and group indices in,
+(loss, stats) out. No model code here, so every objective can be checked on hand numbers and run on
+the exact tabular toy (`dlm_bench.methods.toy`).
+
+Conventions: N rows = prompts x G completions; `groups[i]` is the prompt index of row i (any ints,
+not necessarily contiguous); scores are log-probabilities or their estimates (ELBO, ELBO/L).
+Stats are plain floats for logging.
+"""
+from __future__ import annotations
+
+import torch
+
+ADVANTAGES = ("zscore", "rloo", "center", "none")
+
+
+def _group_index(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inverse index [N] into 0..P-1, group sizes [P])."""
+    _, inv = torch.unique(groups, return_inverse=True)
+    return inv, torch.bincount(inv)
+
+
+def _mean(x: torch.Tensor, inv: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    sums = torch.zeros(counts.shape, dtype=x.dtype, device=x.device).index_add(0, inv, x)
+    return (sums / counts.to(x.dtype))[inv]
+
+
+def _std(x: torch.Tensor, inv: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    n = counts.to(x.dtype)[inv]
+    ss = _mean((x - _mean(x, inv, counts)) ** 2, inv, counts) * n
+    return torch.where(n > 1, ss / (n - 1).clamp(min=1), torch.zeros_like(ss)).sqrt()
+
+
+def group_mean(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Mean of x over each row's group, broadcast back to rows: [N]. Differentiable in x."""
+    return _mean(x, *_group_index(groups))
+
+
+def group_std(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Unbiased (ddof = 1, as torch.std in both reference repos) std of each row's group; 0 for singletons."""
+    return _std(x, *_group_index(groups))
+
+
+def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, kind: str = "zscore",
+                     scale: bool = False, eps: float = 1e-4) -> torch.Tensor:
+    """Per-row advantages from group rewards.
+
+    - "zscore": (r - mean) / (std + eps), GRPO (JustGRPO `compute_group_advantages`, eps 1e-4).
+    - "rloo": r_i - mean_{j != i} r_j = G/(G-1) (r_i - mean), ESPO's hard-coded leave-one-out.
+    - "center": r - mean (d1; TraFL's centred reward r~).
+    - "none": r unchanged.
+    `scale` divides "rloo"/"center" by (std + eps) as trl's `scale_rewards` (off in ESPO's recipes).
+    """
+    if kind not in ADVANTAGES:
+        raise ValueError(f"unknown advantage {kind!r}; choose from {ADVANTAGES}")
+    r = rewards if rewards.is_floating_point() else rewards.float()
+    if kind == "none":
+        return r
+    inv, counts = _group_index(groups.to(r.device))
+    centred = r - _mean(r, inv, counts)
+    if kind == "zscore" or scale:
+        std = _std(r, inv, counts)
+    if kind == "zscore":
+        return centred / (std + eps)
+    if kind == "rloo":
+        n = counts.to(r.dtype)[inv]
+        centred = torch.where(n > 1, centred * n / (n - 1).clamp(min=1), torch.zeros_like(centred))
+    return centred / (std + eps) if scale else centred
+
+
+def clipped_pg(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, eps_low: float = 0.2,
+               eps_high: float | None = None, valid: torch.Tensor | None = None,
+               reduce: str = "seq_mean", width: int | None = None) -> tuple[torch.Tensor, dict]:
+    """PPO/GRPO clipped surrogate: loss = -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A).
+
+    Sequence level: `logp`, `old_logp` are [N] (pass a length-normalised score for ESPO's ratio);
+    the loss is the mean over rows. Token level: [N, T] with `valid` [N, T]; `reduce` says how:
+      - "seq_mean": mean over rows of the mean over each row's valid tokens (the GRPO formula);
+      - "justgrpo": sum over rows and tokens / (width * #rows with A != 0), where width is the fixed
+        completion window (LeapLabTHU/JustGRPO `logprob_loss`: scale = 1/gen_length/valid_samples);
+      - "token_mean": sum / number of valid tokens.
+    """
+    eps_high = eps_low if eps_high is None else eps_high
+    a = adv if logp.dim() == 1 else adv[:, None]
+    ratio = torch.exp(logp - old_logp)
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
+    per = -torch.min(ratio * a, clipped * a)
+    low = (ratio < 1 - eps_low) & (a < 0)          # where the clip binds (zero gradient)
+    high = (ratio > 1 + eps_high) & (a > 0)
+    if logp.dim() == 1:
+        loss = per.mean()
+        w = torch.ones_like(per, dtype=torch.bool)
+    else:
+        w = torch.ones_like(per, dtype=torch.bool) if valid is None else valid.bool()
+        per = per * w
+        if reduce == "seq_mean":
+            loss = (per.sum(-1) / w.sum(-1).clamp(min=1)).mean()
+        elif reduce == "justgrpo":
+            nonzero = (adv != 0).sum().clamp(min=1)
+            loss = per.sum() / ((width or per.shape[1]) * nonzero)
+        elif reduce == "token_mean":
+            loss = per.sum() / w.sum().clamp(min=1)
+        else:
+            raise ValueError(f"unknown reduce {reduce!r}")
+    n = w.sum().clamp(min=1)
+    with torch.no_grad():
+        lr = (logp - old_logp)[w] if logp.dim() > 1 else (logp - old_logp)
+        stats = {"pg_loss": float(loss.detach()), "ratio_mean": float(ratio[w].mean()) if w.any() else 1.0,
+                 "clip_frac": float(((low | high) & w).sum() / n),
+                 "clip_low_frac": float((low & w).sum() / n), "clip_high_frac": float((high & w).sum() / n),
+                 "approx_kl_old": float((-lr).mean()) if lr.numel() else 0.0,
+                 "adv_mean": float(adv.float().mean()), "adv_abs_mean": float(adv.float().abs().mean())}
+    return loss, stats
+
+
+def espo_loss(elbo: torch.Tensor, elbo_old: torch.Tensor, elbo_ref: torch.Tensor | None,
+              adv: torch.Tensor, lengths: torch.Tensor, beta: float = 0.0, eps_low: float = 0.2,
+              eps_high: float | None = None) -> tuple[torch.Tensor, dict]:
+    """ESPO (ML-GSAI/ESPO `ESPOTrainer.compute_loss`): the completion is one action.
+
+    rho = exp((ELBO_theta - ELBO_old) / L); loss = -mean min(rho A, clip(rho) A)
+          + beta * mean_i 1/2 (ELBO_theta - ELBO_ref)^2 / L_i   (k2 on unnormalised ELBOs, / L)
+    ESPO divides by the padded window `logits_to_keep`; here L is each row's scored length (the same
+    number when the loop scores the whole window, as LLaDA-style rollouts do).
+    """
+    L = lengths.to(elbo.dtype).clamp(min=1)
+    loss, stats = clipped_pg(elbo / L, elbo_old / L, adv, eps_low, eps_high)
+    if elbo_ref is not None and beta != 0.0:
+        kl = (0.5 * (elbo - elbo_ref) ** 2 / L).mean()
+        loss = loss + beta * kl
+        stats["kl_k2"] = float(kl.detach())
+        stats["kl_k1"] = float(((elbo.detach() - elbo_ref) / L).mean())
+    stats["loss"] = float(loss.detach())
+    return loss, stats
+
+
+def tb_residual(log_z: torch.Tensor, s_theta: torch.Tensor, s_ref: torch.Tensor, r_tilde: torch.Tensor,
+                beta: float, tilt_scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Relative trajectory balance residual (arXiv 2405.20971; TraFL's reconstructed form):
+    delta = log Z(x) + S_theta(y|x) - S_ref(y|x) - beta * r~(x, y) * tilt_scale.
+    `tilt_scale` = 1/L puts the tilt in per-token units when S is per-token normalised."""
+    return log_z + s_theta - s_ref - beta * r_tilde * tilt_scale
+
+
+def tb_loss(delta: torch.Tensor, log_z: torch.Tensor | None = None,
+            s_theta: torch.Tensor | None = None, s_ref: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Mean squared residual; stats include the policy-reference score gap (a KL(pi||ref) estimate
+    when rollouts are on-policy and S is an exact log-prob)."""
+    loss = (delta ** 2).mean()
+    delta = delta.detach()
+    stats = {"loss": float(loss.detach()), "tb_loss": float(loss.detach()), "delta_mean": float(delta.mean()),
+             "delta_abs_mean": float(delta.abs().mean())}
+    if log_z is not None:
+        stats["log_z_mean"] = float(log_z.detach().float().mean())
+    if s_theta is not None and s_ref is not None:
+        stats["kl_est"] = float((s_theta.detach() - s_ref).float().mean())
+    return loss, stats

@@ -1,0 +1,186 @@
+"""TraFL, Trajectory Flow baLancing (arXiv 2605.13935; Ahmadi, Parthasarathi, Cui). RECONSTRUCTED.
+
+Only the abstract is public. It states the target, p*(y|x) proportional to pi_ref(y|x) exp(beta r),
+a trajectory-balance objective, a "diffusion-compatible sequence-level surrogate" for log pi and a
+"learned prompt-dependent normalization". The loss is the relative trajectory balance of
+arXiv 2405.20971 (RTB) with FlowRL's learned log Z head (arXiv 2509.15207):
+
+    delta = log Z_phi(x) + S_theta(y|x) - S_ref(y|x) - beta * r~(x, y) [/ L],   loss = mean delta^2
+
+over rollouts treated as fixed data (no gradient through sampling). With exact normalised scores and
+on-policy samples the expected semi-gradient is that of KL(pi_theta || p*), so p* is the fixed point.
+
+Every choice below is a config option; the defaults and where each comes from:
+- S: "per_token" = ELBO/L, the mean masked-token log-prob (the third-party port
+  SDogya/automatic-eureka, which cites it as the paper's Eq. 4); "sequence" = the ELBO itself.
+- K = 4 masks as 2 coupled pairs, the same masks for policy and reference (the port's notes: "the
+  paper uses 4 as two complementary pairs"); scheme "paired" (`draw_masks`), redrawn per inner update.
+- tilt in per-token units, beta r~ / L, when S is per-token (the port's "beta / u"), so beta is a
+  sequence-level tilt; with `tilt_per_token=False` it is the literal beta r~ (FlowRL's usage).
+  Per-token scores with a prompt-only log Z move the fixed point when lengths vary within a prompt.
+- r~ = r - group mean (the port: "TraFL centres the reward"). With on-policy exact scores this tilts
+  by beta (1 - 1/G), not beta; "none" keeps the raw reward and targets p* exactly.
+- log Z_phi(x): an MLP head on the mean-pooled prompt hidden states (`dlm.hidden` on the prompt
+  alone, so y cannot leak into Z), of the policy and not detached (FlowRL `ProjZModule`, whose
+  `.detach()` is commented out), trained at its own higher learning rate (10x, the port). Options:
+  reference features, detached features, or "vargrad": the per-group mean residual, detached
+  (the profiled optimum of log Z for the batch).
+- beta = 15: FlowRL's hard-coded value, also the port's runs (`trafl_b15`). The paper's is unknown.
+- Optimiser, LoRA, group size, batch, lr: not found; matched to the d1/ESPO LoRA recipe it compares
+  against so that only the objective differs. Rollout temperature 0.6: the port's note on the paper.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dlm_bench.likelihood import elbo
+from dlm_bench.methods import Method, Rollouts, register_method
+from dlm_bench.methods.espo import iteration_draws
+from dlm_bench.methods.losses import group_advantages, group_mean, tb_loss, tb_residual
+
+
+@dataclass
+class TraFLConfig:
+    """Reconstruction defaults; the source of each is in the comment (see the module docstring)."""
+    lr: float = 3e-6                   # not found; d1/ESPO LoRA recipe value
+    lr_schedule: str = "constant_with_warmup"   # not found; ESPO recipe
+    warmup_ratio: float = 0.001        # not found; ESPO recipe
+    weight_decay: float = 0.01         # not found; ESPO recipe
+    adam_betas: tuple[float, float] = (0.9, 0.99)   # not found; ESPO/d1 recipe
+    max_grad_norm: float = 0.2         # not found; ESPO/d1 recipe
+    z_lr: float = 3e-5                 # 10x lr, as the port's separate Adam (1e-2 vs 1e-3)
+    group_size: int = 6                # not found (port: 5); d1 and ESPO GSM8K use 6
+    batch_prompts: int = 16            # not found; ESPO recipes' 16 prompts per rollout batch
+    train_steps: int | None = None     # not found; loop default
+    inner_updates: int = 1             # not found; one update per rollout batch (TB allows reuse)
+    temperature: float = 0.6           # the port: "TraFL's evaluation temperature" 0.6; ablation 0.3/0.6/0.9
+    gen_length: int = 256              # paper figures: lengths 256 and 512
+    steps: int = 256                   # not found; one token per step as ESPO/JustGRPO
+    block_length: int = 32             # not found; LLaDA / ESPO block 32
+    lora_r: int = 128                  # not found; d1/ESPO LoRA r 128
+    lora_alpha: int = 64               # not found; d1/ESPO alpha 64
+    lora_dropout: float = 0.05         # not found; d1/ESPO
+    beta: float = 15.0                 # not found; FlowRL's hard-coded 15, the port's trafl_b15 runs
+    score: str = "per_token"           # "per_token" (ELBO/L, port's "Eq. 4") | "sequence" (ELBO)
+    tilt_per_token: bool = True        # beta r~ / L when score is per-token (port's beta/u)
+    num_masks: int = 4                 # port: "4 as two complementary pairs"
+    mask_scheme: str = "paired"        # coupled pairs ("paired"), or "independent" / "espo"
+    reward_centering: str = "group"    # "group": r - group mean (port) | "none": raw reward
+    z_param: str = "head"              # "head": learned log Z_phi(x) | "vargrad": group mean, detached
+    z_features: str = "policy"         # "policy" (FlowRL) | "reference" (frozen features, cached)
+    z_detach: bool = False             # FlowRL leaves the features attached (its detach is commented out)
+    z_hidden: int = 256                # head width; the port: 2-layer GELU MLP
+
+
+class LogZHead(nn.Module):
+    """log Z_phi(x) from pooled prompt features: LayerNorm -> Linear -> GELU -> Linear -> scalar.
+    The last layer starts at zero, so log Z = 0 and the first residuals are S_theta - S_ref - tilt."""
+
+    def __init__(self, hidden_size: int, width: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, width), nn.GELU(),
+                                 nn.Linear(width, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net(feats.float()).squeeze(-1)
+
+
+def _hidden_size(dlm) -> int:
+    cfg = getattr(dlm.model, "config", None)
+    for key in ("hidden_size", "d_model", "n_embd"):
+        if cfg is not None and isinstance(getattr(cfg, key, None), int):
+            return getattr(cfg, key)
+    with torch.no_grad():                       # fall back to one tiny forward
+        ids = torch.full((1, 1), dlm.pad_id, dtype=torch.long, device=dlm.device)
+        return dlm.hidden(ids, torch.ones_like(ids)).shape[-1]
+
+
+def prompt_features(dlm, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-pooled last-layer states of each distinct prompt, from a prompt-only forward: ([P, H], inv [N])."""
+    batch = rollouts.batch
+    groups = rollouts.groups.to(batch.prompt_ids.device)
+    _, inv = torch.unique(groups, return_inverse=True)
+    rows = torch.arange(len(inv), device=inv.device)
+    first = torch.full((int(inv.max()) + 1,), len(inv), device=inv.device).scatter_reduce(0, inv, rows, "amin")
+    ids, mask = batch.prompt_ids[first], batch.prompt_mask[first]
+    h = dlm.hidden(ids, mask).float()
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp(min=1), inv
+
+
+@register_method
+class TraFL(Method):
+    name = "trafl"
+    Config = TraFLConfig
+    needs_reference = True
+
+    def __init__(self, config=None, policy=None):
+        super().__init__(config, policy)
+        cfg = self.config
+        for field, allowed in (("score", ("per_token", "sequence")), ("reward_centering", ("group", "none")),
+                               ("z_param", ("head", "vargrad")), ("z_features", ("policy", "reference"))):
+            if getattr(cfg, field) not in allowed:
+                raise ValueError(f"trafl: {field} must be one of {allowed}, got {getattr(cfg, field)!r}")
+        if policy is not None:
+            self._build_head(policy)
+
+    def _build_head(self, dlm) -> None:
+        if self.config.z_param == "head" and "log_z" not in self.extra_modules:
+            self.extra_modules["log_z"] = LogZHead(_hidden_size(dlm), self.config.z_hidden).to(dlm.device)
+
+    def param_groups(self) -> list[dict]:
+        if "log_z" not in self.extra_modules:
+            return []
+        return [{"params": list(self.extra_modules["log_z"].parameters()), "lr": self.config.z_lr,
+                 "weight_decay": 0.0}]
+
+    def _score(self, dlm, batch, draw) -> torch.Tensor:
+        e = elbo(dlm, batch, draw)
+        return e / batch.lengths.clamp(min=1).to(e.dtype) if self.config.score == "per_token" else e
+
+    def prepare(self, rollouts: Rollouts, policy, ref) -> None:
+        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
+        self._build_head(policy)
+        kind = "center" if cfg.reward_centering == "group" else "none"
+        c["r_tilde"] = group_advantages(rollouts.rewards, rollouts.groups, kind)
+        c["draws"] = [iteration_draws(rollouts, j, cfg.num_masks, cfg.mask_scheme)
+                      for j in range(max(1, cfg.inner_updates))]
+        with torch.no_grad():
+            c["s_ref"] = [self._score(ref, batch, d).detach() for d in c["draws"]]
+            if cfg.z_param == "head" and cfg.z_features == "reference":
+                c["z_feats"] = tuple(t.detach() for t in prompt_features(ref, rollouts))
+        c["iter"] = 0
+
+    def _log_z(self, rollouts, policy, s, s_ref, r_tilde, tilt) -> torch.Tensor:
+        cfg = self.config
+        if cfg.z_param == "vargrad":       # the batch-optimal log Z per prompt, no gradient
+            return -group_mean((s - s_ref - cfg.beta * r_tilde * tilt).detach(), rollouts.groups.to(s.device))
+        if "z_feats" in rollouts.cache:
+            feats, inv = rollouts.cache["z_feats"]
+        else:
+            feats, inv = prompt_features(policy, rollouts)
+            feats = feats.detach() if cfg.z_detach else feats
+        return self.extra_modules["log_z"](feats)[inv].to(s.dtype)
+
+    def loss(self, rollouts: Rollouts, policy, ref):
+        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
+        if "draws" not in c:
+            self.prepare(rollouts, policy, ref)
+        j = c["iter"] % len(c["draws"])
+        c["iter"] += 1
+        s = self._score(policy, batch, c["draws"][j])
+        s_ref = c["s_ref"][j].to(s.dtype)
+        r_tilde = c["r_tilde"].to(s.device, s.dtype)
+        per_token = cfg.score == "per_token" and cfg.tilt_per_token
+        tilt = 1.0 / batch.lengths.clamp(min=1).to(s.dtype) if per_token else 1.0
+        log_z = self._log_z(rollouts, policy, s, s_ref, r_tilde, tilt)
+        delta = tb_residual(log_z, s, s_ref, r_tilde, cfg.beta, tilt)
+        loss, stats = tb_loss(delta, log_z, s, s_ref)
+        stats.update(inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()),
+                     tilt_mean=float((cfg.beta * r_tilde * tilt).abs().mean()))
+        return loss, stats
