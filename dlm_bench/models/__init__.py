@@ -38,9 +38,18 @@ class DLM:
                 kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             else:
                 kw["attention_mask"] = attention_mask
+                if self._takes_position_ids():  # left padding must not shift absolute positions
+                    kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if hidden:
             kw["output_hidden_states"] = True
         return self.model(input_ids=input_ids, **kw)
+
+    def _takes_position_ids(self) -> bool:
+        if "takes_position_ids" not in self.extra:
+            import inspect
+            base = getattr(self.model, "get_base_model", lambda: self.model)()
+            self.extra["takes_position_ids"] = "position_ids" in inspect.signature(base.forward).parameters
+        return self.extra["takes_position_ids"]
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T, V] logits where position i scores token i (shifted for AR-adapted models)."""

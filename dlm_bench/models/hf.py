@@ -66,17 +66,12 @@ def load_model(path: str, *, lora: LoraSpec | None = None, dtype: torch.dtype | 
         raise UserError(f"{str(p)!r} is not a masked diffusion LM: no mask token id in its config or tokenizer")
     model_type = str(config.get("model_type", "")).lower()
     is_dream = model_type == "dream"
-    auto = AutoModelForMaskedLM if config.get("model_type") == "dlm-bench-tiny" else AutoModel
+    # Remote-code DLMs (LLaDA, Dream) map AutoModel to their LM class; standard ones are masked LMs.
+    auto = AutoModel if "AutoModel" in config.get("auto_map", {}) else AutoModelForMaskedLM
     try:
         model = auto.from_pretrained(p, dtype=dtype, trust_remote_code=trust_remote_code)
-    except (ValueError, KeyError) as e:
-        if auto is AutoModel:
-            try:
-                model = AutoModelForMaskedLM.from_pretrained(p, dtype=dtype, trust_remote_code=trust_remote_code)
-            except Exception:  # noqa: BLE001
-                raise UserError(f"could not load the model in {str(p)!r}: {e}") from e
-        else:
-            raise UserError(f"could not load the model in {str(p)!r}: {e}") from e
+    except (ValueError, KeyError, OSError) as e:
+        raise UserError(f"could not load the model in {str(p)!r}: {e}") from e
     if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
         raise UserError(f"{str(p)!r} has no language-model head (logits); it is not a DLM")
     model.to(device)

@@ -1,0 +1,24 @@
+"""`dlm-bench pretrain`: masked-diffusion pre-training / SFT on a task's reference answers (resumable)."""
+import dataclasses
+
+from dlm_bench.pretrain import PretrainConfig, pretrain
+
+
+def add_arguments(p):
+    for f in dataclasses.fields(PretrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=__import__("argparse").BooleanOptionalAction, default=f.default)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            if str(f.type).startswith("float | None"):
+                kind = float
+            p.add_argument(flag, type=kind, default=f.default, help=f"default: {f.default}")
+    p.add_argument("--device", default="cpu")
+
+
+def run(args):
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    path = pretrain(cfg, device=args.device)
+    print(f"checkpoint: {path}")

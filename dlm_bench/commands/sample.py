@@ -1,0 +1,84 @@
+"""`dlm-bench sample MODEL PROMPTS.jsonl`: completions for prompts, one JSONL row out per row in.
+
+Input rows: {"prompt": "text"} or {"messages": [{"role": ..., "content": ...}, ...]}, optional "id".
+Row i, sample j uses the seed hash(--seed, i, j), so outputs do not depend on --batch-size.
+"""
+import hashlib
+import json
+import sys
+
+from tqdm.auto import tqdm
+
+from dlm_bench.errors import UserError
+from dlm_bench.sampler import SamplerConfig, make_generators, sample
+
+
+def add_arguments(p):
+    p.add_argument("model", help="a local Hugging Face model directory")
+    p.add_argument("prompts", help="JSONL file of prompts ('-' for standard input)")
+    p.add_argument("-o", "--out", help="output JSONL (default: standard output)")
+    p.add_argument("--gen-length", type=int, default=128)
+    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: gen length)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    p.add_argument("--order", default="diffusion", choices=["diffusion", "left_to_right"])
+    p.add_argument("--cfg-scale", type=float, default=0.0)
+    p.add_argument("--n", type=int, default=1, help="samples per prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None)
+
+
+def seed_for(seed: int, row: int, sample_index: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{row}/{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _read_prompts(path):
+    fh = sys.stdin if path == "-" else None
+    try:
+        fh = fh or open(path, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from e
+    rows = []
+    with fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} line {n}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict) or not ("prompt" in row or "messages" in row):
+                raise UserError(f"{path} line {n}: expected an object with 'prompt' or 'messages'")
+            rows.append(row)
+    if not rows:
+        raise UserError(f"{path} has no prompts")
+    return rows
+
+
+def run(args):
+    if args.n <= 0 or args.batch_size <= 0:
+        raise UserError("--n and --batch-size must be positive")
+    cfg = SamplerConfig(gen_length=args.gen_length, block_length=args.block_length,
+                        steps=args.steps or args.gen_length, temperature=args.temperature,
+                        remasking=args.remasking, order=args.order, cfg_scale=args.cfg_scale).resolved()
+    rows = _read_prompts(args.prompts)
+    from dlm_bench.models import load_model
+    dlm = load_model(args.model, device=args.device)
+    jobs = [(i, j) for i in range(len(rows)) for j in range(args.n)]
+    ids = [dlm.prompt_ids(r.get("messages") or r["prompt"]) for r in rows]
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        for s in tqdm(range(0, len(jobs), args.batch_size), desc="sample", unit="batch", disable=out is sys.stdout):
+            chunk = jobs[s:s + args.batch_size]
+            gens = make_generators([seed_for(args.seed, i, j) for i, j in chunk], dlm.device)
+            for (i, j), c in zip(chunk, sample(dlm, [ids[i] for i, _ in chunk], cfg, gens)):
+                out.write(json.dumps({"id": rows[i].get("id", i), "sample": j, "completion": c.text,
+                                      "tokens": c.tokens, "step_map": c.step_map, "nfe": c.nfe,
+                                      "length": c.length}) + "\n")
+            out.flush()
+    finally:
+        if out is not sys.stdout:
+            out.close()
