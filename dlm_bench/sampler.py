@@ -107,19 +107,18 @@ def sample(dlm, prompts: list[list[int]], cfg: SamplerConfig, generators: list[t
 def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
     device, G, mask_id = dlm.device, cfg.gen_length, dlm.mask_id
     B = len(prompts)
-    plen = torch.tensor([len(p) for p in prompts])
-    P = int(plen.max())
+    P = max(len(p) for p in prompts)
     x = torch.full((B, P + G), mask_id, dtype=torch.long, device=device)
     att = torch.zeros((B, P + G), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
-        x[i, P - len(p):P] = torch.tensor(p, dtype=torch.long, device=device)
         x[i, :P - len(p)] = dlm.pad_id
+        x[i, P - len(p):P] = torch.tensor(p, dtype=torch.long, device=device)
         att[i, P - len(p):] = 1
-    pad = (P - plen).tolist()
-    step_map = torch.full((B, G), -1, dtype=torch.long)
-    nfe = torch.zeros(B, dtype=torch.long)
-    done = torch.zeros(B, dtype=torch.bool)
-    row_step = [0] * B  # per row, so threshold decoding's step maps do not depend on the batch
+    pad = [P - len(p) for p in prompts]
+    step_map = torch.full((B, G), -1, dtype=torch.long, device=device)
+    nfe = torch.zeros(B, dtype=torch.long, device=device)
+    row_step = torch.zeros(B, dtype=torch.long, device=device)  # per row: threshold decoding varies
+    done = torch.zeros(B, dtype=torch.bool, device=device)
     blocks = G // cfg.block_length
     steps_per_block = cfg.steps // blocks
     total = 0
@@ -127,28 +126,31 @@ def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
         lo, hi = P + b * cfg.block_length, P + (b + 1) * cfg.block_length
         schedule = transfer_schedule(cfg.block_length, steps_per_block)
         s = 0
-        while True:
-            active = (~done).nonzero().flatten().tolist()
-            still = [i for i in active if bool((x[i, lo:hi] == mask_id).any())]
-            if not still or (cfg.threshold is None and s >= steps_per_block):
+        while cfg.threshold is not None or s < steps_per_block:
+            rows = (~done & (x[:, lo:hi] == mask_id).any(-1)).nonzero().flatten()
+            if rows.numel() == 0:
                 break
-            logits = _logits(dlm, x[still], att[still], P, cfg)
-            nfe[still] += 2 if cfg.cfg_scale > 0 else 1
-            for r, i in enumerate(still):
-                k = schedule[s] if cfg.threshold is None else None
-                _step_row(dlm, x, i, logits[r], pad[i], lo, hi, k, cfg, gens[i], step_map, row_step[i], P)
-                if cfg.stop_at_eos and _finished(x[i, P:], dlm.eos_id, mask_id):
-                    x[i, P:][x[i, P:] == mask_id] = dlm.eos_id
-                    step_map[i][step_map[i] < 0] = row_step[i]
-                    done[i] = True
-                row_step[i] += 1
+            logits = _logits(dlm, x[rows], att[rows], P, cfg)
+            nfe[rows] += 2 if cfg.cfg_scale > 0 else 1
+            k = schedule[s] if cfg.threshold is None else None
+            _step(dlm, x, rows, logits[:, lo:hi], [pad[i] for i in rows.tolist()], lo, hi, P + G, k, cfg,
+                  [gens[i] for i in rows.tolist()], step_map, row_step)
+            if cfg.stop_at_eos:
+                fin = rows[_finished(x[rows, P:], dlm.eos_id, mask_id)]
+                if fin.numel():
+                    win = x[fin, P:]
+                    x[fin, P:] = torch.where(win == mask_id, dlm.eos_id, win)
+                    sm = step_map[fin]
+                    step_map[fin] = torch.where(sm < 0, row_step[fin, None], sm)
+                    done[fin] = True
+            row_step[rows] += 1
             s += 1
             total += 1
             if progress is not None:
                 progress(total)
         if bool(done.all()):
             break
-    return x[:, P:].cpu(), step_map, nfe
+    return x[:, P:].cpu(), step_map.cpu(), nfe.cpu()
 
 
 def _logits(dlm, x, att, P, cfg: SamplerConfig) -> torch.Tensor:
@@ -165,44 +167,48 @@ def _logits(dlm, x, att, P, cfg: SamplerConfig) -> torch.Tensor:
     return logits
 
 
-def _step_row(dlm, x, i, logits, pad, lo, hi, k, cfg: SamplerConfig, gen, step_map, step, P):
-    """One denoising step for row i: sample candidates, score them, commit the most confident."""
-    row = logits[pad:]                      # the positions this row would have alone
-    rlo, rhi = lo - pad, hi - pad
+def _step(dlm, x, rows, blk, pads, lo, hi, width, k, cfg: SamplerConfig, gens, step_map, row_step):
+    """One denoising step for `rows`: sample candidates, score them, commit the most confident.
+
+    blk: [n, block, V] logits of the current block. The block occupies the same columns in every
+    left-padded row; only the random draws are per row, over the positions the row has alone.
+    """
+    n, bl, V = blk.shape
     if cfg.temperature > 0:
         # Same draw as the reference's rand_like over the whole row; only the block is used.
-        u = torch.rand(row.shape, generator=gen, dtype=torch.float64, device=row.device)
-        blk = row[rlo:rhi].to(torch.float64)
-        x0 = torch.argmax(blk.exp() / (-torch.log(u[rlo:rhi])) ** cfg.temperature, dim=-1)
+        u = torch.stack([torch.rand((width - p, V), generator=g, dtype=torch.float64, device=blk.device)
+                         [lo - p:hi - p] for p, g in zip(pads, gens)])
+        x0 = torch.argmax(blk.to(torch.float64).exp() / (-torch.log(u)) ** cfg.temperature, dim=-1)
     else:
-        x0 = torch.argmax(row[rlo:rhi], dim=-1)
+        x0 = torch.argmax(blk, dim=-1)
     if cfg.remasking == "low_confidence":
-        conf_logits = row[rlo:rhi]
+        conf_logits = blk
         if cfg.confidence_eos_eot_inf:  # the reference's effective behaviour (see module docstring)
-            conf_logits = conf_logits.clone()
-            conf_logits[:, dlm.eot_id if dlm.eot_id is not None else dlm.eos_id] = -torch.inf
-        p = F.softmax(conf_logits, dim=-1)
-        score = torch.gather(p, -1, x0[:, None]).squeeze(-1)
+            conf_logits = blk.clone()
+            conf_logits[..., dlm.eot_id if dlm.eot_id is not None else dlm.eos_id] = -torch.inf
+        score = torch.gather(F.softmax(conf_logits, dim=-1), -1, x0[..., None]).squeeze(-1)
     else:
-        score = torch.rand(row.shape[0], generator=gen, device=row.device)[rlo:rhi]
-    masked = x[i, lo:hi] == dlm.mask_id
-    conf = torch.full((row.shape[0],), -torch.inf, dtype=score.dtype, device=score.device)
-    conf[rlo:rhi] = torch.where(masked, score, torch.tensor(-torch.inf, dtype=score.dtype, device=score.device))
+        score = torch.stack([torch.rand(width - p, generator=g, device=blk.device)[lo - p:hi - p]
+                             for p, g in zip(pads, gens)])
+    current = x[rows, lo:hi]
+    masked = current == dlm.mask_id
+    conf = torch.where(masked, score, torch.full_like(score, -torch.inf))
     if k is None:  # threshold decoding: everything confident enough, and at least the best one
-        chosen = ((conf > cfg.threshold) & torch.isfinite(conf)).nonzero().flatten()
-        if chosen.numel() == 0:
-            chosen = conf.argmax()[None]
+        transfer = (conf > cfg.threshold) & masked
+        transfer[torch.arange(n, device=blk.device), conf.argmax(-1)] = True
     else:
-        chosen = torch.topk(conf, k=k).indices
-    pos = chosen - rlo                      # block-relative
-    x[i, lo + pos] = x0[pos]
-    step_map[i, lo - P + pos.cpu()] = step
+        transfer = torch.zeros_like(masked)
+        if k > 0:
+            transfer.scatter_(1, torch.topk(conf, k=k, dim=-1).indices, True)
+    x[rows, lo:hi] = torch.where(transfer, x0, current)
+    sm = step_map[rows, lo - (width - step_map.shape[1]):hi - (width - step_map.shape[1])]
+    step_map[rows, lo - (width - step_map.shape[1]):hi - (width - step_map.shape[1])] = torch.where(
+        transfer, row_step[rows, None], sm)
 
 
-def _finished(window: torch.Tensor, eos_id: int, mask_id: int) -> bool:
-    """True when an end-of-text token is committed and everything before it is decided."""
-    eos = (window == eos_id).nonzero()
-    if eos.numel() == 0:
-        return False
-    first = int(eos[0])
-    return not bool((window[:first] == mask_id).any())
+def _finished(windows: torch.Tensor, eos_id: int, mask_id: int) -> torch.Tensor:
+    """Rows where an end-of-text token is committed and everything before it is decided."""
+    is_eos = windows == eos_id
+    first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1), windows.shape[1])
+    before = torch.arange(windows.shape[1], device=windows.device)[None, :] < first[:, None]
+    return is_eos.any(-1) & ~((windows == mask_id) & before).any(-1)
