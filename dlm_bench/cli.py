@@ -14,6 +14,9 @@ COMMANDS = {
     "pretrain": ("dlm_bench.commands.pretrain", "masked-diffusion pre-training / SFT on a task's answers"),
     "tasks": ("dlm_bench.commands.tasks", "list benchmark tasks with their splits and sizes"),
     "grade": ("dlm_bench.commands.grade", "grade a JSONL of completions with a task's grader"),
+    "passk": ("dlm_bench.commands.passk",
+              "Pass@k sweep: n samples per problem over temperatures x lengths, stored and resumable"),
+    "compare": ("dlm_bench.commands.compare", "paired Pass@k comparison of two methods from stored scores"),
 }
 
 

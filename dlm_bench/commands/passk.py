@@ -1,0 +1,99 @@
+"""`dlm-bench passk --model PATH --method LABEL --task T --k 1..16 --n 16 --temps 0.3,0.6,0.9 --lengths 256,512`.
+
+Draws n samples per problem for every (temperature, length), grades them and stores the records under
+--out (default results/passk/METHOD/TASK); a re-run resumes where a killed one stopped. Prints Pass@k.
+"""
+from __future__ import annotations
+
+from dlm_bench.errors import UserError
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    """'1..16' (inclusive range), '1,5,16', or a mix ('1,4..6')."""
+    out: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if ".." in part:
+                lo, hi = part.split("..")
+                lo, hi = int(lo), int(hi)
+                if hi < lo:
+                    raise UserError(f"{what}: empty range {part!r}")
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise UserError(f"{what}: expected integers like '1..16' or '1,5,16', got {text!r}") from None
+    if not out or any(v < 1 for v in out):
+        raise UserError(f"{what}: values must be positive integers, got {text!r}")
+    return tuple(dict.fromkeys(out))
+
+
+def parse_floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{what}: expected numbers like '0.3,0.6,0.9', got {text!r}") from None
+    if not vals:
+        raise UserError(f"{what}: no values given")
+    return vals
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="a local Hugging Face model directory")
+    p.add_argument("--method", required=True, help="label recorded as the method (e.g. base, espo)")
+    p.add_argument("--task", required=True, help="task name (see `dlm-bench tasks`)")
+    p.add_argument("--k", default="1,5,16", help="k values: '1..16' or '1,5,16' (default 1,5,16)")
+    p.add_argument("--n", type=int, default=16, help="samples per problem (default 16)")
+    p.add_argument("--temps", default="0.3,0.6,0.9", help="temperatures, comma-separated")
+    p.add_argument("--lengths", default="256,512", help="generation lengths, comma-separated")
+    p.add_argument("--block-length", type=int, default=32, help="block length (clamped to the length)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: gen length)")
+    p.add_argument("--steps-per-token", type=float, default=1.0,
+                   help="steps = ratio x gen length when --steps is not given")
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="base seed (part of the config hash)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    p.add_argument("--split", default=None, help="task split (default: its evaluation split)")
+    p.add_argument("--out", default=None, help="run directory (default results/passk/METHOD/TASK)")
+    p.add_argument("--data-dir", default=None, help="folder holding the benchmark data")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args):
+    from dlm_bench.evaluate import SweepConfig
+
+    if "/" in args.method or not args.method.strip():
+        raise UserError(f"--method must be a plain label, got {args.method!r}")
+    out = args.out or f"results/passk/{args.method}/{args.task}"
+    return SweepConfig(model=args.model, method=args.method, task=args.task, ks=parse_ints(args.k, "--k"),
+                       n=args.n, temperatures=parse_floats(args.temps, "--temps"),
+                       lengths=parse_ints(args.lengths, "--lengths"), block_length=args.block_length,
+                       steps=args.steps, steps_per_token=args.steps_per_token, remasking=args.remasking,
+                       batch_size=args.batch_size, seed=args.seed, out=out, data_dir=args.data_dir,
+                       limit=args.limit, split=args.split, device=args.device).validated()
+
+
+def run(args) -> int:
+    from dlm_bench import metrics
+    from dlm_bench.evaluate import run_sweep
+    from dlm_bench.store import read_scores
+
+    cfg = config_from_args(args)
+    results = run_sweep(cfg, progress=not args.no_progress)
+    if results is None:          # a non-zero torchrun rank: rank 0 reports
+        return 0
+    df = read_scores(cfg.out)
+    hashes = {c["config_hash"] for c in results["cells"]}
+    df = df[df["config_hash"].isin(hashes) & (df["method"] == cfg.method) & (df["sample"] < cfg.n)]
+    table = metrics.passk_table(df, ks=cfg.ks)
+    for k in sorted({cfg.ks[0], cfg.ks[-1]}):
+        print(metrics.passk_markdown(table, k))
+        print()
+    cost = ", ".join(f"T={c['temperature']:g} L={c['gen_length']}: NFE {c['mean_nfe']:.1f}, "
+                     f"length {c['mean_length']:.1f}" for c in results["cells"] if c["mean_nfe"] is not None)
+    print(f"Denoising cost (mean per sample): {cost}")
+    print(f"Records: {cfg.out}/generations.jsonl, scores.jsonl; summary: {cfg.out}/results.json")
+    return 0

@@ -1,0 +1,397 @@
+"""Pass@k sweeps: (model, task) x temperature x length x n samples -> generations -> grades -> records.
+
+Each cell (temperature, gen_length) has a resolved config (model identity, task, split, prompt
+template, sampler settings, base seed) whose stable hash goes on every record. The seed of sample s
+of problem p is hash(config hash, p, s) -> 63-bit int, so records do not depend on batch size, rank
+count or how often the run was killed and resumed. Records go through `dlm_bench.store`; the run ends
+with `results.json`: Pass@k per cell (via `dlm_bench.metrics`), mean NFE and completion length.
+
+torchrun: with WORLD_SIZE > 1 rank r takes problems r::world and writes its own shard; after a
+barrier rank 0 merges the shards and writes the results.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from dlm_bench.errors import UserError
+from dlm_bench.sampler import SamplerConfig
+from dlm_bench.store import Store
+
+HASH_LEN = 16
+_FINGERPRINT_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    model: str                                  # local Hugging Face model directory
+    method: str                                 # label recorded as `method` (e.g. "base", "espo")
+    task: str
+    ks: tuple[int, ...] = (1, 5, 16)
+    n: int = 16                                 # samples per problem
+    temperatures: tuple[float, ...] = (0.3, 0.6, 0.9)
+    lengths: tuple[int, ...] = (256, 512)
+    block_length: int = 32                      # clamped to gen_length
+    steps: int | None = None                    # None: steps_per_token * gen_length
+    steps_per_token: float = 1.0
+    remasking: str = "low_confidence"
+    batch_size: int = 16
+    seed: int = 0                               # base seed, part of the config hash
+    out: str = "results/passk"
+    data_dir: str | None = None
+    limit: int | None = None                    # first N problems (quick runs)
+    split: str | None = None                    # default: the task's eval split
+    device: str | None = None
+
+    def validated(self) -> "SweepConfig":
+        ks = tuple(sorted({int(k) for k in self.ks}))
+        temps = tuple(float(t) for t in self.temperatures)
+        lengths = tuple(int(x) for x in self.lengths)
+        if not ks or ks[0] < 1:
+            raise UserError(f"k values must be positive integers, got {list(self.ks)}")
+        if self.n < 1:
+            raise UserError(f"n must be >= 1, got {self.n}")
+        if ks[-1] > self.n:
+            raise UserError(f"k={ks[-1]} needs at least {ks[-1]} samples per problem; n is {self.n}")
+        if not temps or any(t < 0 for t in temps):
+            raise UserError(f"temperatures must be a non-empty list of values >= 0, got {list(temps)}")
+        if not lengths or any(x < 1 for x in lengths):
+            raise UserError(f"lengths must be a non-empty list of positive integers, got {list(lengths)}")
+        if self.batch_size < 1:
+            raise UserError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"limit must be >= 1, got {self.limit}")
+        if self.steps is None and self.steps_per_token <= 0:
+            raise UserError(f"steps per token must be > 0, got {self.steps_per_token}")
+        if len(set(temps)) != len(temps) or len(set(lengths)) != len(lengths):
+            raise UserError("temperatures and lengths must not repeat")
+        out = replace(self, ks=ks, temperatures=temps, lengths=lengths)
+        for t in temps:
+            for g in lengths:
+                out.sampler(t, g)  # raises UserError on an impossible block/steps combination
+        return out
+
+    def sampler(self, temperature: float, gen_length: int) -> SamplerConfig:
+        steps = self.steps if self.steps is not None else max(1, round(self.steps_per_token * gen_length))
+        cfg = SamplerConfig(gen_length=gen_length, block_length=min(self.block_length, gen_length),
+                            steps=steps, temperature=float(temperature), remasking=self.remasking)
+        return cfg.resolved()
+
+
+# --------------------------------------------------------------------------- hashes and seeds
+
+def stable_hash(obj, length: int = HASH_LEN) -> str:
+    """sha256 of canonical JSON (sorted keys, no whitespace), hex, truncated."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def sample_seed(config_hash: str, problem_id: str, sample: int) -> int:
+    """A 63-bit seed fixed by (config hash, problem id, sample index) and nothing else."""
+    h = hashlib.sha256(f"{config_hash}\x00{problem_id}\x00{int(sample)}".encode()).digest()
+    return int.from_bytes(h[:8], "big") >> 1
+
+
+def prompt_hash(token_ids: list[int]) -> str:
+    return stable_hash([int(t) for t in token_ids])
+
+
+def model_fingerprint(path: str) -> dict:
+    """Identity of a model directory by content, not by path: config and tokenizer files hashed whole,
+    weight files by name, size and hashes of their first and last MiB (cheap on 16 GB checkpoints)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"model directory {str(path)!r} does not exist")
+    files = {}
+    for f in sorted(p.iterdir()):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        h = hashlib.sha256()
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            if size <= 2 * _FINGERPRINT_BYTES:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(_FINGERPRINT_BYTES))
+                fh.seek(size - _FINGERPRINT_BYTES)
+                h.update(fh.read())
+        files[f.name] = f"{size}:{h.hexdigest()[:16]}"
+    if not files:
+        raise UserError(f"model directory {str(path)!r} is empty")
+    return {"name": p.resolve().name, "files": files, "hash": stable_hash(files)}
+
+
+def cell_config(cfg: SweepConfig, task, split: str, model_id: dict, temperature: float,
+                gen_length: int) -> dict:
+    """The resolved config of one cell: everything that can change a record's text. `n`, `limit`,
+    batch size, ranks and the method label are not in it (they do not change any sample)."""
+    return {
+        "model": {"name": model_id["name"], "hash": model_id["hash"]},
+        "task": task.name,
+        "split": split,
+        "prompt_template": task.prompt_template,
+        "sampler": asdict(cfg.sampler(temperature, gen_length)),
+        "seed": int(cfg.seed),
+    }
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "dlm-bench"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# --------------------------------------------------------------------------- the sweep
+
+@dataclass
+class _Cell:
+    temperature: float
+    gen_length: int
+    config: dict
+    hash: str
+    sampler: SamplerConfig = field(repr=False, default=None)
+
+
+def _rank_world(rank, world) -> tuple[int, int, bool]:
+    """(rank, world, distributed): explicit arguments win; else torchrun's environment."""
+    if rank is not None or world is not None:
+        return int(rank or 0), int(world or 1), False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world, world > 1
+
+
+def _init_dist(device) -> bool:
+    """Join torchrun's process group; True when this call created it (and so must destroy it)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    return True
+
+
+def _default_device(cfg: SweepConfig, distributed: bool) -> str:
+    import torch
+
+    if cfg.device:
+        return cfg.device
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if distributed else "cuda"
+    return "cpu"
+
+
+def plan(cfg: SweepConfig, task=None):
+    """(validated cfg, task, split, problems, cells) without loading the model."""
+    from dlm_bench.tasks import get_task
+
+    cfg = cfg.validated()
+    task = task or get_task(cfg.task, cfg.data_dir)
+    split = cfg.split or task.eval_split
+    problems = task.load(split)
+    if cfg.limit is not None:
+        problems = problems[:cfg.limit]
+    if not problems:
+        raise UserError(f"task {cfg.task!r} split {split!r} has no problems")
+    model_id = model_fingerprint(cfg.model)
+    cells = []
+    for t in cfg.temperatures:
+        for g in cfg.lengths:
+            cc = cell_config(cfg, task, split, model_id, t, g)
+            cells.append(_Cell(t, g, cc, stable_hash(cc), cfg.sampler(t, g)))
+    return cfg, task, split, problems, cells
+
+
+def run_sweep(cfg: SweepConfig, *, dlm=None, rank: int | None = None, world: int | None = None,
+              max_batches: int | None = None, on_batch: Callable[[int], None] | None = None,
+              progress: bool = True, finalize: bool | None = None) -> dict | None:
+    """Run (or resume) a sweep; returns the results dict on the process that finalizes, else None.
+
+    `dlm`: an already loaded model (else `cfg.model` is loaded). `rank`/`world`: simulate ranks in
+    one process (no barrier, no automatic merge unless `finalize=True`); left out, torchrun's
+    environment decides. `max_batches` / `on_batch(batches_done)`: test hooks that stop a run early.
+    """
+    from dlm_bench.sampler import make_generators, sample
+
+    rank, world, distributed = _rank_world(rank, world)
+    if not 0 <= rank < world:
+        raise UserError(f"rank {rank} is outside world size {world}")
+    device = _default_device(cfg, distributed)
+    if distributed and str(device).startswith("cuda"):
+        import torch
+        torch.cuda.set_device(torch.device(device))
+    owns_group = _init_dist(device) if distributed else False
+    cfg, task, split, problems, cells = plan(cfg)
+    store = Store(cfg.out, rank=rank if world > 1 else None).open()
+    mine = problems[rank::world]
+
+    _grade_orphans(store, task, mine, cfg.method, {c.hash for c in cells})
+    done_gen = store.done_keys("generations")
+    todo = []  # (cell, problem, sample) not yet generated, in a fixed order
+    for c in cells:
+        for p in mine:
+            for s in range(cfg.n):
+                if (cfg.method, c.hash, p.id, s) not in done_gen:
+                    todo.append((c, p, s))
+
+    if todo and dlm is None:
+        from dlm_bench.models import load_model
+        dlm = load_model(cfg.model, device=device)
+    prompt_cache: dict[str, list[int]] = {}
+
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+        bar = tqdm(total=len(todo), unit="sample", desc=f"{cfg.method}/{cfg.task}", dynamic_ncols=True,
+                   disable=rank != 0 and distributed)
+    batches = 0
+    try:
+        i = 0
+        while i < len(todo):
+            c = todo[i][0]
+            j = i
+            while j < len(todo) and j - i < cfg.batch_size and todo[j][0] is c:
+                j += 1  # one batch never spans two cells
+            batch = todo[i:j]
+            if bar is not None:
+                bar.set_postfix_str(f"T={c.temperature:g} L={c.gen_length} "
+                                    f"cell {cells.index(c) + 1}/{len(cells)}")
+            _run_batch(store, dlm, task, cfg, c, batch, prompt_cache, sample, make_generators)
+            if bar is not None:
+                bar.update(len(batch))
+            i = j
+            batches += 1
+            if on_batch is not None:
+                on_batch(batches)
+            if max_batches is not None and batches >= max_batches:
+                return None
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if distributed:
+        import torch.distributed as dist
+        dist.barrier()
+    if finalize is None:
+        finalize = rank == 0 and (world == 1 or distributed)
+    result = finalize_run(cfg, task=task) if finalize else None
+    if distributed:
+        dist.barrier()
+        if owns_group:
+            dist.destroy_process_group()
+    return result
+
+
+def _run_batch(store, dlm, task, cfg, cell, batch, prompt_cache, sample, make_generators) -> None:
+    prompts, seeds = [], []
+    for _, p, s in batch:
+        if p.id not in prompt_cache:
+            prompt_cache[p.id] = dlm.prompt_ids(task.prompt(p))
+        prompts.append(prompt_cache[p.id])
+        seeds.append(sample_seed(cell.hash, p.id, s))
+    t0 = time.perf_counter()
+    comps = sample(dlm, prompts, cell.sampler, make_generators(seeds, dlm.device))
+    seconds = (time.perf_counter() - t0) / len(batch)
+    gens = []
+    for (_, p, s), seed, prompt, comp in zip(batch, seeds, prompts, comps):
+        gens.append({"method": cfg.method, "task": task.name, "temperature": cell.temperature,
+                     "gen_length": cell.gen_length, "problem_id": p.id, "sample": s, "seed": seed,
+                     "config_hash": cell.hash, "prompt_hash": prompt_hash(prompt), "text": comp.text,
+                     "tokens": comp.tokens, "nfe": comp.nfe, "length": comp.length,
+                     "seconds": round(seconds, 6)})
+    store.append("generations", gens)
+    _grade_and_store(store, task, [p for _, p, _ in batch], gens)
+
+
+def _grade_and_store(store, task, problems, gens) -> None:
+    grades = task.grade_many(problems, [g["text"] for g in gens])
+    scores = [{**g, "correct": bool(gr.correct), "extracted": gr.extracted, "reason": gr.reason}
+              for g, gr in zip(gens, grades)]
+    store.append("scores", scores)
+
+
+def _grade_orphans(store, task, problems, method, hashes) -> None:
+    """Grade generations that a kill left without a score (no re-sampling needed)."""
+    scored = store.done_keys("scores")
+    by_id = {p.id: p for p in problems}
+    orphans = [g for g in store.read("generations")
+               if g["method"] == method and g["config_hash"] in hashes and g["problem_id"] in by_id
+               and (g["method"], g["config_hash"], g["problem_id"], g["sample"]) not in scored]
+    if orphans:
+        _grade_and_store(store, task, [by_id[g["problem_id"]] for g in orphans], orphans)
+
+
+# --------------------------------------------------------------------------- results
+
+def finalize_run(cfg: SweepConfig, task=None) -> dict:
+    """Merge shards, then write results.json from the stored records of this sweep's cells only."""
+    cfg, task, split, problems, cells = plan(cfg, task)
+    store = Store(cfg.out)
+    store.merge()
+    results = summarize(cfg, store, problems, cells)
+    results["config"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+                         "split": split}
+    results["versions"] = versions()
+    store.write_results(results)
+    return results
+
+
+def sweep_frames(store: Store, cfg: SweepConfig, problems, cells):
+    """(scores, generations) DataFrames restricted to this sweep: its method, cells, problems, n."""
+    from dlm_bench.store import read_generations, read_scores
+
+    ids = {p.id for p in problems}
+    hashes = {c.hash for c in cells}
+    out = []
+    for df in (read_scores(store.dir), read_generations(store.dir)):
+        if not df.empty:
+            df = df[(df["method"] == cfg.method) & df["config_hash"].isin(hashes)
+                    & df["problem_id"].isin(ids) & (df["sample"] < cfg.n)]
+        out.append(df)
+    return out[0], out[1]
+
+
+def summarize(cfg: SweepConfig, store: Store, problems, cells) -> dict:
+    from dlm_bench import metrics
+
+    scores, gens = sweep_frames(store, cfg, problems, cells)
+    complete = not scores.empty and len(scores) == len(problems) * cfg.n * len(cells)
+    table = metrics.passk_table(scores, ks=cfg.ks) if not scores.empty else None
+    out_cells = []
+    for c in cells:
+        sc = scores[scores["config_hash"] == c.hash] if not scores.empty else scores
+        ge = gens[gens["config_hash"] == c.hash] if not gens.empty else gens
+        row = {"temperature": c.temperature, "gen_length": c.gen_length, "config_hash": c.hash,
+               "n_problems": int(sc["problem_id"].nunique()) if len(sc) else 0,
+               "n_records": int(len(sc)),
+               "mean_nfe": float(ge["nfe"].mean()) if len(ge) else None,
+               "mean_length": float(ge["length"].mean()) if len(ge) else None,
+               "mean_seconds": float(ge["seconds"].mean()) if len(ge) else None,
+               "pass_at_k": {}, "config": c.config}
+        if table is not None:
+            t = table[(table["temperature"] == c.temperature) & (table["gen_length"] == c.gen_length)
+                      & (table["method"] == cfg.method)]
+            for r in t.to_dict("records"):
+                row["pass_at_k"][str(int(r["k"]))] = {"mean": float(r["pass_at_k"]),
+                                                      "se": _nan_none(r["se"]),
+                                                      "n_samples": int(r["n_samples"])}
+        out_cells.append(row)
+    return {"method": cfg.method, "task": cfg.task, "ks": list(cfg.ks), "n": cfg.n,
+            "n_problems": len(problems), "complete": complete, "cells": out_cells}
+
+
+def _nan_none(x):
+    x = float(x)
+    return None if x != x else x

@@ -1,0 +1,264 @@
+"""Append-only JSONL records of an evaluation run, resumable after a kill and mergeable across ranks.
+
+A run directory holds
+- `generations.jsonl`: one row per sample (GEN_FIELDS): what was decoded, its seed and its cost;
+- `scores.jsonl`: the same row plus the grade (SCORE_FIELDS);
+- `results.json`: aggregates, the full resolved config and package versions (written whole, atomically).
+
+A record is keyed by (method, config_hash, problem_id, sample) and is never written twice: `append`
+skips keys already present. Every batch of lines goes out in one write, then flush + fsync, so a kill
+leaves at most one torn last line; opening the store for writing cuts it off, and readers ignore it.
+Under torchrun each rank appends to its own shard (`generations.rank{r}.jsonl`, `scores.rank{r}.jsonl`);
+`merge` folds shards into the main files, de-duplicated and sorted deterministically, so one process
+and N ranks (or a killed-and-resumed run) end with byte-identical files apart from timings.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from dlm_bench.errors import UserError
+
+GEN_FIELDS = ("method", "task", "temperature", "gen_length", "problem_id", "sample", "seed", "config_hash",
+              "prompt_hash", "text", "tokens", "nfe", "length", "seconds")
+SCORE_FIELDS = GEN_FIELDS + ("correct", "extracted", "reason")
+KEY = ("method", "config_hash", "problem_id", "sample")
+KINDS = {"generations": GEN_FIELDS, "scores": SCORE_FIELDS}
+RESULTS = "results.json"
+_SHARD = re.compile(r"^(generations|scores)\.rank(\d+)\.jsonl$")
+
+
+def record_key(rec: dict) -> tuple:
+    return tuple(rec[k] for k in KEY)
+
+
+def _natural(s: str) -> tuple:
+    """Sort key that orders 'p/2' before 'p/10' and never compares str with int."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(s)) if t)
+
+
+def sort_key(rec: dict) -> tuple:
+    return (str(rec["method"]), str(rec["task"]), float(rec["temperature"]), int(rec["gen_length"]),
+            str(rec["config_hash"]), _natural(rec["problem_id"]), int(rec["sample"]))
+
+
+def _dumps(rec: dict, fields) -> str:
+    missing = [f for f in fields if f not in rec]
+    if missing:
+        raise ValueError(f"record lacks field(s) {missing}")
+    return json.dumps({f: rec[f] for f in fields}, ensure_ascii=False, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------- low-level file I/O
+
+def _repair(path: Path) -> int:
+    """Cut a torn last line (no newline, or not valid JSON) off `path`; returns bytes removed."""
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        data = f.read()
+        keep = len(data) if data.endswith(b"\n") else data.rfind(b"\n") + 1
+        # A complete-looking last line that does not parse is torn too (a kill inside a write).
+        while keep > 0:
+            start = data.rfind(b"\n", 0, keep - 1) + 1
+            try:
+                json.loads(data[start:keep])
+                break
+            except ValueError:
+                keep = start
+        if keep < size:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+    return size - keep
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file; a torn last line (from a kill) is ignored, corruption elsewhere is an error."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1 or (i == len(lines) - 2 and not lines[-1]):
+                break  # the last line: torn by a kill
+            raise UserError(f"{path}: line {i + 1} is not valid JSON (corrupt store)") from None
+    return rows
+
+
+def _append_lines(path: Path, lines: list[str]) -> None:
+    if not lines:
+        return
+    data = ("\n".join(lines) + "\n").encode()
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, data: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON atomically (write aside + fsync + rename)."""
+    _atomic_write(Path(path), json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------- the store
+
+class Store:
+    """One run directory. `rank=None`: write the main files; `rank=r`: write rank r's shards."""
+
+    def __init__(self, run_dir: str | Path, rank: int | None = None):
+        self.dir = Path(run_dir)
+        self.rank = rank
+        self._keys: dict[str, set] | None = None
+
+    def path(self, kind: str, rank: int | None = None) -> Path:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {sorted(KINDS)}")
+        return self.dir / (f"{kind}.jsonl" if rank is None else f"{kind}.rank{rank}.jsonl")
+
+    def shard_paths(self, kind: str) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        found = [(int(m.group(2)), p) for p in self.dir.iterdir()
+                 if (m := _SHARD.match(p.name)) and m.group(1) == kind]
+        return [p for _, p in sorted(found)]
+
+    def _all_paths(self, kind: str) -> list[Path]:
+        return [self.path(kind)] + self.shard_paths(kind)
+
+    def read(self, kind: str, shards: bool = True) -> list[dict]:
+        """Records of one kind, main file first then shards (duplicates across them dropped)."""
+        seen, out = set(), []
+        for p in self._all_paths(kind) if shards else [self.path(kind)]:
+            for rec in read_jsonl(p):
+                k = record_key(rec)
+                if k not in seen:
+                    seen.add(k)
+                    out.append(rec)
+        return out
+
+    def open(self) -> "Store":
+        """Prepare for appending: create the directory, cut torn last lines, index the present keys."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._keys = {}
+        for kind in KINDS:
+            _repair(self.path(kind, self.rank))
+            self._keys[kind] = {record_key(r) for r in self.read(kind)}
+        return self
+
+    def done_keys(self, kind: str = "scores") -> set:
+        """Keys (method, config_hash, problem_id, sample) already recorded, in any file of the run."""
+        if self._keys is None:
+            return {record_key(r) for r in self.read(kind)}
+        return set(self._keys[kind])
+
+    def append(self, kind: str, records: list[dict]) -> int:
+        """Append records whose key is new, as one atomic-ish write (write, flush, fsync); returns count."""
+        if self._keys is None:
+            self.open()
+        keys = self._keys[kind]
+        lines, new = [], []
+        for rec in records:
+            k = record_key(rec)
+            if k in keys or k in new:
+                continue
+            lines.append(_dumps(rec, KINDS[kind]))
+            new.append(k)
+        _append_lines(self.path(kind, self.rank), lines)
+        keys.update(new)
+        return len(lines)
+
+    def merge(self) -> dict[str, int]:
+        """Fold every shard into the main files, de-duplicated and sorted; remove the shards.
+
+        The main file is rewritten atomically before any shard is deleted, so a kill during a merge
+        loses nothing (a re-run merges again). Returns the record count per kind.
+        """
+        counts = {}
+        for kind, fields in KINDS.items():
+            shards = self.shard_paths(kind)
+            main = self.path(kind)
+            if not shards and not main.exists():
+                counts[kind] = 0
+                continue
+            recs = sorted(self.read(kind), key=sort_key)
+            text = "".join(_dumps(r, fields) + "\n" for r in recs)
+            _atomic_write(main, text)
+            for p in shards:
+                p.unlink()
+            counts[kind] = len(recs)
+        if self._keys is not None:
+            self.open()
+        return counts
+
+    def write_results(self, results: dict) -> Path:
+        p = self.dir / RESULTS
+        write_json(p, results)
+        return p
+
+    def read_results(self) -> dict:
+        p = self.dir / RESULTS
+        if not p.is_file():
+            raise UserError(f"{p} does not exist; run `dlm-bench passk` first")
+        return json.loads(p.read_text())
+
+
+# --------------------------------------------------------------------------- DataFrames
+
+def _frame(rows: list[dict], fields) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(fields)) if not rows else pd.DataFrame(rows)
+
+
+def read_generations(run_dir: str | Path, shards: bool = True) -> pd.DataFrame:
+    return _frame(Store(run_dir).read("generations", shards), GEN_FIELDS)
+
+
+def read_scores(run_dir: str | Path, shards: bool = True) -> pd.DataFrame:
+    return _frame(Store(run_dir).read("scores", shards), SCORE_FIELDS)
+
+
+def run_dirs(root: str | Path) -> list[Path]:
+    """Every run directory under `root` (itself included): folders holding a scores file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"runs directory {str(root)!r} does not exist")
+    found = {p.parent for p in root.rglob("scores*.jsonl")}
+    return sorted(found)
+
+
+def read_all_scores(root: str | Path) -> pd.DataFrame:
+    """Scores of every run under `root`, concatenated (a record present in two runs is kept once)."""
+    frames = [read_scores(d) for d in run_dirs(root)]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        raise UserError(f"no scores.jsonl with records under {str(root)!r}")
+    df = pd.concat(frames, ignore_index=True)
+    return df.drop_duplicates(list(KEY), keep="first").reset_index(drop=True)
