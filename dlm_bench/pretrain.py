@@ -170,6 +170,7 @@ def pretrain(cfg: PretrainConfig, device: str = "cpu", progress: bool = True) ->
             step += 1
             log.write(json.dumps({"step": step, "loss": round(loss.item(), 5), "lr": opt.param_groups[0]["lr"],
                                   "seconds": round(time.monotonic() - start, 2)}) + "\n")
+            log.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if step % cfg.save_every == 0:
