@@ -2,7 +2,9 @@
 beside the checkout, then the Hugging Face hub. Data is never copied into the repository."""
 from __future__ import annotations
 
+import json
 import os
+import socket
 from pathlib import Path
 
 from dlm_bench.errors import UserError
@@ -48,6 +50,8 @@ def find_file(relpath: str, data_dir: str | os.PathLike | None = None, hub: str 
 
 def hub_dataset(dataset_id: str, split: str, config: str | None = None):
     """Load a dataset split from the hub (for users who can reach it); a clear error otherwise."""
+    if os.environ.get("HF_HUB_OFFLINE") or not _hub_resolves():
+        raise UserError(f"the Hugging Face hub is unreachable from here; cannot load {dataset_id!r}")
     try:
         import datasets  # optional dependency
     except ImportError as e:
@@ -56,3 +60,33 @@ def hub_dataset(dataset_id: str, split: str, config: str | None = None):
         return list(datasets.load_dataset(dataset_id, config, split=split))
     except Exception as e:  # network, missing split, ...
         raise UserError(f"could not load {dataset_id!r} split {split!r} from the hub: {e}") from e
+
+
+def _hub_resolves() -> bool:
+    """A fast check (no retries) that the hub's name resolves: offline machines fail at once."""
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+        return True
+    except OSError:
+        return False
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_rows(relpath: str, data_dir, hub_id: str | None, split: str, config: str | None = None) -> list[dict]:
+    """Rows of a JSONL file found locally; if it is missing, from the hub; if both fail, the local error."""
+    try:
+        path = find_file(relpath, data_dir, hub=hub_id)
+    except UserError as local_err:
+        if not hub_id:
+            raise
+        try:
+            return hub_dataset(hub_id, split, config)
+        except UserError:
+            raise local_err from None
+    if path.suffix == ".jsonl":
+        return read_jsonl(path)
+    raise UserError(f"unsupported data file type: {path}")

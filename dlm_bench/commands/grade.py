@@ -1,0 +1,15 @@
+"""`dlm-bench grade TASK FILE.jsonl [-o OUT.jsonl] [--data-dir DIR]`: grade completions offline."""
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("task", help="task name (see `dlm-bench tasks`)")
+    parser.add_argument("file", help='JSONL rows {"problem_id" or "index", "completion"}')
+    parser.add_argument("-o", "--output", default=None, help="output JSONL (default: FILE.graded.jsonl)")
+    parser.add_argument("--data-dir", default=None, help="folder holding the benchmark data")
+
+
+def run(args) -> int:
+    from dlm_bench.grading import grade_file
+    grade_file(args.task, args.file, out_path=args.output, data_dir=args.data_dir)
+    return 0

@@ -1,0 +1,157 @@
+"""Grade a JSONL file of completions with a task's grader, and list the tasks with their data.
+
+Input rows: {"problem_id": ..., "completion": ...} or {"index": i, "completion": ...} (i = row position
+in the task's eval split). Several rows may name the same problem (n samples per problem for Pass@k).
+Every input line that is not blank yields exactly one output row, in order, echoing the input's fields
+(all but the completion) plus `correct`, `extracted` and `reason`. A bad line (malformed JSON, unknown id,
+missing or non-string completion, over-long completion, bytes that are not UTF-8) gets
+`reason = "bad_input: ..."` and `correct = false`; it never stops the rest of the file from being graded.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dlm_bench.errors import UserError
+
+MAX_COMPLETION_CHARS = 100_000  # far beyond any real generation; guards the regex/sympy graders
+
+
+def _bad(echo: dict, why: str) -> dict:
+    return {**echo, "correct": False, "extracted": None, "reason": f"bad_input: {why}"}
+
+
+def _parse_line(raw: bytes, lineno: int, by_id: dict, problems: list):
+    """(echo fields, problem, completion) or (output row, None, None) for a bad line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _bad({"line": lineno}, "line is not valid UTF-8"), None, None
+    try:
+        row = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return _bad({"line": lineno}, "malformed JSON"), None, None
+    if not isinstance(row, dict):
+        return _bad({"line": lineno}, "not a JSON object"), None, None
+    echo = {k: v for k, v in row.items() if k != "completion"}
+    pid, idx = row.get("problem_id"), row.get("index")
+    problem = None
+    if idx is not None:
+        if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < len(problems):
+            return _bad(echo, f"index {idx!r} is not an integer in 0..{len(problems) - 1}"), None, None
+        problem = problems[idx]
+        if pid is not None and pid != problem.id:
+            return _bad(echo, f"index {idx} is {problem.id!r}, not {pid!r}"), None, None
+    elif pid is not None:
+        if not isinstance(pid, str) or pid not in by_id:
+            return _bad(echo, f"unknown problem_id {pid!r}"), None, None
+        problem = by_id[pid]
+    else:
+        return _bad(echo, "row has neither problem_id nor index"), None, None
+    comp = row.get("completion")
+    if comp is None:
+        return _bad(echo, "missing completion"), None, None
+    if not isinstance(comp, str):
+        return _bad(echo, f"completion is a {type(comp).__name__}, not a string"), None, None
+    if len(comp) > MAX_COMPLETION_CHARS:
+        return _bad(echo, f"completion longer than {MAX_COMPLETION_CHARS} characters"), None, None
+    if "problem_id" not in echo:
+        echo["problem_id"] = problem.id  # index rows also get the stable id
+    return echo, problem, comp
+
+
+def grade_rows(task, lines: list[bytes]) -> list[dict]:
+    """Grade raw JSONL lines (bytes) with `task`; one output row per non-blank line."""
+    problems = task.load(task.eval_split)
+    by_id = {p.id: p for p in problems}
+    out: list[dict | None] = []
+    todo: list[tuple[int, dict, object, str]] = []
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        echo, problem, comp = _parse_line(raw.strip(), lineno, by_id, problems)
+        if problem is None:
+            out.append(echo)
+        else:
+            todo.append((len(out), echo, problem, comp))
+            out.append(None)
+    grades = _grade_safely(task, [t[2] for t in todo], [t[3] for t in todo])
+    for (pos, echo, _, _), g in zip(todo, grades):
+        out[pos] = {**echo, "correct": bool(g.correct), "extracted": g.extracted, "reason": g.reason}
+    return out  # type: ignore[return-value]
+
+
+def _grade_safely(task, problems, completions):
+    """Batch grading; if the batch raises, grade one by one so one bad row cannot sink the file."""
+    from dlm_bench.tasks import Grade
+    if not problems:
+        return []
+    try:
+        return task.grade_many(problems, completions)
+    except Exception:  # noqa: BLE001
+        out = []
+        for p, c in zip(problems, completions):
+            try:
+                out.append(task.grade(p, c))
+            except Exception as e:  # noqa: BLE001
+                out.append(Grade(False, None, f"grader_error: {type(e).__name__}: {e}"[:300]))
+        return out
+
+
+def grade_file(task_name: str, in_path, out_path=None, data_dir=None) -> dict:
+    """Grade `in_path`, write `out_path` (default: `<in>.graded.jsonl`), print and return a summary."""
+    from dlm_bench.tasks import get_task
+    task = get_task(task_name, data_dir=data_dir)
+    in_path = Path(in_path)
+    if not in_path.is_file():
+        raise UserError(f"input file not found: {in_path}")
+    out_path = Path(out_path) if out_path else in_path.with_name(in_path.name.removesuffix(".jsonl")
+                                                                 + ".graded.jsonl")
+    if out_path.resolve() == in_path.resolve():
+        raise UserError(f"output would overwrite the input: {out_path}")
+    rows = grade_rows(task, in_path.read_bytes().split(b"\n"))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    n = len(rows)
+    correct = sum(r["correct"] for r in rows)
+    bad = sum(str(r["reason"]).startswith("bad_input") for r in rows)
+    summary = {"task": task_name, "n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
+               "bad_input": bad, "output": str(out_path)}
+    print(f"{task_name}: n={n} correct={correct} accuracy={summary['accuracy']:.4f}"
+          + (f" bad_input={bad}" if bad else "") + f" -> {out_path}")
+    return summary
+
+
+def tasks_table(data_dir=None) -> list[tuple[str, str, str]]:
+    """(task, "split=size, ...", data location or "missing") for every registered task.
+
+    Tasks that declare `data_files` (split → path under the data folder) are located without loading;
+    others are loaded once per split to count rows.
+    """
+    from dlm_bench import data
+    from dlm_bench.tasks import get_task, task_names
+    rows = []
+    for name in task_names():
+        task = get_task(name, data_dir=data_dir)
+        files = getattr(task, "data_files", None)
+        sizes, where = [], []
+        for split, size in task.splits.items():
+            generated = size is None or (files is not None and split not in files)
+            sizes.append(f"{split}={size if size is not None else 'n'}" + (" (generated)" if generated else ""))
+            if files is not None:
+                if split not in files:
+                    continue  # generated split
+                try:
+                    where.append(str(data.find_file(files[split], data_dir).parent))
+                except UserError:
+                    where.append(f"{split}: missing")
+            else:
+                try:
+                    where.append(f"{split}: {len(task.load(split))} rows")
+                except Exception:  # noqa: BLE001 - any failure to load means the data is not usable here
+                    where.append(f"{split}: missing")
+        uniq = list(dict.fromkeys(where))
+        rows.append((name, ", ".join(sizes), "; ".join(uniq) if uniq else "generated"))
+    return rows
