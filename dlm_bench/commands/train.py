@@ -1,0 +1,114 @@
+"""`dlm-bench train METHOD --task T --model PATH [--out DIR] [--config FILE.yaml] [--steps N] [--set k=v ...]`.
+
+Settings, later ones winning: the method's defaults (its per-task recipe when it has one), the YAML
+file, the flags, then `--set`. A key (in YAML or `--set`) is routed by name: `sampler.X` -> sampler
+field X; a field of the method's Config (lr, group_size, beta, gen_length, train_steps, ...) -> the
+method; a TrainConfig field (seed, save_every, micro_prompts, ...) -> the loop. YAML may also hold
+`overrides:` and `sampler:` mappings. Values are parsed as YAML (`--set adam_betas=[0.9,0.99]`).
+Multi-GPU: `torchrun --nproc_per_node N -m dlm_bench.cli train ...`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from dlm_bench.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("method", help="training method (see `dlm-bench methods`)")
+    parser.add_argument("--task", default=None, help="task whose train split gives prompts and rewards")
+    parser.add_argument("--model", default=None, help="base model directory")
+    parser.add_argument("--out", default=None, help="output directory (default results/train/METHOD-TASK)")
+    parser.add_argument("--config", default=None, help="YAML file of settings")
+    parser.add_argument("--steps", type=int, default=None, help="number of rollout batches (overrides the method's)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--data-dir", default=None, help="folder holding the benchmark data")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="any method, loop or sampler.* setting; repeatable")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _parse_value(text: str):
+    import yaml
+    for conv in (int, float):            # YAML 1.1 reads "1e-4" as a string
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _route(key: str, value, method_fields: set, train_fields: set, cfg: dict) -> None:
+    if key.startswith("sampler."):
+        cfg["sampler"][key.split(".", 1)[1]] = value
+    elif key in method_fields:
+        cfg["overrides"][key] = value
+    elif key in train_fields and key not in ("overrides", "sampler", "method"):
+        cfg[key] = value
+    else:
+        raise UserError(f"unknown setting {key!r}: not a field of the method's config, of the loop "
+                        f"({', '.join(sorted(train_fields - {'overrides', 'sampler', 'method'}))}) "
+                        f"nor sampler.*")
+
+
+def build_config(args):
+    from dlm_bench.methods import get_method
+    from dlm_bench.train import TrainConfig
+
+    cls = get_method(args.method)
+    method_fields = {f.name for f in dataclasses.fields(cls.Config)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg: dict = {"overrides": {}, "sampler": {}}
+    if args.config:
+        import yaml
+        p = Path(args.config)
+        if not p.is_file():
+            raise UserError(f"config file {args.config!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{args.config} is not valid YAML: {str(e).splitlines()[0]}") from e
+        if not isinstance(data, dict):
+            raise UserError(f"{args.config} must hold a mapping of settings")
+        for section in ("overrides", "sampler"):
+            sub = data.pop(section, None) or {}
+            if not isinstance(sub, dict):
+                raise UserError(f"{args.config}: {section} must be a mapping")
+            cfg[section].update(sub)
+        data.pop("method", None)             # the command line names the method
+        for k, v in data.items():
+            _route(str(k), v, method_fields, train_fields, cfg)
+    for flag, key in (("task", "task"), ("model", "model"), ("out", "out"), ("steps", "train_steps"),
+                      ("seed", "seed"), ("device", "device"), ("data_dir", "data_dir")):
+        v = getattr(args, flag)
+        if v is not None:
+            cfg[key] = v
+    for item in args.sets:
+        if "=" not in item:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        _route(k.strip(), _parse_value(v), method_fields, train_fields, cfg)
+    if "train_steps" in cfg["overrides"] and "train_steps" not in cfg:
+        cfg["train_steps"] = cfg["overrides"].pop("train_steps")
+    if not cfg.get("task"):
+        raise UserError("--task is required")
+    if not cfg.get("model"):
+        raise UserError("--model is required")
+    cfg.setdefault("out", f"results/train/{args.method}-{cfg['task']}")
+    try:
+        return TrainConfig(method=args.method, **cfg).validate()
+    except TypeError as e:
+        raise UserError(str(e)) from e
+
+
+def run(args) -> int:
+    from dlm_bench.train import train
+    cfg = build_config(args)
+    path = train(cfg, progress=not args.no_progress)
+    print(path)
+    return 0

@@ -1,0 +1,202 @@
+"""The training loop on the tiny model: every method runs; resume is exact; 1 process == 2 gloo processes."""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dlm_bench.errors import UserError
+from dlm_bench.methods import get_method, method_names
+from dlm_bench.train import TrainConfig, lr_multiplier, shard, step_prompts, train, Dist
+
+TINY = dict(group_size=4, batch_prompts=2, gen_length=8, steps=8, block_length=8, lora_r=0,
+            lr_schedule="constant")
+
+
+def fake_rewards(self, problems, completions):
+    """A random model never solves testbed: a deterministic, varied reward so gradients are non-zero."""
+    return [float(sum(map(ord, c)) % 5) / 4 for c in completions]
+
+
+@pytest.fixture
+def varied_rewards(monkeypatch):
+    from dlm_bench.tasks.testbed import Testbed
+    monkeypatch.setattr(Testbed, "rewards", fake_rewards)
+
+
+def weights(ckpt: Path) -> dict:
+    files = sorted(ckpt.glob("*.safetensors"))
+    assert files, f"no weights in {ckpt}"
+    out = {}
+    for f in files:
+        out.update(load_file(str(f)))
+    return out
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+def test_helpers():
+    a = step_prompts(5, 3, seed=0, step=0) + step_prompts(5, 3, seed=0, step=1)
+    assert sorted(a[:5]) == list(range(5))               # the first epoch is a permutation
+    assert step_prompts(5, 3, 0, 1) == step_prompts(5, 3, 0, 1)
+    assert [list(shard(5, Dist(r, 2))) for r in range(2)] == [[0, 1, 2], [3, 4]]
+    assert lr_multiplier("constant_with_warmup", 0, 10, 2) == 0.0   # HF semantics
+    assert lr_multiplier("constant_with_warmup", 2, 10, 2) == 1.0
+    assert lr_multiplier("linear", 10, 10, 0) == 0.0
+    assert lr_multiplier("cosine", 5, 10, 0) == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------- every method runs
+
+@pytest.mark.parametrize("name", [m for m in method_names() if get_method(m).trains])
+def test_each_method_trains(name, tiny_dir, tmp_path, varied_rewards):
+    over = dict(TINY, inner_updates=2, lr=1e-3)
+    if name == "espo":      # also the LoRA path: reference = adapter-disabled policy
+        over.update(lora_r=4, lora_alpha=8, lora_dropout=0.1)
+    out = tmp_path / name
+    ckpt = train(TrainConfig(method=name, model=tiny_dir, out=str(out), train_steps=1, overrides=over,
+                             device="cpu"), progress=False)
+    (row,) = rows(out)
+    assert row["step"] == 1 and row["nfe"] > 0 and row["reward_std"] > 0
+    assert all(isinstance(v, (int, float)) and v == v and abs(v) != float("inf") for v in row.values())
+    assert "loss" in row and row["grad_norm"] > 0
+    assert json.loads((out / "train_result.json").read_text())["trained"] is True
+    assert (ckpt / "trainer_state.pt").is_file()
+
+
+def test_base_records_the_model(tiny_dir, tmp_path):
+    out = train(TrainConfig(method="base", model=tiny_dir, out=str(tmp_path / "b")), progress=False)
+    assert out == Path(tiny_dir)
+    rec = json.loads((tmp_path / "b" / "train_result.json").read_text())
+    assert rec["trained"] is False and rec["model"] == str(Path(tiny_dir).resolve())
+
+
+# ----------------------------------------------------------------------------- resume is exact
+
+def test_resume_is_exact(tiny_dir, tmp_path, varied_rewards):
+    over = dict(TINY, lr=1e-3, lr_schedule="linear", warmup_ratio=0.3, inner_updates=1)
+
+    def cfg(out, steps):
+        return TrainConfig(method="trafl", model=tiny_dir, out=str(out), train_steps=steps, overrides=over,
+                           device="cpu", save_every=1)
+    full = train(cfg(tmp_path / "full", 2), progress=False)
+    half = train(cfg(tmp_path / "half", 1), progress=False)           # "killed" after step 1
+    half = train(cfg(tmp_path / "half", 2), progress=False)           # resumed
+    a, b = weights(full), weights(half)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa = torch.load(full / "trainer_state.pt", weights_only=False)
+    sb = torch.load(half / "trainer_state.pt", weights_only=False)
+    for k, v in sa["extra_modules"].items():                          # the log Z head too
+        assert torch.equal(v, sb["extra_modules"][k]), k
+    assert [r["step"] for r in rows(tmp_path / "half")] == [1, 2]
+    assert rows(tmp_path / "full")[1]["loss"] == rows(tmp_path / "half")[1]["loss"]
+    with pytest.raises(UserError, match="another config"):
+        train(TrainConfig(method="trafl", model=tiny_dir, out=str(tmp_path / "half"), train_steps=3,
+                          overrides=dict(over, lr=2e-3), device="cpu"), progress=False)
+
+
+# ----------------------------------------------------------------------------- data parallel
+
+DP_OVER = dict(TINY, batch_prompts=3, lr=1e-3, max_grad_norm=1e9)     # 3 prompts: ranks get 2 and 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tiny_dir, tmp_path, varied_rewards):
+    one = train(TrainConfig(method="justgrpo", model=tiny_dir, out=str(tmp_path / "one"), train_steps=1,
+                            overrides=DP_OVER, device="cpu"), progress=False)
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, __file__, "worker", tiny_dir, str(tmp_path / "two")],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        log = p.communicate(timeout=240)[0]
+        assert p.returncode == 0, log[-3000:]
+    r1, r2 = rows(tmp_path / "one")[0], rows(tmp_path / "two")[0]
+    assert r1["reward_mean"] == pytest.approx(r2["reward_mean"], abs=1e-9)
+    assert r1["grad_norm"] == pytest.approx(r2["grad_norm"], rel=1e-4)
+    assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-4, abs=1e-7)
+    base, a, b = weights(Path(tiny_dir)), weights(one), weights(tmp_path / "two" / "checkpoint")
+    moved = 0.0
+    for k in base:
+        ua, ub = a[k] - base[k], b[k] - base[k]
+        moved = max(moved, float(ua.abs().max()))
+        assert torch.allclose(ua, ub, atol=2e-5, rtol=1e-3), k
+    assert moved > 1e-4
+
+
+def _worker(model: str, out: str) -> None:
+    torch.set_num_threads(1)
+    from dlm_bench.tasks.testbed import Testbed
+    Testbed.rewards = fake_rewards
+    train(TrainConfig(method="justgrpo", model=model, out=out, train_steps=1, overrides=DP_OVER, device="cpu"),
+          progress=False)
+    torch.distributed.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _cli(*argv):
+    from dlm_bench.commands import train as cmd
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    return cmd.build_config(p.parse_args(list(argv)))
+
+
+def test_cli_settings_and_errors(tiny_dir, tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("seed: 3\nbeta: 0.5\nsampler:\n  remasking: random\noverrides:\n  group_size: 2\n")
+    cfg = _cli("espo", "--task", "testbed", "--model", tiny_dir, "--config", str(y), "--steps", "4",
+               "--set", "lr=1e-4", "--set", "save_every=2", "--set", "sampler.threshold=0.9",
+               "--set", "adam_betas=[0.9,0.95]")
+    assert (cfg.seed, cfg.train_steps, cfg.save_every) == (3, 4, 2)
+    assert cfg.overrides == {"beta": 0.5, "group_size": 2, "lr": 1e-4, "adam_betas": [0.9, 0.95]}
+    assert cfg.sampler == {"remasking": "random", "threshold": 0.9}
+    for argv, msg in [(("nope", "--task", "testbed", "--model", tiny_dir), "unknown method"),
+                      (("espo", "--task", "testbed", "--model", tiny_dir, "--set", "bogus=1"), "unknown setting"),
+                      (("espo", "--task", "testbed", "--model", tiny_dir, "--set", "lr"), "KEY=VALUE"),
+                      (("espo", "--task", "testbed", "--model", tiny_dir, "--set", "sampler.steps=3"), "sampler"),
+                      (("espo", "--model", tiny_dir), "--task"),
+                      (("espo", "--task", "testbed", "--model", tiny_dir, "--config", "/no/such.yaml"), "does not exist")]:
+        with pytest.raises(UserError, match=msg):
+            _cli(*argv)
+    for cfg, msg in [(TrainConfig(method="espo", model=tiny_dir, task="nope"), "unknown task"),
+                     (TrainConfig(method="espo", model=str(tmp_path / "none"), out=str(tmp_path / "o")), "does not exist"),
+                     (TrainConfig(method="espo", model=tiny_dir, overrides={"nope": 1}), "unknown config field"),
+                     (TrainConfig(method="espo", model=tiny_dir, overrides={"lr_schedule": "zigzag"}), "lr_schedule"),
+                     (TrainConfig(method="espo", model=tiny_dir, train_steps=0), "train_steps"),
+                     (TrainConfig(method="base", model=str(tmp_path / "none"), out=str(tmp_path / "o")), "does not exist")]:
+        with pytest.raises(UserError, match=msg):
+            train(cfg, progress=False)
+
+
+def test_methods_command(capsys):
+    from dlm_bench.commands import methods
+    methods.run(argparse.Namespace(verbose=True))
+    text = capsys.readouterr().out
+    for name in method_names():
+        assert name in text
+    assert "rollout_order" in text and "left_to_right" in text
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
+    _worker(sys.argv[2], sys.argv[3])
