@@ -1,0 +1,169 @@
+"""TABOM (arXiv 2605.11854, "Self-Distilled Trajectory-Aware Boltzmann Modeling"; code
+github.com/tonyckc/TABOM, `dream_post/train_tabom.py` with `--mask_schedule td --entropy_rank_reg`,
+recipes in `dream_post/run_tabom_examples.sh`). A supervised method: no reward in the objective.
+
+Data: the base model's own confidence-guided decodes of the training prompts, with their decoding
+order (self-distilled trajectories). Here the shared loop produces them as rollouts (`step_map`);
+`filter_correct` keeps only rows with reward > 0. Starting from the base model each step, the loop's
+rollouts come from the current policy; `group_size` 1 = one trajectory per prompt.
+
+Loss on one trajectory (the code's "td" time-delay schedule):
+- draw a cut step c ~ U{0 .. max(s_max - M, 0)} (s_max = the row's last decoding step);
+- input: every token decoded at step >= c masked, earlier tokens visible;
+- CE on the masked tokens decoded in [c, c + M) (`td_supervision_window` M = 32; M = 0: all masked);
+  `ce_weighting` "token_mean" is the code's mean over all supervised tokens of the batch, "llada" the
+  LLaDA SFT weight: each row's CE sum / (masked fraction x L) = sum / #masked, averaged over rows;
+- plus lambda x the pairwise entropy ranking hinge (`entropy_ranking_loss`): among the supervised
+  positions decoded in [c, c + W), the earlier-decoded token should have lower predictive entropy by
+  margin gamma: mean over pairs of max(0, gamma + H_earlier - H_later), averaged over rows.
+
+Deviations: rows whose trajectory is shorter than M get cut 0 (the code skips their CE); pairs decoded
+at the same step are not ranked (the code orders them arbitrarily by argsort).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dlm_bench.methods import Method, Rollouts, register_method
+
+
+@dataclass
+class TABOMConfig:
+    """Defaults: the paper's setup (LoRA r16, batch 32, lr 2e-5 cosine, 50 warm-up steps, W 32) and the
+    code (`train_tabom.py` argparse, `run_tabom_examples.sh`); the source of each in the comment."""
+    lr: float = 2e-5                   # paper; train_tabom.py --learning_rate 2e-5 (ling_coder recipe: 1e-4)
+    lr_schedule: str = "cosine"        # paper; train_tabom.py get_cosine_schedule_with_warmup
+    warmup_ratio: float = 0.01         # paper/code: 50 warm-up steps (--warmup_steps 50); a ratio here
+    weight_decay: float = 0.01         # train_tabom.py --weight_decay 0.01
+    adam_betas: tuple[float, float] = (0.9, 0.999)   # train_tabom.py torch AdamW defaults
+    max_grad_norm: float = 1.0         # train_tabom.py --max_grad_norm 1.0
+    group_size: int = 1                # one self-distilled trajectory per query
+    batch_prompts: int = 32            # paper: batch 32 (8 GPUs x 4)
+    train_steps: int | None = None     # one pass over the split (paper: 5 epochs; code default 3)
+    inner_updates: int = 1             # supervised: one update per batch
+    temperature: float = 1.0           # train_tabom.py --temperature 1.0 ("otherwise very short responses")
+    gen_length: int = 256              # train_tabom.py --max_new_tokens 256
+    steps: int = 128                   # train_tabom.py --gen_steps 128
+    block_length: int = 32             # not found; LLaDA's usual block 32
+    lora_r: int = 16                   # paper and train_tabom.py --lora_rank 16
+    lora_alpha: int = 16               # train_tabom.py --lora_alpha 16
+    lora_dropout: float = 0.0          # not found; peft default 0.0
+    filter_correct: bool = False       # keep only trajectories with reward > 0 (the paper keeps all)
+    supervision_window: int = 32       # train_tabom.py --td_supervision_window M 32 (0: CE on all masked)
+    ce_weighting: str = "token_mean"   # "token_mean" (train_tabom.py loss_vec.mean()) | "llada" (1/t weight)
+    rank_weight: float = 1.0           # lambda: paper {1, 2}; prm12k recipe 1 (ling_coder 2)
+    rank_window: int = 32              # W: paper/code --entropy_rank_window 32
+    rank_margin: float = 0.2           # gamma: paper {0.1, 0.2, 0.3} (ling_coder recipe 0.1)
+
+
+def entropy_ranking_loss(entropies: torch.Tensor, step_map: torch.Tensor, window: int, margin: float,
+                         valid: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Pairwise hinge on predictive entropies [B, G]: for valid pairs (i, j) of a row with
+    step_i < step_j and step_j - step_i < window, loss max(0, margin + H_i - H_j) (earlier-decoded
+    tokens should be more certain). Mean over each row's pairs, then over rows that have a pair.
+    Returns (loss, number of rows with a pair); the loss is 0 (with the graph) when there is none."""
+    s = step_map.to(entropies.device)
+    v = valid.bool().to(entropies.device) & (s >= 0)
+    ds = s[:, None, :] - s[:, :, None]                       # [B, i, j] = step_j - step_i
+    pair = v[:, :, None] & v[:, None, :] & (ds > 0) & (ds < window)
+    hinge = F.relu(margin + entropies[:, :, None] - entropies[:, None, :])
+    n = pair.sum((1, 2))
+    per_row = (hinge * pair).sum((1, 2)) / n.clamp(min=1).to(hinge.dtype)
+    has = n > 0
+    rows = int(has.sum())
+    if rows == 0:
+        return (entropies * 0).sum(), 0
+    return per_row[has].mean(), rows
+
+
+def td_masks(step_map: torch.Tensor, valid: torch.Tensor, cut: torch.Tensor, window: int):
+    """The time-delay masks for cuts [B]: (input masks = decoded at step >= cut, supervised = masked
+    and decoded before cut + window; window 0 = every masked token)."""
+    ok = valid.bool() & (step_map >= 0)
+    masked = ok & (step_map >= cut[:, None])
+    sup = masked & (step_map < cut[:, None] + window) if window > 0 else masked
+    return masked, sup
+
+
+def draw_cuts(step_map: torch.Tensor, valid: torch.Tensor, window: int, gen: torch.Generator) -> torch.Tensor:
+    """c ~ U{0 .. max(s_max - window, 0)} per row (train_tabom.py `random.randint(0, s_max - M)`)."""
+    ok = valid.bool() & (step_map >= 0)
+    s_max = torch.where(ok, step_map, torch.full_like(step_map, -1)).max(-1).values.clamp(min=0)
+    upper = (s_max - window).clamp(min=0).cpu()
+    u = torch.rand(upper.shape, generator=gen, dtype=torch.float64)
+    return torch.floor(u * (upper + 1)).long().clamp(max=upper).to(step_map.device)
+
+
+@register_method
+class TABOM(Method):
+    name = "tabom"
+    Config = TABOMConfig
+    needs_trajectory = True
+
+    def __init__(self, config=None, policy=None):
+        super().__init__(config, policy)
+        if self.config.ce_weighting not in ("token_mean", "llada"):
+            raise ValueError(f"tabom: ce_weighting must be 'token_mean' or 'llada', got {self.config.ce_weighting!r}")
+
+    def loss_count(self, rollouts: Rollouts) -> float:
+        c = rollouts.cache
+        if "sup" not in c:
+            return float(rollouts.rewards.numel())
+        if self.config.ce_weighting == "token_mean":
+            return float((c["sup"][0] & c["keep"][:, None]).sum())
+        return float(c["keep"].sum())
+
+    def prepare(self, rollouts: Rollouts, policy, ref) -> None:
+        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
+        dev = batch.completion.device
+        steps, valid = rollouts.step_map.to(dev), batch.valid
+        c["keep"] = (rollouts.rewards.to(dev) > 0) if cfg.filter_correct else torch.ones_like(valid[:, 0])
+        c["masked"], c["sup"], c["cut"] = [], [], []
+        for j in range(max(1, cfg.inner_updates)):         # one cut per row and inner update, from the seed
+            gen = torch.Generator().manual_seed((int(rollouts.seed) * 1_000_003 + j) % (2 ** 63))
+            cut = draw_cuts(steps, valid, cfg.supervision_window, gen)
+            m, s = td_masks(steps, valid, cut, cfg.supervision_window)
+            c["masked"].append(m)
+            c["sup"].append(s)
+            c["cut"].append(cut)
+        c["iter"] = 0
+
+    def loss(self, rollouts: Rollouts, policy, ref):
+        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
+        if "sup" not in c:
+            self.prepare(rollouts, policy, ref)
+        j = c["iter"] % len(c["sup"])
+        c["iter"] += 1
+        keep = c["keep"]
+        if not bool(keep.any()):
+            zero = torch.zeros((), device=batch.completion.device, requires_grad=True)
+            return zero, {"loss": 0.0, "kept_rows": 0.0}
+        rows = keep.nonzero(as_tuple=True)[0]
+        masked, sup, cut = c["masked"][j][rows], c["sup"][j][rows], c["cut"][j][rows]
+        sub = batch.index(rows)
+        steps = rollouts.step_map.to(sub.completion.device)[rows]
+        x = torch.cat([sub.prompt_ids, torch.where(masked, policy.mask_id, sub.completion)], 1)
+        att = torch.cat([sub.prompt_mask, torch.ones_like(sub.completion, dtype=sub.prompt_mask.dtype)], 1)
+        logits = policy.logits(x, att)[:, sub.prompt_ids.shape[1]:].float()
+        logp = F.log_softmax(logits, -1)
+        ce = -torch.gather(logp, -1, sub.completion[..., None]).squeeze(-1)       # [B, G]
+        supf = sup.to(ce.dtype)
+        if cfg.ce_weighting == "token_mean":
+            ce_loss = (ce * supf).sum() / supf.sum().clamp(min=1)
+        else:                                   # LLaDA SFT: sum CE / (t L), t = masked fraction
+            ce_loss = ((ce * supf).sum(-1) / masked.sum(-1).clamp(min=1).to(ce.dtype)).mean()
+        loss, stats = ce_loss, {"ce_loss": float(ce_loss.detach())}
+        if cfg.rank_weight != 0.0:
+            ent = -(logp.exp() * logp).sum(-1)                                       # [B, G]
+            in_rank = sup & (steps < cut[:, None] + cfg.rank_window)
+            rank, n_rows = entropy_ranking_loss(ent, steps, cfg.rank_window, cfg.rank_margin, in_rank)
+            loss = loss + cfg.rank_weight * rank
+            stats.update(rank_loss=float(rank.detach()), rank_rows=float(n_rows),
+                         entropy_sup_mean=float(ent.detach()[sup].mean()) if sup.any() else 0.0)
+        stats.update(loss=float(loss.detach()), kept_rows=float(len(rows)), inner_iter=j,
+                     sup_tokens=float(sup.sum()), masked_frac=float(masked.float().mean()),
+                     reward_mean=float(rollouts.rewards.float().mean()))
+        return loss, stats

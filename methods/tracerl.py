@@ -1,0 +1,341 @@
+"""TraceRL (arXiv 2509.06949, "Revolutionizing Reinforcement Learning Framework for Diffusion Large
+Language Models"; code github.com/Gen-Verse/dLLM-RL: `train/rl_llada.py`, `configs/rl_llada.yaml`,
+`reward/rl_reward.py`, `train/train_trado_{policy,value}.py`).
+
+The policy is trained on its own decoding trace. The rollout records each token's decoding step
+(`Rollouts.step_map`). With shrinkage s, every s consecutive *distinct* steps of a row merge into one
+trace step (the code's `collapse_k_unique`: dense rank of the step, then // s). For every trace step k
+of a trajectory one training sample is built: the completion with every token of trace step >= k
+masked again (earlier tokens and the prompt stay visible), loss positions = the tokens of step k.
+
+    loss = mean over (trajectory, step) samples of
+           mean_{j in T_k} [ -min(rho_j A, clip(rho_j, 1 - eps, 1 + eps) A) + beta * k3_j ]
+    rho_j = pi_theta(y_j | s_k) / pi_old(y_j | s_k),  k3 = exp(l_a - l) - (l_a - l) - 1
+
+with A the group z-score of correctness (population std, 0 for a constant group; `rl_reward.py`),
+groups whose accuracy lies outside [0.2, 0.8] dropped (the code's dynamic filter), and the KL anchor
+l_a the old (rollout) policy as in the code, or the frozen reference (`kl_anchor="reference"`).
+
+Optional diffusion value model (`value_model=True`; TraDo's `rl_trado_with_value.yaml`): token-level
+values V from a small MLP head on hidden states of the trace-step inputs (the policy's states with no
+gradient into it, the frozen reference's, or a trainable copy of the policy), the step value V_k = the
+mean over the step's tokens; GAE over trace steps with the correctness reward at the last step
+(`gae`), the step advantage replacing the group z-score; the head regresses to the returns with
+TraDo's clipped loss 0.5 max((V - R)^2, (V_clip - R)^2), at its own learning rate (`value_lr`).
+
+Not reproduced: the reference code runs many minibatch optimizer steps over one rollout batch
+(grad accumulation 128 x batch 2); the shared loop does `inner_updates` full-batch updates instead.
+`post_num` (how many trailing EOS pads stay trainable) has no counterpart: the loop trains the window.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dlm_bench.likelihood import ScoredBatch, masked_token_logprobs, trajectory_inputs
+from dlm_bench.methods import Method, Rollouts, register_method
+from dlm_bench.methods.losses import clipped_pg, group_mean
+from dlm_bench.methods.trafl import _hidden_size
+
+
+@dataclass
+class TraceRLConfig:
+    """Defaults: Gen-Verse/dLLM-RL `configs/rl_llada.yaml` (value-model fields: `rl_trado_with_value.yaml`)."""
+    lr: float = 1e-6                   # rl_llada.yaml optimizer learning_rate 1e-6
+    lr_schedule: str = "cosine"        # rl_llada.yaml lr_scheduler cosine
+    warmup_ratio: float = 0.0          # not found as a ratio; the RL configs use no warm-up steps
+    weight_decay: float = 0.0          # not found; dLLM-RL optimizer config (AdamW, decay not recorded here)
+    adam_betas: tuple[float, float] = (0.9, 0.999)   # not found; AdamW defaults
+    max_grad_norm: float = 1.0         # not found; dLLM-RL training.max_grad_norm, assumed 1.0
+    group_size: int = 8                # rl_llada.yaml num_response_per_task 8
+    batch_prompts: int = 32            # rl_llada.yaml num_task_per_step 32
+    train_steps: int | None = 50       # rl_llada.yaml total RL steps 50
+    inner_updates: int = 1             # one update per rollout batch (the code: many minibatch steps, see docstring)
+    temperature: float = 0.8           # rl_llada.yaml rollout temperature 0.8
+    gen_length: int = 512              # rl_llada.yaml max_gen_length 512
+    steps: int = 512                   # rl_llada.yaml steps 512 (one token per step, static schedule)
+    block_length: int = 32             # rl_llada.yaml block_size 32
+    lora_r: int = 0                    # full fine-tuning, as dLLM-RL (no LoRA in its RL configs)
+    lora_alpha: int = 0
+    lora_dropout: float = 0.0
+    shrink: int = 8                    # rl_llada.yaml training.shrink 8 (s)
+    epsilon: float = 0.2               # rl_llada.yaml eps 0.2 (PPO clip)
+    beta: float = 0.01                 # rl_llada.yaml beta 0.01 (k3 KL coefficient)
+    kl_anchor: str = "old"             # "old": rollout policy, as rl_llada.py | "reference": frozen reference
+    group_filter: tuple[float, float] | None = (0.2, 0.8)   # rl_reward.py: drop groups with acc outside
+    value_model: bool = False          # TraDo "with_value" configs; off in rl_llada.yaml
+    value_backbone: str = "detached"   # "detached" policy states | "reference" states | "copy": trainable copy
+    value_lr: float = 5e-6             # rl_trado_with_value.yaml value learning rate 5e-6
+    value_hidden: int = 256            # head width (not in the code: its value model is a full network)
+    gamma: float = 1.0                 # rl_trado_with_value.yaml gam 1.0
+    lam: float = 1.0                   # rl_trado_with_value.yaml lam 1.0
+    value_clip: float = 0.2            # train_trado_value.py clipped value loss (clip range = eps)
+    value_coef: float = 1.0            # weight of the value loss in the summed loss (own param group)
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+def collapse_steps(step_map: torch.Tensor, valid: torch.Tensor, shrink: int = 1) -> torch.Tensor:
+    """Trace step of every token: the dense rank of its decoding step among the row's distinct steps,
+    // shrink (dLLM-RL `collapse_k_unique`). Trace steps of a row are 0..K-1; -1 where not valid or
+    never decoded (step < 0). For contiguous steps 0..n-1 this equals `likelihood.trace_steps`."""
+    if shrink < 1:
+        raise ValueError(f"shrink must be >= 1, got {shrink}")
+    ok = valid.bool() & (step_map >= 0)
+    out = torch.full_like(step_map, -1)
+    for b in range(step_map.shape[0]):
+        if ok[b].any():
+            uniq = torch.unique(step_map[b][ok[b]])
+            rank = torch.searchsorted(uniq, step_map[b].contiguous())
+            out[b] = torch.where(ok[b], torch.div(rank, shrink, rounding_mode="floor"), out[b])
+    return out
+
+
+def trace_samples(step_map: torch.Tensor, valid: torch.Tensor, shrink: int):
+    """The (trajectory, trace step) samples: (rows [R], step index k [R], masks [R, G], targets [R, G]).
+    masks: tokens of trace step >= k (the input masks them again); targets: tokens of step k."""
+    trace = collapse_steps(step_map, valid, shrink)
+    ok = trace >= 0
+    rows, masks, targets = trajectory_inputs(trace, ok)
+    k = torch.stack([trace[r][t].max() for r, t in zip(rows.tolist(), targets)]) if len(rows) else rows
+    return rows, k, masks, targets
+
+
+def population_zscore(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """(r - group mean) / population std, 0 where the group's std is 0 (dLLM-RL `rl_reward.py`)."""
+    r = rewards.float()
+    g = groups.to(r.device)
+    centred = r - group_mean(r, g)
+    std = group_mean(centred ** 2, g).sqrt()
+    return torch.where(std > 0, centred / std.clamp(min=1e-12), torch.zeros_like(r))
+
+
+def gae(rewards_per_step: torch.Tensor, values_per_step: torch.Tensor, gamma: float, lam: float,
+        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over trace steps: ([N, K] advantages, [N, K] returns).
+
+    delta_k = r_k + gamma V_{k+1} - V_k (V = 0 after a row's last valid step),
+    A_k = delta_k + gamma lam A_{k+1}, R_k = A_k + V_k. `mask` [N, K] marks each row's valid steps (a
+    prefix); masked entries come back 0."""
+    r, v = rewards_per_step.float(), values_per_step.float()
+    m = torch.ones_like(r, dtype=torch.bool) if mask is None else mask.bool()
+    r, v = r * m, v * m
+    adv = torch.zeros_like(r)
+    nxt_v = torch.zeros_like(r[:, 0])
+    nxt_a = torch.zeros_like(r[:, 0])
+    for k in range(r.shape[1] - 1, -1, -1):
+        delta = r[:, k] + gamma * nxt_v - v[:, k]
+        a = torch.where(m[:, k], delta + gamma * lam * nxt_a, torch.zeros_like(delta))
+        adv[:, k] = a
+        nxt_v = torch.where(m[:, k], v[:, k], torch.zeros_like(nxt_v))
+        nxt_a = a
+    return adv, (adv + v) * m
+
+
+def k3(logp: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi_theta || pi_anchor): exp(d) - d - 1, d = log pi_anchor - log pi_theta."""
+    d = anchor_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def tracerl_loss(logp: torch.Tensor, old_logp: torch.Tensor, anchor_logp: torch.Tensor | None,
+                 adv: torch.Tensor, targets: torch.Tensor, beta: float, eps: float,
+                 weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Per-token clipped PPO + beta k3 on each sample's loss positions, averaged per sample, then over
+    samples. logp/old/anchor: [R, G] log-probs at the positions; adv: [R]; targets: [R, G] bool;
+    weight: [R] sample weights (0 drops a sample), normalised to sum 1."""
+    R = logp.shape[0]
+    w = torch.ones(R, dtype=logp.dtype, device=logp.device) if weight is None else weight.to(logp)
+    w = w / w.sum().clamp(min=1e-12)
+    t = targets.bool()
+    n = t.sum(-1).clamp(min=1).to(logp.dtype)
+    _, stats = clipped_pg(logp, old_logp, adv, eps, eps, valid=t)
+    a = adv[:, None].to(logp.dtype)
+    ratio = torch.exp(logp - old_logp)
+    per = -torch.min(ratio * a, ratio.clamp(1 - eps, 1 + eps) * a) * t
+    pg = ((per.sum(-1) / n) * w).sum()
+    loss = pg
+    stats["pg_loss"] = float(pg.detach())
+    if anchor_logp is not None and beta != 0.0:
+        kl = ((k3(logp, anchor_logp) * t).sum(-1) / n * w).sum()
+        loss = loss + beta * kl
+        stats["kl_k3"] = float(kl.detach())
+    stats["loss"] = float(loss.detach())
+    return loss, stats
+
+
+def clipped_value_loss(v: torch.Tensor, v_old: torch.Tensor, returns: torch.Tensor, clip: float,
+                       valid: torch.Tensor) -> torch.Tensor:
+    """0.5 max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clip(V - V_old, -c, c); mean over valid."""
+    v_clip = v_old + (v - v_old).clamp(-clip, clip)
+    per = 0.5 * torch.maximum((v - returns) ** 2, (v_clip - returns) ** 2)
+    valid = valid.bool()
+    return (per * valid).sum() / valid.sum().clamp(min=1)
+
+
+# ----------------------------------------------------------------------------- value head
+
+class ValueHead(nn.Module):
+    """Token values from hidden states: LayerNorm -> Linear -> GELU -> Linear -> scalar (output starts at 0)."""
+
+    def __init__(self, hidden_size: int, width: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, width), nn.GELU(),
+                                 nn.Linear(width, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net(feats.float()).squeeze(-1)
+
+
+def _sample_inputs(batch: ScoredBatch, rows, masks, mask_id):
+    sub = batch.index(rows.to(batch.completion.device))
+    x = torch.cat([sub.prompt_ids, torch.where(masks.to(sub.completion.device), mask_id, sub.completion)], 1)
+    att = torch.cat([sub.prompt_mask, torch.ones_like(sub.completion, dtype=sub.prompt_mask.dtype)], 1)
+    return x, att, sub.prompt_ids.shape[1]
+
+
+def _completion_hidden(dlm, batch, rows, masks, mask_id, chunk: int = 64) -> torch.Tensor:
+    """Hidden states [R, G, H] at the completion positions of each sample's masked input."""
+    x, att, P = _sample_inputs(batch, rows, masks, mask_id)
+    return torch.cat([dlm.hidden(x[s:s + chunk], att[s:s + chunk])[:, P:] for s in range(0, len(x), chunk)])
+
+
+# ----------------------------------------------------------------------------- the method
+
+@register_method
+class TraceRL(Method):
+    name = "tracerl"
+    Config = TraceRLConfig
+    needs_reference = False            # class default ("old" anchor); instances: per `kl_anchor`
+    needs_trajectory = True
+
+    def __init__(self, config=None, policy=None):
+        super().__init__(config, policy)
+        cfg = self.config
+        for field, allowed in (("kl_anchor", ("old", "reference")),
+                               ("value_backbone", ("detached", "reference", "copy"))):
+            if getattr(cfg, field) not in allowed:
+                raise ValueError(f"tracerl: {field} must be one of {allowed}, got {getattr(cfg, field)!r}")
+        if cfg.shrink < 1:
+            raise ValueError(f"tracerl: shrink must be >= 1, got {cfg.shrink}")
+        self.needs_reference = (cfg.kl_anchor == "reference" and cfg.beta != 0.0) or \
+            (cfg.value_model and cfg.value_backbone == "reference")
+        if policy is not None:
+            self._build_value(policy)
+
+    def _build_value(self, dlm) -> None:
+        cfg = self.config
+        if not cfg.value_model or "value_head" in self.extra_modules:
+            return
+        self.extra_modules["value_head"] = ValueHead(_hidden_size(dlm), cfg.value_hidden).to(dlm.device)
+        if cfg.value_backbone == "copy":
+            self.extra_modules["value_backbone"] = copy.deepcopy(dlm.model)
+            self._value_dlm = dataclasses.replace(dlm, model=self.extra_modules["value_backbone"])
+
+    def param_groups(self) -> list[dict]:
+        params = [p for p in self.extra_modules.parameters() if p.requires_grad]
+        return [{"params": params, "lr": self.config.value_lr, "weight_decay": 0.0}] if params else []
+
+    def loss_count(self, rollouts: Rollouts) -> float:
+        """Terms the loss averages over: the kept (trajectory, step) samples."""
+        return float(rollouts.cache["weight"].sum()) if "weight" in rollouts.cache else float(rollouts.rewards.numel())
+
+    # -- prepare: samples, advantages, old / anchor log-probs, values (no grad)
+    def prepare(self, rollouts: Rollouts, policy, ref) -> None:
+        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
+        self._build_value(policy)
+        if self.needs_reference and ref is None:
+            raise ValueError("tracerl: kl_anchor='reference' / value_backbone='reference' need a reference model")
+        rows, k, masks, targets = trace_samples(rollouts.step_map.cpu(), batch.valid.cpu(), cfg.shrink)
+        dev = batch.completion.device
+        c.update(rows=rows.to(dev), k=k.to(dev), masks=masks.to(dev), targets=targets.to(dev))
+        r = rollouts.rewards.float().to(dev)
+        groups = rollouts.groups.to(dev)
+        keep = torch.ones_like(r, dtype=torch.bool)
+        if cfg.group_filter is not None:
+            acc = group_mean((r > 0).float(), groups)
+            keep = (acc >= cfg.group_filter[0]) & (acc <= cfg.group_filter[1])
+        c["weight"] = keep[c["rows"]].float()
+        c["adv"] = population_zscore(r, groups)[c["rows"]]
+        mu = max(1, cfg.inner_updates)
+        with torch.no_grad():
+            if mu > 1:
+                c["old"] = self._logp(policy, rollouts).detach()
+            if cfg.kl_anchor == "reference" and cfg.beta != 0.0:
+                c["anchor"] = self._logp(ref, rollouts).detach()
+            if cfg.value_model:
+                self._prepare_values(rollouts, policy, ref, r)
+
+    def _logp(self, dlm, rollouts: Rollouts) -> torch.Tensor:
+        c = rollouts.cache
+        sub = rollouts.batch.index(c["rows"])
+        return masked_token_logprobs(dlm, sub, c["masks"][None])[0] * c["targets"]
+
+    def _token_values(self, rollouts: Rollouts, policy, ref, grad: bool) -> torch.Tensor:
+        """Token values [R, G] of every sample's input (each token valued at its own trace step)."""
+        cfg, c = self.config, rollouts.cache
+        if cfg.value_backbone == "copy":
+            dlm = self._value_dlm
+        else:
+            dlm = ref if cfg.value_backbone == "reference" else policy
+        if "value_feats" in c:
+            feats = c["value_feats"]
+        else:
+            with torch.set_grad_enabled(grad and cfg.value_backbone == "copy"):
+                feats = _completion_hidden(dlm, rollouts.batch, c["rows"], c["masks"], dlm.mask_id)
+            if cfg.value_backbone != "copy":
+                feats = feats.detach()
+                c["value_feats"] = feats           # fixed features: compute once per rollout batch
+        return self.extra_modules["value_head"](feats)
+
+    def _step_values(self, tok_v: torch.Tensor, rollouts: Rollouts) -> torch.Tensor:
+        t = rollouts.cache["targets"].to(tok_v.dtype)
+        return (tok_v * t).sum(-1) / t.sum(-1).clamp(min=1)
+
+    def _prepare_values(self, rollouts: Rollouts, policy, ref, r: torch.Tensor) -> None:
+        cfg, c = self.config, rollouts.cache
+        rows, k = c["rows"], c["k"]
+        N, K = r.shape[0], int(k.max()) + 1 if len(k) else 1
+        tok_v = self._token_values(rollouts, policy, ref, grad=False).detach()
+        v_step = torch.zeros(N, K, device=r.device)
+        v_step[rows, k] = self._step_values(tok_v, rollouts).float()
+        mask = torch.zeros(N, K, dtype=torch.bool, device=r.device)
+        mask[rows, k] = True
+        last = torch.zeros(N, dtype=torch.long, device=r.device).scatter_reduce(0, rows, k, "amax")
+        rew = torch.zeros(N, K, device=r.device)
+        rew[torch.arange(N, device=r.device), last] = r          # correctness reward at the last step
+        adv, ret = gae(rew, v_step, cfg.gamma, cfg.lam, mask)
+        c["adv"] = adv[rows, k]
+        c["returns"] = ret[rows, k]
+        c["v_old"] = tok_v
+
+    # -- loss
+    def loss(self, rollouts: Rollouts, policy, ref):
+        cfg, c = self.config, rollouts.cache
+        if "rows" not in c:
+            self.prepare(rollouts, policy, ref)
+        weight = c["weight"]
+        if float(weight.sum()) == 0.0:        # every group filtered: a zero loss that still back-propagates
+            zero = torch.zeros((), device=weight.device, requires_grad=True)
+            return zero, {"loss": 0.0, "kept_samples": 0.0}
+        logp = self._logp(policy, rollouts)
+        old = c["old"] if "old" in c else logp.detach()
+        anchor = c.get("anchor", old) if cfg.beta != 0.0 else None
+        adv = c["adv"].to(logp.device, logp.dtype)
+        loss, stats = tracerl_loss(logp, old, anchor, adv, c["targets"], cfg.beta, cfg.epsilon, weight)
+        if cfg.value_model:
+            tok_v = self._token_values(rollouts, policy, ref, grad=True)
+            t = c["targets"] & (weight[:, None] > 0)
+            vl = clipped_value_loss(tok_v, c["v_old"], c["returns"][:, None].to(tok_v.dtype), cfg.value_clip, t)
+            loss = loss + cfg.value_coef * vl
+            stats.update(value_loss=float(vl.detach()), value_mean=float(c["v_old"][t].mean()) if t.any() else 0.0)
+        stats.update(loss=float(loss.detach()), kept_samples=float(weight.sum()),
+                     samples_per_row=float(len(c["rows"]) / max(1, rollouts.rewards.numel())),
+                     reward_mean=float(rollouts.rewards.float().mean()))
+        return loss, stats
