@@ -17,6 +17,11 @@ COMMANDS = {
     "passk": ("dlm_bench.commands.passk",
               "Pass@k sweep: n samples per problem over temperatures x lengths, stored and resumable"),
     "compare": ("dlm_bench.commands.compare", "paired Pass@k comparison of two methods from stored scores"),
+    "train": ("dlm_bench.commands.train", "post-train a model with an RL method (torchrun for several GPUs)"),
+    "methods": ("dlm_bench.commands.methods", "list training methods and their flags"),
+    "report": ("dlm_bench.commands.report",
+               "figures (Pass@k vs k, gap to base, Pass@5 per task x length, transfer) + report.md from stored scores"),
+    "judge": ("dlm_bench.commands.judge", "LLM path-diversity judge of two methods' samples (win/tie/loss)"),
 }
 
 

@@ -1,0 +1,87 @@
+"""`dlm-bench judge A B --runs DIR --judge-url URL --judge-model NAME`: TraFL path-diversity judge, A vs B."""
+from __future__ import annotations
+
+import sys
+
+from dlm_bench.errors import UserError
+
+
+def add_arguments(p) -> None:
+    p.add_argument("method_a", metavar="A", help="method label A")
+    p.add_argument("method_b", metavar="B", help="method label B")
+    p.add_argument("--runs", default="results/passk", help="folder searched for run directories")
+    p.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    p.add_argument("--judge-model", required=True, help="model name served at --judge-url")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key (local servers ignore it)")
+    p.add_argument("--cache", default=None, help="folder caching verdicts (re-runs cost nothing)")
+    p.add_argument("--max-samples", type=int, default=None, help="at most N solutions per set")
+    p.add_argument("--only-correct", action="store_true", help="show the judge correct solutions only")
+    p.add_argument("--task", action="append", default=None, help="only these tasks (repeatable)")
+    p.add_argument("--temps", default=None, help="only these temperatures, comma-separated")
+    p.add_argument("--lengths", default=None, help="only these lengths, comma-separated")
+    p.add_argument("--data-dir", default=None, help="task data folder, for the problem statements")
+    p.add_argument("--no-problems", action="store_true", help="do not show the judge the problem statements")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--retries", type=int, default=3, help="client retries per request (with backoff)")
+    p.add_argument("--workers", type=int, default=1, help="concurrent requests")
+    p.add_argument("--save", default=None, help="write the per-problem judgments to this CSV")
+    p.add_argument("--seed", type=int, default=0, help="seed of the A/B side coin and the bootstrap")
+
+
+def _problem_statements(tasks, data_dir) -> dict:
+    """problem_id -> statement for the tasks that load; a task that does not is left out (stderr)."""
+    from tasks import get_task
+    out = {}
+    for name in tasks:
+        try:
+            task = get_task(str(name), data_dir)
+            for p in task.load(task.eval_split):
+                out[p.id] = p.question
+        except Exception as e:  # noqa: BLE001 - the judge still works without statements
+            print(f"dlm-bench judge: no problem statements for {name!r} ({e}); the judge sees the "
+                  "solutions only", file=sys.stderr)
+    return out
+
+
+def run(args) -> int:
+    from dlm_bench.commands.passk import parse_floats, parse_ints
+    from dlm_bench.diversity import judge_methods, win_rates, win_rates_markdown
+    from dlm_bench.judge import Judge, JudgeConfig
+    from dlm_bench.store import read_all_scores
+
+    if args.max_samples is not None and args.max_samples < 1:
+        raise UserError(f"--max-samples must be >= 1, got {args.max_samples}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    df = read_all_scores(args.runs)
+    df = df[df["method"].isin([args.method_a, args.method_b])]
+    if args.task:
+        df = df[df["task"].isin(args.task)]
+    if args.temps:
+        df = df[df["temperature"].isin(parse_floats(args.temps, "--temps"))]
+    if args.lengths:
+        df = df[df["gen_length"].isin(parse_ints(args.lengths, "--lengths"))]
+    if df.empty:
+        raise UserError(f"no stored samples for {args.method_a!r} or {args.method_b!r} under {args.runs!r} "
+                        "with these filters")
+    judge = Judge(JudgeConfig(model=args.judge_model, base_url=args.judge_url, api_key_env=args.api_key_env,
+                              timeout=args.timeout, max_retries=args.retries,
+                              cache_dir=args.cache))
+    problems = None if args.no_problems else _problem_statements(sorted(df["task"].unique()), args.data_dir)
+    judgments = judge_methods(df, args.method_a, args.method_b, judge, problems=problems,
+                              only_correct=args.only_correct, max_samples=args.max_samples,
+                              seed=args.seed, workers=args.workers)
+    if judgments.empty:
+        raise UserError(f"no problem has samples from both {args.method_a!r} and {args.method_b!r}")
+    if args.save:
+        judgments.to_csv(args.save, index=False)
+    table = win_rates(judgments, seed=args.seed)
+    print(win_rates_markdown(table))
+    bad = judgments[judgments["status"].isin(["unavailable", "unparseable"])]
+    if len(bad):
+        first = bad["error"].dropna()
+        print(f"\njudge unavailable or unparseable for {len(bad)} of {len(judgments)} problems"
+              + (f" (first error: {first.iloc[0]})" if len(first) else "")
+              + "; those rows are counted as missing, not as ties.")
+    return 0

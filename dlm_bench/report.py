@@ -1,0 +1,782 @@
+"""The TraFL figures and a Markdown report, from stored score records only.
+
+`build_report(runs, out)` reads every run directory under `runs` (dlm_bench.store) and writes to `out`:
+
+- Fig 1a `fig1a_passk_vs_k`: each method's Pass@k vs k, one line per temperature;
+- Fig 1b `fig1b_gap_to_base`: Pass@k(method) − Pass@k(base) vs k per temperature, with paired
+  bootstrap CI bands over problems;
+- Fig 1c `fig1c_all_methods`: every method at T = 0.6 (or the stored temperature closest to it),
+  k = 1..n, one panel per task × length;
+- Fig 2 `fig2_passk_task_length`: Pass@5 per task × length with standard-error bars, mean NFE and
+  completion length per bar in the table;
+- Fig 3 `fig3a_minerva_transfer` (methods labelled `name@gsm8k` / `name@math` on a Minerva task) and
+  `fig3b_livecodebench_difficulty` (LiveCodeBench by difficulty), when the data is there;
+- `report.md` with one table per figure, the paired comparison of every method vs base at the
+  primary k (metrics.compare_table) and the offline diversity table (diversity.diversity_table),
+  plus `tables/*.csv` with the same numbers unrounded.
+
+Nothing is invented: a cell without records is "n/a" in tables and an absent bar (marked "n/a") in
+figures, and a figure without data is skipped with a line in the report saying why.
+
+Pooling: curves that span tasks and lengths (Fig 1a, 1b) average over every (task, length,
+problem) unit, i.e. tasks weigh by their problem counts; this keeps the paired bootstrap exact.
+"""
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dlm_bench import metrics
+from dlm_bench.errors import UserError
+
+TARGET_T = 0.6
+FIG_K = 5  # Fig 2 is Pass@5 in the paper
+DIFFICULTIES = ("easy", "medium", "hard")
+UNIT = ["task", "gen_length", "problem_id"]
+
+
+@dataclass
+class ReportConfig:
+    runs: str
+    out: str
+    k: int = 5                     # primary k of the comparison tables
+    base: str = "base"
+    target_temperature: float = TARGET_T
+    confidence: float = 0.95
+    alpha: float = 0.05
+    n_resamples: int = 2000        # bootstrap resamples (bands, CIs)
+    n_permutations: int = 20_000
+    seed: int = 0
+    formats: tuple = ("png", "pdf")
+    bar_k: int = FIG_K             # k of the per-task bars (Fig 2; the paper's Pass@5)
+    difficulties: dict | None = None   # LiveCodeBench problem_id -> easy/medium/hard
+    title: str | None = None
+
+
+@dataclass
+class _Report:
+    cfg: ReportConfig
+    out: Path
+    lines: list = field(default_factory=list)
+    figures: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def skip(self, what: str, why: str) -> None:
+        self.skipped.append((what, why))
+        self.add(f"*{what} skipped: {why}.*", "")
+
+
+# --------------------------------------------------------------------------- small helpers
+
+def _pct(x, digits: int = 1, sign: bool = False) -> str:
+    if x is None or not math.isfinite(float(x)):
+        return "n/a"
+    return f"{100 * float(x):+.{digits}f}" if sign else f"{100 * float(x):.{digits}f}"
+
+
+def _num(x, digits: int = 1) -> str:
+    if x is None or not math.isfinite(float(x)):
+        return "n/a"
+    return f"{float(x):.{digits}f}"
+
+
+def _t(x) -> str:
+    """A temperature as text: 0.6, not 0.6000000001."""
+    return f"{float(x):g}"
+
+
+def md_table(header: list[str], rows: list[list[str]], right_from: int = 0) -> list[str]:
+    align = [":---" if i < right_from else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(str(c) for c in r) + " |" for r in [header, align] + rows]
+
+
+def split_label(method: str) -> tuple[str, str | None]:
+    """'trafl@gsm8k' -> ('trafl', 'gsm8k'); 'base' -> ('base', None)."""
+    name, sep, train = str(method).partition("@")
+    return (name, train) if sep and train else (str(method), None)
+
+
+def _train_name(train: str) -> str:
+    t = train.lower()
+    return "GSM8K" if "gsm" in t else "MATH" if "math" in t else train
+
+
+def order_methods(methods, base: str) -> list[str]:
+    ms = sorted({str(m) for m in methods})
+    return ([base] if base in ms else []) + [m for m in ms if m != base]
+
+
+def closest_temperature(temps, target: float = TARGET_T) -> float | None:
+    temps = sorted({float(t) for t in temps})
+    if not temps:
+        return None
+    return min(temps, key=lambda t: (abs(t - target), t))
+
+
+def _rng(seed: int, *key) -> np.random.Generator:
+    tag = zlib.crc32("|".join(map(str, key)).encode())
+    return np.random.default_rng([int(seed), tag])
+
+
+def _is_minerva(task) -> bool:
+    return "minerva" in str(task).lower()
+
+
+def _lcb_base(task) -> str | None:
+    """The difficulty encoded in a LiveCodeBench task label ('livecodebench_easy'), '' when the
+    label has none, None when the task is not LiveCodeBench."""
+    t = str(task).lower()
+    if "livecodebench" not in t and not t.startswith("lcb"):
+        return None
+    m = re.search(r"(?:^|[_:/@\-.])(easy|medium|hard)$", t)
+    return m.group(1) if m else ""
+
+
+# --------------------------------------------------------------------------- Pass@k pieces
+
+def _kmax(counts: pd.DataFrame) -> int:
+    return int(counts["n"].min()) if len(counts) else 0
+
+
+def _curve(counts: pd.DataFrame, kmax: int | None = None) -> pd.DataFrame:
+    """Mean Pass@k and SE over the rows of `counts` (per-problem n, c), k = 1..kmax."""
+    kmax = _kmax(counts) if kmax is None else kmax
+    if kmax < 1:
+        return pd.DataFrame(columns=["k", "pass_at_k", "se", "n_units"])
+    ks = list(range(1, kmax + 1))
+    vals = metrics.pass_at_k(counts["n"].to_numpy(), counts["c"].to_numpy(), ks)
+    rows = []
+    for j, k in enumerate(ks):
+        m, se = metrics.mean_se(vals[:, j])
+        rows.append({"k": k, "pass_at_k": m, "se": se, "n_units": len(counts)})
+    return pd.DataFrame(rows)
+
+
+def _cell_stats(df: pd.DataFrame, counts: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per (method, task, gen_length, temperature): Pass@k ± SE (NaN where n < k), problems, n,
+    mean NFE and mean completion length over samples."""
+    by = list(metrics.BY)
+    rows = []
+    cost = df.groupby(by, dropna=False).agg(nfe=("nfe", "mean"), length=("length", "mean"))
+    for key, grp in counts.groupby(by, dropna=False, sort=True):
+        n_min = int(grp["n"].min())
+        if n_min >= k:
+            m, se = metrics.mean_se(metrics.pass_at_k(grp["n"].to_numpy(), grp["c"].to_numpy(), k))
+        else:
+            m, se = math.nan, math.nan
+        nfe, length = cost.loc[key] if key in cost.index else (math.nan, math.nan)
+        rows.append(dict(zip(by, key), k=k, n_problems=len(grp), n_samples=n_min, pass_at_k=m, se=se,
+                         mean_nfe=float(nfe), mean_length=float(length)))
+    return pd.DataFrame(rows)
+
+
+def _numeric_cost(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for col in ("nfe", "length"):
+        out[col] = pd.to_numeric(out[col], errors="coerce") if col in out else math.nan
+    return out
+
+
+# --------------------------------------------------------------------------- figure helpers
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _grid(n: int, width: float = 4.2, height: float = 3.2, max_cols: int = 3):
+    plt = _plt()
+    cols = max(1, min(n, max_cols))
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _save(rep: _Report, fig, name: str, caption: str) -> None:
+    plt = _plt()
+    fig.tight_layout()
+    paths = []
+    for fmt in rep.cfg.formats:
+        p = rep.out / f"{name}.{fmt}"
+        fig.savefig(p, dpi=150, metadata={"CreationDate": None} if fmt == "pdf" else None)
+        paths.append(p)
+    plt.close(fig)
+    rep.figures.append(paths)
+    rep.add(f"![{name}]({name}.{rep.cfg.formats[0]})", "", caption, "")
+
+
+def _colors(methods: list[str]) -> dict:
+    plt = _plt()
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+# --------------------------------------------------------------------------- sections
+
+def _fig1a(rep: _Report, counts: pd.DataFrame, methods: list[str]) -> None:
+    rep.add("## Figure 1a: Pass@k vs k per temperature", "")
+    temps = sorted(counts["temperature"].unique())
+    fig, axes = _grid(len(methods))
+    cmap = _plt().get_cmap("viridis")
+    tcol = {t: cmap(i / max(1, len(temps) - 1)) for i, t in enumerate(temps)}
+    rows, csv = [], []
+    for ax, m in zip(axes, methods):
+        sub = counts[counts["method"] == m]
+        for t in temps:
+            cell = sub[np.isclose(sub["temperature"], t)]
+            if cell.empty:
+                continue
+            cur = _curve(cell)
+            ax.plot(cur["k"], 100 * cur["pass_at_k"], marker="o", ms=3, color=tcol[t], label=f"T={_t(t)}")
+            ax.fill_between(cur["k"], 100 * (cur["pass_at_k"] - cur["se"].fillna(0)),
+                            100 * (cur["pass_at_k"] + cur["se"].fillna(0)), color=tcol[t], alpha=0.15)
+            n = int(cur["k"].max())
+            at = cur.set_index("k")["pass_at_k"]
+            k = rep.cfg.k
+            cells = cell[["task", "gen_length"]].drop_duplicates()
+            rows.append([m, _t(t), str(len(cells)), str(len(cell)), str(n), _pct(at.get(1)),
+                         _pct(at.get(k)) if k <= n else "n/a", _pct(at.get(n))])
+            csv.append(cur.assign(method=m, temperature=t))
+        ax.set_title(m)
+        ax.set_xlabel("k")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel("Pass@k (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(rep, fig, "fig1a_passk_vs_k",
+          "Mean Pass@k over all (task, length, problem) units of each method at each temperature "
+          "(shaded: ± 1 SE over units); k runs to the smallest n among the units.")
+    rep.add(*md_table(["Method", "Temp.", "Task×length cells", "Problems", "n", "Pass@1 (%)",
+                       f"Pass@{rep.cfg.k} (%)", "Pass@n (%)"], rows, right_from=2), "")
+    if csv:
+        pd.concat(csv).to_csv(rep.out / "tables" / "fig1a_passk_vs_k.csv", index=False)
+
+
+def _paired_units(counts: pd.DataFrame, a: str, b: str, t: float) -> pd.DataFrame:
+    at = counts[(counts["method"] == a) & np.isclose(counts["temperature"], t)]
+    bt = counts[(counts["method"] == b) & np.isclose(counts["temperature"], t)]
+    return at[UNIT + ["n", "c"]].merge(bt[UNIT + ["n", "c"]], on=UNIT, suffixes=("_a", "_b"))
+
+
+def _fig1b(rep: _Report, counts: pd.DataFrame, methods: list[str]) -> None:
+    cfg = rep.cfg
+    rep.add(f"## Figure 1b: Pass@k gap to `{cfg.base}` vs k", "")
+    if cfg.base not in methods:
+        rep.skip("Figure 1b", f"no records for the base method {cfg.base!r} (have {methods})")
+        return
+    others = [m for m in methods if m != cfg.base]
+    if not others:
+        rep.skip("Figure 1b", f"no method other than {cfg.base!r}")
+        return
+    temps = sorted(counts["temperature"].unique())
+    colors = _colors(methods)
+    fig, axes = _grid(len(temps))
+    rows, csv = [], []
+    for ax, t in zip(axes, temps):
+        for m in others:
+            pu = _paired_units(counts, m, cfg.base, t)
+            if pu.empty:
+                continue
+            kmax = int(min(pu["n_a"].min(), pu["n_b"].min()))
+            ks = list(range(1, kmax + 1))
+            va = metrics.pass_at_k(pu["n_a"].to_numpy(), pu["c_a"].to_numpy(), ks)
+            vb = metrics.pass_at_k(pu["n_b"].to_numpy(), pu["c_b"].to_numpy(), ks)
+            cur = []
+            for j, k in enumerate(ks):
+                ci = metrics.paired_bootstrap_ci(va[:, j], vb[:, j], cfg.confidence, cfg.n_resamples,
+                                                 _rng(cfg.seed, "1b", m, t, k))
+                cur.append({"method": m, "temperature": t, "k": k, "gap": float(np.mean(va[:, j] - vb[:, j])),
+                            "ci_low": ci.low, "ci_high": ci.high, "ci_method": ci.method,
+                            "n_units": len(pu)})
+            cur = pd.DataFrame(cur)
+            csv.append(cur)
+            ax.plot(cur["k"], 100 * cur["gap"], marker="o", ms=3, color=colors[m], label=m)
+            ax.fill_between(cur["k"], 100 * cur["ci_low"], 100 * cur["ci_high"], color=colors[m], alpha=0.18)
+            if cfg.k <= kmax:
+                r = cur[cur["k"] == cfg.k].iloc[0]
+                d = va[:, cfg.k - 1] - vb[:, cfg.k - 1]
+                p, _ = metrics.sign_flip_test(d, cfg.n_permutations, rng=_rng(cfg.seed, "1b-p", m, t))
+                rows.append([m, _t(t), str(len(pu)), _pct(r["gap"], sign=True),
+                             f"[{_pct(r['ci_low'], sign=True)}, {_pct(r['ci_high'], sign=True)}]",
+                             metrics._fmt_p(p), _stars(p, cfg.alpha)])
+            else:
+                rows.append([m, _t(t), str(len(pu)), "n/a", "n/a", "n/a", f"n < {cfg.k}"])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(f"T = {_t(t)}")
+        ax.set_xlabel("k")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel(f"Pass@k − {cfg.base} (pp)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    _save(rep, fig, "fig1b_gap_to_base",
+          f"Mean per-problem Pass@k difference to {cfg.base} over the (task, length, problem) units "
+          f"both methods have at that temperature; bands: {cfg.confidence:.0%} paired bootstrap CI "
+          f"over units ({cfg.n_resamples} resamples, BCa or percentile where BCa is undefined).")
+    rep.add(*md_table(["Method", "Temp.", "Paired units", f"Gap Pass@{cfg.k} (pp)",
+                       f"{cfg.confidence:.0%} CI (pp)", "p perm.", "Sig."], rows, right_from=2), "",
+            f"p perm.: two-sided paired sign-flip permutation test on the pooled units at k = {cfg.k} "
+            f"(unadjusted; the per-cell tests with BH adjustment are in the comparison section); "
+            f"* p < {cfg.alpha:g}, ** p < 0.01, *** p < 0.001.", "")
+    if csv:
+        pd.concat(csv).to_csv(rep.out / "tables" / "fig1b_gap_to_base.csv", index=False)
+
+
+def _methods_on(counts: pd.DataFrame, task, methods: list[str]) -> list[str]:
+    """The methods with any record on `task` (at any length or temperature), in report order: a
+    method run on a task but missing one of its cells is shown as missing there."""
+    have = set(counts.loc[counts["task"] == task, "method"])
+    return [m for m in methods if m in have]
+
+
+def _stars(p: float, alpha: float) -> str:
+    if not math.isfinite(p) or p >= alpha:
+        return ""
+    return "***" if p < 0.001 else "**" if p < 0.01 else "*"
+
+
+def _fig1c(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float) -> None:
+    cfg = rep.cfg
+    rep.add(f"## Figure 1c: all methods at T = {_t(t_star)}", "")
+    at = counts[np.isclose(counts["temperature"], t_star)]
+    cells = at[["task", "gen_length"]].drop_duplicates().sort_values(["task", "gen_length"])
+    colors = _colors(methods)
+    fig, axes = _grid(len(cells))
+    rows, csv = [], []
+    for ax, (task, g) in zip(axes, cells.itertuples(index=False)):
+        cell = at[(at["task"] == task) & (at["gen_length"] == g)]
+        task_methods = _methods_on(counts, task, methods)
+        for m in task_methods:
+            sub = cell[cell["method"] == m]
+            if sub.empty:
+                rows.append([str(task), str(g), m, "n/a", "n/a", "n/a", "n/a", "n/a"])
+                continue
+            cur = _curve(sub)
+            ax.plot(cur["k"], 100 * cur["pass_at_k"], marker="o", ms=3, color=colors[m], label=m)
+            n = int(cur["k"].max())
+            s = cur.set_index("k")["pass_at_k"]
+            rows.append([str(task), str(g), m, str(len(sub)), str(n), _pct(s.get(1)),
+                         _pct(s.get(cfg.k)) if cfg.k <= n else "n/a", _pct(s.get(n))])
+            csv.append(cur.assign(method=m, task=task, gen_length=g, temperature=t_star))
+        missing = [m for m in task_methods if cell[cell["method"] == m].empty]
+        title = f"{task}, length {g}"
+        if missing:
+            title += f"\n(no data: {', '.join(missing)})"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("k")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel("Pass@k (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    where = ("" if math.isclose(t_star, cfg.target_temperature)
+             else f" (no records at T = {_t(cfg.target_temperature)}; {_t(t_star)} is the closest stored)")
+    _save(rep, fig, "fig1c_all_methods",
+          f"Every method's mean Pass@k over problems at T = {_t(t_star)}{where}, k = 1..n, one panel "
+          f"per task × length.")
+    rep.add(*md_table(["Task", "Length", "Method", "Problems", "n", "Pass@1 (%)", f"Pass@{cfg.k} (%)",
+                       "Pass@n (%)"], rows, right_from=3), "")
+    if csv:
+        pd.concat(csv).to_csv(rep.out / "tables" / "fig1c_all_methods.csv", index=False)
+
+
+def _sig_lookup(compares: dict, k: int) -> dict:
+    """(method, task, gen_length, temperature) -> (diff, sig) from compare tables at k."""
+    out = {}
+    for m, table in compares.get(k, {}).items():
+        if table is None or m.startswith("_"):
+            continue
+        for r in table.to_dict("records"):
+            out[(m, r["task"], int(r["gen_length"]), round(float(r["temperature"]), 6))] = (r["diff"], r["sig"])
+    return out
+
+
+def _bar_panel(ax, groups: list, methods: list[str], values: dict, colors: dict, sig: dict | None = None):
+    """Grouped bars: `values[(group, method)] = (mean, se)`; missing ones are absent and marked n/a."""
+    width = 0.8 / max(1, len(methods))
+    ax.set_xlim(-0.5, len(groups) - 0.5)
+    ax.set_ylim(0, 110)
+    for j, m in enumerate(methods):
+        for i, gkey in enumerate(groups):
+            x = i - 0.4 + width * (j + 0.5)
+            v = values.get((gkey, m))
+            if v is None or not math.isfinite(v[0]):
+                ax.text(x, 2, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="gray")
+                continue
+            mean, se = v
+            ax.bar(x, 100 * mean, width, color=colors[m], label=m if i == 0 else None,
+                   yerr=100 * se if math.isfinite(se) else None, capsize=2)
+            mark = (sig or {}).get((gkey, m))
+            if mark:
+                top = 100 * (mean + (se if math.isfinite(se) else 0))
+                ax.text(x, top + 1, mark, ha="center", va="bottom", fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    seen = {}
+    for h, lab in zip(handles, labels):
+        seen.setdefault(lab, h)
+    if seen:
+        ax.legend(seen.values(), seen.keys(), fontsize=7)
+
+
+def _fig2(rep: _Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[str], t_star: float,
+          compares: dict) -> pd.DataFrame:
+    cfg = rep.cfg
+    k = cfg.bar_k
+    rep.add(f"## Figure 2: Pass@{k} per task × length (T = {_t(t_star)})", "")
+    stats = _cell_stats(df, counts, k)
+    st = stats[np.isclose(stats["temperature"], t_star)]
+    groups = [tuple(x) for x in st[["task", "gen_length"]].drop_duplicates().sort_values(
+        ["task", "gen_length"]).itertuples(index=False)]
+    sig = _sig_lookup(compares, k)
+    values, marks, rows, missing = {}, {}, [], []
+    for task, g in groups:
+        for m in _methods_on(counts, task, methods):
+            r = st[(st["method"] == m) & (st["task"] == task) & (st["gen_length"] == g)]
+            if r.empty:
+                missing.append(f"{m} on {task} @ {g}")
+                rows.append([str(task), str(g), m, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", ""])
+                continue
+            r = r.iloc[0]
+            values[((task, g), m)] = (r["pass_at_k"], r["se"])
+            d, s = sig.get((m, task, int(g), round(float(t_star), 6)), (math.nan, ""))
+            if s:
+                marks[((task, g), m)] = s
+            cell = (f"{_pct(r['pass_at_k'])} ± {_pct(r['se'])}" if math.isfinite(r["pass_at_k"])
+                    else f"n/a (n = {r['n_samples']} < {k})")
+            rows.append([str(task), str(g), m, str(r["n_problems"]), str(r["n_samples"]), cell,
+                         _num(r["mean_nfe"]), _num(r["mean_length"]),
+                         _pct(d, sign=True) if m != cfg.base else "—", s])
+    if not groups:
+        rep.skip(f"Figure 2", f"no records at T = {_t(t_star)}")
+        return stats
+    colors = _colors(methods)
+    fig, axes = _grid(1, width=max(6.0, 1.2 * len(groups) * max(1, len(methods)) ** 0.5 + 2), height=3.6)
+    ax = axes[0]
+    shown = [m for m in methods if any(m in _methods_on(counts, t, methods) for t, _ in groups)]
+    _bar_panel(ax, groups, shown, values, colors, marks)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{t}\n{g}" for t, g in groups], fontsize=8)
+    ax.set_ylabel(f"Pass@{k} (%)")
+    ax.grid(axis="y", alpha=0.3)
+    note = f" Missing (no records, shown as n/a): {'; '.join(missing)}." if missing else ""
+    absent_tasks = sorted(set(map(str, counts["task"])) - {str(t) for t, _ in groups})
+    if absent_tasks:
+        note += f" Tasks with no records at T = {_t(t_star)} (not shown): {', '.join(absent_tasks)}."
+    _save(rep, fig, "fig2_passk_task_length",
+          f"Pass@{k} at T = {_t(t_star)} per task and generation length, mean over problems ± 1 SE "
+          f"(sd across problems / √problems). Stars: vs {cfg.base}, BH-adjusted paired permutation "
+          f"test at k = {k} across the cells of that method's comparison.{note}")
+    rep.add(*md_table(["Task", "Length", "Method", "Problems", "n", f"Pass@{k} (%) ± SE", "Mean NFE",
+                       "Mean length (tokens)", f"Δ vs {cfg.base} (pp)", "Sig."], rows, right_from=3), "")
+    budgets = []
+    for task, g in groups:
+        nf = st[(st["task"] == task) & (st["gen_length"] == g)]["mean_nfe"].dropna()
+        if len(nf) > 1 and nf.min() > 0 and nf.max() / nf.min() > 1.1:
+            budgets.append(f"{task} @ {g} (NFE {nf.min():.0f}–{nf.max():.0f})")
+    rep.add("Denoising budgets: " + ("comparable (mean NFE within 10%) in every task × length."
+                                     if not budgets else "**not comparable** in " + "; ".join(budgets)
+                                     + " — read those differences with the budget in mind."), "")
+    stats.to_csv(rep.out / "tables" / "fig2_cells.csv", index=False)
+    return stats
+
+
+def _fig3a(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float) -> None:
+    cfg = rep.cfg
+    rep.add("## Figure 3a: transfer to Minerva (GSM8K- and MATH-trained checkpoints)", "")
+    mc = counts[counts["task"].map(_is_minerva)]
+    if mc.empty:
+        rep.skip("Figure 3a", "no records on a Minerva task (task name containing 'minerva')")
+        return
+    trained = sorted({split_label(m)[1] for m in mc["method"].unique() if split_label(m)[1]})
+    if not trained:
+        rep.skip("Figure 3a", "no Minerva records from methods labelled with their training set "
+                              "(e.g. 'trafl@gsm8k', 'trafl@math')")
+        return
+    refs = [m for m in methods if split_label(m)[1] is None and m in set(mc["method"])]
+    temps = sorted(mc["temperature"].unique())
+    t_use = closest_temperature(temps, cfg.target_temperature)
+    mc = mc[np.isclose(mc["temperature"], t_use)]
+    tasks_lengths = mc[["task", "gen_length"]].drop_duplicates().sort_values(["task", "gen_length"])
+    panels = [(tr, task, g) for tr in trained for task, g in tasks_lengths.itertuples(index=False)]
+    colors = _colors(order_methods({split_label(m)[0] for m in mc["method"]}, cfg.base))
+    fig, axes = _grid(len(panels), max_cols=max(1, len(tasks_lengths)))
+    rows = []
+    for ax, (tr, task, g) in zip(axes, panels):
+        cell = mc[(mc["task"] == task) & (mc["gen_length"] == g)]
+        show = refs + [m for m in order_methods(cell["method"].unique(), cfg.base) if split_label(m)[1] == tr]
+        for m in show:
+            sub = cell[cell["method"] == m]
+            name = split_label(m)[0]
+            if sub.empty:
+                rows.append([_train_name(tr), str(task), str(g), m, "n/a", "n/a", "n/a", "n/a"])
+                continue
+            cur = _curve(sub)
+            ax.plot(cur["k"], 100 * cur["pass_at_k"], marker="o", ms=3, color=colors[name], label=m,
+                    ls="--" if m in refs else "-")
+            s = cur.set_index("k")["pass_at_k"]
+            n = int(cur["k"].max())
+            rows.append([_train_name(tr), str(task), str(g), m, str(len(sub)), _pct(s.get(1)),
+                         _pct(s.get(cfg.k)) if cfg.k <= n else "n/a", _pct(s.get(n))])
+        ax.set_title(f"trained on {_train_name(tr)}: {task}, length {g}", fontsize=9)
+        ax.set_xlabel("k")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel("Pass@k (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    _save(rep, fig, "fig3a_minerva_transfer",
+          f"Held-out Minerva Pass@k vs k at T = {_t(t_use)}; one row of panels per training set "
+          f"(method label suffix after '@'); dashed: untrained references ({', '.join(refs) or 'none'}).")
+    rep.add(*md_table(["Trained on", "Task", "Length", "Method", "Problems", "Pass@1 (%)",
+                       f"Pass@{cfg.k} (%)", "Pass@n (%)"], rows, right_from=4), "")
+
+
+def _lcb_frame(counts: pd.DataFrame, difficulties: dict | None) -> tuple[pd.DataFrame, str]:
+    """LiveCodeBench rows with a `difficulty` column, and where the labels came from."""
+    is_lcb = counts["task"].map(_lcb_base)
+    lc = counts[is_lcb.notna()].copy()
+    if lc.empty:
+        return lc, ""
+    from_label = is_lcb[is_lcb.notna()]
+    lc["difficulty"] = from_label.where(from_label != "", None)
+    source = "task labels"
+    if difficulties:
+        mapped = lc["problem_id"].astype(str).map({str(k): str(v).lower() for k, v in difficulties.items()})
+        lc["difficulty"] = lc["difficulty"].where(lc["difficulty"].notna(), mapped)
+        source = "task labels and the supplied problem → difficulty map"
+    lc["task"] = lc["task"].map(lambda t: re.sub(r"[_:/@\-.](easy|medium|hard)$", "", str(t), flags=re.I))
+    return lc, source
+
+
+def _fig3b(rep: _Report, counts: pd.DataFrame, methods: list[str]) -> None:
+    cfg = rep.cfg
+    rep.add("## Figure 3b: LiveCodeBench by difficulty", "")
+    lc, source = _lcb_frame(counts, cfg.difficulties)
+    if lc.empty:
+        rep.skip("Figure 3b", "no LiveCodeBench records")
+        return
+    unlabeled = int(lc["difficulty"].isna().sum())
+    lc = lc[lc["difficulty"].isin(DIFFICULTIES)]
+    if lc.empty:
+        rep.skip("Figure 3b", "LiveCodeBench records carry no difficulty: label the task "
+                              "('livecodebench_easy', ...) or pass a problem → difficulty map "
+                              "(`dlm-bench report --lcb-meta FILE`)")
+        return
+    t_use = closest_temperature(lc["temperature"].unique(), cfg.target_temperature)
+    lc = lc[np.isclose(lc["temperature"], t_use)]
+    lengths = sorted(lc["gen_length"].unique())
+    diffs = [d for d in DIFFICULTIES if d in set(lc["difficulty"])]
+    ms = [m for m in methods if m in set(lc["method"])]
+    colors = _colors(methods)
+    k = cfg.k
+    fig, axes = _grid(len(lengths))
+    rows = []
+    for ax, g in zip(axes, lengths):
+        values = {}
+        for d in diffs:
+            for m in ms:
+                sub = lc[(lc["gen_length"] == g) & (lc["difficulty"] == d) & (lc["method"] == m)]
+                if sub.empty:
+                    rows.append([str(g), d, m, "n/a", "n/a", "n/a"])
+                    continue
+                n = int(sub["n"].min())
+                if n < k:
+                    rows.append([str(g), d, m, str(len(sub)), str(n), f"n/a (n < {k})"])
+                    continue
+                mean, se = metrics.mean_se(metrics.pass_at_k(sub["n"].to_numpy(), sub["c"].to_numpy(), k))
+                values[(d, m)] = (mean, se)
+                rows.append([str(g), d, m, str(len(sub)), str(n), f"{_pct(mean)} ± {_pct(se)}"])
+        _bar_panel(ax, diffs, ms, values, colors)
+        ax.set_xticks(range(len(diffs)))
+        ax.set_xticklabels(diffs)
+        ax.set_title(f"length {g}")
+        ax.set_ylabel(f"Pass@{k} (%)")
+        ax.grid(axis="y", alpha=0.3)
+    note = f" {unlabeled} problem rows had no difficulty label and are left out." if unlabeled else ""
+    _save(rep, fig, "fig3b_livecodebench_difficulty",
+          f"LiveCodeBench Pass@{k} at T = {_t(t_use)} by difficulty (labels from {source}), mean ± 1 SE "
+          f"over problems; absent bars (n/a) have no records.{note}")
+    rep.add(*md_table(["Length", "Difficulty", "Method", "Problems", "n", f"Pass@{k} (%) ± SE"], rows,
+                      right_from=3), "")
+
+
+def _compare_all(df: pd.DataFrame, counts: pd.DataFrame, methods: list[str], cfg: ReportConfig,
+                 k: int) -> dict:
+    """metrics.compare_table of every method vs base at k, on the cells where both have n >= k
+    (the others are listed under "_short")."""
+    out = {"_errors": {}, "_short": {}}
+    cells = list(metrics.CELL)
+    nmin = counts.groupby(["method"] + cells)["n"].min()
+    for m in methods:
+        if m == cfg.base:
+            continue
+        sub = df[df["method"].isin([m, cfg.base])]
+        ok = nmin.loc[[m, cfg.base]].reset_index()
+        short = ok[ok["n"] < k][cells].drop_duplicates()
+        if len(short):
+            out["_short"][m] = ["/".join(str(x) for x in r) for r in short.itertuples(index=False)]
+            drop = sub.set_index(cells).index.isin(list(map(tuple, short.itertuples(index=False))))
+            sub = sub[~drop]
+        try:
+            if sub.empty:
+                raise UserError(f"no cell has n >= {k} samples for both")
+            out[m] = metrics.compare_table(sub, m, cfg.base, k, confidence=cfg.confidence, alpha=cfg.alpha,
+                                           n_resamples=cfg.n_resamples, n_permutations=cfg.n_permutations,
+                                           seed=cfg.seed)
+        except UserError as e:
+            out[m] = None
+            out["_errors"][m] = str(e)
+    return out
+
+
+def _comparisons(rep: _Report, compares: dict, methods: list[str]) -> None:
+    cfg = rep.cfg
+    rep.add(f"## Paired comparison with `{cfg.base}` (primary k = {cfg.k})", "")
+    if cfg.base not in methods:
+        rep.skip("Paired comparison", f"no records for the base method {cfg.base!r}")
+        return
+    tables = compares.get(cfg.k, {})
+    errors = tables.get("_errors", {})
+    shorts = tables.get("_short", {})
+    frames = []
+    for m in methods:
+        if m == cfg.base:
+            continue
+        t = tables.get(m)
+        if t is None:
+            rep.add(f"*{m} vs {cfg.base}: not compared ({errors.get(m, 'no paired cells')}).*", "")
+            if shorts.get(m):
+                rep.add(f"Left out (fewer than k = {cfg.k} samples per problem): {'; '.join(shorts[m])}.", "")
+            continue
+        rep.add(metrics.compare_markdown(t), "")
+        if shorts.get(m):
+            rep.add(f"Left out (fewer than k = {cfg.k} samples per problem): {'; '.join(shorts[m])}.", "")
+        frames.append(t)
+    if frames:
+        pd.concat(frames).to_csv(rep.out / "tables" / f"compare_vs_{_safe(cfg.base)}_k{cfg.k}.csv", index=False)
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s))
+
+
+def _diversity(rep: _Report, df: pd.DataFrame, methods: list[str]) -> None:
+    from dlm_bench.diversity import diversity_table
+    rep.add("## Diversity of correct solutions (offline)", "")
+    try:
+        table = diversity_table(df)
+    except UserError as e:
+        rep.skip("Diversity table", str(e))
+        return
+    has_trees = "distinct_trees" in table and table["distinct_trees"].notna().any()
+    has_text = "distinct_completions" in table
+    header = ["Method", "Task", "Length", "Temp.", "Problems", "Solved", "Distinct answers"]
+    header += ["Distinct completions"] if has_text else []
+    header += ["Distinct expression trees"] if has_trees else []
+    rank = {m: i for i, m in enumerate(methods)}
+    table = table.sort_values(["task", "gen_length", "temperature"]).sort_values(
+        "method", key=lambda s: s.map(rank), kind="stable")
+    rows = []
+    for r in table.to_dict("records"):
+        def ms(name):
+            return f"{_num(r[name], 2)} ± {_num(r[name + '_se'], 2)}" if math.isfinite(r[name]) else "n/a"
+        row = [r["method"], str(r["task"]), str(r["gen_length"]), _t(r["temperature"]),
+               str(r["n_problems"]), str(r["n_solved"]), ms("distinct_answers")]
+        row += [ms("distinct_completions")] if has_text else []
+        row += [ms("distinct_trees")] if has_trees else []
+        rows.append(row)
+    rep.add(*md_table(header, rows, right_from=4), "",
+            "Per cell, mean ± SE over solved problems (≥ 1 correct sample) of the number of distinct "
+            "correct final answers (normalised), distinct correct completions (whitespace/case "
+            "normalised) and, for Countdown, distinct expression trees up to commutativity.", "")
+    table.to_csv(rep.out / "tables" / "diversity.csv", index=False)
+
+
+# --------------------------------------------------------------------------- entry point
+
+def build_report(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Path:
+    """Write the figures, tables and `report.md` under cfg.out; returns the report path."""
+    from dlm_bench.store import read_all_scores, run_dirs
+
+    if cfg.k < 1 or cfg.bar_k < 1:
+        raise UserError(f"k must be >= 1, got {min(cfg.k, cfg.bar_k)}")
+    if not 0 < cfg.confidence < 1:
+        raise UserError(f"confidence must be in (0, 1), got {cfg.confidence}")
+    if df is None:
+        df = read_all_scores(cfg.runs)
+        n_runs = len(run_dirs(cfg.runs))
+    else:
+        n_runs = None
+    df = _numeric_cost(df)
+    df["temperature"] = df["temperature"].astype(float)
+    df["gen_length"] = df["gen_length"].astype(int)
+    out = Path(cfg.out)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    rep = _Report(cfg, out)
+    counts = metrics.counts_table(df, metrics.BY)
+    methods = order_methods(counts["method"].unique(), cfg.base)
+    temps = sorted(counts["temperature"].unique())
+    t_star = closest_temperature(temps, cfg.target_temperature)
+
+    rep.add(f"# {cfg.title or 'Pass@k report'}", "",
+            f"Source: `{cfg.runs}`" + (f" ({n_runs} run directories)" if n_runs is not None else "")
+            + f", {len(df)} scored samples.", "",
+            f"- Methods: {', '.join(methods)}; base: `{cfg.base}`"
+            + ("" if cfg.base in methods else " (**absent**)"),
+            f"- Tasks: {', '.join(map(str, sorted(counts['task'].unique())))}",
+            f"- Temperatures: {', '.join(map(_t, temps))}; lengths: "
+            f"{', '.join(map(str, sorted(counts['gen_length'].unique())))}",
+            f"- Samples per problem n: {int(counts['n'].min())}–{int(counts['n'].max())}; primary k = {cfg.k}",
+            f"- Single-temperature figures use T = {_t(t_star)}"
+            + ("" if math.isclose(t_star, cfg.target_temperature)
+               else f" (closest stored temperature to {_t(cfg.target_temperature)})"), "")
+    have = set(map(tuple, counts[list(metrics.BY)].drop_duplicates().itertuples(index=False)))
+    expected = []
+    for task in sorted(counts["task"].unique()):  # per task: its methods × its lengths × its temperatures
+        ct = counts[counts["task"] == task]
+        expected += [(m, task, g, t) for m in _methods_on(counts, task, methods)
+                     for g in sorted(ct["gen_length"].unique()) for t in sorted(ct["temperature"].unique())]
+    absent = [c for c in expected if c not in have]
+    if absent:
+        rep.add(f"Cells without records ({len(absent)} of {len(expected)} method × task × length × "
+                "temperature combinations of the methods run on each task; shown as n/a, never filled in): "
+                + "; ".join(f"{m}/{t}/{g}/T={_t(tt)}" for m, t, g, tt in absent[:40])
+                + (" …" if len(absent) > 40 else ""), "")
+
+    compares = {}
+    if cfg.base in methods:
+        compares[cfg.k] = _compare_all(df, counts, methods, cfg, cfg.k)
+        if cfg.bar_k != cfg.k:
+            compares[cfg.bar_k] = _compare_all(df, counts, methods, cfg, cfg.bar_k)
+    held_out = counts["task"].map(lambda t: _is_minerva(t) or _lcb_base(t) is not None)
+    core = counts[~held_out] if (~held_out).any() else counts
+    if held_out.any() and (~held_out).any():
+        rep.add(f"Figures 1a and 1b pool the in-distribution tasks only; the held-out ones "
+                f"({', '.join(sorted(map(str, counts.loc[held_out, 'task'].unique())))}) are in Figure 3.", "")
+    core_methods = [m for m in methods if m in set(core["method"])]
+    _fig1a(rep, core, core_methods)
+    _fig1b(rep, core, core_methods)
+    _fig1c(rep, counts, methods, t_star)
+    _fig2(rep, df, counts, methods, t_star, compares)
+    _fig3a(rep, counts, methods, t_star)
+    _fig3b(rep, counts, methods)
+    _comparisons(rep, compares, methods)
+    _diversity(rep, df, methods)
+    if rep.skipped:
+        rep.add("## Skipped", "", *[f"- {w}: {why}." for w, why in rep.skipped], "")
+    path = out / "report.md"
+    path.write_text("\n".join(rep.lines).rstrip() + "\n", encoding="utf-8")
+    return path
