@@ -35,16 +35,17 @@ base: setup
 	$(CLI) demo --config $(CONFIG) --only base
 
 train-all: setup
-	$(CLI) train-all --config $(CONFIG)
+	$(CLI) demo --config $(CONFIG) --stages train
 
 eval-all: setup
-	$(CLI) eval-all --config $(CONFIG)
+	$(CLI) demo --config $(CONFIG) --stages eval
 
 figures: setup
-	$(CLI) report --config $(CONFIG)
+	$(CLI) demo --config $(CONFIG) --stages report
 
 bench: setup
 	$(PY) bench/sampler.py
+	$(PY) bench/grading.py
 
 clean:
 	rm -rf results reports/demo/*.pdf .pytest_cache

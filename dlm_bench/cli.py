@@ -21,6 +21,7 @@ COMMANDS = {
     "methods": ("dlm_bench.commands.methods", "list training methods and their flags"),
     "report": ("dlm_bench.commands.report",
                "figures (Pass@k vs k, gap to base, Pass@5 per task x length, transfer) + report.md from stored scores"),
+    "demo": ("dlm_bench.commands.demo", "the whole protocol on the CPU testbed: base, post-training, sweeps, report"),
     "judge": ("dlm_bench.commands.judge", "LLM path-diversity judge of two methods' samples (win/tie/loss)"),
 }
 

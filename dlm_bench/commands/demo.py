@@ -1,0 +1,14 @@
+"""`dlm-bench demo`: the whole protocol on the CPU testbed (see configs/demo.yaml)."""
+from dlm_bench.demo import run_demo
+
+
+def add_arguments(p):
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--only", choices=["base"], help="only (re-)create the base checkpoint")
+    p.add_argument("--methods", help="comma-separated methods, or 'all' (default: the config's list)")
+    p.add_argument("--stages", default="train,eval,report",
+                   help="comma-separated subset of train,eval,report (default: all)")
+
+
+def run(args):
+    run_demo(args.config, only=args.only, methods=args.methods, stages=tuple(args.stages.split(",")))
