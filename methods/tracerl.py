@@ -38,6 +38,7 @@ from torch import nn
 
 from dlm_bench.likelihood import ScoredBatch, masked_token_logprobs, trajectory_inputs
 from dlm_bench.methods import Method, Rollouts, register_method
+from dlm_bench.methods.heads import ScalarHead
 from dlm_bench.methods.losses import clipped_pg, group_mean
 from dlm_bench.methods.trafl import _hidden_size
 
@@ -179,19 +180,6 @@ def clipped_value_loss(v: torch.Tensor, v_old: torch.Tensor, returns: torch.Tens
 
 # ----------------------------------------------------------------------------- value head
 
-class ValueHead(nn.Module):
-    """Token values from hidden states: LayerNorm -> Linear -> GELU -> Linear -> scalar (output starts at 0)."""
-
-    def __init__(self, hidden_size: int, width: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, width), nn.GELU(),
-                                 nn.Linear(width, 1))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.net(feats.float()).squeeze(-1)
-
 
 def _sample_inputs(batch: ScoredBatch, rows, masks, mask_id):
     sub = batch.index(rows.to(batch.completion.device))
@@ -233,7 +221,7 @@ class TraceRL(Method):
         cfg = self.config
         if not cfg.value_model or "value_head" in self.extra_modules:
             return
-        self.extra_modules["value_head"] = ValueHead(_hidden_size(dlm), cfg.value_hidden).to(dlm.device)
+        self.extra_modules["value_head"] = ScalarHead(_hidden_size(dlm), cfg.value_hidden).to(dlm.device)
         if cfg.value_backbone == "copy":
             self.extra_modules["value_backbone"] = copy.deepcopy(dlm.model)
             self._value_dlm = dataclasses.replace(dlm, model=self.extra_modules["value_backbone"])

@@ -39,6 +39,7 @@ from torch import nn
 from dlm_bench.likelihood import elbo
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.espo import iteration_draws
+from dlm_bench.methods.heads import ScalarHead
 from dlm_bench.methods.losses import group_advantages, group_mean, tb_loss, tb_residual
 
 
@@ -74,20 +75,6 @@ class TraFLConfig:
     z_detach: bool = False             # FlowRL leaves the features attached (its detach is commented out)
     z_hidden: int = 256                # head width; the port: 2-layer GELU MLP
 
-
-class LogZHead(nn.Module):
-    """log Z_phi(x) from pooled prompt features: LayerNorm -> Linear -> GELU -> Linear -> scalar.
-    The last layer starts at zero, so log Z = 0 and the first residuals are S_theta - S_ref - tilt."""
-
-    def __init__(self, hidden_size: int, width: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, width), nn.GELU(),
-                                 nn.Linear(width, 1))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.net(feats.float()).squeeze(-1)
 
 
 def _hidden_size(dlm) -> int:
@@ -131,7 +118,7 @@ class TraFL(Method):
 
     def _build_head(self, dlm) -> None:
         if self.config.z_param == "head" and "log_z" not in self.extra_modules:
-            self.extra_modules["log_z"] = LogZHead(_hidden_size(dlm), self.config.z_hidden).to(dlm.device)
+            self.extra_modules["log_z"] = ScalarHead(_hidden_size(dlm), self.config.z_hidden).to(dlm.device)
 
     def param_groups(self) -> list[dict]:
         if "log_z" not in self.extra_modules:

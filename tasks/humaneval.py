@@ -77,8 +77,25 @@ def defines(code: str, name: str) -> bool:
 # ---------------------------------------------------------------------------------------------------
 
 
+class SandboxTask(Task):
+    """A task whose completions are programs: `program(problem, completion)` builds the sandbox run."""
+
+    def program(self, problem: Problem, completion: str):
+        raise NotImplementedError
+
+    def grade(self, problem: Problem, completion: str) -> Grade:
+        return self.grade_many([problem], [completion])[0]
+
+    def grade_many(self, problems: list[Problem], completions: list[str]) -> list[Grade]:
+        return grade_programs([self.program(p, c) for p, c in zip(problems, completions)])
+
+    def rewards(self, problems: list[Problem], completions: list[str]) -> list[float]:
+        """Correctness, graded in parallel (the default would grade one at a time)."""
+        return [float(g.correct) for g in self.grade_many(problems, completions)]
+
+
 @register_task
-class HumanEval(Task):
+class HumanEval(SandboxTask):
     name = "humaneval"
     eval_split = "test"
     splits = {"test": 164}
@@ -122,16 +139,6 @@ class HumanEval(Task):
         # are the originals, not whatever the solution redefined
         return code, sandbox.Program(source, mode="check", setup=prompt, tests=tests, expose=(entry,),
                                      timeout=self.timeout, memory_mb=self.memory_mb)
-
-    def grade(self, problem: Problem, completion: str) -> Grade:
-        return self.grade_many([problem], [completion])[0]
-
-    def grade_many(self, problems: list[Problem], completions: list[str]) -> list[Grade]:
-        return grade_programs([self.program(p, c) for p, c in zip(problems, completions)])
-
-    def rewards(self, problems: list[Problem], completions: list[str]) -> list[float]:
-        """Correctness, graded in parallel (the default would grade one at a time)."""
-        return [float(g.correct) for g in self.grade_many(problems, completions)]
 
     def sft_target(self, problem: Problem) -> str | None:
         full = problem.meta["prompt"] + problem.meta["canonical_solution"]

@@ -16,7 +16,7 @@ from dlm_bench.errors import UserError
 
 from . import Grade, Problem, Task, register_task
 from dlm_bench.data import load_rows
-from .humaneval import extract_code, grade_programs
+from .humaneval import SandboxTask, extract_code
 
 SPLIT_IDS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
 
@@ -38,7 +38,7 @@ def called_names(tests: list[str]) -> list[str]:
 
 
 @register_task
-class MBPP(Task):
+class MBPP(SandboxTask):
     name = "mbpp"
     eval_split = "test"
     train_split = "train"
@@ -94,16 +94,6 @@ class MBPP(Task):
                                      tests="\n".join(problem.answer["test_list"]) + "\n",
                                      expose=tuple(problem.meta["functions"]),
                                      timeout=self.timeout, memory_mb=self.memory_mb)
-
-    def grade(self, problem: Problem, completion: str) -> Grade:
-        return self.grade_many([problem], [completion])[0]
-
-    def grade_many(self, problems: list[Problem], completions: list[str]) -> list[Grade]:
-        return grade_programs([self.program(p, c) for p, c in zip(problems, completions)])
-
-    def rewards(self, problems: list[Problem], completions: list[str]) -> list[float]:
-        """Correctness, graded in parallel (the default would grade one at a time)."""
-        return [float(g.correct) for g in self.grade_many(problems, completions)]
 
     def sft_target(self, problem: Problem) -> str | None:
         code = problem.meta["code"].replace("\r\n", "\n").strip()

@@ -19,13 +19,23 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from dlm_bench import metrics
-    from dlm_bench.commands.passk import parse_floats, parse_ints
-    from dlm_bench.store import read_all_scores
 
     if args.k < 1:
         raise UserError(f"--k must be >= 1, got {args.k}")
     if not 0 < args.confidence < 1:
         raise UserError(f"--confidence must be in (0, 1), got {args.confidence}")
+    df = stored_samples(args, "scores")
+    table = metrics.compare_table(df, args.method_a, args.method_b, args.k, confidence=args.confidence,
+                                  alpha=args.alpha, seed=args.seed)
+    print(metrics.compare_markdown(table))
+    return 0
+
+
+def stored_samples(args, noun: str):
+    """Stored rows of the two methods under --runs, filtered by --task/--temps/--lengths."""
+    from dlm_bench.commands.passk import parse_floats, parse_ints
+    from dlm_bench.store import read_all_scores
+
     df = read_all_scores(args.runs)
     df = df[df["method"].isin([args.method_a, args.method_b])]
     if args.task:
@@ -35,9 +45,6 @@ def run(args) -> int:
     if args.lengths:
         df = df[df["gen_length"].isin(parse_ints(args.lengths, "--lengths"))]
     if df.empty:
-        raise UserError(f"no stored scores for {args.method_a!r} or {args.method_b!r} under {args.runs!r} "
+        raise UserError(f"no stored {noun} for {args.method_a!r} or {args.method_b!r} under {args.runs!r} "
                         "with these filters")
-    table = metrics.compare_table(df, args.method_a, args.method_b, args.k, confidence=args.confidence,
-                                  alpha=args.alpha, seed=args.seed)
-    print(metrics.compare_markdown(table))
-    return 0
+    return df

@@ -45,26 +45,15 @@ def _problem_statements(tasks, data_dir) -> dict:
 
 
 def run(args) -> int:
-    from dlm_bench.commands.passk import parse_floats, parse_ints
     from dlm_bench.diversity import judge_methods, win_rates, win_rates_markdown
     from dlm_bench.judge import Judge, JudgeConfig
-    from dlm_bench.store import read_all_scores
+    from dlm_bench.commands.compare import stored_samples
 
     if args.max_samples is not None and args.max_samples < 1:
         raise UserError(f"--max-samples must be >= 1, got {args.max_samples}")
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
-    df = read_all_scores(args.runs)
-    df = df[df["method"].isin([args.method_a, args.method_b])]
-    if args.task:
-        df = df[df["task"].isin(args.task)]
-    if args.temps:
-        df = df[df["temperature"].isin(parse_floats(args.temps, "--temps"))]
-    if args.lengths:
-        df = df[df["gen_length"].isin(parse_ints(args.lengths, "--lengths"))]
-    if df.empty:
-        raise UserError(f"no stored samples for {args.method_a!r} or {args.method_b!r} under {args.runs!r} "
-                        "with these filters")
+    df = stored_samples(args, "samples")
     judge = Judge(JudgeConfig(model=args.judge_model, base_url=args.judge_url, api_key_env=args.api_key_env,
                               timeout=args.timeout, max_retries=args.retries,
                               cache_dir=args.cache))

@@ -1,0 +1,18 @@
+"""Small heads that methods train beside the policy (TraFL's log Z, TraceRL's values)."""
+import torch
+from torch import nn
+
+
+class ScalarHead(nn.Module):
+    """features -> LayerNorm -> Linear -> GELU -> Linear -> one scalar. The output layer starts at zero,
+    so the head's first predictions are 0 (log Z = 0, values = 0)."""
+
+    def __init__(self, hidden_size: int, width: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, width), nn.GELU(),
+                                 nn.Linear(width, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net(feats.float()).squeeze(-1)
