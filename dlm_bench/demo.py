@@ -34,6 +34,8 @@ def base_model(cfg: dict, force: bool = False) -> str:
     ckpt = Path(cfg["base"]["checkpoint"])
     if (ckpt / "config.json").is_file() and not force:
         return str(ckpt)
+    if "pretrain" not in cfg["base"]:
+        raise UserError(f"base checkpoint {str(ckpt)!r} not found and the config has no base.pretrain settings")
     run = Path(cfg["results"]) / "base-pretrain"
     out = pretrain(PretrainConfig(task=cfg["task"], out=str(run), **cfg["base"]["pretrain"]))
     if ckpt.exists():
@@ -56,14 +58,18 @@ def train_method(cfg: dict, method: str, base: str) -> str:
 
 
 def sweep(cfg: dict, method: str, model: str) -> None:
+    """Pass@k on the training task, or on every task in eval.tasks (transfer protocols)."""
     from dlm_bench.evaluate import SweepConfig, run_sweep
 
     e = cfg["eval"]
-    run_sweep(SweepConfig(model=model, method=method, task=cfg["task"], ks=tuple(e["ks"]), n=e["n"],
-                          temperatures=tuple(e["temperatures"]), lengths=tuple(e["lengths"]),
-                          block_length=e["block_length"], steps_per_token=e.get("steps_per_token", 1.0),
-                          batch_size=e["batch_size"], seed=e.get("seed", 0), limit=e.get("limit"),
-                          out=str(Path(cfg["results"]) / "passk" / method)))
+    tasks = e.get("tasks", [cfg["task"]])
+    for task in tasks:
+        out = Path(cfg["results"]) / "passk" / method
+        run_sweep(SweepConfig(model=model, method=method, task=task, ks=tuple(e["ks"]), n=e["n"],
+                              temperatures=tuple(e["temperatures"]), lengths=tuple(e["lengths"]),
+                              block_length=e["block_length"], steps_per_token=e.get("steps_per_token", 1.0),
+                              batch_size=e["batch_size"], seed=e.get("seed", 0), limit=e.get("limit"),
+                              out=str(out if len(tasks) == 1 else out / task)))
 
 
 STAGES = ("train", "eval", "report")

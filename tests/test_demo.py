@@ -38,3 +38,17 @@ def test_miniature_demo_end_to_end(tmp_path, tiny_dir):
     assert all(m in text for m in ("base", "trafl", "espo", "justgrpo"))
     with pytest.raises(UserError, match="unknown stage"):
         run_demo(str(path), stages=("nope",))
+
+
+def test_transfer_protocol_config_is_runnable_shape():
+    cfg = load_config("configs/tabom_transfer.yaml")
+    assert cfg["task"] == "mbpp" and cfg["eval"]["tasks"] == ["mbpp", "gsm8k"] and "tabom" in cfg["methods"]
+
+
+def test_missing_base_without_pretrain_settings_is_a_user_error(tmp_path):
+    cfg = load_config("configs/tabom_transfer.yaml")
+    cfg["base"]["checkpoint"] = str(tmp_path / "absent")
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match="not found"):
+        run_demo(str(path))
