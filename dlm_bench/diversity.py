@@ -109,8 +109,9 @@ def _balanced(s: str) -> bool:
 
 
 def is_expression_task(task) -> bool:
-    """Tasks whose answers are arithmetic expressions (Countdown)."""
-    return "countdown" in str(task).lower()
+    """Tasks whose answers are arithmetic expressions (Countdown and its CPU variant, the testbed)."""
+    name = str(task).lower()
+    return "countdown" in name or name == "testbed"
 
 
 # --------------------------------------------------------------------------- offline measures
