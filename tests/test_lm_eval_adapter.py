@@ -1,7 +1,9 @@
-"""The lm-eval `dlm` model on the tiny DLM, called directly with lm_eval Instance objects (offline)."""
+"""The lm-eval `dlm` model on the tiny DLM (offline): called directly with lm_eval Instance objects,
+and end to end through `lm_eval.simple_evaluate` on local YAML tasks (tests/fixtures/lm_eval)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +74,91 @@ def test_loglikelihood_finite_and_deterministic(tiny):
 def test_rolling_not_supported(tiny):
     with pytest.raises(NotImplementedError, match="ELBO"):
         _lm(tiny).loglikelihood_rolling([])
+
+
+# ---- end to end: lm_eval.simple_evaluate on local YAML tasks, as a user runs it -------------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "lm_eval"
+TASKS = ["dlm_toy_gen", "dlm_toy_mc"]  # generate_until (3 rows x 3 repeats) and multiple_choice (2 rows)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: the offline switches in the environment and in the already-imported libraries
+    (datasets and huggingface_hub read them once, at import)."""
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    import datasets.config
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setattr(datasets.config, name, True, raising=False)
+
+
+def _write_tasks(tmp_path: Path) -> Path:
+    """The fixture templates as task YAMLs in tmp_path: data files resolved to absolute paths, and
+    the datasets cache kept in tmp_path (outside the scanned task folder)."""
+    import yaml
+
+    task_dir = tmp_path / "tasks"
+    task_dir.mkdir()
+    for tmpl in sorted(FIXTURES.glob("*.yaml.tmpl")):
+        cfg = yaml.safe_load(tmpl.read_text())
+        kw = cfg["dataset_kwargs"]
+        kw["data_files"] = {split: str(FIXTURES / f) for split, f in kw["data_files"].items()}
+        kw["cache_dir"] = str(tmp_path / "hf_datasets")
+        (task_dir / tmpl.name.removesuffix(".tmpl")).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return task_dir
+
+
+def _simple_evaluate(tiny_dir, task_dir, seed=7):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    # the comma-separated string a user passes as --model_args (parsed by lm-eval itself)
+    model_args = (f"model_path={tiny_dir},device=cpu,gen_length=8,block_length=8,steps=8,seed={seed},"
+                  "mc_num=4,batch_size=4")
+    return lm_eval.simple_evaluate(
+        model="dlm", model_args=model_args, tasks=TASKS, limit=3, bootstrap_iters=0, log_samples=True,
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False))
+
+
+def test_simple_evaluate_local_tasks_end_to_end(tiny_dir, tmp_path, offline):
+    task_dir = _write_tasks(tmp_path)
+    out = _simple_evaluate(tiny_dir, task_dir)
+    assert out is not None
+    assert set(TASKS) <= set(out["results"])
+
+    em = out["results"]["dlm_toy_gen"]["exact_match,none"]
+    acc = out["results"]["dlm_toy_mc"]["acc,none"]
+    for v in (em, acc):
+        assert isinstance(v, float) and math.isfinite(v) and 0.0 <= v <= 1.0
+
+    # generate_until: 3 documents (limit=3), each sent 3 times (repeats: 3) with the task's gen kwargs
+    gen = out["samples"]["dlm_toy_gen"]
+    assert [s["doc_id"] for s in gen] == [0, 1, 2]
+    texts = []
+    for s in gen:
+        (context, gen_kwargs), = s["arguments"]
+        assert context == f"Q: {s['doc']['question']}\nA:"
+        assert gen_kwargs["temperature"] == 0.8 and gen_kwargs["do_sample"] is True
+        assert gen_kwargs["until"] == ["\n"] and gen_kwargs["max_gen_toks"] == 8
+        (resps,) = s["resps"]
+        assert len(resps) == 3 and all(isinstance(r, str) for r in resps)
+        assert all("\n" not in r and len(r) <= 8 for r in resps)  # cut at `until`; char tokenizer
+        assert s["filtered_resps"] == [resps[0]]  # lm-eval's default take_first filter
+        texts.append(resps)
+    assert any(len(set(r)) > 1 for r in texts), f"repeats at T = 0.8 are all identical: {texts}"
+
+    # multiple_choice -> loglikelihood: one (ELBO, is_greedy) per choice, finite and negative
+    mc = out["samples"]["dlm_toy_mc"]
+    assert len(mc) == 2  # the file has 2 rows; limit=3 takes them all
+    for s in mc:
+        assert len(s["resps"]) == len(s["doc"]["choices"]) == 2
+        for (ll, greedy), in s["resps"]:
+            assert math.isfinite(ll) and ll < 0 and isinstance(greedy, bool)
+
+    # the same seed reproduces the run through lm-eval (fresh model, task objects and dataset load)
+    again = _simple_evaluate(tiny_dir, task_dir)
+    assert [s["resps"] for s in again["samples"]["dlm_toy_gen"]] == [s["resps"] for s in gen]
+    assert [s["resps"] for s in again["samples"]["dlm_toy_mc"]] == [s["resps"] for s in mc]
