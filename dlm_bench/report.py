@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import math
 import re
-import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,195 +32,11 @@ import pandas as pd
 
 from dlm_bench import metrics
 from dlm_bench.errors import UserError
+from dlm_bench.report_common import (_bar_panel, _cell_stats, _colors, _curve, _grid, _is_minerva, _lcb_base, _num,
+    _numeric_cost, _pct, _plt, _Report, _rng, _save, _t, closest_temperature, md_table, order_methods,
+    ReportConfig, UNIT)
 
-TARGET_T = 0.6
-FIG_K = 5  # Fig 2 is Pass@5 in the paper
-DIFFICULTIES = ("easy", "medium", "hard")
-UNIT = ["task", "gen_length", "problem_id"]
-
-
-@dataclass
-class ReportConfig:
-    runs: str
-    out: str
-    k: int = 5                     # primary k of the comparison tables
-    base: str = "base"
-    target_temperature: float = TARGET_T
-    confidence: float = 0.95
-    alpha: float = 0.05
-    n_resamples: int = 2000        # bootstrap resamples (bands, CIs)
-    n_permutations: int = 20_000
-    seed: int = 0
-    formats: tuple = ("png", "pdf")
-    bar_k: int = FIG_K             # k of the per-task bars (Fig 2; the paper's Pass@5)
-    difficulties: dict | None = None   # LiveCodeBench problem_id -> easy/medium/hard
-    title: str | None = None
-
-
-@dataclass
-class _Report:
-    cfg: ReportConfig
-    out: Path
-    lines: list = field(default_factory=list)
-    figures: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-
-    def add(self, *lines: str) -> None:
-        self.lines.extend(lines)
-
-    def skip(self, what: str, why: str) -> None:
-        self.skipped.append((what, why))
-        self.add(f"*{what} skipped: {why}.*", "")
-
-
-# --------------------------------------------------------------------------- small helpers
-
-def _pct(x, digits: int = 1, sign: bool = False) -> str:
-    if x is None or not math.isfinite(float(x)):
-        return "n/a"
-    return f"{100 * float(x):+.{digits}f}" if sign else f"{100 * float(x):.{digits}f}"
-
-
-def _num(x, digits: int = 1) -> str:
-    if x is None or not math.isfinite(float(x)):
-        return "n/a"
-    return f"{float(x):.{digits}f}"
-
-
-def _t(x) -> str:
-    """A temperature as text: 0.6, not 0.6000000001."""
-    return f"{float(x):g}"
-
-
-def md_table(header: list[str], rows: list[list[str]], right_from: int = 0) -> list[str]:
-    align = [":---" if i < right_from else "---:" for i in range(len(header))]
-    return ["| " + " | ".join(str(c) for c in r) + " |" for r in [header, align] + rows]
-
-
-def split_label(method: str) -> tuple[str, str | None]:
-    """'trafl@gsm8k' -> ('trafl', 'gsm8k'); 'base' -> ('base', None)."""
-    name, sep, train = str(method).partition("@")
-    return (name, train) if sep and train else (str(method), None)
-
-
-def _train_name(train: str) -> str:
-    t = train.lower()
-    return "GSM8K" if "gsm" in t else "MATH" if "math" in t else train
-
-
-def order_methods(methods, base: str) -> list[str]:
-    ms = sorted({str(m) for m in methods})
-    return ([base] if base in ms else []) + [m for m in ms if m != base]
-
-
-def closest_temperature(temps, target: float = TARGET_T) -> float | None:
-    temps = sorted({float(t) for t in temps})
-    if not temps:
-        return None
-    return min(temps, key=lambda t: (abs(t - target), t))
-
-
-def _rng(seed: int, *key) -> np.random.Generator:
-    tag = zlib.crc32("|".join(map(str, key)).encode())
-    return np.random.default_rng([int(seed), tag])
-
-
-def _is_minerva(task) -> bool:
-    return "minerva" in str(task).lower()
-
-
-def _lcb_base(task) -> str | None:
-    """The difficulty encoded in a LiveCodeBench task label ('livecodebench_easy'), '' when the
-    label has none, None when the task is not LiveCodeBench."""
-    t = str(task).lower()
-    if "livecodebench" not in t and not t.startswith("lcb"):
-        return None
-    m = re.search(r"(?:^|[_:/@\-.])(easy|medium|hard)$", t)
-    return m.group(1) if m else ""
-
-
-# --------------------------------------------------------------------------- Pass@k pieces
-
-def _kmax(counts: pd.DataFrame) -> int:
-    return int(counts["n"].min()) if len(counts) else 0
-
-
-def _curve(counts: pd.DataFrame, kmax: int | None = None) -> pd.DataFrame:
-    """Mean Pass@k and SE over the rows of `counts` (per-problem n, c), k = 1..kmax."""
-    kmax = _kmax(counts) if kmax is None else kmax
-    if kmax < 1:
-        return pd.DataFrame(columns=["k", "pass_at_k", "se", "n_units"])
-    ks = list(range(1, kmax + 1))
-    vals = metrics.pass_at_k(counts["n"].to_numpy(), counts["c"].to_numpy(), ks)
-    rows = []
-    for j, k in enumerate(ks):
-        m, se = metrics.mean_se(vals[:, j])
-        rows.append({"k": k, "pass_at_k": m, "se": se, "n_units": len(counts)})
-    return pd.DataFrame(rows)
-
-
-def _cell_stats(df: pd.DataFrame, counts: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Per (method, task, gen_length, temperature): Pass@k ± SE (NaN where n < k), problems, n,
-    mean NFE and mean completion length over samples."""
-    by = list(metrics.BY)
-    rows = []
-    cost = df.groupby(by, dropna=False).agg(nfe=("nfe", "mean"), length=("length", "mean"))
-    for key, grp in counts.groupby(by, dropna=False, sort=True):
-        n_min = int(grp["n"].min())
-        if n_min >= k:
-            m, se = metrics.mean_se(metrics.pass_at_k(grp["n"].to_numpy(), grp["c"].to_numpy(), k))
-        else:
-            m, se = math.nan, math.nan
-        nfe, length = cost.loc[key] if key in cost.index else (math.nan, math.nan)
-        rows.append(dict(zip(by, key), k=k, n_problems=len(grp), n_samples=n_min, pass_at_k=m, se=se,
-                         mean_nfe=float(nfe), mean_length=float(length)))
-    return pd.DataFrame(rows)
-
-
-def _numeric_cost(df: pd.DataFrame) -> pd.DataFrame:
-    out = df.copy()
-    for col in ("nfe", "length"):
-        out[col] = pd.to_numeric(out[col], errors="coerce") if col in out else math.nan
-    return out
-
-
-# --------------------------------------------------------------------------- figure helpers
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _grid(n: int, width: float = 4.2, height: float = 3.2, max_cols: int = 3):
-    plt = _plt()
-    cols = max(1, min(n, max_cols))
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
-    flat = list(axes.flat)
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
-
-
-def _save(rep: _Report, fig, name: str, caption: str) -> None:
-    plt = _plt()
-    fig.tight_layout()
-    paths = []
-    for fmt in rep.cfg.formats:
-        p = rep.out / f"{name}.{fmt}"
-        fig.savefig(p, dpi=150, metadata={"CreationDate": None} if fmt == "pdf" else None)
-        paths.append(p)
-    plt.close(fig)
-    rep.figures.append(paths)
-    rep.add(f"![{name}]({name}.{rep.cfg.formats[0]})", "", caption, "")
-
-
-def _colors(methods: list[str]) -> dict:
-    plt = _plt()
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+from dlm_bench.report_transfer import _fig3a, _fig3b
 
 
 # --------------------------------------------------------------------------- sections
@@ -404,33 +218,6 @@ def _sig_lookup(compares: dict, k: int) -> dict:
     return out
 
 
-def _bar_panel(ax, groups: list, methods: list[str], values: dict, colors: dict, sig: dict | None = None):
-    """Grouped bars: `values[(group, method)] = (mean, se)`; missing ones are absent and marked n/a."""
-    width = 0.8 / max(1, len(methods))
-    ax.set_xlim(-0.5, len(groups) - 0.5)
-    ax.set_ylim(0, 110)
-    for j, m in enumerate(methods):
-        for i, gkey in enumerate(groups):
-            x = i - 0.4 + width * (j + 0.5)
-            v = values.get((gkey, m))
-            if v is None or not math.isfinite(v[0]):
-                ax.text(x, 2, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="gray")
-                continue
-            mean, se = v
-            ax.bar(x, 100 * mean, width, color=colors[m], label=m if i == 0 else None,
-                   yerr=100 * se if math.isfinite(se) else None, capsize=2)
-            mark = (sig or {}).get((gkey, m))
-            if mark:
-                top = 100 * (mean + (se if math.isfinite(se) else 0))
-                ax.text(x, top + 1, mark, ha="center", va="bottom", fontsize=8)
-    handles, labels = ax.get_legend_handles_labels()
-    seen = {}
-    for h, lab in zip(handles, labels):
-        seen.setdefault(lab, h)
-    if seen:
-        ax.legend(seen.values(), seen.keys(), fontsize=7)
-
-
 def _fig2(rep: _Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[str], t_star: float,
           compares: dict) -> pd.DataFrame:
     cfg = rep.cfg
@@ -460,7 +247,7 @@ def _fig2(rep: _Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[st
                          _num(r["mean_nfe"]), _num(r["mean_length"]),
                          _pct(d, sign=True) if m != cfg.base else "—", s])
     if not groups:
-        rep.skip(f"Figure 2", f"no records at T = {_t(t_star)}")
+        rep.skip("Figure 2", f"no records at T = {_t(t_star)}")
         return stats
     colors = _colors(methods)
     fig, axes = _grid(1, width=max(6.0, 1.2 * len(groups) * max(1, len(methods)) ** 0.5 + 2), height=3.6)
@@ -491,126 +278,6 @@ def _fig2(rep: _Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[st
                                      + " — read those differences with the budget in mind."), "")
     stats.to_csv(rep.out / "tables" / "fig2_cells.csv", index=False)
     return stats
-
-
-def _fig3a(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float) -> None:
-    cfg = rep.cfg
-    rep.add("## Figure 3a: transfer to Minerva (GSM8K- and MATH-trained checkpoints)", "")
-    mc = counts[counts["task"].map(_is_minerva)]
-    if mc.empty:
-        rep.skip("Figure 3a", "no records on a Minerva task (task name containing 'minerva')")
-        return
-    trained = sorted({split_label(m)[1] for m in mc["method"].unique() if split_label(m)[1]})
-    if not trained:
-        rep.skip("Figure 3a", "no Minerva records from methods labelled with their training set "
-                              "(e.g. 'trafl@gsm8k', 'trafl@math')")
-        return
-    refs = [m for m in methods if split_label(m)[1] is None and m in set(mc["method"])]
-    temps = sorted(mc["temperature"].unique())
-    t_use = closest_temperature(temps, cfg.target_temperature)
-    mc = mc[np.isclose(mc["temperature"], t_use)]
-    tasks_lengths = mc[["task", "gen_length"]].drop_duplicates().sort_values(["task", "gen_length"])
-    panels = [(tr, task, g) for tr in trained for task, g in tasks_lengths.itertuples(index=False)]
-    colors = _colors(order_methods({split_label(m)[0] for m in mc["method"]}, cfg.base))
-    fig, axes = _grid(len(panels), max_cols=max(1, len(tasks_lengths)))
-    rows = []
-    for ax, (tr, task, g) in zip(axes, panels):
-        cell = mc[(mc["task"] == task) & (mc["gen_length"] == g)]
-        show = refs + [m for m in order_methods(cell["method"].unique(), cfg.base) if split_label(m)[1] == tr]
-        for m in show:
-            sub = cell[cell["method"] == m]
-            name = split_label(m)[0]
-            if sub.empty:
-                rows.append([_train_name(tr), str(task), str(g), m, "n/a", "n/a", "n/a", "n/a"])
-                continue
-            cur = _curve(sub)
-            ax.plot(cur["k"], 100 * cur["pass_at_k"], marker="o", ms=3, color=colors[name], label=m,
-                    ls="--" if m in refs else "-")
-            s = cur.set_index("k")["pass_at_k"]
-            n = int(cur["k"].max())
-            rows.append([_train_name(tr), str(task), str(g), m, str(len(sub)), _pct(s.get(1)),
-                         _pct(s.get(cfg.k)) if cfg.k <= n else "n/a", _pct(s.get(n))])
-        ax.set_title(f"trained on {_train_name(tr)}: {task}, length {g}", fontsize=9)
-        ax.set_xlabel("k")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel("Pass@k (%)")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    _save(rep, fig, "fig3a_minerva_transfer",
-          f"Held-out Minerva Pass@k vs k at T = {_t(t_use)}; one row of panels per training set "
-          f"(method label suffix after '@'); dashed: untrained references ({', '.join(refs) or 'none'}).")
-    rep.add(*md_table(["Trained on", "Task", "Length", "Method", "Problems", "Pass@1 (%)",
-                       f"Pass@{cfg.k} (%)", "Pass@n (%)"], rows, right_from=4), "")
-
-
-def _lcb_frame(counts: pd.DataFrame, difficulties: dict | None) -> tuple[pd.DataFrame, str]:
-    """LiveCodeBench rows with a `difficulty` column, and where the labels came from."""
-    is_lcb = counts["task"].map(_lcb_base)
-    lc = counts[is_lcb.notna()].copy()
-    if lc.empty:
-        return lc, ""
-    from_label = is_lcb[is_lcb.notna()]
-    lc["difficulty"] = from_label.where(from_label != "", None)
-    source = "task labels"
-    if difficulties:
-        mapped = lc["problem_id"].astype(str).map({str(k): str(v).lower() for k, v in difficulties.items()})
-        lc["difficulty"] = lc["difficulty"].where(lc["difficulty"].notna(), mapped)
-        source = "task labels and the supplied problem → difficulty map"
-    lc["task"] = lc["task"].map(lambda t: re.sub(r"[_:/@\-.](easy|medium|hard)$", "", str(t), flags=re.I))
-    return lc, source
-
-
-def _fig3b(rep: _Report, counts: pd.DataFrame, methods: list[str]) -> None:
-    cfg = rep.cfg
-    rep.add("## Figure 3b: LiveCodeBench by difficulty", "")
-    lc, source = _lcb_frame(counts, cfg.difficulties)
-    if lc.empty:
-        rep.skip("Figure 3b", "no LiveCodeBench records")
-        return
-    unlabeled = int(lc["difficulty"].isna().sum())
-    lc = lc[lc["difficulty"].isin(DIFFICULTIES)]
-    if lc.empty:
-        rep.skip("Figure 3b", "LiveCodeBench records carry no difficulty: label the task "
-                              "('livecodebench_easy', ...) or pass a problem → difficulty map "
-                              "(`dlm-bench report --lcb-meta FILE`)")
-        return
-    t_use = closest_temperature(lc["temperature"].unique(), cfg.target_temperature)
-    lc = lc[np.isclose(lc["temperature"], t_use)]
-    lengths = sorted(lc["gen_length"].unique())
-    diffs = [d for d in DIFFICULTIES if d in set(lc["difficulty"])]
-    ms = [m for m in methods if m in set(lc["method"])]
-    colors = _colors(methods)
-    k = cfg.k
-    fig, axes = _grid(len(lengths))
-    rows = []
-    for ax, g in zip(axes, lengths):
-        values = {}
-        for d in diffs:
-            for m in ms:
-                sub = lc[(lc["gen_length"] == g) & (lc["difficulty"] == d) & (lc["method"] == m)]
-                if sub.empty:
-                    rows.append([str(g), d, m, "n/a", "n/a", "n/a"])
-                    continue
-                n = int(sub["n"].min())
-                if n < k:
-                    rows.append([str(g), d, m, str(len(sub)), str(n), f"n/a (n < {k})"])
-                    continue
-                mean, se = metrics.mean_se(metrics.pass_at_k(sub["n"].to_numpy(), sub["c"].to_numpy(), k))
-                values[(d, m)] = (mean, se)
-                rows.append([str(g), d, m, str(len(sub)), str(n), f"{_pct(mean)} ± {_pct(se)}"])
-        _bar_panel(ax, diffs, ms, values, colors)
-        ax.set_xticks(range(len(diffs)))
-        ax.set_xticklabels(diffs)
-        ax.set_title(f"length {g}")
-        ax.set_ylabel(f"Pass@{k} (%)")
-        ax.grid(axis="y", alpha=0.3)
-    note = f" {unlabeled} problem rows had no difficulty label and are left out." if unlabeled else ""
-    _save(rep, fig, "fig3b_livecodebench_difficulty",
-          f"LiveCodeBench Pass@{k} at T = {_t(t_use)} by difficulty (labels from {source}), mean ± 1 SE "
-          f"over problems; absent bars (n/a) have no records.{note}")
-    rep.add(*md_table(["Length", "Difficulty", "Method", "Problems", "n", f"Pass@{k} (%) ± SE"], rows,
-                      right_from=3), "")
 
 
 def _compare_all(df: pd.DataFrame, counts: pd.DataFrame, methods: list[str], cfg: ReportConfig,

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from dlm_bench import metrics
-from dlm_bench.report import ReportConfig, build_report, closest_temperature, split_label
+from dlm_bench.report import build_report
+from dlm_bench.report_common import ReportConfig, closest_temperature, split_label
 from dlm_bench.store import Store, read_all_scores
 
 N = 4
