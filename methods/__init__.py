@@ -55,6 +55,16 @@ class Method:
     def loss(self, rollouts: Rollouts, policy, ref) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def next_update(self, rollouts: Rollouts, policy, ref, key: str) -> int:
+        """Index j of this inner update over the per-update entries `cache[key]` that `prepare` made
+        (running `prepare` first if the loop did not)."""
+        c = rollouts.cache
+        if key not in c:
+            self.prepare(rollouts, policy, ref)
+        j = c["iter"] % len(c[key])
+        c["iter"] += 1
+        return j
+
     def param_groups(self) -> list[dict]:
         """Optimizer groups for the method's own modules (the loop adds the policy's)."""
         return []

@@ -103,10 +103,7 @@ class ESPO(Method):
 
     def loss(self, rollouts: Rollouts, policy, ref):
         cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        if "draws" not in c:
-            self.prepare(rollouts, policy, ref)
-        j = c["iter"] % len(c["draws"])
-        c["iter"] += 1
+        j = self.next_update(rollouts, policy, ref, "draws")
         e = elbo(policy, batch, c["draws"][j])
         old = c["elbo_old"][j] if "elbo_old" in c else e.detach()
         e_ref = c["elbo_ref"][j] if "elbo_ref" in c else None

@@ -133,10 +133,7 @@ class TABOM(Method):
 
     def loss(self, rollouts: Rollouts, policy, ref):
         cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        if "sup" not in c:
-            self.prepare(rollouts, policy, ref)
-        j = c["iter"] % len(c["sup"])
-        c["iter"] += 1
+        j = self.next_update(rollouts, policy, ref, "sup")
         keep = c["keep"]
         if not bool(keep.any()):
             zero = torch.zeros((), device=batch.completion.device, requires_grad=True)

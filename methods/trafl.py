@@ -156,10 +156,7 @@ class TraFL(Method):
 
     def loss(self, rollouts: Rollouts, policy, ref):
         cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        if "draws" not in c:
-            self.prepare(rollouts, policy, ref)
-        j = c["iter"] % len(c["draws"])
-        c["iter"] += 1
+        j = self.next_update(rollouts, policy, ref, "draws")
         s = self._score(policy, batch, c["draws"][j])
         s_ref = c["s_ref"][j].to(s.dtype)
         r_tilde = c["r_tilde"].to(s.device, s.dtype)
