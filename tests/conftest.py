@@ -1,3 +1,5 @@
+import copy
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -30,3 +32,12 @@ def tiny_dir(tmp_path_factory, char_tokenizer):
 def tiny(tiny_dir):
     from dlm_bench.models import load_model
     return load_model(tiny_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ref_model(tiny):
+    """A frozen copy of `tiny`, as the training loop's reference model."""
+    ref = dataclasses.replace(tiny, model=copy.deepcopy(tiny.model))
+    for p in ref.model.parameters():
+        p.requires_grad_(False)
+    return ref

@@ -1,5 +1,4 @@
 """Post-training objectives: hand-computed losses, an exact tabular toy, and smoke runs on `tiny`."""
-import copy
 import dataclasses
 import math
 
@@ -154,7 +153,7 @@ def test_grpo_sharpens_inside_the_correct_set_and_espo_kl_holds_it(toy, seed):
 def _rollouts(dlm, seed=0, prompts=("1+2=", "7*3="), G=3):
     g = torch.Generator().manual_seed(seed)
     chars = [dlm.tokenizer.convert_tokens_to_ids(c) for c in "0123456789+-*= "]
-    p_ids, comps, lens = [], [], []
+    p_ids, comps = [], []
     for p in prompts:
         for _ in range(G):
             n = int(torch.randint(3, 7, (), generator=g))
@@ -165,14 +164,6 @@ def _rollouts(dlm, seed=0, prompts=("1+2=", "7*3="), G=3):
     step_map = torch.stack([torch.randperm(W, generator=g) for _ in range(N)])
     rewards = torch.tensor([1., 0., 1., 0., 0., 1.])[:N]
     return Rollouts(batch, rewards, torch.arange(len(prompts)).repeat_interleave(G), step_map, seed=seed)
-
-
-@pytest.fixture(scope="module")
-def ref_model(tiny):
-    ref = dataclasses.replace(tiny, model=copy.deepcopy(tiny.model))
-    for p in ref.model.parameters():
-        p.requires_grad_(False)
-    return ref
 
 
 def _no_grad_tensors(obj):

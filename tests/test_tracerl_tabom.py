@@ -1,5 +1,4 @@
 """TraceRL and TABOM: trace-step slicing, the entropy ranking hinge and GAE by hand; smoke on `tiny`."""
-import copy
 import dataclasses
 import math
 
@@ -157,14 +156,6 @@ def test_gae_by_hand():
 
 
 # ----------------------------------------------------------------------------- smoke on tiny
-
-@pytest.fixture(scope="module")
-def ref_model(tiny):
-    ref = dataclasses.replace(tiny, model=copy.deepcopy(tiny.model))
-    for p in ref.model.parameters():
-        p.requires_grad_(False)
-    return ref
-
 
 def _smoke_rollouts(dlm, seed=0, G=3, W=8):
     g = torch.Generator().manual_seed(seed)
