@@ -12,6 +12,7 @@ COMMANDS = {
     "info": ("dlm_bench.commands.info", "show a model's architecture, parameter count and mask id"),
     "sample": ("dlm_bench.commands.sample", "sample completions for prompts (JSONL in, JSONL out)"),
     "pretrain": ("dlm_bench.commands.pretrain", "masked-diffusion pre-training / SFT on a task's answers"),
+    "merge": ("dlm_bench.commands.merge", "merge a LoRA adapter folder into its base model (a plain model dir)"),
     "tasks": ("dlm_bench.commands.tasks", "list benchmark tasks with their splits and sizes"),
     "grade": ("dlm_bench.commands.grade", "grade a JSONL of completions with a task's grader"),
     "passk": ("dlm_bench.commands.passk",

@@ -90,3 +90,14 @@ def load_rows(relpath: str, data_dir, hub_id: str | None, split: str, config: st
     if path.suffix == ".jsonl":
         return read_jsonl(path)
     raise UserError(f"unsupported data file type: {path}")
+
+
+MODELS_ENV_VAR = "DLM_BENCH_MODELS"
+
+
+def models_dir() -> Path | None:
+    """The folder of weightless real-model snapshots (LLaDA, Dream code + configs): $DLM_BENCH_MODELS,
+    then ../shared/models beside the checkout; None where neither exists."""
+    cands = ([Path(os.environ[MODELS_ENV_VAR])] if os.environ.get(MODELS_ENV_VAR) else []) + \
+        [_REPO_ROOT.parent / "shared" / "models", Path.cwd().parent / "shared" / "models"]
+    return next((d for d in cands if d.is_dir()), None)

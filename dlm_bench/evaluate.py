@@ -124,7 +124,12 @@ def model_fingerprint(path: str) -> dict:
         files[f.name] = f"{size}:{h.hexdigest()[:16]}"
     if not files:
         raise UserError(f"model directory {str(path)!r} is empty")
-    return {"name": p.resolve().name, "files": files, "hash": stable_hash(files)}
+    out = {"name": p.resolve().name, "files": files, "hash": stable_hash(files)}
+    if "adapter_config.json" in files and "config.json" not in files:   # LoRA: the base is part of it
+        from dlm_bench.models.hf import ADAPTER_CONFIG, adapter_base
+        base = model_fingerprint(str(adapter_base(p, json.loads((p / ADAPTER_CONFIG).read_text()))))
+        out["base"] = {k: base[k] for k in ("name", "hash", "base") if k in base}
+    return out
 
 
 def cell_config(cfg: SweepConfig, task, split: str, model_id: dict, temperature: float,
@@ -132,7 +137,7 @@ def cell_config(cfg: SweepConfig, task, split: str, model_id: dict, temperature:
     """The resolved config of one cell: everything that can change a record's text. `n`, `limit`,
     batch size, ranks and the method label are not in it (they do not change any sample)."""
     return {
-        "model": {"name": model_id["name"], "hash": model_id["hash"]},
+        "model": {k: model_id[k] for k in ("name", "hash", "base") if k in model_id},
         "task": task.name,
         "split": split,
         "prompt_template": task.prompt_template,
@@ -249,6 +254,8 @@ def run_sweep(cfg: SweepConfig, *, dlm=None, rank: int | None = None, world: int
     if todo and dlm is None:
         from dlm_bench.models import load_model
         dlm = load_model(cfg.model, device=device)
+    if todo and rank == 0:
+        _record_model(store.dir, dlm)
     prompt_cache: dict[str, list[int]] = {}
 
     bar = None
@@ -292,6 +299,15 @@ def run_sweep(cfg: SweepConfig, *, dlm=None, rank: int | None = None, world: int
         if owns_group:
             dist.destroy_process_group()
     return result
+
+
+def _record_model(out: Path, dlm) -> None:
+    """What the loaded model looked like at run time (not part of any hash: none of it changes a sample)."""
+    info = {"path": dlm.path, "base_model": dlm.extra.get("base_model"), "adapter": dlm.extra.get("adapter"),
+            "honours_padding": dlm.honours_padding, "stop_ids": sorted(dlm.stops()), "versions": versions()}
+    tmp = out / ".model.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, out / "model.json")
 
 
 def _run_batch(store, dlm, task, cfg, cell, batch, prompt_cache, sample, make_generators) -> None:
@@ -344,6 +360,8 @@ def finalize_run(cfg: SweepConfig, task=None) -> dict:
     results["config"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                          "split": split}
     results["versions"] = versions()
+    if (store.dir / "model.json").is_file():
+        results["model_runtime"] = json.loads((store.dir / "model.json").read_text())
     store.write_results(results)
     return results
 

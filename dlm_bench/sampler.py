@@ -99,7 +99,7 @@ def sample(dlm, prompts: list[list[int]], cfg: SamplerConfig, generators: list[t
     for i in range(len(prompts)):
         window = tokens[i].tolist()
         text = dlm.completion_text(window)
-        length = next((j for j, t in enumerate(window) if t == dlm.eos_id), len(window))
+        length = dlm.completion_length(window)
         out.append(Completion(window, text, steps_map[i].tolist(), int(nfe[i]), length))
     return out
 

@@ -41,3 +41,14 @@ def ref_model(tiny):
     for p in ref.model.parameters():
         p.requires_grad_(False)
     return ref
+
+
+def fake_rewards(self, problems, completions):
+    """A random model never solves testbed: a deterministic, varied reward so gradients are non-zero."""
+    return [float(sum(map(ord, c)) % 5) / 4 for c in completions]
+
+
+@pytest.fixture
+def varied_rewards(monkeypatch):
+    from dlm_bench.tasks.testbed import Testbed
+    monkeypatch.setattr(Testbed, "rewards", fake_rewards)

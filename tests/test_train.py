@@ -19,17 +19,6 @@ TINY = dict(group_size=4, batch_prompts=2, gen_length=8, steps=8, block_length=8
             lr_schedule="constant")
 
 
-def fake_rewards(self, problems, completions):
-    """A random model never solves testbed: a deterministic, varied reward so gradients are non-zero."""
-    return [float(sum(map(ord, c)) % 5) / 4 for c in completions]
-
-
-@pytest.fixture
-def varied_rewards(monkeypatch):
-    from dlm_bench.tasks.testbed import Testbed
-    monkeypatch.setattr(Testbed, "rewards", fake_rewards)
-
-
 def weights(ckpt: Path) -> dict:
     files = sorted(ckpt.glob("*.safetensors"))
     assert files, f"no weights in {ckpt}"

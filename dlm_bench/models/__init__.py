@@ -22,6 +22,8 @@ class DLM:
     eot_id: int | None = None          # end-of-turn token (LLaDA <|eot_id|>), if the tokenizer has one
     shift_logits: bool = False         # AR-adapted models (Dream) predict token i at position i-1
     four_d_mask: bool = False          # Dream expects a 4-D boolean attention mask + position ids
+    honours_padding: bool = True       # False: the model ignores the attention mask (pre-Oct-2025 LLaDA)
+    stop_ids: tuple[int, ...] = ()     # ids that end a completion (EOS, end-of-turn); default: eos, eot
     path: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -29,20 +31,39 @@ class DLM:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _forward(self, input_ids, attention_mask=None, hidden=False):
+    def _forward(self, input_ids, attention_mask=None, hidden=False) -> torch.Tensor:
+        """Raw logits (or last hidden states) of the wrapped model for a left-padded batch."""
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if padded and not self.honours_padding:
+            return self._forward_unpadded(input_ids, attention_mask, hidden)
         kw = {}
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if padded:
             if self.four_d_mask:
+                # Keys only: Dream's own query-and-key mask leaves pad rows with nothing to attend to,
+                # which SDPA turns into NaN that then reaches every row through the values.
                 am = attention_mask.bool()
-                kw["attention_mask"] = am[:, None, None, :] & am[:, None, :, None]
+                kw["attention_mask"] = am[:, None, None, :].expand(-1, 1, am.shape[1], -1)
                 kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             else:
                 kw["attention_mask"] = attention_mask
                 if self._takes_position_ids():  # left padding must not shift absolute positions
                     kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if hidden:
-            kw["output_hidden_states"] = True
-        return self.model(input_ids=input_ids, **kw)
+            return self.model(input_ids=input_ids, output_hidden_states=True, **kw).hidden_states[-1]
+        return self.model(input_ids=input_ids, **kw).logits
+
+    def _forward_unpadded(self, input_ids, attention_mask, hidden) -> torch.Tensor:
+        """For models that ignore the attention mask: run each group of rows with the same amount of
+        left padding without its pad columns, so no row ever sees a pad token (pad positions get 0)."""
+        pads = (attention_mask == 0).sum(-1)
+        out = None
+        for pad in pads.unique().tolist():
+            rows = (pads == pad).nonzero().flatten()
+            part = self._forward(input_ids[rows, pad:], None, hidden)
+            if out is None:
+                out = part.new_zeros((input_ids.shape[0], input_ids.shape[1], part.shape[-1]))
+            out[rows, pad:] = part
+        return out
 
     def _takes_position_ids(self) -> bool:
         if "takes_position_ids" not in self.extra:
@@ -53,14 +74,14 @@ class DLM:
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T, V] logits where position i scores token i (shifted for AR-adapted models)."""
-        logits = self._forward(input_ids, attention_mask).logits
+        logits = self._forward(input_ids, attention_mask)
         if self.shift_logits:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
 
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T, H] last-layer hidden states."""
-        return self._forward(input_ids, attention_mask, hidden=True).hidden_states[-1]
+        return self._forward(input_ids, attention_mask, hidden=True)
 
     def prompt_ids(self, prompt) -> list[int]:
         """Token ids for one prompt: a string, or chat messages rendered with the chat template."""
@@ -82,15 +103,18 @@ class DLM:
                 mask[i, width - len(r):] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def stops(self) -> set[int]:
+        return set(self.stop_ids) or ({self.eos_id} | ({self.eot_id} if self.eot_id is not None else set()))
+
+    def completion_length(self, ids) -> int:
+        """Tokens before the first stop token (end-of-text or end-of-turn)."""
+        stops = self.stops()
+        return next((i for i, t in enumerate(ids) if int(t) in stops), len(ids))
+
     def completion_text(self, ids) -> str:
-        """Decode completion tokens, cut at the first end-of-text (or end-of-turn) token."""
+        """Decode completion tokens, cut at the first stop token (end-of-text or end-of-turn)."""
         ids = [int(i) for i in ids]
-        stops = {self.eos_id} | ({self.eot_id} if self.eot_id is not None else set())
-        for i, t in enumerate(ids):
-            if t in stops:
-                ids = ids[:i]
-                break
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.tokenizer.decode(ids[:self.completion_length(ids)], skip_special_tokens=True)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad or not trainable_only)

@@ -7,12 +7,15 @@ tokenizer config and never hard-coded; a model without one is not a DLM and is r
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from dlm_bench.errors import UserError
+
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass(frozen=True)
@@ -42,21 +45,65 @@ def _mask_id(config: dict, tokenizer) -> int | None:
     return getattr(tokenizer, "mask_token_id", None)
 
 
+def _load_weights(p: Path, config: dict, dtype, trust_remote_code: bool):
+    """The model itself: remote-code DLMs (LLaDA, Dream) through their `AutoModel` class with the
+    compatibility shims of `compat.py`; standard ones as masked LMs."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from dlm_bench.models import compat
+    try:
+        if trust_remote_code and "AutoModel" in config.get("auto_map", {}):
+            hf_config = AutoConfig.from_pretrained(p, trust_remote_code=True)
+            compat.patch_config(hf_config)
+            model = compat.remote_model_class(str(p), config["auto_map"]).from_pretrained(
+                p, config=hf_config, dtype=dtype)
+            compat.restore_rotary_buffers(model)
+        else:
+            model = AutoModelForMaskedLM.from_pretrained(p, dtype=dtype, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001  (remote code can raise anything; the user needs one line)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"could not load the model in {str(p)!r} with transformers {transformers.__version__} "
+                        f"({type(e).__name__}: {msg}); if its remote code predates this transformers, "
+                        f"try the tested range in pyproject.toml") from e
+    return model
+
+
+END_OF_TURN = ("<|eot_id|>", "<|im_end|>")    # LLaDA, Dream/Qwen chat templates
+
+
 def load_model(path: str, *, lora: LoraSpec | None = None, dtype: torch.dtype | str | None = None,
                device: str | torch.device | None = None, trust_remote_code: bool = True):
-    """Open a local DLM directory as a `dlm_bench.models.DLM`."""
-    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+    """Open a local DLM directory as a `dlm_bench.models.DLM`.
 
-    import dlm_bench.models.tiny  # noqa: F401  (registers the tiny model with the Auto classes)
-    from dlm_bench.models import DLM
-
+    `path` is a model directory or a LoRA adapter folder (`adapter_config.json`, as `train` writes
+    with LoRA): the adapter's base model is loaded and the adapter merged into it. With `lora`, a
+    fresh adapter is put on top (training)."""
     p = Path(path)
-    config = _read_config(p)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None or dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    if (p / ADAPTER_CONFIG).is_file() and not (p / "config.json").is_file():
+        dlm = _load_adapter(p, dtype, device, trust_remote_code)
+    else:
+        dlm = _load_plain(p, dtype, device, trust_remote_code)
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+        dlm.model = get_peft_model(dlm.model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                         target_modules=lora.target_modules))
+        # The saved adapter names its base by absolute path, so `passk` etc. can load it from anywhere.
+        dlm.model.peft_config["default"].base_model_name_or_path = str(p.resolve())
+    return dlm
+
+
+def _load_plain(p: Path, dtype, device, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    import dlm_bench.models.tiny  # noqa: F401  (registers the tiny model with the Auto classes)
+    from dlm_bench.models import DLM
+    config = _read_config(p)
     try:
         tokenizer = AutoTokenizer.from_pretrained(p, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001  (any tokenizer failure is a bad model directory)
@@ -66,25 +113,90 @@ def load_model(path: str, *, lora: LoraSpec | None = None, dtype: torch.dtype | 
         raise UserError(f"{str(p)!r} is not a masked diffusion LM: no mask token id in its config or tokenizer")
     model_type = str(config.get("model_type", "")).lower()
     is_dream = model_type == "dream"
-    # Remote-code DLMs (LLaDA, Dream) map AutoModel to their LM class; standard ones are masked LMs.
-    auto = AutoModel if "AutoModel" in config.get("auto_map", {}) else AutoModelForMaskedLM
-    try:
-        model = auto.from_pretrained(p, dtype=dtype, trust_remote_code=trust_remote_code)
-    except (ValueError, KeyError, OSError) as e:
-        raise UserError(f"could not load the model in {str(p)!r}: {e}") from e
+    model = _load_weights(p, config, dtype, trust_remote_code)
     if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
         raise UserError(f"{str(p)!r} has no language-model head (logits); it is not a DLM")
     model.to(device)
     model.eval()
-    if lora is not None:
-        from peft import LoraConfig, get_peft_model
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=lora.target_modules))
     eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else config.get("eos_token_id")
     if isinstance(eos_id, list):
         eos_id = eos_id[0]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
-    return DLM(model=model, tokenizer=tokenizer, mask_id=int(mask_id), eos_id=int(eos_id), pad_id=int(pad_id),
-               eot_id=eot, shift_logits=is_dream, four_d_mask=is_dream, path=str(p),
-               extra={"model_type": model_type})
+    vocab = tokenizer.get_vocab()
+    turn_ends = [vocab[t] for t in END_OF_TURN if t in vocab]
+    dlm = DLM(model=model, tokenizer=tokenizer, mask_id=int(mask_id), eos_id=int(eos_id), pad_id=int(pad_id),
+              eot_id=turn_ends[0] if turn_ends else None, shift_logits=is_dream, four_d_mask=is_dream,
+              path=str(p), extra={"model_type": model_type})
+    dlm.stop_ids = tuple(sorted({int(eos_id), *turn_ends, *_generation_eos(p)}))
+    dlm.honours_padding = probe_padding(dlm)
+    if not dlm.honours_padding:
+        print(f"note: {p} ignores the attention mask (left padding changes its logits); dlm-bench runs rows "
+              f"with different prompt lengths separately, so results do not depend on batch composition",
+              file=sys.stderr)
+    return dlm
+
+
+def _generation_eos(p: Path) -> list[int]:
+    """Extra stop ids a model declares in generation_config.json (an int or a list)."""
+    f = p / "generation_config.json"
+    try:
+        eos = json.loads(f.read_text()).get("eos_token_id") if f.is_file() else None
+    except json.JSONDecodeError:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, list) else [eos]) if isinstance(e, int)]
+
+
+@torch.no_grad()
+def probe_padding(dlm) -> bool:
+    """Does the model honour the attention mask? The same short input alone and left-padded by three
+    tokens must give the same logits (to dtype tolerance) at every position the input can predict."""
+    ids = [t for t in dlm.tokenizer("padding probe 12345", add_special_tokens=False)["input_ids"]][:6]
+    row = ids + [dlm.mask_id] * 4
+    was, dlm.honours_padding = dlm.honours_padding, True
+    try:
+        alone = dlm.logits(torch.tensor([row], device=dlm.device)).float()
+        x, att = dlm.pad_left([row, [ids[0]] * (len(row) + 3)])
+        padded = dlm.logits(x, att)[0, -len(row):].float()
+    finally:
+        dlm.honours_padding = was
+    first = 1 if dlm.shift_logits else 0      # a shifted model's first position has nothing before it
+    diff = (padded[first:] - alone[0, first:]).abs().max().item()
+    scale = max(1.0, alone.abs().max().item())
+    tol = 1e-3 if next(dlm.model.parameters()).dtype == torch.float32 else 5e-2
+    return diff <= tol * scale
+
+
+def _load_adapter(p: Path, dtype, device, trust_remote_code: bool):
+    """A LoRA folder: its base model (recorded in adapter_config.json) with the adapter merged in."""
+    from peft import PeftModel
+    try:
+        adapter = json.loads((p / ADAPTER_CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p / ADAPTER_CONFIG} is not valid JSON: {e}") from e
+    base = adapter_base(p, adapter)
+    if (base / "config.json").is_file():
+        dlm = _load_plain(base, dtype, device, trust_remote_code)
+    else:                                           # continued training: an adapter on an adapter
+        dlm = _load_adapter(base, dtype, device, trust_remote_code)
+    try:
+        dlm.model = PeftModel.from_pretrained(dlm.model, str(p)).merge_and_unload()
+    except Exception as e:  # noqa: BLE001  (a mismatched adapter fails deep inside peft)
+        raise UserError(f"could not apply the LoRA adapter {str(p)!r} to its base model {str(base)!r}: {e}") from e
+    dlm.model.eval()
+    dlm.path = str(p)
+    dlm.extra.update(base_model=str(base), adapter=str(p))
+    return dlm
+
+
+def adapter_base(p: Path, adapter: dict) -> Path:
+    """The base model of a LoRA folder: the recorded path, absolute or relative to the folder."""
+    name = adapter.get("base_model_name_or_path")
+    if not name:
+        raise UserError(f"{p / ADAPTER_CONFIG} names no base model (base_model_name_or_path)")
+    for cand in (Path(name), p / name):
+        if (cand / "config.json").is_file() or (cand / ADAPTER_CONFIG).is_file():
+            if cand.resolve() == p.resolve():
+                raise UserError(f"the LoRA adapter {str(p)!r} names itself as its base model")
+            return cand.resolve()
+    raise UserError(f"the base model {name!r} of the LoRA adapter {str(p)!r} is not a local model directory; "
+                    f"put it there (or edit base_model_name_or_path in {ADAPTER_CONFIG})")

@@ -1,0 +1,51 @@
+"""Random-weight models of real architectures from a weightless hub snapshot (config + remote code).
+
+Tests build tiny models of LLaDA and Dream this way; a GPU check builds the full-size architecture.
+The snapshot folder is only read: everything is written to `out`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+# Size fields per architecture family, small enough for CPU tests and large enough to be non-trivial.
+TINY = {
+    "llada": dict(d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=128, max_sequence_length=512),
+    "dream": dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                  intermediate_size=128, max_position_embeddings=512),
+}
+
+
+def build_random(src: str | Path, out: str | Path, overrides: dict | None = None, seed: int = 0,
+                 dtype: torch.dtype = torch.float32) -> Path:
+    """Copy the snapshot's non-weight files to `out`, then save a seeded random model built from its config."""
+    src, out = Path(src), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name != "MANIFEST.md":
+            shutil.copy(f, out / f.name)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.update(overrides or {})
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    random_model(out, seed, dtype).save_pretrained(out)
+    return out
+
+
+def random_model(model_dir: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """The seeded random model of `model_dir`'s config and remote code, in memory."""
+    from transformers import AutoConfig
+
+    from dlm_bench.models.compat import patch_config, remote_model_class
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
+    patch_config(config)
+    cls = remote_model_class(str(model_dir), config.auto_map)
+    torch.manual_seed(seed)
+    return cls(config).to(dtype).eval()
+
+
+def build_tiny(src: str | Path, out: str | Path, seed: int = 0) -> Path:
+    family = json.loads((Path(src) / "config.json").read_text())["model_type"].lower()
+    return build_random(src, out, TINY[family], seed)
