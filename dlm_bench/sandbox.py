@@ -45,6 +45,7 @@ import threading
 import time
 from array import array
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from dlm_bench.errors import UserError
@@ -60,7 +61,8 @@ STDERR_KEEP = 16384                  # last bytes of stderr kept (tracebacks end
 _GRACE = 0.5                         # after exit, how long pipes held by stray children may stay open
 
 # The trusted in-sandbox runner: a standalone script (standard library only) passed to `python -c`.
-_RUNNER = (Path(__file__).with_name("sandbox_runner.py")).read_text(encoding="utf-8")
+_RUNNER = "".join((Path(__file__).with_name(f)).read_text(encoding="utf-8")
+                  for f in ("sandbox_codec.py", "sandbox_runner.py"))
 
 
 @dataclass(frozen=True)
@@ -204,9 +206,10 @@ def _bwrap_argv(root: bool) -> list[str]:
          "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/sandbox", "--setenv", "TMPDIR", "/tmp",
          "--setenv", "LANG", "C.UTF-8"]
     # As root, no user namespace: there uid 0 would map to real root, which RLIMIT_NPROC never limits;
-    # the server drops each job to its own uid instead (keeping only CAP_SETUID/SETGID to do so).
+    # the server drops each job to its own uid instead (keeping only CAP_SETUID/SETGID/CHOWN to do so:
+    # it makes each home as root and hands it over, so no job can plant the next one's).
     a += (["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-           "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+           "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_CHOWN"]
           if root else ["--unshare-all"])
     a += ["--ro-bind", "/usr", "/usr"]
     for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -225,7 +228,7 @@ def _bwrap_argv(root: bool) -> list[str]:
         a += ["--ro-bind", p, p]
     return a + ["--proc", "/proc", "--dev", "/dev",
                 "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp",
-                "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/sandbox",
+                "--perms", "0755" if root else "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/sandbox",
                 "--remount-ro", "/", "--chdir", "/sandbox"]
 
 
@@ -261,6 +264,8 @@ class _Child:
             return True
 
     def kill(self) -> None:  # the whole group; bwrap's --die-with-parent and pid namespace take the rest
+        if self.proc.returncode is not None:  # reaped: the id may belong to someone else by now
+            return
         for fn in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), self.proc.kill):
             try:
                 fn()
@@ -284,7 +289,7 @@ class _Zygote:
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             pass_fds=(theirs.fileno(),), env={"PATH": "/usr/bin:/bin"}, start_new_session=True))
         theirs.close()
-        self.sock, self.uid, self.rc = ours, None, None
+        self.sock, self.uid, self.rc, self.dirty = ours, None, None, False
         ours.settimeout(30)
         try:
             hello = ours.recv(64)
@@ -313,10 +318,10 @@ class _Zygote:
                 msg = self.sock.recv(64)
             except (BlockingIOError, TimeoutError):
                 return False
-            uid, rc = (int(x) for x in msg.split()) if msg else (None, None)
+            uid, rc, clean = (int(x) for x in msg.split()) if msg else (None, None, 0)
             if uid != self.uid:
                 raise OSError("sandbox server gone")
-            self.rc = rc
+            self.rc, self.dirty = rc, not clean  # dirty: the job left something the scrub could not remove
         return True
 
     def kill(self) -> None:  # the server kills every process of the job's uid, then reports the exit
@@ -370,18 +375,37 @@ def _spawn(make):
 # ---------------------------------------------------------------------------------------------------
 
 def _run(p: Program, iso: str) -> RunResult:
-    if p.mode not in ("script", "check", "call"):
+    if p.mode in ("check", "call"):
+        from dlm_bench import sandbox_calls  # the trusted side of the call protocol
+        return sandbox_calls.run(p, iso)
+    if p.mode != "script":
         raise ValueError(f"unknown mode {p.mode!r}")
-    root = os.geteuid() == 0
-    cpu, mem = math.ceil(p.timeout) + 1, p.memory_mb << 20
-    nproc = p.nproc if root else _own_tasks() + p.nproc
-    limits = {"RLIMIT_AS": [mem, mem], "RLIMIT_CPU": [cpu, cpu + 1], "RLIMIT_NPROC": [nproc, nproc],
-              "RLIMIT_FSIZE": [p.file_mb << 20] * 2, "RLIMIT_NOFILE": [256, 256], "RLIMIT_CORE": [0, 0]}
     nonce = secrets.token_hex(16)
-    cfg = {"nonce": nonce, "limits": limits, "mode": p.mode, "source": p.source, "tests": p.tests,
-           "setup": p.setup, "expose": list(p.expose), "func": p.func, "cls": p.cls,
-           "inputs": list(p.inputs), "per_call": float(p.per_call)}
-    zygote = root and iso == BWRAP
+    cpu = math.ceil(p.timeout) + 1
+    with launch(p, iso, {"nonce": nonce, "mode": "script"}) as (proc, fds, t0):
+        cfg, mine = fds.pop(), fds[:]
+        fds.clear()  # _pump owns (and closes) them now
+        out, err, res, rc, why = _pump(proc, mine, cfg, p.stdin.encode("utf-8", "surrogateescape"),
+                                       t0 + p.timeout, p.max_output)
+    return _judge(p, iso, nonce, out, err, res, rc, why, time.monotonic() - t0, cpu)
+
+
+def _limits(p: Program) -> dict:
+    cpu, mem = math.ceil(p.timeout) + 1, p.memory_mb << 20
+    nproc = p.nproc if os.geteuid() == 0 else _own_tasks() + p.nproc
+    return {"RLIMIT_AS": [mem, mem], "RLIMIT_CPU": [cpu, cpu + 1], "RLIMIT_NPROC": [nproc, nproc],
+            "RLIMIT_FSIZE": [p.file_mb << 20] * 2, "RLIMIT_NOFILE": [256, 256], "RLIMIT_CORE": [0, 0]}
+
+
+@contextmanager
+def launch(p: Program, iso: str, cfg: dict):
+    """Start the runner on `p.source` with `cfg` (mode, ...). Yields (process, fds, start time): fds =
+    [stdin_w, stdout_r, stderr_r, cfg_w, res_r, framed config bytes]; the caller pops and closes
+    every fd it takes (whatever is left in the list is closed here). On exit the process is
+    killed if still running and its warm sandbox is put back only if it ended the job cleanly."""
+    cfg = {**cfg, "limits": _limits(p), "source": p.source}
+    blob = marshal.dumps(cfg)
+    zygote = os.geteuid() == 0 and iso == BWRAP
     pipes = [os.pipe() for _ in range(5)]  # stdin, stdout, stderr, config, results
     theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][0], pipes[4][1]]
     ours = [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][1], pipes[4][0]]
@@ -411,18 +435,20 @@ def _run(p: Program, iso: str) -> RunResult:
         finally:  # each fd is closed exactly once: another thread may reuse the number at once
             for fd in theirs:
                 os.close(fd)
-        fds, ours = ours, []  # _pump owns (and closes) them now
-        out, err, res, rc, why = _pump(proc, fds, marshal.dumps(cfg), p.stdin.encode(), t0 + p.timeout,
-                                       p.max_output)
+        handed = ours + [len(blob).to_bytes(8, "big") + blob]
+        ours = []
+        yield proc, handed, t0
     finally:
-        for fd in ours:
+        for fd in ours + [x for x in locals().get("handed", ()) if isinstance(x, int)]:
             os.close(fd)
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+        if proc is not None:
+            proc.kill()
+            proc.wait(5.0)
         if zygote and proc is not None:  # reuse a server only if it finished this job cleanly
-            healthy = proc.rc is not None and proc.proc.poll() is None
+            healthy = proc.rc is not None and proc.proc.poll() is None and not proc.dirty
             _IDLE.put(proc) if healthy and _IDLE.qsize() < 2 * (os.cpu_count() or 1) else proc.close()
-    return _judge(p, iso, nonce, out, err, res, rc, why, time.monotonic() - t0, cpu)
 
 
 def _pump(proc, fds, cfg_bytes, stdin_bytes, deadline, max_output):
