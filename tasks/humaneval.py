@@ -64,7 +64,8 @@ def to_grade(result: sandbox.RunResult, code: str, public_only: bool = False) ->
 
 
 def no_answer(public_only: bool = False) -> CodeGrade:
-    return CodeGrade(False, None, "no_answer", "", "no code found in the completion", public_only)
+    return CodeGrade(False, None, "no_answer", sandbox.isolation(), "no code found in the completion",
+                     public_only)
 
 
 def defines(code: str, name: str) -> bool:
@@ -87,6 +88,7 @@ class SandboxTask(Task):
         return self.grade_many([problem], [completion])[0]
 
     def grade_many(self, problems: list[Problem], completions: list[str]) -> list[Grade]:
+        sandbox.isolation()  # no sandbox and no explicit opt-out: UserError before any row is graded
         return grade_programs([self.program(p, c) for p, c in zip(problems, completions)])
 
     def rewards(self, problems: list[Problem], completions: list[str]) -> list[float]:
