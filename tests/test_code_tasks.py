@@ -206,3 +206,17 @@ def test_mbpp_reference_code_passes_every_split():
         probs = task.load(split)
         grades = task.grade_many(probs, [fenced(p.meta["code"]) for p in probs])
         assert {p.id: g.detail for p, g in zip(probs, grades) if not g.correct} == {}
+
+
+def test_livecodebench_hostile_answers_fail_alone(monkeypatch):
+    task = LiveCodeBench(data_dir=str(FIX), test_timeout=1.0)
+    probs = {p.id: p for p in task.load()}
+    deep = ("class Solution:\n    def twoSum(self, nums, target):\n        x = [0, 1]\n"
+            "        for _ in range(5000):\n            x = [x]\n        return x\n")
+    odd = ("import types\nclass Solution:\n    def isPalindrome(self, s):\n"
+           "        return types.MappingProxyType({})\n")
+    monkeypatch.setattr(LiveCodeBench, "grade", lambda *a: pytest.fail("graded one by one"))
+    grades = task.grade_many([probs["9001"], probs["9002"], probs["9001"]],
+                             [fenced(deep), fenced(odd), fenced(GOLD["9001"])])
+    assert [(g.correct, g.reason) for g in grades] == [(False, "wrong"), (False, "wrong"), (True, "correct")]
+    assert "plain data" in grades[0].detail
