@@ -150,8 +150,8 @@ def _as_uid(uid, fn):  # run fn in a child process that has become uid; wait for
     os.waitpid(pid, 0)
 _TOPS = ("/sandbox", "/tmp", "/dev/shm")  # where a job can write
 def _scrub(uid):  # kill every process of uid; delete its files and SysV IPC objects; True if all gone
-    def rm_tree(top, name):  # iterative; subfolders are first moved up to `top`, so no path grows long
-        todo, n = [top + "/" + name], 0
+    def rm_tree(root):  # iterative; deeper folders are first moved up into root: no path grows long
+        todo, n = [root], 0
         while todo:
             p = todo.pop()
             try:
@@ -162,15 +162,21 @@ def _scrub(uid):  # kill every process of uid; delete its files and SysV IPC obj
                 for e in os.listdir(p):
                     q = p + "/" + e
                     if os.path.isdir(q) and not os.path.islink(q):
-                        n += 1
-                        flat = "%s/.scrub-%d-%d" % (top, uid, n)
-                        os.rename(q, flat)
-                        todo.append(flat)
+                        if p != root:
+                            n += 1
+                            os.rename(q, root + "/.scrub-%d" % n)
+                            q = root + "/.scrub-%d" % n
+                        todo.append(q)
                     else:
                         os.unlink(q)
-                os.rmdir(p)
+                if p != root:
+                    os.rmdir(p)
             except OSError:
                 pass
+        try:
+            os.rmdir(root)  # (a home stays: /sandbox is root's, which removes it below)
+        except OSError:
+            pass
     def ipc():  # the job's SysV segments, semaphores and queues (they would outlive it)
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
@@ -189,9 +195,13 @@ def _scrub(uid):  # kill every process of uid; delete its files and SysV IPC obj
         for top in _TOPS:
             for e in os.listdir(top) if os.path.isdir(top) else ():
                 if os.lstat(top + "/" + e).st_uid == uid:
-                    rm_tree(top, e)
+                    rm_tree(top + "/" + e)
         ipc()
     _as_uid(uid, work)
+    try:
+        os.rmdir("/sandbox/%d" % uid)
+    except OSError:
+        pass
     return not _leftovers(uid)
 def _leftovers(uid):
     left = [t for t in _TOPS if os.path.isdir(t) for e in os.listdir(t) if os.lstat(t + "/" + e).st_uid == uid]
