@@ -25,6 +25,7 @@ a private pipe, each line prefixed by a random per-run nonce that is never part 
 """
 from __future__ import annotations
 
+import atexit
 import itertools
 import marshal
 import math
@@ -46,6 +47,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from dlm_bench import sandbox_cgroup
 from dlm_bench.errors import UserError
 
 BWRAP, RLIMITS_ONLY = "bwrap", "rlimits-only"
@@ -287,6 +289,9 @@ class _Child:
         except subprocess.TimeoutExpired:
             return None
 
+    def oom_killed(self) -> bool:  # no cgroup for a plain child
+        return False
+
 
 class _Zygote:
     """One warm bwrap sandbox whose trusted server (_serve) forks a fresh child per job."""
@@ -294,6 +299,8 @@ class _Zygote:
     def __init__(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = _bwrap_argv(True) + [PYTHON, "-I", "-S", "-c", _RUNNER, "serve", str(theirs.fileno())]
+        self.cgroup = sandbox_cgroup.create()  # None where the machine allows no cgroup
+        argv = self.cgroup.wrap(argv) if self.cgroup else argv
         self.proc = _spawn(lambda: subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             pass_fds=(theirs.fileno(),), env={"PATH": "/usr/bin:/bin"}, start_new_session=True))
@@ -308,8 +315,10 @@ class _Zygote:
             self.close()
             raise RuntimeError(f"sandbox server did not start ({hello.decode(errors='replace') or 'no answer'})")
 
-    def start(self, uid: int, fds) -> None:
+    def start(self, uid: int, fds, memory_bytes: int) -> None:
         self.uid, self.rc = uid, None
+        if self.cgroup:
+            self.cgroup.start_job(memory_bytes)
         self.sock.sendmsg([b"%d" % uid], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))])
 
     def exited(self) -> bool:
@@ -340,6 +349,10 @@ class _Zygote:
             except OSError:
                 pass
 
+    def oom_killed(self) -> bool:
+        """Did the kernel kill a process of this job for the cgroup's memory limit?"""
+        return bool(self.cgroup and self.cgroup.job_oom_killed())
+
     def close(self) -> None:
         for fn in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), self.sock.close):
             try:
@@ -350,10 +363,22 @@ class _Zygote:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        if self.cgroup:
+            for _ in range(50):  # its processes leave the cgroup a moment after they die
+                self.cgroup.remove()
+                if not self.cgroup.path.exists():
+                    break
+                time.sleep(0.01)
 
 
 _IDLE: queue.LifoQueue = queue.LifoQueue()
 os.register_at_fork(after_in_child=_IDLE.queue.clear)  # a forked harness must not share servers
+
+
+@atexit.register
+def _close_idle() -> None:  # before sandbox_cgroup's own exit hook: their cgroups must be empty
+    while not _IDLE.empty():
+        _IDLE.get().close()
 _UIDS = itertools.count()
 _SPAWNS: queue.Queue = queue.Queue()
 _SPAWNER: list[threading.Thread] = []
@@ -396,6 +421,7 @@ def _run(p: Program, iso: str) -> RunResult:
         fds.clear()  # _pump owns (and closes) them now
         out, err, res, rc, why = _pump(proc, mine, cfg, p.stdin.encode("utf-8", "surrogatepass"),
                                        t0 + p.timeout, p.max_output)
+        why = why or ("memory" if proc.oom_killed() else None)
     return _judge(p, iso, nonce, out, err, res, rc, why, time.monotonic() - t0, cpu)
 
 
@@ -433,7 +459,7 @@ def launch(p: Program, iso: str, cfg: dict):
                     if proc.proc.poll() is not None:  # an idle server that died: drop it
                         proc = proc.close()
                 t0 = time.monotonic()  # starting a new server is not the program's time
-                proc.start(uid, theirs)
+                proc.start(uid, theirs, p.memory_mb << 20)
             elif iso == BWRAP:
                 proc = _Child(_bwrap_argv(False) + [PYTHON, "-I", "-S", "-c", _RUNNER],
                               {"PATH": "/usr/bin:/bin"}, "/", theirs)
@@ -540,6 +566,8 @@ def _judge(p: Program, iso, nonce, out, err, res, rc, why, duration, cpu) -> Run
         status, detail = "output_limit", f"more than {p.max_output} bytes of output"
     elif why == "timeout":
         status, detail = "timeout", f"exceeded {p.timeout:g}s wall clock"
+    elif why == "memory":
+        status, detail = "memory", f"killed at the memory cgroup's limit ({p.memory_mb} MB for the program)"
     elif k == "syntax_error":
         status, detail = "syntax_error", r
     elif not any(k == "ready" for k, _ in msgs):

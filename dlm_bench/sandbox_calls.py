@@ -35,12 +35,12 @@ def run(p: sandbox.Program, iso: str) -> sandbox.RunResult:
         except Gone:
             status, detail = s.broken
         finally:
-            s.close()
-            rc = proc.wait(1.0) if s.broken and s.broken[0] == "gone" else None  # its own exit code
+            s.close()  # end of requests: a healthy runner exits at once
+            rc = proc.wait(1.0 if s.broken and s.broken[0] == "gone" else 0.05)  # its own exit code
             proc.kill()
             rc = proc.wait(5.0) if rc is None else rc
         if status == "gone":
-            status, detail = _why_gone(s, rc, time.monotonic() - t0, p)
+            status, detail = _why_gone(s, rc, time.monotonic() - t0, p, proc.oom_killed())
     err = s.err[-sandbox.STDERR_KEEP:].decode("utf-8", "replace")
     return sandbox.RunResult(status, s.out.decode("utf-8", "replace"), err, rc,
                              round(time.monotonic() - t0, 4), iso, detail[:300], tuple(values))
@@ -116,8 +116,10 @@ def _calls(s: Session, p: sandbox.Program, values: list) -> tuple[str, str]:
     return "ok", ""
 
 
-def _why_gone(s: Session, rc, duration: float, p: sandbox.Program) -> tuple[str, str]:
-    """The program stopped answering: timeout at the CPU limit, memory, or just an exit."""
+def _why_gone(s: Session, rc, duration: float, p: sandbox.Program, oom: bool) -> tuple[str, str]:
+    """The program stopped answering: memory, timeout at the CPU limit, or just an exit."""
+    if oom:
+        return "memory", f"killed at the memory cgroup's limit ({p.memory_mb} MB for the program)"
     cpu = math.ceil(p.timeout) + 1  # as sandbox._limits
     sig = -rc if rc is not None and rc < 0 else (rc - 128 if rc and rc > 128 else None)
     if sig == signal.SIGXCPU or (sig == signal.SIGKILL and duration >= cpu - 1):

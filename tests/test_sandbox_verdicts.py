@@ -153,3 +153,29 @@ def test_warm_sandbox_hygiene_after_a_poisoning_program():
     assert list(sb._IDLE.queue) == [server]
     assert all(sb.run(sb.Program("def f(x):\n    return x + 1\n", mode="check", tests="assert f(1) == 2\n",
                                  expose=("f",))).passed for _ in range(10))
+
+
+def _cgroup_here() -> bool:
+    from dlm_bench import sandbox_cgroup
+    cg = sb.isolation() == sb.BWRAP and sandbox_cgroup.create()
+    if cg:
+        cg.remove()
+    return bool(cg)
+
+
+@pytest.mark.skipif(not _cgroup_here(), reason="no memory cgroup can be made here (needs root)")
+def test_one_memory_budget_covers_all_processes_shm_and_memfds():
+    forks = ("import os, time\nkids = []\nfor i in range(8):\n    pid = os.fork()\n    if pid == 0:\n"
+             "        b = bytearray(100 << 20)\n        for j in range(0, len(b), 4096):\n            b[j] = 1\n"
+             "        time.sleep(3)\n        os._exit(0)\n    kids.append(pid)\n"
+             "print(sum(os.waitpid(k, 0)[1] == 0 for k in kids))\n")
+    memfds = ("import os\nfds = []\nfor i in range(60):\n    fd = os.memfd_create('x')\n"
+              "    os.write(fd, b'x' * (10 << 20))\n    fds.append(fd)\nprint(len(fds))\n")
+    shm = ("import ctypes\nlibc = ctypes.CDLL(None)\nlibc.shmat.restype = ctypes.c_void_p\n"
+           "for i in range(10):\n    sid = libc.shmget(0, 100 << 20, 0o1600)\n    a = libc.shmat(sid, None, 0)\n"
+           "    ctypes.memset(a, 1, 100 << 20)\n    libc.shmdt(ctypes.c_void_p(a))\nprint(i)\n")
+    for src in (forks, memfds, shm):
+        r = sb.run(sb.Program(src, memory_mb=256, timeout=20))
+        assert r.status == "memory" and r.stdout not in ("8\n", "60\n", "9\n"), r
+    after = sb.run(sb.Program("print(open('/proc/sysvipc/shm').read().count(chr(10)))\n"))
+    assert after.stdout == "1\n"  # the header only: no segment outlived its program
