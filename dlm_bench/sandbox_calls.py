@@ -24,7 +24,8 @@ from dlm_bench.sandbox_session import Gone, Remote, Session
 
 def run(p: sandbox.Program, iso: str) -> sandbox.RunResult:
     with sandbox.launch(p, iso, {"mode": "serve"}) as (proc, fds, t0):
-        s = Session(proc, fds, t0, p.timeout, p.per_call, p.max_output)
+        per_call = p.per_call if p.mode == "call" else p.timeout  # check: the whole budget, as before
+        s = Session(proc, fds, t0, p.timeout, per_call, p.max_output)
         values: list = []
         try:
             status, detail = _load(s)
