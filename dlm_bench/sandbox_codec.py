@@ -5,11 +5,12 @@
 A value is JSON where every container is a list tagged by its first element, so the type of each
 node is exact: ["L", ...] list, ["T", ...] tuple, ["S", ...] set, ["FS", ...] frozenset,
 ["D", k1, v1, k2, v2, ...] dict, ["B", hex] bytes, ["C", re, im] complex, ["I", ...] an exhausted
-iterator's items, ["R", start, stop, step] range, ["H", n] handle n (an object that stays in the
+iterator's items, ["R", start, stop, step] range, ["Y", name] a built-in type (int, str, ...), ["H", n] handle n (an object that stays in the
 sandbox). Scalars are JSON null/true/false/numbers/strings (NaN and infinities as JSON extensions).
 `decode` is what the harness trusts: it builds only exact built-in types, bounded in depth and
 size, and refuses anything else.
 """
+import builtins as _builtins
 import json as _json
 
 MAX_DEPTH = 200          # containers inside containers
@@ -46,6 +47,8 @@ def encode(value, handle=None, depth=0):
         return ["C", value.real, value.imag]
     if t is range:
         return ["R", value.start, value.stop, value.step]
+    if t is type and getattr(_builtins, value.__name__, None) is value:  # int, str, ValueError, ...
+        return ["Y", value.__name__]
     for base, make in _BASES:  # a subclass of a built-in type: the base type's own copy of it
         if isinstance(value, base):
             return encode(make(value), handle, depth)
@@ -105,6 +108,10 @@ def _build(x, handle, depth, budget):
             return complex(items[0], items[1])
         if tag == "R" and len(items) == 3 and all(type(v) is int for v in items):
             return range(*items)
+        if tag == "Y" and len(items) == 1 and type(items[0]) is str:
+            t = getattr(_builtins, items[0], None)
+            if type(t) is type:
+                return t
         if tag == "H" and len(items) == 1 and type(items[0]) is int and handle is not None:
             return handle(items[0])
     except TypeError as e:  # an unhashable set member or dict key
