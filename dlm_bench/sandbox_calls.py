@@ -12,6 +12,8 @@ See docs/sandbox.md for the protocol.
 from __future__ import annotations
 
 import builtins
+import dis
+import functools
 import importlib
 import json
 import math
@@ -72,11 +74,10 @@ def _load(s: Session) -> tuple[str, str]:
 def _check(s: Session, p: sandbox.Program) -> tuple[str, str]:
     ns = {"__builtins__": dict(vars(builtins)), "__name__": "__tests__"}  # nothing of the solution's
     try:
-        setup = compile(p.setup, "setup.py", "exec", dont_inherit=True)
-        tests = compile(p.tests, "tests.py", "exec", dont_inherit=True)
+        setup, tests, names = _compiled(p.setup, p.tests)
     except SyntaxError as e:
         return "sandbox_error", f"the benchmark's test code does not compile: {e}"
-    for name in sorted(_names(setup) | _names(tests)):  # may be overwritten by setup (prompt helpers)
+    for name in names:  # may be overwritten by setup (prompt helpers)
         if name in sys.stdlib_module_names:
             ns[name] = importlib.import_module(name)
         elif name not in p.expose and not hasattr(builtins, name):
@@ -130,11 +131,19 @@ def _why_gone(s: Session, rc, duration: float, p: sandbox.Program, oom: bool) ->
     return "runtime_error", f"the program stopped answering (code {rc}): {_last_line(s)}"
 
 
-def _names(code) -> set[str]:
-    out = set(code.co_names)
+@functools.lru_cache(maxsize=4096)  # the same tests grade every sample of a problem
+def _compiled(setup: str, tests: str):
+    """(setup code, tests code, the global names they read, sorted)."""
+    codes = (compile(setup, "setup.py", "exec", dont_inherit=True),
+             compile(tests, "tests.py", "exec", dont_inherit=True))
+    return codes + (sorted(set().union(*map(_globals_read, codes))),)
+
+
+def _globals_read(code) -> set[str]:
+    out = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
     for c in code.co_consts:
-        if hasattr(c, "co_names"):
-            out |= _names(c)
+        if hasattr(c, "co_code"):
+            out |= _globals_read(c)
     return out
 
 

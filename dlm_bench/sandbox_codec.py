@@ -107,7 +107,9 @@ def _build(x, handle, depth, budget):
         if tag == "C" and len(items) == 2 and all(type(v) in (int, float) for v in items):
             return complex(items[0], items[1])
         if tag == "R" and len(items) == 3 and all(type(v) is int for v in items):
-            return range(*items)
+            r = range(*items)
+            if len(r) <= MAX_NODES:  # list(r) in the tests must stay as small as a list would be
+                return r
         if tag == "Y" and len(items) == 1 and type(items[0]) is str:
             t = getattr(_builtins, items[0], None)
             if type(t) is type:
