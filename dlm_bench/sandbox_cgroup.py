@@ -52,8 +52,9 @@ class MemoryCgroup:
         self.oom0 = 0
 
     def wrap(self, argv: list[str]) -> list[str]:
-        """argv that joins this cgroup before it starts (so nothing it forks escapes it)."""
-        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs")] + argv
+        """argv that joins this cgroup before it starts (so nothing it forks escapes it); if joining
+        fails the sandbox still starts, bounded by its rlimits alone."""
+        return ["/bin/sh", "-c", '{ echo $$ > "$0"; } 2>/dev/null; exec "$@"', str(self.path / "cgroup.procs")] + argv
 
     def start_job(self, memory_bytes: int) -> None:
         """Limit = what the idle sandbox uses now + the program's budget (no swap beyond it)."""
