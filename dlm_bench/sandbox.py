@@ -81,7 +81,7 @@ class Program:
     func: str = ""
     cls: str | None = None
     inputs: tuple[str, ...] = ()
-    per_call: float = 6.0
+    per_call: float = 6.0            # call mode: seconds per call (check mode: the whole timeout)
     timeout: float = 10.0            # wall clock for the whole process, start-up included
     memory_mb: int = 2048            # RLIMIT_AS
     max_output: int = 4 << 20        # stdout (and result-channel) bytes before the run is killed
