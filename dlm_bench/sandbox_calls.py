@@ -24,6 +24,7 @@ import time
 from dlm_bench import sandbox
 from dlm_bench.sandbox_session import Gone, Remote, Session
 
+
 def run(p: sandbox.Program, iso: str) -> sandbox.RunResult:
     with sandbox.launch(p, iso, {"mode": "serve"}) as (proc, fds, t0):
         per_call = p.per_call if p.mode == "call" else p.timeout  # check: the whole budget, as before
@@ -67,7 +68,8 @@ def _load(s: Session) -> tuple[str, str]:
     if kind == "syntax_error":
         return "syntax_error", text
     if kind == "load_error":
-        return ("memory" if msg[1] == "MemoryError" else "runtime_error"), "while loading the solution: " + text
+        memory = len(msg) > 2 and msg[1] == "MemoryError"
+        return ("memory" if memory else "runtime_error"), "while loading the solution: " + text
     s.fail("failed", "sent a malformed message while loading")
 
 
