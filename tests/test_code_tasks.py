@@ -220,3 +220,17 @@ def test_livecodebench_hostile_answers_fail_alone(monkeypatch):
                              [fenced(deep), fenced(odd), fenced(GOLD["9001"])])
     assert [(g.correct, g.reason) for g in grades] == [(False, "wrong"), (False, "wrong"), (True, "correct")]
     assert "plain data" in grades[0].detail
+
+
+def test_sweep_score_records_say_how_code_ran(tmp_path):
+    from dlm_bench import evaluate, sandbox
+    from dlm_bench.store import GEN_FIELDS, Store
+    task = get_task("humaneval")
+    probs = task.load("test")[:2]
+    gens = [{**{f: 0 for f in GEN_FIELDS}, "method": "m", "task": "humaneval", "config_hash": "h",
+             "problem_id": p.id, "sample": 0, "text": fenced(p.meta["prompt"] + p.meta["canonical_solution"]),
+             "tokens": []} for p in probs]
+    store = Store(tmp_path)
+    evaluate._grade_and_store(store, task, probs, gens)
+    rows = store.read("scores")
+    assert [(r["correct"], r["isolation"]) for r in rows] == [(True, sandbox.isolation())] * 2
