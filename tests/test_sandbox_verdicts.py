@@ -179,7 +179,7 @@ def _cgroup_here() -> bool:
     return bool(cg)
 
 
-@pytest.mark.skipif(not _cgroup_here(), reason="no memory cgroup can be made here (needs root)")
+@pytest.mark.skipif(not _cgroup_here(), reason="needs bubblewrap and a memory cgroup (root)")
 def test_one_memory_budget_covers_all_processes_shm_and_memfds():
     forks = ("import os, time\nkids = []\nfor i in range(8):\n    pid = os.fork()\n    if pid == 0:\n"
              "        b = bytearray(100 << 20)\n        for j in range(0, len(b), 4096):\n            b[j] = 1\n"
