@@ -1,5 +1,6 @@
-"""HumanEval (Chen et al. 2021): 164 hand-written Python functions, graded by running the official
-`check(candidate)` tests in the sandbox (dlm_bench.sandbox).
+"""HumanEval (Chen et al. 2021): 164 hand-written Python functions, graded by the official
+`check(candidate)` tests, run in the harness against the solution loaded in the sandbox
+(`candidate` is a proxy that gets plain data back; docs/sandbox.md).
 
 Also home of the small helpers the code tasks share (MBPP, LiveCodeBench import them from here):
 code extraction from a completion, the CodeGrade record and the sandbox-status → reason map.

@@ -11,8 +11,9 @@ Grading follows lcb_runner/evaluation/testing_util.py, but every test runs in th
 expected outputs never enter it (compared here):
 - stdin problems: one fresh process per test, stdout vs expected after stripping the whole text and
   each line; lines equal, or equal as lists of Decimal tokens; stop at the first failing test.
-- functional problems: one process calls Solution().<func_name>(*args), args = JSON lines of the input;
-  each result (a tuple counts as a list) is compared as JSON values. A fresh Solution() per test.
+- functional problems: one process serves Solution().<func_name>(*args) calls, args = JSON lines of
+  the input; each result comes back as plain data and is compared here as LCB's JSON round trip
+  sees it (a tuple counts as a list). A fresh Solution() per test.
 Both get LCB's import prelude. Copies without private tests are accepted and every problem and grade
 is marked `public_tests_only`. Reward: correctness only.
 """
