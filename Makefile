@@ -7,12 +7,12 @@ CONFIG  ?= configs/demo.yaml
 
 setup: system-deps .venv/.installed
 
-# bubblewrap isolates generated code (see dlm_bench/sandbox.py); without it the sandbox falls back loudly.
+# bubblewrap isolates generated code (docs/sandbox.md); without it code tasks refuse (exit 2) unless --unsafe-no-isolation.
 system-deps:
 	@command -v bwrap >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq >/dev/null && apt-get install -y -qq bubblewrap >/dev/null)) \
-	      || echo "warning: could not install bubblewrap; code runs with rlimits only"; \
+	      || echo "warning: could not install bubblewrap; code tasks will refuse to run (see README)"; \
 	  else echo "warning: bubblewrap (bwrap) missing; install it (apt-get install bubblewrap) for the code sandbox"; fi; }
 
 .venv/.installed: pyproject.toml

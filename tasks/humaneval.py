@@ -1,5 +1,6 @@
-"""HumanEval (Chen et al. 2021): 164 hand-written Python functions, graded by running the official
-`check(candidate)` tests in the sandbox (dlm_bench.sandbox).
+"""HumanEval (Chen et al. 2021): 164 hand-written Python functions, graded by the official
+`check(candidate)` tests, run in the harness against the solution loaded in the sandbox
+(`candidate` is a proxy that gets plain data back; docs/sandbox.md).
 
 Also home of the small helpers the code tasks share (MBPP, LiveCodeBench import them from here):
 code extraction from a completion, the CodeGrade record and the sandbox-status → reason map.
@@ -64,7 +65,8 @@ def to_grade(result: sandbox.RunResult, code: str, public_only: bool = False) ->
 
 
 def no_answer(public_only: bool = False) -> CodeGrade:
-    return CodeGrade(False, None, "no_answer", "", "no code found in the completion", public_only)
+    return CodeGrade(False, None, "no_answer", sandbox.isolation(), "no code found in the completion",
+                     public_only)
 
 
 def defines(code: str, name: str) -> bool:
@@ -87,6 +89,7 @@ class SandboxTask(Task):
         return self.grade_many([problem], [completion])[0]
 
     def grade_many(self, problems: list[Problem], completions: list[str]) -> list[Grade]:
+        sandbox.isolation()  # no sandbox and no explicit opt-out: UserError before any row is graded
         return grade_programs([self.program(p, c) for p, c in zip(problems, completions)])
 
     def rewards(self, problems: list[Problem], completions: list[str]) -> list[float]:

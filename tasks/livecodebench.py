@@ -11,8 +11,9 @@ Grading follows lcb_runner/evaluation/testing_util.py, but every test runs in th
 expected outputs never enter it (compared here):
 - stdin problems: one fresh process per test, stdout vs expected after stripping the whole text and
   each line; lines equal, or equal as lists of Decimal tokens; stop at the first failing test.
-- functional problems: one process calls Solution().<func_name>(*args), args = JSON lines of the input;
-  each result (a tuple counts as a list) is compared as JSON values. A fresh Solution() per test.
+- functional problems: one process serves Solution().<func_name>(*args) calls, args = JSON lines of
+  the input; each result comes back as plain data and is compared here as LCB's JSON round trip
+  sees it (a tuple counts as a list). A fresh Solution() per test.
 Both get LCB's import prelude. Copies without private tests are accepted and every problem and grade
 is marked `public_tests_only`. Reward: correctness only.
 """
@@ -259,6 +260,7 @@ class LiveCodeBench(Task):
         return self.grade_many([problem], [completion])[0]
 
     def grade_many(self, problems: list[Problem], completions: list[str]) -> list[Grade]:
+        sandbox.isolation()  # no sandbox and no explicit opt-out: UserError before any row is graded
         jobs = list(zip(problems, completions))
         if len(jobs) <= 1:
             return [self._grade_one(p, c) for p, c in jobs]
@@ -295,9 +297,20 @@ class LiveCodeBench(Task):
                                timeout=(self.test_timeout + 1) * len(calls) + 5, memory_mb=self.memory_mb,
                                max_output=64 << 20)
         res = sandbox.run(prog)
-        for k, text in enumerate(res.values):  # values come back in order, up to the first failure
-            if json.loads(text) != expected[k]:
+        for k, value in enumerate(res.values):  # plain data, in order, up to the first failure
+            if _as_json(value) != expected[k]:
                 return CodeGrade(False, code, "wrong", res.isolation, f"test {k}: wrong return value", public_only)
         if not res.passed:
             return to_grade(res, code, public_only)
         return CodeGrade(True, code, "correct", res.isolation, "", public_only)
+
+
+def _as_json(value):
+    """The value as LiveCodeBench's json.dumps round trip sees it: a tuple counts as a list, scalar
+    dict keys become strings; anything else that is not JSON stays as is (and unequal)."""
+    if type(value) in (list, tuple):
+        return [_as_json(v) for v in value]
+    if type(value) is dict:
+        return {k if type(k) is str else json.dumps(k) if type(k) in (int, float, bool, type(None)) else k:
+                _as_json(v) for k, v in value.items()}
+    return value

@@ -2,8 +2,9 @@
 problems with three assert tests each. Splits by task_id, as in the MBPP README: 1-10 prompt
 (few-shot), 11-510 test, 511-600 validation, 601-974 train.
 
-Grading runs the solution, then `test_setup_code` and the `test_list` asserts (in that order, as the
-original evaluation concatenates them) in the sandbox. `challenge_test_list` is not used (standard).
+Grading loads the solution in the sandbox, then runs `test_setup_code` and the `test_list` asserts
+(in that order, as the original evaluation concatenates them) in the harness against proxies of the
+solution's functions (docs/sandbox.md). `challenge_test_list` is not used (standard).
 Reward: correctness only; no format term.
 """
 from __future__ import annotations

@@ -1,5 +1,6 @@
 import copy
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +9,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(2)
+# The suite opts in explicitly: where bubblewrap is unusable, code runs with rlimits only and the
+# bwrap-only checks skip (where it works, bubblewrap is used regardless).
+os.environ.setdefault("DLM_BENCH_SANDBOX", "unsafe-no-isolation")
 
 
 @pytest.fixture(scope="session")

@@ -206,3 +206,31 @@ def test_mbpp_reference_code_passes_every_split():
         probs = task.load(split)
         grades = task.grade_many(probs, [fenced(p.meta["code"]) for p in probs])
         assert {p.id: g.detail for p, g in zip(probs, grades) if not g.correct} == {}
+
+
+def test_livecodebench_hostile_answers_fail_alone(monkeypatch):
+    task = LiveCodeBench(data_dir=str(FIX), test_timeout=1.0)
+    probs = {p.id: p for p in task.load()}
+    deep = ("class Solution:\n    def twoSum(self, nums, target):\n        x = [0, 1]\n"
+            "        for _ in range(5000):\n            x = [x]\n        return x\n")
+    odd = ("import types\nclass Solution:\n    def isPalindrome(self, s):\n"
+           "        return types.MappingProxyType({})\n")
+    monkeypatch.setattr(LiveCodeBench, "grade", lambda *a: pytest.fail("graded one by one"))
+    grades = task.grade_many([probs["9001"], probs["9002"], probs["9001"]],
+                             [fenced(deep), fenced(odd), fenced(GOLD["9001"])])
+    assert [(g.correct, g.reason) for g in grades] == [(False, "wrong"), (False, "wrong"), (True, "correct")]
+    assert "plain data" in grades[0].detail
+
+
+def test_sweep_score_records_say_how_code_ran(tmp_path):
+    from dlm_bench import evaluate, sandbox
+    from dlm_bench.store import GEN_FIELDS, Store
+    task = get_task("humaneval")
+    probs = task.load("test")[:2]
+    gens = [{**{f: 0 for f in GEN_FIELDS}, "method": "m", "task": "humaneval", "config_hash": "h",
+             "problem_id": p.id, "sample": 0, "text": fenced(p.meta["prompt"] + p.meta["canonical_solution"]),
+             "tokens": []} for p in probs]
+    store = Store(tmp_path)
+    evaluate._grade_and_store(store, task, probs, gens)
+    rows = store.read("scores")
+    assert [(r["correct"], r["isolation"]) for r in rows] == [(True, sandbox.isolation())] * 2

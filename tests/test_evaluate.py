@@ -49,7 +49,7 @@ def test_records_complete_and_consistent(baseline):
         assert r["seed"] == sample_seed(r["config_hash"], r["problem_id"], r["sample"])
         assert 0 <= r["seed"] < 2 ** 63
         assert len(r["tokens"]) == r["gen_length"] and r["nfe"] >= 1 and 0 <= r["length"] <= r["gen_length"]
-        assert isinstance(r["correct"], bool) and r["reason"]
+        assert isinstance(r["correct"], bool) and r["reason"] and r["isolation"] is None  # no code ran
     assert results["complete"] and len(results["cells"]) == CELLS
     for c in results["cells"]:
         assert c["config"]["sampler"]["steps"] == 4 and c["config"]["sampler"]["block_length"] == 4

@@ -121,3 +121,56 @@ def test_missing_data_is_reported_not_raised(no_data, tmp_path, capsys):
     assert "gsm8k/test.jsonl" in str(exc.value) and str(no_data) in str(exc.value)
     assert main(["grade", "minerva", str(src)]) == 2
     assert "minerva_math/test.jsonl" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Code tasks: no silent unisolated runs; hostile rows fail alone
+# ---------------------------------------------------------------------------------------------------
+
+def _canonical_rows(n=2):
+    from dlm_bench.tasks import get_task
+    probs = get_task("humaneval").load("test")[:n]
+    return [{"problem_id": p.id, "completion": p.meta["canonical_solution"]} for p in probs]
+
+
+def test_code_tasks_refuse_without_bubblewrap(tmp_path, capsys, monkeypatch):
+    from dlm_bench import sandbox as sb
+    monkeypatch.setattr(sb, "_bwrap_problem", lambda: "bwrap not found on PATH")
+    monkeypatch.setenv(sb.ENV_VAR, "")
+    src = _write(tmp_path / "h.jsonl", _canonical_rows())
+    for env in ("", "bwrap"):
+        monkeypatch.setattr(sb, "_ISO", None)
+        monkeypatch.setenv(sb.ENV_VAR, env)
+        assert main(["grade", "humaneval", str(src), "-o", str(tmp_path / "refused.jsonl")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "bubblewrap" in err and "--unsafe-no-isolation" in err
+        assert not (tmp_path / "refused.jsonl").exists()
+    monkeypatch.setattr(sb, "_ISO", None)
+    monkeypatch.setenv(sb.ENV_VAR, "")
+    assert main(["grade", "humaneval", str(src), "-o", str(tmp_path / "o.jsonl"), "--unsafe-no-isolation"]) == 0
+    out = _read(tmp_path / "o.jsonl")
+    assert [(r["correct"], r["isolation"]) for r in out] == [(True, sb.RLIMITS_ONLY)] * 2
+    assert "WARNING" in capsys.readouterr().err
+
+
+def test_hostile_completions_fail_alone(tmp_path):
+    rows = _canonical_rows(1)
+    pid = rows[0]["problem_id"]
+    fence = lambda code: "```python\n" + code + "\n```"
+    hostile = [fence("def has_close_elements(a, b):\n    return '\ud800'"),      # lone surrogate
+               fence("def has_close_elements(a, b):\n    return 1\x00"),          # NUL byte
+               fence("x = " + "(" * 5000 + "1" + ")" * 5000),                    # deep nesting
+               fence("def has_close_elements(a, b):\n    x = []\n    for _ in range(9000):\n"
+                     "        x = [x]\n    return x"),                            # deep result
+               "y" * (MAX_COMPLETION_CHARS + 10)]                                # 10 MB-ish
+    lines = [{"problem_id": pid, "completion": c} for c in hostile] + rows
+    src = _write(tmp_path / "h.jsonl", lines[:4] + [b'{"problem_id": "%s", "completion": "\\ud800 \xff"}' % pid.encode()]
+                 + lines[4:])
+    summary = grade_file("humaneval", src, tmp_path / "o.jsonl")
+    out = _read(tmp_path / "o.jsonl")
+    assert summary["n"] == 7 and [r["correct"] for r in out] == [False] * 6 + [True]
+    assert [r["reason"].split(":")[0] for r in out] == [
+        "syntax_error", "syntax_error", "syntax_error", "wrong", "bad_input", "bad_input", "correct"]
+    from dlm_bench.tasks import get_task  # the Python API: a 10 MB completion is just wrong
+    task = get_task("humaneval")
+    assert not task.grade(task.load("test")[0], fence("def has_close_elements(a, b):\n    return 1\n# " + "z" * (10 << 20))).correct

@@ -30,7 +30,8 @@ def _records(method, task, temp, length, rng, problems=PROBLEMS, n=N):
                          "config_hash": f"{method}-{task}-{temp}-{length}", "prompt_hash": "ph",
                          "text": f"solution {ans} by {method} #{s}", "tokens": [1, 2, 3],
                          "nfe": length // 2 + (8 if method == "espo" else 0), "length": 10 + s,
-                         "seconds": 0.01, "correct": ok, "extracted": ans, "reason": "correct" if ok else "wrong"})
+                         "seconds": 0.01, "correct": ok, "extracted": ans, "reason": "correct" if ok else "wrong",
+                         "isolation": None})
     return rows
 
 
