@@ -186,21 +186,3 @@ def test_cli(runs, tmp_path):
         cell = f"{100 * r['pass_at_k']:.1f} ± {100 * r['se']:.1f}"
         assert f"| {r['task']} | {r['gen_length']} | {r['method']} | {r['n_problems']} | 4 | {cell} |" in fig2
     assert pd.read_csv(tmp_path / "r" / "tables" / "fig2_cells.csv").shape[0] > 0
-
-
-def test_judge_cli_with_judge_down(runs, tmp_path, capsys):
-    pytest.importorskip("openai")
-    import argparse
-
-    from dlm_bench.commands import judge as cmd
-    p = argparse.ArgumentParser()
-    cmd.add_arguments(p)
-    args = p.parse_args(["trafl", "base", "--runs", str(runs), "--judge-url", "http://127.0.0.1:9/v1",
-                         "--judge-model", "none", "--max-samples", "2", "--task", "gsm8k", "--temps", "0.3",
-                         "--lengths", "128", "--no-problems", "--retries", "0", "--timeout", "2",
-                         "--save", str(tmp_path / "j.csv")])
-    assert cmd.run(args) == 0
-    out = capsys.readouterr().out
-    assert "| gsm8k | 128 | 0.3 | 0 / 5 | n/a | n/a | n/a | n/a | n/a | 5 / 0 |" in out
-    assert "judge unavailable or unparseable for 5 of 5 problems" in out
-    assert (pd.read_csv(tmp_path / "j.csv")["status"] == "unavailable").all()
