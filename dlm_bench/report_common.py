@@ -27,7 +27,7 @@ class ReportConfig:
     target_temperature: float = TARGET_T
     confidence: float = 0.95
     alpha: float = 0.05
-    n_resamples: int = 2000        # bootstrap resamples (bands, CIs)
+    n_resamples: int = metrics.N_RESAMPLES  # bootstrap resamples (bands, CIs); compare and judge use the same
     n_permutations: int = 20_000
     seed: int = 0
     formats: tuple = ("png", "pdf")

@@ -186,3 +186,31 @@ def test_cli(runs, tmp_path):
         cell = f"{100 * r['pass_at_k']:.1f} ± {100 * r['se']:.1f}"
         assert f"| {r['task']} | {r['gen_length']} | {r['method']} | {r['n_problems']} | 4 | {cell} |" in fig2
     assert pd.read_csv(tmp_path / "r" / "tables" / "fig2_cells.csv").shape[0] > 0
+
+
+def test_compare_cli_agrees_with_report_and_writes_csv_json(report, runs, tmp_path, capsys):
+    """One resampling setting: `compare` and `report` give the same CIs for the same cell."""
+    import argparse
+    import json
+
+    from dlm_bench.commands import compare as cmd
+    from dlm_bench.commands import report as report_cmd
+    from dlm_bench.metrics import N_RESAMPLES
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    assert p.parse_args(["a", "b"]).resamples == N_RESAMPLES == ReportConfig("r", "o").n_resamples
+    q = argparse.ArgumentParser()
+    report_cmd.add_arguments(q)
+    assert q.parse_args([]).resamples == N_RESAMPLES
+    args = p.parse_args(["trafl", "base", "--runs", str(runs), "--k", "2", "--resamples", "200",
+                         "--csv", str(tmp_path / "c.csv"), "--json", str(tmp_path / "c.json")])
+    assert cmd.run(args) == 0
+    mine = pd.read_csv(tmp_path / "c.csv")
+    theirs = pd.read_csv(report[0] / "tables" / "compare_vs_base_k2.csv")
+    theirs = theirs[theirs["method_a"] == "trafl"]
+    cols = ["task", "gen_length", "temperature", "diff", "ci_low", "ci_high"]
+    pd.testing.assert_frame_equal(mine[cols].reset_index(drop=True), theirs[cols].reset_index(drop=True))
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["settings"]["n_resamples"] == 200 and len(saved["rows"]) == len(mine)
+    assert saved["rows"][0]["ci_low"] == pytest.approx(mine["ci_low"].iloc[0])
+    assert "Diff (pp)" in capsys.readouterr().out

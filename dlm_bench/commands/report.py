@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from dlm_bench.errors import UserError
+from dlm_bench.metrics import N_RESAMPLES
 
 
 def add_arguments(p) -> None:
@@ -17,7 +18,8 @@ def add_arguments(p) -> None:
                    help="temperature of the single-temperature figures (closest stored one is used)")
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for CIs and bands")
+    p.add_argument("--resamples", type=int, default=N_RESAMPLES,
+                   help=f"bootstrap resamples for CIs and bands (default {N_RESAMPLES}, as compare and judge)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap / permutations")
     p.add_argument("--formats", default="png,pdf", help="figure formats, comma-separated")
     p.add_argument("--lcb-meta", default=None,
