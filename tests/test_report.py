@@ -91,7 +91,7 @@ def test_missing_cell_is_shown_as_missing(report):
     fig1c = text.split("## Figure 1c")[1].split("## Figure 2")[0]
     assert "| gsm8k | 256 | espo | n/a | n/a | n/a | n/a | n/a |" in fig1c
     fig2 = text.split("## Figure 2")[1].split("## Figure 3a")[0]
-    assert "| gsm8k | 256 | espo | n/a | n/a | n/a | n/a | n/a | n/a |  |" in fig2
+    assert "| gsm8k | 256 | espo | n/a | n/a | n/a | n/a | n/a | n/a | n/a |  |" in fig2
     assert "Missing (no records, shown as n/a): espo on gsm8k @ 256" in fig2
     # the diversity table has no row for it either (nothing invented)
     assert not re.search(r"\| espo \| gsm8k \| 256 \| 0\.3 \|", text)
@@ -113,7 +113,7 @@ def test_fig2_numbers_equal_metrics(report, runs):
         row = [ln for ln in fig2.splitlines() if ln.startswith(f"| {r['task']} | {r['gen_length']} | {r['method']} |")]
         assert len(row) == 1
         cols = [c.strip() for c in row[0].strip("|").split("|")]
-        assert cols[6] == f"{sub['nfe'].mean():.1f}" and cols[7] == f"{sub['length'].mean():.1f}"
+        assert cols[7] == f"{sub['nfe'].mean():.1f}" and cols[8] == f"{sub['length'].mean():.1f}"
 
 
 def test_passk_numbers_equal_metrics(report, runs):
