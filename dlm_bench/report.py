@@ -342,18 +342,25 @@ def _safe(s: str) -> str:
 
 
 def _diversity(rep: _Report, df: pd.DataFrame, methods: list[str]) -> None:
-    from dlm_bench.diversity import diversity_table
+    from dlm_bench.diversity import diversity_table, embedding_summary
+    from dlm_bench.embeddings import get_embedder
     rep.add("## Diversity of correct solutions (offline)", "")
     try:
         table = diversity_table(df)
     except UserError as e:
         rep.skip("Diversity table", str(e))
         return
+    embedder = None
+    if "text" in df:
+        embedder = get_embedder(rep.cfg.embed_model)
+        emb = embedding_summary(df, embedder)
+        table = table.merge(emb, on=list(metrics.BY), how="left")
     has_trees = "distinct_trees" in table and table["distinct_trees"].notna().any()
     has_text = "distinct_completions" in table
     header = ["Method", "Task", "Length", "Temp.", "Problems", "Solved", "Distinct answers"]
     header += ["Distinct completions"] if has_text else []
     header += ["Distinct expression trees"] if has_trees else []
+    header += ["Vendi score"] if embedder else []
     rank = {m: i for i, m in enumerate(methods)}
     table = table.sort_values(["task", "gen_length", "temperature"]).sort_values(
         "method", key=lambda s: s.map(rank), kind="stable")
@@ -365,11 +372,14 @@ def _diversity(rep: _Report, df: pd.DataFrame, methods: list[str]) -> None:
                str(r["n_problems"]), str(r["n_solved"]), ms("distinct_answers")]
         row += [ms("distinct_completions")] if has_text else []
         row += [ms("distinct_trees")] if has_trees else []
+        row += [ms("vendi")] if embedder else []
         rows.append(row)
     rep.add(*md_table(header, rows, right_from=4), "",
             "Per cell, mean ± SE over solved problems (≥ 1 correct sample) of the number of distinct "
             "correct final answers (normalised), distinct correct completions (whitespace/case "
-            "normalised) and, for Countdown, distinct expression trees up to commutativity.", "")
+            "normalised) and, for Countdown, distinct expression trees up to commutativity"
+            + (f"; Vendi score (effective number of distinct correct completions, 1 = all alike) "
+               f"from {embedder.label}" if embedder else "") + ".", "")
     table.to_csv(rep.out / "tables" / "diversity.csv", index=False)
 
 

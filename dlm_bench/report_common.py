@@ -34,6 +34,7 @@ class ReportConfig:
     bar_k: int = FIG_K             # k of the per-task bars (Fig 2; the paper's Pass@5)
     difficulties: dict | None = None   # LiveCodeBench problem_id -> easy/medium/hard
     title: str | None = None
+    embed_model: str | None = None     # local sentence-embedding model dir; None: lexical fallback
 
 
 @dataclass

