@@ -1,25 +1,29 @@
 """The TraFL figures and a Markdown report, from stored score records only.
 
-`build_report(runs, out)` reads every run directory under `runs` (dlm_bench.store) and writes to `out`:
+`build_report(cfg)` reads every run directory under `cfg.runs` (dlm_bench.store) and writes to `cfg.out`
+(`render(cfg)` does the same and returns the report with its figures, for tests):
 
-- Fig 1a `fig1a_passk_vs_k`: each method's Pass@k vs k, one line per temperature;
-- Fig 1b `fig1b_gap_to_base`: Pass@k(method) − Pass@k(base) vs k per temperature, with paired
-  bootstrap CI bands over problems;
+- Fig 1a `fig1a_passk_vs_k`: each method's Pass@k vs k, one line style per temperature;
+- Fig 1b `fig1b_gap_to_base`: Pass@k(method) − Pass@k(base) vs k per temperature, paired
+  bootstrap CI bands over units;
 - Fig 1c `fig1c_all_methods`: every method at T = 0.6 (or the stored temperature closest to it),
-  k = 1..n, one panel per task × length;
-- Fig 2 `fig2_passk_task_length`: Pass@5 per task × length with standard-error bars, mean NFE and
-  completion length per bar in the table;
+  k = 1..n, one panel per task × length, bootstrap CI bands;
+- Fig 2 `fig2_passk_task_length`: Pass@5 per task × length as points with bootstrap CI error bars;
+  the table adds ± SE, mean NFE and completion length;
 - Fig 3 `fig3a_minerva_transfer` (methods labelled `name@gsm8k` / `name@math` on a Minerva task) and
   `fig3b_livecodebench_difficulty` (LiveCodeBench by difficulty), when the data is there;
 - `report.md` with one table per figure, the paired comparison of every method vs base at the
-  primary k (metrics.compare_table) and the offline diversity table (diversity.diversity_table),
-  plus `tables/*.csv` with the same numbers unrounded.
+  primary k (metrics.compare_table) and the offline diversity table (diversity.diversity_table and
+  the embedding Vendi score), plus `tables/*.csv` with the same numbers unrounded.
 
-Nothing is invented: a cell without records is "n/a" in tables and an absent bar (marked "n/a") in
-figures, and a figure without data is skipped with a line in the report saying why.
+Every figure follows dlm_bench.report_style (fixed colour per method, shared y-axes, one legend from
+all series). Nothing is invented: a cell without records is "n/a" in tables and figures, and a
+figure without data is skipped with a line in the report saying why.
 
-Pooling: curves that span tasks and lengths (Fig 1a, 1b) average over every (task, length,
-problem) unit, i.e. tasks weigh by their problem counts; this keeps the paired bootstrap exact.
+Pooling: curves that span tasks and lengths (Fig 1a, 1b) average over the (task, length, problem)
+units that every method has at every temperature (report_common.common_units), so no method's
+curve includes a task another method was not run on; the report names the cells kept and dropped.
+Tasks then weigh by their problem counts, which keeps the paired bootstrap exact.
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ def _fig1a(rep: _Report, counts: pd.DataFrame, methods: list[str], pooled: str) 
     cfg = rep.cfg
     rep.add("## Figure 1a: Pass@k vs k per temperature", "")
     temps = sorted(counts["temperature"].unique())
-    fig, axes = grid(len(methods))
+    fig, axes = grid(len(methods), max_cols=4)
     rows, csv = [], []
     for ax, m in zip(axes, methods):
         sub = counts[counts["method"] == m]
