@@ -92,7 +92,8 @@ def judge_methods(df: pd.DataFrame, method_a: str, method_b: str, judge: Judge, 
             return Judgment(status="unavailable", error=f"{type(e).__name__}: {e}")
 
     from tqdm.auto import tqdm
-    bar = tqdm(total=len(jobs), desc="judge", unit="req", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=len(jobs), desc="judge", unit="req", file=sys.stderr,
+               disable=None if progress else True)  # None: shown on a terminal only
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = []
         for j in pool.map(run, jobs):
