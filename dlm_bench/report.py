@@ -389,6 +389,23 @@ def _diversity(rep: _Report, df: pd.DataFrame, methods: list[str]) -> None:
 
 # --------------------------------------------------------------------------- entry point
 
+def _pooled_figures(rep: _Report, core: pd.DataFrame, methods: list[str]) -> None:
+    """Fig 1a and 1b on the units every method has at every temperature (never a method's own set)."""
+    pooled_counts, kept, dropped = common_units(core)
+    pooled = ("every method has at every temperature, in the task × length cells "
+              + ", ".join(f"{t} @ {g}" for t, g in kept)
+              + (f" (left out, not run for every method and temperature: "
+                 f"{', '.join(f'{t} @ {g}' for t, g in dropped)})" if dropped else ""))
+    if not kept:
+        for name in ("Figure 1a", "Figure 1b"):
+            rep.skip(name, "no (task, length, problem) unit has records for every method at every "
+                           "temperature, so no curve would compare like with like")
+        return
+    rep.add(f"Figures 1a and 1b pool only the units {pooled}.", "")
+    _fig1a(rep, pooled_counts, methods, pooled)
+    _fig1b(rep, pooled_counts, methods, pooled)
+
+
 def build_report(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Path:
     """Write the figures, tables and `report.md` under cfg.out; returns the report path."""
     return render(cfg, df).out / "report.md"
@@ -453,20 +470,7 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
     if held_out.any() and (~held_out).any():
         rep.add(f"Figures 1a and 1b pool the in-distribution tasks only; the held-out ones "
                 f"({', '.join(sorted(map(str, counts.loc[held_out, 'task'].unique())))}) are in Figure 3.", "")
-    core_methods = [m for m in methods if m in set(core["method"])]
-    pooled_counts, kept, dropped = common_units(core)
-    pooled = ("every method has at every temperature, in the task × length cells "
-              + ", ".join(f"{t} @ {g}" for t, g in kept)
-              + (f" (left out, not run for every method and temperature: "
-                 f"{', '.join(f'{t} @ {g}' for t, g in dropped)})" if dropped else ""))
-    if kept:
-        rep.add(f"Figures 1a and 1b pool only the units {pooled}.", "")
-        _fig1a(rep, pooled_counts, core_methods, pooled)
-        _fig1b(rep, pooled_counts, core_methods, pooled)
-    else:
-        for name in ("Figure 1a", "Figure 1b"):
-            rep.skip(name, "no (task, length, problem) unit has records for every method at every "
-                           "temperature, so no curve would compare like with like")
+    _pooled_figures(rep, core, [m for m in methods if m in set(core["method"])])
     _fig1c(rep, counts, methods, t_star)
     _fig2(rep, df, counts, methods, t_star, compares)
     _fig3a(rep, counts, methods, t_star)
