@@ -2,7 +2,7 @@
 
 The judge sees two sets of solutions to one problem, lists the distinct approach types in each,
 and says which set is more diverse (A, B or TIE). This module presents one pair and returns one
-`Judgment`; A/B order randomisation and tallying live in dlm_bench.diversity.
+`Judgment`; showing each problem in both orders and tallying live in dlm_bench.judge_pairs.
 
 A judge that is down, times out, or answers garbage never raises: each request is retried with
 exponential backoff, then the judgment comes back with status "unavailable" or "unparseable" and
