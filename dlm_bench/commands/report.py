@@ -67,6 +67,9 @@ def run(args) -> int:
         raise UserError(f"--formats must be among png, pdf, svg; got {args.formats!r}")
     if args.resamples < 100:
         raise UserError(f"--resamples must be >= 100, got {args.resamples}")
+    local = args.embed_model and args.embed_model.lower() != "minilm"
+    if local and not (Path(args.embed_model) / "config.json").is_file():
+        raise UserError(f"--embed-model: {args.embed_model!r} is not a local model directory (no config.json)")
     out = args.out or str(Path("reports") / (Path(args.runs).resolve().name or "report"))
     cfg = ReportConfig(runs=args.runs, out=out, k=args.k, bar_k=args.bar_k, base=args.base,
                        target_temperature=args.temperature, confidence=args.confidence, alpha=args.alpha,
