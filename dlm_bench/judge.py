@@ -2,10 +2,11 @@
 
 The judge sees two sets of solutions to one problem, lists the distinct approach types in each,
 and says which set is more diverse (A, B or TIE). This module presents one pair and returns one
-`Judgment`; A/B order randomisation and tallying live in dlm_bench.diversity.
+`Judgment`; showing each problem in both orders and tallying live in dlm_bench.judge_pairs.
 
-A judge that is down, times out, or answers garbage never raises: the judgment comes back with
-status "unavailable" or "unparseable" and the error, so the rest of a report still renders.
+A judge that is down, times out, or answers garbage never raises: each request is retried with
+exponential backoff, then the judgment comes back with status "unavailable" or "unparseable" and
+the error, so the rest of a report still renders. The prompt comes from dlm_bench.judge_prompt.
 """
 from __future__ import annotations
 
@@ -14,48 +15,13 @@ import json
 import os
 import re
 import tempfile
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dlm_bench.errors import UserError
-
-PROMPT_VERSION = "trafl-appG-v1"  # part of the cache key: editing the prompt invalidates old verdicts
-
-SYSTEM_PROMPT = (
-    "You are an expert in problem solving who judges how varied the reasoning in a set of "
-    "solutions is. You answer with one JSON object and nothing else.")
-
-USER_TEMPLATE = """\
-Problem:
-{problem}
-
-Below are two sets of solutions to this problem, produced by two different systems. Judge the \
-diversity of their solution approaches: the strategy or method each solution uses. Do not judge \
-correctness, length, wording, formatting or style.
-
-Steps:
-1. For Set A, list the distinct approach types its solutions use, giving each a short name. \
-Solutions that follow the same strategy with different wording, variable names, number \
-formatting or order of steps count as ONE approach.
-2. Do the same for Set B.
-3. Compare the two sets by the number of distinct approach types and by how different in \
-substance those approaches are from one another.
-4. Choose the winner: "A" if Set A clearly shows more diverse approaches, "B" if Set B clearly \
-does, "TIE" if the difference is mostly superficial, small or unclear. When in doubt, answer "TIE".
-
-Return exactly one JSON object with these fields:
-- "set_a_approaches": list of short names of the distinct approaches in Set A
-- "set_b_approaches": list of short names of the distinct approaches in Set B
-- "winner": "A", "B" or "TIE"
-- "confidence": "low", "medium" or "high"
-- "reason": one concise sentence
-
-=== Set A ({n_a} solutions) ===
-{set_a}
-
-=== Set B ({n_b} solutions) ===
-{set_b}
-"""
+from dlm_bench.judge_prompt import PromptTemplate, load_template
 
 VERDICT_SCHEMA = {
     "type": "object",
@@ -77,12 +43,14 @@ class JudgeConfig:
     base_url: str | None = None          # None: the client's default (api.openai.com)
     api_key_env: str = "OPENAI_API_KEY"  # local servers ignore the key; "EMPTY" is sent if unset
     timeout: float = 120.0               # seconds per request
-    max_retries: int = 3                 # the client's own backoff on 408/429/5xx/connection errors
+    max_retries: int = 3                 # further tries after a failed or unparseable answer
+    backoff: float = 1.0                 # seconds before the first retry, doubled for each next one
     temperature: float = 0.0
     seed: int | None = 0
     max_tokens: int = 1024
     structured: bool = True              # JSON-schema response_format; falls back to plain text
     cache_dir: str | os.PathLike | None = None
+    prompt_file: str | os.PathLike | None = None  # None: the shipped default template
 
 
 @dataclass
@@ -97,6 +65,7 @@ class Judgment:
     error: str | None = None
     cached: bool = False
     key: str | None = None
+    attempts: int = 0                    # requests this judgment took (0 when cached or skipped)
 
 
 def format_set(solutions, label: str, max_chars: int | None = 4000) -> str:
@@ -111,12 +80,12 @@ def format_set(solutions, label: str, max_chars: int | None = 4000) -> str:
     return "\n\n".join(parts) if parts else "(no solutions)"
 
 
-def build_messages(problem: str | None, set_a, set_b, max_chars: int | None = 4000) -> list[dict]:
-    user = USER_TEMPLATE.format(
+def build_messages(template: PromptTemplate, problem: str | None, set_a, set_b,
+                   max_chars: int | None = 4000) -> list[dict]:
+    return template.messages(
         problem=(problem or "(problem statement not provided)").strip(),
         n_a=len(set_a), n_b=len(set_b),
         set_a=format_set(set_a, "A", max_chars), set_b=format_set(set_b, "B", max_chars))
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
 # --------------------------------------------------------------------------- parsing
@@ -194,64 +163,87 @@ class JudgeCache:
             pass  # a read-only cache only costs a repeat request next time
 
 
-def request_key(cfg: JudgeConfig, messages: list[dict]) -> str:
-    """Hash of everything that determines the verdict: judge model, prompt version and text (which
-    holds both sample sets), decoding settings and schema. The endpoint URL is left out so the
-    same model behind another server reuses verdicts."""
-    blob = json.dumps({"model": cfg.model, "prompt_version": PROMPT_VERSION, "messages": messages,
+def _sha(text) -> str:
+    return hashlib.sha256(str(text).encode()).hexdigest()
+
+
+def request_key(cfg: JudgeConfig, template: PromptTemplate, problem: str | None, first, second,
+                max_chars: int | None) -> str:
+    """Hash of what determines a verdict: the template file, the judge model, the problem, each
+    sample shown in its order (first set, then second), and the decoding settings. The endpoint URL
+    is left out so the same model behind another server reuses verdicts."""
+    blob = json.dumps({"template": template.sha256, "model": cfg.model,
+                       "problem": _sha(problem or ""), "first": [_sha(s) for s in first],
+                       "second": [_sha(s) for s in second], "max_chars": max_chars,
                        "temperature": cfg.temperature, "seed": cfg.seed,
-                       "max_tokens": cfg.max_tokens, "schema": VERDICT_SCHEMA},
-                      sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
+                       "max_tokens": cfg.max_tokens, "schema": VERDICT_SCHEMA}, sort_keys=True)
+    return _sha(blob)
 
 
 # --------------------------------------------------------------------------- the judge
 
+# HTTP statuses worth another try: timeouts, conflicts, rate limits and server errors
+_RETRYABLE = {408, 409, 429}
+
+
 class Judge:
     """Ask an OpenAI-compatible chat endpoint to compare two solution sets."""
 
-    def __init__(self, config: JudgeConfig, client=None):
+    def __init__(self, config: JudgeConfig, client=None, template: PromptTemplate | None = None):
         if not config.model:
             raise UserError("the judge needs a model name")
+        if config.max_retries < 0 or config.backoff < 0:
+            raise UserError("judge retries and backoff must be >= 0")
         self.cfg = config
+        self.template = template or load_template(config.prompt_file)
         self.cache = JudgeCache(config.cache_dir) if config.cache_dir else None
         self._structured = config.structured
+        self._lock = threading.Lock()
         self.n_requests = 0  # requests actually sent (cache hits excluded)
         if client is None:
             try:
                 import openai
             except ImportError as e:
                 raise UserError("the LLM judge needs the 'openai' package") from e
+            # retries are ours (below), so a garbled answer is retried like a failed request
             client = openai.OpenAI(base_url=config.base_url,
                                    api_key=os.environ.get(config.api_key_env) or "EMPTY",
-                                   timeout=config.timeout, max_retries=config.max_retries)
+                                   timeout=config.timeout, max_retries=0)
         self.client = client
 
     def compare(self, problem: str | None, set_a, set_b, max_chars: int | None = 4000) -> Judgment:
         """Judge set A against set B (in this order). Never raises for endpoint trouble."""
-        messages = build_messages(problem, list(set_a), list(set_b), max_chars)
-        key = request_key(self.cfg, messages)
+        set_a, set_b = list(set_a), list(set_b)
+        messages = build_messages(self.template, problem, set_a, set_b, max_chars)
+        key = request_key(self.cfg, self.template, problem, set_a, set_b, max_chars)
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None and hit.get("status") == "ok":
                 known = {k: v for k, v in hit.items() if k in Judgment.__dataclass_fields__}
-                return Judgment(**{**known, "cached": True, "key": key})
-        text, error = self._request(messages)
-        if text is None:
-            return Judgment(status="unavailable", error=error, key=key)
-        verdict = parse_verdict(text)
-        if verdict is None:
-            # not cached: a fixed parser or a retry may do better next run
-            return Judgment(status="unparseable", raw=text, error="no valid verdict JSON", key=key)
-        judgment = Judgment(status="ok", raw=text, key=key, **verdict)
-        if self.cache is not None:
+                return Judgment(**{**known, "cached": True, "key": key, "attempts": 0})
+        for attempt in range(self.cfg.max_retries + 1):
+            if attempt:
+                time.sleep(self.cfg.backoff * 2 ** (attempt - 1))
+            text, error, retryable = self._request(messages)
+            if text is None:
+                judgment = Judgment(status="unavailable", error=error, key=key, attempts=attempt + 1)
+            elif (verdict := parse_verdict(text)) is None:
+                judgment = Judgment(status="unparseable", raw=text, error="no valid verdict JSON",
+                                    key=key, attempts=attempt + 1)
+            else:
+                judgment = Judgment(status="ok", raw=text, key=key, attempts=attempt + 1, **verdict)
+                break
+            if not retryable:
+                break
+        if judgment.status == "ok" and self.cache is not None:
             record = asdict(judgment)
-            record.pop("cached"), record.pop("key")
-            self.cache.put(key, record)
+            for transient in ("cached", "key", "attempts"):
+                record.pop(transient)
+            self.cache.put(key, record)  # failures are never cached: the next run asks again
         return judgment
 
-    def _request(self, messages) -> tuple[str | None, str | None]:
-        """(text, None) on an answer, (None, error) when the endpoint fails after its retries."""
+    def _request(self, messages) -> tuple[str | None, str | None, bool]:
+        """(text, None, True) on an answer, (None, error, retryable) when the request failed."""
         import openai
 
         kwargs = dict(model=self.cfg.model, messages=messages, temperature=self.cfg.temperature,
@@ -264,26 +256,28 @@ class Judge:
                     "name": "path_diversity_verdict", "schema": VERDICT_SCHEMA, "strict": True}}
             else:
                 kwargs.pop("response_format", None)
-            self.n_requests += 1
+            with self._lock:
+                self.n_requests += 1
             try:
                 resp = self.client.chat.completions.create(**kwargs)
             except openai.APIStatusError as e:
                 if structured and e.status_code in (400, 404, 415, 422, 501):
                     self._structured = False  # server rejects response_format: plain text from now on
                     continue
-                return None, f"HTTP {e.status_code}: {_short(e)}"
+                code = e.status_code
+                return None, f"HTTP {code}: {_short(e)}", code in _RETRYABLE or code >= 500
             except openai.APITimeoutError:
-                return None, f"timed out after {self.cfg.timeout:g}s ({self.cfg.max_retries} retries)"
+                return None, f"timed out after {self.cfg.timeout:g}s", True
             except openai.APIConnectionError as e:
-                return None, f"connection failed: {_short(e)}"
+                return None, f"connection failed: {_short(e)}", True
             except Exception as e:  # anything else from a half-compatible server: report, go on
-                return None, f"{type(e).__name__}: {_short(e)}"
+                return None, f"{type(e).__name__}: {_short(e)}", False
             try:
                 text = resp.choices[0].message.content
             except (AttributeError, IndexError, TypeError):
                 text = None
-            return (text or ""), None
-        return None, "no request could be made"
+            return (text or ""), None, True
+        return None, "no request could be made", False
 
 
 def _short(e: Exception, limit: int = 200) -> str:

@@ -20,6 +20,7 @@ import scipy.stats
 from dlm_bench.errors import UserError
 
 CELL = ("task", "gen_length", "temperature")  # one comparison per cell
+N_RESAMPLES = 10_000  # bootstrap resamples everywhere (compare, report, judge), so their CIs agree
 BY = ("method",) + CELL
 SCORE_COLUMNS = ("problem_id", "sample", "correct")
 
@@ -105,7 +106,7 @@ def per_problem_passk(scores_df: pd.DataFrame, ks=(1, 5, 16), by=BY) -> pd.DataF
 
 
 def passk_table(scores_df: pd.DataFrame, ks=(1, 5, 16), by=BY, ci: float | None = None,
-                n_resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
+                n_resamples: int = N_RESAMPLES, seed: int = 0) -> pd.DataFrame:
     """Mean Pass@k over problems with its standard error, one row per (cell, k).
 
     Columns: [*by, k, n_problems, n_samples (smallest per-problem n), pass_at_k, se], plus
@@ -148,7 +149,7 @@ def _mean(x, axis=-1):
     return np.mean(x, axis=axis)
 
 
-def bootstrap_ci(values, confidence: float = 0.95, n_resamples: int = 10_000,
+def bootstrap_ci(values, confidence: float = 0.95, n_resamples: int = N_RESAMPLES,
                  rng=None) -> CI:
     """CI for the mean of per-problem values, resampling problems.
 
@@ -173,7 +174,7 @@ def bootstrap_ci(values, confidence: float = 0.95, n_resamples: int = 10_000,
     return CI(math.nan, math.nan, "undefined")
 
 
-def paired_bootstrap_ci(a_vals, b_vals, confidence: float = 0.95, n_resamples: int = 10_000,
+def paired_bootstrap_ci(a_vals, b_vals, confidence: float = 0.95, n_resamples: int = N_RESAMPLES,
                         rng=None) -> CI:
     """CI for mean(a) - mean(b) resampling the same problem indices for both methods.
 
@@ -267,7 +268,7 @@ class PairedResult:
     p_wilcoxon: float
 
 
-def paired_compare(a_vals, b_vals, confidence: float = 0.95, n_resamples: int = 10_000,
+def paired_compare(a_vals, b_vals, confidence: float = 0.95, n_resamples: int = N_RESAMPLES,
                    n_permutations: int = 20_000, exact_max: int = 16,
                    zero_method: str = "pratt", seed=0) -> PairedResult:
     """Compare two methods' per-problem values on the same problems (same order in both arrays).
@@ -323,7 +324,7 @@ def _stars(q: float, alpha: float) -> str:
 
 
 def compare_table(scores_df: pd.DataFrame, method_a: str, method_b: str, k: int, cells=CELL,
-                  confidence: float = 0.95, alpha: float = 0.05, n_resamples: int = 10_000,
+                  confidence: float = 0.95, alpha: float = 0.05, n_resamples: int = N_RESAMPLES,
                   n_permutations: int = 20_000, zero_method: str = "pratt",
                   seed: int = 0) -> pd.DataFrame:
     """Method A vs B at the primary `k`, one row per cell, on the problems both methods have.

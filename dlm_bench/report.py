@@ -1,25 +1,29 @@
 """The TraFL figures and a Markdown report, from stored score records only.
 
-`build_report(runs, out)` reads every run directory under `runs` (dlm_bench.store) and writes to `out`:
+`build_report(cfg)` reads every run directory under `cfg.runs` (dlm_bench.store) and writes to `cfg.out`
+(`render(cfg)` does the same and returns the report with its figures, for tests):
 
-- Fig 1a `fig1a_passk_vs_k`: each method's Pass@k vs k, one line per temperature;
-- Fig 1b `fig1b_gap_to_base`: Pass@k(method) − Pass@k(base) vs k per temperature, with paired
-  bootstrap CI bands over problems;
+- Fig 1a `fig1a_passk_vs_k`: each method's Pass@k vs k, one line style per temperature;
+- Fig 1b `fig1b_gap_to_base`: Pass@k(method) − Pass@k(base) vs k per temperature, paired
+  bootstrap CI bands over units;
 - Fig 1c `fig1c_all_methods`: every method at T = 0.6 (or the stored temperature closest to it),
-  k = 1..n, one panel per task × length;
-- Fig 2 `fig2_passk_task_length`: Pass@5 per task × length with standard-error bars, mean NFE and
-  completion length per bar in the table;
+  k = 1..n, one panel per task × length, bootstrap CI bands;
+- Fig 2 `fig2_passk_task_length`: Pass@5 per task × length as points with bootstrap CI error bars;
+  the table adds ± SE, mean NFE and completion length;
 - Fig 3 `fig3a_minerva_transfer` (methods labelled `name@gsm8k` / `name@math` on a Minerva task) and
   `fig3b_livecodebench_difficulty` (LiveCodeBench by difficulty), when the data is there;
 - `report.md` with one table per figure, the paired comparison of every method vs base at the
-  primary k (metrics.compare_table) and the offline diversity table (diversity.diversity_table),
-  plus `tables/*.csv` with the same numbers unrounded.
+  primary k (metrics.compare_table) and the offline diversity table (diversity.diversity_table and
+  the embedding Vendi score), plus `tables/*.csv` with the same numbers unrounded.
 
-Nothing is invented: a cell without records is "n/a" in tables and an absent bar (marked "n/a") in
-figures, and a figure without data is skipped with a line in the report saying why.
+Every figure follows dlm_bench.report_style (fixed colour per method, shared y-axes, one legend from
+all series). Nothing is invented: a cell without records is "n/a" in tables and figures, and a
+figure without data is skipped with a line in the report saying why.
 
-Pooling: curves that span tasks and lengths (Fig 1a, 1b) average over every (task, length,
-problem) unit, i.e. tasks weigh by their problem counts; this keeps the paired bootstrap exact.
+Pooling: curves that span tasks and lengths (Fig 1a, 1b) average over the (task, length, problem)
+units that every method has at every temperature (report_common.common_units), so no method's
+curve includes a task another method was not run on; the report names the cells kept and dropped.
+Tasks then weigh by their problem counts, which keeps the paired bootstrap exact.
 """
 from __future__ import annotations
 
@@ -32,50 +36,51 @@ import pandas as pd
 
 from dlm_bench import metrics
 from dlm_bench.errors import UserError
-from dlm_bench.report_common import (_bar_panel, _cell_stats, _colors, _curve, _grid, _is_minerva, _lcb_base, _num,
-    _numeric_cost, _pct, _plt, _Report, _rng, _save, _t, closest_temperature, md_table, order_methods,
-    ReportConfig, UNIT)
-
+from dlm_bench.report_common import (_cell_stats, _curve, _is_minerva, _lcb_base, _num, _numeric_cost, _pct,
+    _Report, _rng, _save, _t, closest_temperature, common_units, md_table, order_methods, ReportConfig, UNIT)
+from dlm_bench.report_style import dot_panel, figure_legend, fit_y, grid, LINESTYLES, MARKERS, method_color
 from dlm_bench.report_transfer import _fig3a, _fig3b
 
 
 # --------------------------------------------------------------------------- sections
 
-def _fig1a(rep: _Report, counts: pd.DataFrame, methods: list[str]) -> None:
+def _fig1a(rep: _Report, counts: pd.DataFrame, methods: list[str], pooled: str) -> None:
+    cfg = rep.cfg
     rep.add("## Figure 1a: Pass@k vs k per temperature", "")
     temps = sorted(counts["temperature"].unique())
-    fig, axes = _grid(len(methods))
-    cmap = _plt().get_cmap("viridis")
-    tcol = {t: cmap(i / max(1, len(temps) - 1)) for i, t in enumerate(temps)}
+    fig, axes = grid(len(methods), max_cols=4)
     rows, csv = [], []
     for ax, m in zip(axes, methods):
         sub = counts[counts["method"] == m]
-        for t in temps:
+        for i, t in enumerate(temps):
             cell = sub[np.isclose(sub["temperature"], t)]
             if cell.empty:
                 continue
-            cur = _curve(cell)
-            ax.plot(cur["k"], 100 * cur["pass_at_k"], marker="o", ms=3, color=tcol[t], label=f"T={_t(t)}")
-            ax.fill_between(cur["k"], 100 * (cur["pass_at_k"] - cur["se"].fillna(0)),
-                            100 * (cur["pass_at_k"] + cur["se"].fillna(0)), color=tcol[t], alpha=0.15)
+            cur = _curve(cell, cfg, ("1a", m, t))
+            ls, mk = LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)]
+            ax.plot(cur["k"], 100 * cur["pass_at_k"], ls=ls, marker=mk, ms=4, color=method_color(m))
+            ax.fill_between(cur["k"], 100 * cur["ci_low"], 100 * cur["ci_high"], color=method_color(m),
+                            alpha=0.12, lw=0)
             n = int(cur["k"].max())
             at = cur.set_index("k")["pass_at_k"]
-            k = rep.cfg.k
             cells = cell[["task", "gen_length"]].drop_duplicates()
             rows.append([m, _t(t), str(len(cells)), str(len(cell)), str(n), _pct(at.get(1)),
-                         _pct(at.get(k)) if k <= n else "n/a", _pct(at.get(n))])
+                         _pct(at.get(cfg.k)) if cfg.k <= n else "n/a", _pct(at.get(n))])
             csv.append(cur.assign(method=m, temperature=t))
-        ax.set_title(m)
+        ax.set_title(m, color=method_color(m))
         ax.set_xlabel("k")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel("Pass@k (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    note = fit_y(axes, "Pass@k (%)")
+    from matplotlib.lines import Line2D
+    figure_legend(fig, axes, title="temperature", handles=[
+        Line2D([], [], color="0.2", ls=LINESTYLES[i % len(LINESTYLES)], marker=MARKERS[i % len(MARKERS)],
+               label=f"T = {_t(t)}") for i, t in enumerate(temps)])
     _save(rep, fig, "fig1a_passk_vs_k",
-          "Mean Pass@k over all (task, length, problem) units of each method at each temperature "
-          "(shaded: ± 1 SE over units); k runs to the smallest n among the units.")
+          f"Mean Pass@k over the (task, length, problem) units {pooled}, per method and temperature "
+          f"(bands: {cfg.confidence:.0%} bootstrap CI over units, {cfg.n_resamples} resamples); k runs "
+          f"to the smallest n among the units; shared y-axis" + (f"; {note}." if note else "."))
     rep.add(*md_table(["Method", "Temp.", "Task×length cells", "Problems", "n", "Pass@1 (%)",
-                       f"Pass@{rep.cfg.k} (%)", "Pass@n (%)"], rows, right_from=2), "")
+                       f"Pass@{cfg.k} (%)", "Pass@n (%)"], rows, right_from=2), "")
     if csv:
         pd.concat(csv).to_csv(rep.out / "tables" / "fig1a_passk_vs_k.csv", index=False)
 
@@ -86,7 +91,7 @@ def _paired_units(counts: pd.DataFrame, a: str, b: str, t: float) -> pd.DataFram
     return at[UNIT + ["n", "c"]].merge(bt[UNIT + ["n", "c"]], on=UNIT, suffixes=("_a", "_b"))
 
 
-def _fig1b(rep: _Report, counts: pd.DataFrame, methods: list[str]) -> None:
+def _fig1b(rep: _Report, counts: pd.DataFrame, methods: list[str], pooled: str) -> None:
     cfg = rep.cfg
     rep.add(f"## Figure 1b: Pass@k gap to `{cfg.base}` vs k", "")
     if cfg.base not in methods:
@@ -97,8 +102,7 @@ def _fig1b(rep: _Report, counts: pd.DataFrame, methods: list[str]) -> None:
         rep.skip("Figure 1b", f"no method other than {cfg.base!r}")
         return
     temps = sorted(counts["temperature"].unique())
-    colors = _colors(methods)
-    fig, axes = _grid(len(temps))
+    fig, axes = grid(len(temps))
     rows, csv = [], []
     for ax, t in zip(axes, temps):
         for m in others:
@@ -118,8 +122,9 @@ def _fig1b(rep: _Report, counts: pd.DataFrame, methods: list[str]) -> None:
                             "n_units": len(pu)})
             cur = pd.DataFrame(cur)
             csv.append(cur)
-            ax.plot(cur["k"], 100 * cur["gap"], marker="o", ms=3, color=colors[m], label=m)
-            ax.fill_between(cur["k"], 100 * cur["ci_low"], 100 * cur["ci_high"], color=colors[m], alpha=0.18)
+            ax.plot(cur["k"], 100 * cur["gap"], marker="o", ms=4, color=method_color(m), label=m)
+            ax.fill_between(cur["k"], 100 * cur["ci_low"], 100 * cur["ci_high"], color=method_color(m),
+                            alpha=0.15, lw=0)
             if cfg.k <= kmax:
                 r = cur[cur["k"] == cfg.k].iloc[0]
                 d = va[:, cfg.k - 1] - vb[:, cfg.k - 1]
@@ -129,18 +134,16 @@ def _fig1b(rep: _Report, counts: pd.DataFrame, methods: list[str]) -> None:
                              metrics._fmt_p(p), _stars(p, cfg.alpha)])
             else:
                 rows.append([m, _t(t), str(len(pu)), "n/a", "n/a", "n/a", f"n < {cfg.k}"])
-        ax.axhline(0, color="black", lw=0.8)
+        ax.axhline(0, color="0.3", lw=0.8)
         ax.set_title(f"T = {_t(t)}")
         ax.set_xlabel("k")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel(f"Pass@k − {cfg.base} (pp)")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+    fit_y(axes, f"Pass@k − {cfg.base} (pp)", include_zero=True, bounds=None)
+    figure_legend(fig, axes, order=methods)
     _save(rep, fig, "fig1b_gap_to_base",
           f"Mean per-problem Pass@k difference to {cfg.base} over the (task, length, problem) units "
-          f"both methods have at that temperature; bands: {cfg.confidence:.0%} paired bootstrap CI "
-          f"over units ({cfg.n_resamples} resamples, BCa or percentile where BCa is undefined).")
+          f"{pooled}; bands: {cfg.confidence:.0%} paired bootstrap CI over units ({cfg.n_resamples} "
+          f"resamples, BCa or percentile where BCa is undefined); shared y-axis.")
     rep.add(*md_table(["Method", "Temp.", "Paired units", f"Gap Pass@{cfg.k} (pp)",
                        f"{cfg.confidence:.0%} CI (pp)", "p perm.", "Sig."], rows, right_from=2), "",
             f"p perm.: two-sided paired sign-flip permutation test on the pooled units at k = {cfg.k} "
@@ -168,8 +171,7 @@ def _fig1c(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float
     rep.add(f"## Figure 1c: all methods at T = {_t(t_star)}", "")
     at = counts[np.isclose(counts["temperature"], t_star)]
     cells = at[["task", "gen_length"]].drop_duplicates().sort_values(["task", "gen_length"])
-    colors = _colors(methods)
-    fig, axes = _grid(len(cells))
+    fig, axes = grid(len(cells))
     rows, csv = [], []
     for ax, (task, g) in zip(axes, cells.itertuples(index=False)):
         cell = at[(at["task"] == task) & (at["gen_length"] == g)]
@@ -179,8 +181,10 @@ def _fig1c(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float
             if sub.empty:
                 rows.append([str(task), str(g), m, "n/a", "n/a", "n/a", "n/a", "n/a"])
                 continue
-            cur = _curve(sub)
-            ax.plot(cur["k"], 100 * cur["pass_at_k"], marker="o", ms=3, color=colors[m], label=m)
+            cur = _curve(sub, cfg, ("1c", m, task, g, t_star))
+            ax.plot(cur["k"], 100 * cur["pass_at_k"], marker="o", ms=4, color=method_color(m), label=m)
+            ax.fill_between(cur["k"], 100 * cur["ci_low"], 100 * cur["ci_high"], color=method_color(m),
+                            alpha=0.12, lw=0)
             n = int(cur["k"].max())
             s = cur.set_index("k")["pass_at_k"]
             rows.append([str(task), str(g), m, str(len(sub)), str(n), _pct(s.get(1)),
@@ -190,17 +194,18 @@ def _fig1c(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float
         title = f"{task}, length {g}"
         if missing:
             title += f"\n(no data: {', '.join(missing)})"
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
         ax.set_xlabel("k")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel("Pass@k (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    note = fit_y(axes, "Pass@k (%)")
+    figure_legend(fig, axes, order=methods)
     where = ("" if math.isclose(t_star, cfg.target_temperature)
              else f" (no records at T = {_t(cfg.target_temperature)}; {_t(t_star)} is the closest stored)")
     _save(rep, fig, "fig1c_all_methods",
           f"Every method's mean Pass@k over problems at T = {_t(t_star)}{where}, k = 1..n, one panel "
-          f"per task × length.")
+          f"per task × length (bands: {cfg.confidence:.0%} bootstrap CI over problems, "
+          f"{cfg.n_resamples} resamples; overlapping bands are not a separation); shared y-axis"
+          + (f"; {note}." if note else "."))
     rep.add(*md_table(["Task", "Length", "Method", "Problems", "n", "Pass@1 (%)", f"Pass@{cfg.k} (%)",
                        "Pass@n (%)"], rows, right_from=3), "")
     if csv:
@@ -223,7 +228,7 @@ def _fig2(rep: _Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[st
     cfg = rep.cfg
     k = cfg.bar_k
     rep.add(f"## Figure 2: Pass@{k} per task × length (T = {_t(t_star)})", "")
-    stats = _cell_stats(df, counts, k)
+    stats = _cell_stats(df, counts, k, cfg)
     st = stats[np.isclose(stats["temperature"], t_star)]
     groups = [tuple(x) for x in st[["task", "gen_length"]].drop_duplicates().sort_values(
         ["task", "gen_length"]).itertuples(index=False)]
@@ -234,39 +239,39 @@ def _fig2(rep: _Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[st
             r = st[(st["method"] == m) & (st["task"] == task) & (st["gen_length"] == g)]
             if r.empty:
                 missing.append(f"{m} on {task} @ {g}")
-                rows.append([str(task), str(g), m, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", ""])
+                rows.append([str(task), str(g), m, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", ""])
                 continue
             r = r.iloc[0]
-            values[((task, g), m)] = (r["pass_at_k"], r["se"])
+            values[((task, g), m)] = (r["pass_at_k"], r["ci_low"], r["ci_high"])
             d, s = sig.get((m, task, int(g), round(float(t_star), 6)), (math.nan, ""))
             if s:
                 marks[((task, g), m)] = s
             cell = (f"{_pct(r['pass_at_k'])} ± {_pct(r['se'])}" if math.isfinite(r["pass_at_k"])
                     else f"n/a (n = {r['n_samples']} < {k})")
-            rows.append([str(task), str(g), m, str(r["n_problems"]), str(r["n_samples"]), cell,
+            ci = (f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else "n/a")
+            rows.append([str(task), str(g), m, str(r["n_problems"]), str(r["n_samples"]), cell, ci,
                          _num(r["mean_nfe"]), _num(r["mean_length"]),
                          _pct(d, sign=True) if m != cfg.base else "—", s])
     if not groups:
         rep.skip("Figure 2", f"no records at T = {_t(t_star)}")
         return stats
-    colors = _colors(methods)
-    fig, axes = _grid(1, width=max(6.0, 1.2 * len(groups) * max(1, len(methods)) ** 0.5 + 2), height=3.6)
+    fig, axes = grid(1, width=max(6.0, 0.5 * len(groups) * max(1, len(methods)) + 2), height=3.8)
     ax = axes[0]
     shown = [m for m in methods if any(m in _methods_on(counts, t, methods) for t, _ in groups)]
-    _bar_panel(ax, groups, shown, values, colors, marks)
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"{t}\n{g}" for t, g in groups], fontsize=8)
-    ax.set_ylabel(f"Pass@{k} (%)")
-    ax.grid(axis="y", alpha=0.3)
+    dot_panel(ax, groups, shown, values, marks, labels=[f"{t}\nlength {g}" for t, g in groups])
+    ynote = fit_y(axes, f"Pass@{k} (%)")
+    figure_legend(fig, axes, order=methods)
     note = f" Missing (no records, shown as n/a): {'; '.join(missing)}." if missing else ""
     absent_tasks = sorted(set(map(str, counts["task"])) - {str(t) for t, _ in groups})
     if absent_tasks:
         note += f" Tasks with no records at T = {_t(t_star)} (not shown): {', '.join(absent_tasks)}."
     _save(rep, fig, "fig2_passk_task_length",
-          f"Pass@{k} at T = {_t(t_star)} per task and generation length, mean over problems ± 1 SE "
-          f"(sd across problems / √problems). Stars: vs {cfg.base}, BH-adjusted paired permutation "
+          f"Pass@{k} at T = {_t(t_star)} per task and generation length: mean over problems with its "
+          f"{cfg.confidence:.0%} bootstrap CI ({cfg.n_resamples} resamples; the table also gives ± 1 SE)"
+          + (f"; {ynote}" if ynote else "") + f". Stars: vs {cfg.base}, BH-adjusted paired permutation "
           f"test at k = {k} across the cells of that method's comparison.{note}")
-    rep.add(*md_table(["Task", "Length", "Method", "Problems", "n", f"Pass@{k} (%) ± SE", "Mean NFE",
+    rep.add(*md_table(["Task", "Length", "Method", "Problems", "n", f"Pass@{k} (%) ± SE",
+                       f"{cfg.confidence:.0%} CI (%)", "Mean NFE",
                        "Mean length (tokens)", f"Δ vs {cfg.base} (pp)", "Sig."], rows, right_from=3), "")
     budgets = []
     for task, g in groups:
@@ -341,18 +346,25 @@ def _safe(s: str) -> str:
 
 
 def _diversity(rep: _Report, df: pd.DataFrame, methods: list[str]) -> None:
-    from dlm_bench.diversity import diversity_table
+    from dlm_bench.diversity import diversity_table, embedding_summary
+    from dlm_bench.embeddings import get_embedder
     rep.add("## Diversity of correct solutions (offline)", "")
     try:
         table = diversity_table(df)
     except UserError as e:
         rep.skip("Diversity table", str(e))
         return
+    embedder = None
+    if "text" in df:
+        embedder = get_embedder(rep.cfg.embed_model)
+        emb = embedding_summary(df, embedder)
+        table = table.merge(emb, on=list(metrics.BY), how="left")
     has_trees = "distinct_trees" in table and table["distinct_trees"].notna().any()
     has_text = "distinct_completions" in table
     header = ["Method", "Task", "Length", "Temp.", "Problems", "Solved", "Distinct answers"]
     header += ["Distinct completions"] if has_text else []
     header += ["Distinct expression trees"] if has_trees else []
+    header += ["Vendi score"] if embedder else []
     rank = {m: i for i, m in enumerate(methods)}
     table = table.sort_values(["task", "gen_length", "temperature"]).sort_values(
         "method", key=lambda s: s.map(rank), kind="stable")
@@ -364,18 +376,43 @@ def _diversity(rep: _Report, df: pd.DataFrame, methods: list[str]) -> None:
                str(r["n_problems"]), str(r["n_solved"]), ms("distinct_answers")]
         row += [ms("distinct_completions")] if has_text else []
         row += [ms("distinct_trees")] if has_trees else []
+        row += [ms("vendi")] if embedder else []
         rows.append(row)
     rep.add(*md_table(header, rows, right_from=4), "",
             "Per cell, mean ± SE over solved problems (≥ 1 correct sample) of the number of distinct "
             "correct final answers (normalised), distinct correct completions (whitespace/case "
-            "normalised) and, for Countdown, distinct expression trees up to commutativity.", "")
+            "normalised) and, for Countdown, distinct expression trees up to commutativity"
+            + (f"; Vendi score (effective number of distinct correct completions, 1 = all alike) "
+               f"from {embedder.label}" if embedder else "") + ".", "")
     table.to_csv(rep.out / "tables" / "diversity.csv", index=False)
 
 
 # --------------------------------------------------------------------------- entry point
 
+def _pooled_figures(rep: _Report, core: pd.DataFrame, methods: list[str]) -> None:
+    """Fig 1a and 1b on the units every method has at every temperature (never a method's own set)."""
+    pooled_counts, kept, dropped = common_units(core)
+    pooled = ("every method has at every temperature, in the task × length cells "
+              + ", ".join(f"{t} @ {g}" for t, g in kept)
+              + (f" (left out, not run for every method and temperature: "
+                 f"{', '.join(f'{t} @ {g}' for t, g in dropped)})" if dropped else ""))
+    if not kept:
+        for name in ("Figure 1a", "Figure 1b"):
+            rep.skip(name, "no (task, length, problem) unit has records for every method at every "
+                           "temperature, so no curve would compare like with like")
+        return
+    rep.add(f"Figures 1a and 1b pool only the units {pooled}.", "")
+    _fig1a(rep, pooled_counts, methods, pooled)
+    _fig1b(rep, pooled_counts, methods, pooled)
+
+
 def build_report(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Path:
     """Write the figures, tables and `report.md` under cfg.out; returns the report path."""
+    return render(cfg, df).out / "report.md"
+
+
+def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
+    """`build_report`, returning the report with its (closed) figures for inspection."""
     from dlm_bench.store import read_all_scores, run_dirs
 
     if cfg.k < 1 or cfg.bar_k < 1:
@@ -433,9 +470,7 @@ def build_report(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Path:
     if held_out.any() and (~held_out).any():
         rep.add(f"Figures 1a and 1b pool the in-distribution tasks only; the held-out ones "
                 f"({', '.join(sorted(map(str, counts.loc[held_out, 'task'].unique())))}) are in Figure 3.", "")
-    core_methods = [m for m in methods if m in set(core["method"])]
-    _fig1a(rep, core, core_methods)
-    _fig1b(rep, core, core_methods)
+    _pooled_figures(rep, core, [m for m in methods if m in set(core["method"])])
     _fig1c(rep, counts, methods, t_star)
     _fig2(rep, df, counts, methods, t_star, compares)
     _fig3a(rep, counts, methods, t_star)
@@ -444,6 +479,5 @@ def build_report(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Path:
     _diversity(rep, df, methods)
     if rep.skipped:
         rep.add("## Skipped", "", *[f"- {w}: {why}." for w, why in rep.skipped], "")
-    path = out / "report.md"
-    path.write_text("\n".join(rep.lines).rstrip() + "\n", encoding="utf-8")
-    return path
+    (out / "report.md").write_text("\n".join(rep.lines).rstrip() + "\n", encoding="utf-8")
+    return rep

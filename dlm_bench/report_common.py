@@ -27,13 +27,14 @@ class ReportConfig:
     target_temperature: float = TARGET_T
     confidence: float = 0.95
     alpha: float = 0.05
-    n_resamples: int = 2000        # bootstrap resamples (bands, CIs)
+    n_resamples: int = metrics.N_RESAMPLES  # bootstrap resamples (bands, CIs); compare and judge use the same
     n_permutations: int = 20_000
     seed: int = 0
     formats: tuple = ("png", "pdf")
     bar_k: int = FIG_K             # k of the per-task bars (Fig 2; the paper's Pass@5)
     difficulties: dict | None = None   # LiveCodeBench problem_id -> easy/medium/hard
     title: str | None = None
+    embed_model: str | None = None     # local sentence-embedding model dir; None: lexical fallback
 
 
 @dataclass
@@ -41,7 +42,8 @@ class _Report:
     cfg: ReportConfig
     out: Path
     lines: list = field(default_factory=list)
-    figures: list = field(default_factory=list)
+    figures: dict = field(default_factory=dict)   # name -> matplotlib Figure
+    paths: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
 
     def add(self, *lines: str) -> None:
@@ -124,36 +126,56 @@ def _kmax(counts: pd.DataFrame) -> int:
     return int(counts["n"].min()) if len(counts) else 0
 
 
-def _curve(counts: pd.DataFrame, kmax: int | None = None) -> pd.DataFrame:
-    """Mean Pass@k and SE over the rows of `counts` (per-problem n, c), k = 1..kmax."""
+def _curve(counts: pd.DataFrame, cfg: ReportConfig, key: tuple, kmax: int | None = None) -> pd.DataFrame:
+    """Mean Pass@k, SE and bootstrap CI over the rows of `counts` (per-problem n, c), k = 1..kmax;
+    `key` seeds the bootstrap so a curve's band does not depend on drawing order."""
     kmax = _kmax(counts) if kmax is None else kmax
     if kmax < 1:
-        return pd.DataFrame(columns=["k", "pass_at_k", "se", "n_units"])
+        return pd.DataFrame(columns=["k", "pass_at_k", "se", "ci_low", "ci_high", "n_units"])
     ks = list(range(1, kmax + 1))
     vals = metrics.pass_at_k(counts["n"].to_numpy(), counts["c"].to_numpy(), ks)
     rows = []
     for j, k in enumerate(ks):
         m, se = metrics.mean_se(vals[:, j])
-        rows.append({"k": k, "pass_at_k": m, "se": se, "n_units": len(counts)})
+        ci = metrics.bootstrap_ci(vals[:, j], cfg.confidence, cfg.n_resamples, _rng(cfg.seed, *key, k))
+        rows.append({"k": k, "pass_at_k": m, "se": se, "ci_low": ci.low, "ci_high": ci.high,
+                     "n_units": len(counts)})
     return pd.DataFrame(rows)
 
 
-def _cell_stats(df: pd.DataFrame, counts: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Per (method, task, gen_length, temperature): Pass@k ± SE (NaN where n < k), problems, n,
-    mean NFE and mean completion length over samples."""
+def _cell_stats(df: pd.DataFrame, counts: pd.DataFrame, k: int, cfg: ReportConfig) -> pd.DataFrame:
+    """Per (method, task, gen_length, temperature): Pass@k ± SE and bootstrap CI (NaN where n < k),
+    problems, n, mean NFE and mean completion length over samples."""
     by = list(metrics.BY)
     rows = []
     cost = df.groupby(by, dropna=False).agg(nfe=("nfe", "mean"), length=("length", "mean"))
     for key, grp in counts.groupby(by, dropna=False, sort=True):
         n_min = int(grp["n"].min())
+        ci = metrics.CI(math.nan, math.nan, "undefined")
         if n_min >= k:
-            m, se = metrics.mean_se(metrics.pass_at_k(grp["n"].to_numpy(), grp["c"].to_numpy(), k))
+            vals = metrics.pass_at_k(grp["n"].to_numpy(), grp["c"].to_numpy(), k)
+            m, se = metrics.mean_se(vals)
+            ci = metrics.bootstrap_ci(vals, cfg.confidence, cfg.n_resamples, _rng(cfg.seed, "cell", *key, k))
         else:
             m, se = math.nan, math.nan
         nfe, length = cost.loc[key] if key in cost.index else (math.nan, math.nan)
         rows.append(dict(zip(by, key), k=k, n_problems=len(grp), n_samples=n_min, pass_at_k=m, se=se,
-                         mean_nfe=float(nfe), mean_length=float(length)))
+                         ci_low=ci.low, ci_high=ci.high, mean_nfe=float(nfe), mean_length=float(length)))
     return pd.DataFrame(rows)
+
+
+def common_units(counts: pd.DataFrame) -> tuple[pd.DataFrame, list, list]:
+    """The rows of the (task, gen_length, problem) units that every method has at every
+    temperature, so a curve pooled over units compares like with like; with the (task, length)
+    cells kept and those left out (not run for every method and temperature)."""
+    groups = [set(map(tuple, g[UNIT].itertuples(index=False)))
+              for _, g in counts.groupby(["method", "temperature"])]
+    common = set.intersection(*groups) if groups else set()
+    keep = [u in common for u in map(tuple, counts[UNIT].itertuples(index=False))]
+    kept = counts[keep]
+    cells = sorted(set(map(tuple, counts[["task", "gen_length"]].drop_duplicates().itertuples(index=False))))
+    have = set(map(tuple, kept[["task", "gen_length"]].drop_duplicates().itertuples(index=False)))
+    return kept, [c for c in cells if c in have], [c for c in cells if c not in have]
 
 
 def _numeric_cost(df: pd.DataFrame) -> pd.DataFrame:
@@ -163,67 +185,16 @@ def _numeric_cost(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-# --------------------------------------------------------------------------- figure helpers
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _grid(n: int, width: float = 4.2, height: float = 3.2, max_cols: int = 3):
-    plt = _plt()
-    cols = max(1, min(n, max_cols))
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
-    flat = list(axes.flat)
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
-
+# --------------------------------------------------------------------------- saving figures
 
 def _save(rep: _Report, fig, name: str, caption: str) -> None:
-    plt = _plt()
-    fig.tight_layout()
+    from dlm_bench.report_style import plt
     paths = []
     for fmt in rep.cfg.formats:
         p = rep.out / f"{name}.{fmt}"
         fig.savefig(p, dpi=150, metadata={"CreationDate": None} if fmt == "pdf" else None)
         paths.append(p)
-    plt.close(fig)
-    rep.figures.append(paths)
+    plt().close(fig)
+    rep.figures[name] = fig  # closed, but its artists stay inspectable (tests check the structure)
+    rep.paths.append(paths)
     rep.add(f"![{name}]({name}.{rep.cfg.formats[0]})", "", caption, "")
-
-
-def _colors(methods: list[str]) -> dict:
-    plt = _plt()
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(methods)}
-
-
-def _bar_panel(ax, groups: list, methods: list[str], values: dict, colors: dict, sig: dict | None = None):
-    """Grouped bars: `values[(group, method)] = (mean, se)`; missing ones are absent and marked n/a."""
-    width = 0.8 / max(1, len(methods))
-    ax.set_xlim(-0.5, len(groups) - 0.5)
-    ax.set_ylim(0, 110)
-    for j, m in enumerate(methods):
-        for i, gkey in enumerate(groups):
-            x = i - 0.4 + width * (j + 0.5)
-            v = values.get((gkey, m))
-            if v is None or not math.isfinite(v[0]):
-                ax.text(x, 2, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="gray")
-                continue
-            mean, se = v
-            ax.bar(x, 100 * mean, width, color=colors[m], label=m if i == 0 else None,
-                   yerr=100 * se if math.isfinite(se) else None, capsize=2)
-            mark = (sig or {}).get((gkey, m))
-            if mark:
-                top = 100 * (mean + (se if math.isfinite(se) else 0))
-                ax.text(x, top + 1, mark, ha="center", va="bottom", fontsize=8)
-    handles, labels = ax.get_legend_handles_labels()
-    seen = {}
-    for h, lab in zip(handles, labels):
-        seen.setdefault(lab, h)
-    if seen:
-        ax.legend(seen.values(), seen.keys(), fontsize=7)

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 
 from dlm_bench import metrics
-from dlm_bench.report_common import (_bar_panel, _colors, _curve, _grid, _is_minerva, _lcb_base, _pct, _Report, _save,
-    _t, _train_name, closest_temperature, DIFFICULTIES, md_table, order_methods, split_label)
-
+from dlm_bench.report_common import (_curve, _is_minerva, _lcb_base, _pct, _Report, _rng, _save, _t, _train_name,
+    closest_temperature, DIFFICULTIES, md_table, order_methods, split_label)
+from dlm_bench.report_style import dot_panel, figure_legend, fit_y, grid, method_color
 
 
 def _fig3a(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float) -> None:
@@ -30,8 +30,7 @@ def _fig3a(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float
     mc = mc[np.isclose(mc["temperature"], t_use)]
     tasks_lengths = mc[["task", "gen_length"]].drop_duplicates().sort_values(["task", "gen_length"])
     panels = [(tr, task, g) for tr in trained for task, g in tasks_lengths.itertuples(index=False)]
-    colors = _colors(order_methods({split_label(m)[0] for m in mc["method"]}, cfg.base))
-    fig, axes = _grid(len(panels), max_cols=max(1, len(tasks_lengths)))
+    fig, axes = grid(len(panels), max_cols=max(1, len(tasks_lengths)))
     rows = []
     for ax, (tr, task, g) in zip(axes, panels):
         cell = mc[(mc["task"] == task) & (mc["gen_length"] == g)]
@@ -42,23 +41,27 @@ def _fig3a(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float
             if sub.empty:
                 rows.append([_train_name(tr), str(task), str(g), m, "n/a", "n/a", "n/a", "n/a"])
                 continue
-            cur = _curve(sub)
-            ax.plot(cur["k"], 100 * cur["pass_at_k"], marker="o", ms=3, color=colors[name], label=m,
-                    ls="--" if m in refs else "-")
+            cur = _curve(sub, cfg, ("3a", m, task, g, t_use))
+            # the panel title names the training set, so the legend names the method only
+            ax.plot(cur["k"], 100 * cur["pass_at_k"], marker="o", ms=4, color=method_color(name),
+                    label=f"{m} (untrained)" if m in refs else name, ls="--" if m in refs else "-")
+            ax.fill_between(cur["k"], 100 * cur["ci_low"], 100 * cur["ci_high"], color=method_color(name),
+                            alpha=0.12, lw=0)
             s = cur.set_index("k")["pass_at_k"]
             n = int(cur["k"].max())
             rows.append([_train_name(tr), str(task), str(g), m, str(len(sub)), _pct(s.get(1)),
                          _pct(s.get(cfg.k)) if cfg.k <= n else "n/a", _pct(s.get(n))])
-        ax.set_title(f"trained on {_train_name(tr)}: {task}, length {g}", fontsize=9)
+        ax.set_title(f"trained on {_train_name(tr)}: {task}, length {g}")
         ax.set_xlabel("k")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel("Pass@k (%)")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+    note = fit_y(axes, "Pass@k (%)")
+    figure_legend(fig, axes, order=[f"{m} (untrained)" for m in refs] + order_methods(
+        {split_label(m)[0] for m in mc["method"]}, cfg.base))
     _save(rep, fig, "fig3a_minerva_transfer",
           f"Held-out Minerva Pass@k vs k at T = {_t(t_use)}; one row of panels per training set "
-          f"(method label suffix after '@'); dashed: untrained references ({', '.join(refs) or 'none'}).")
+          f"(method label suffix after '@'); dashed: untrained references ({', '.join(refs) or 'none'}); "
+          f"bands: {cfg.confidence:.0%} bootstrap CI over problems; shared y-axis"
+          + (f"; {note}." if note else "."))
     rep.add(*md_table(["Trained on", "Task", "Length", "Method", "Problems", "Pass@1 (%)",
                        f"Pass@{cfg.k} (%)", "Pass@n (%)"], rows, right_from=4), "")
 
@@ -99,9 +102,8 @@ def _fig3b(rep: _Report, counts: pd.DataFrame, methods: list[str]) -> None:
     lengths = sorted(lc["gen_length"].unique())
     diffs = [d for d in DIFFICULTIES if d in set(lc["difficulty"])]
     ms = [m for m in methods if m in set(lc["method"])]
-    colors = _colors(methods)
     k = cfg.k
-    fig, axes = _grid(len(lengths))
+    fig, axes = grid(len(lengths))
     rows = []
     for ax, g in zip(axes, lengths):
         values = {}
@@ -115,18 +117,19 @@ def _fig3b(rep: _Report, counts: pd.DataFrame, methods: list[str]) -> None:
                 if n < k:
                     rows.append([str(g), d, m, str(len(sub)), str(n), f"n/a (n < {k})"])
                     continue
-                mean, se = metrics.mean_se(metrics.pass_at_k(sub["n"].to_numpy(), sub["c"].to_numpy(), k))
-                values[(d, m)] = (mean, se)
+                vals = metrics.pass_at_k(sub["n"].to_numpy(), sub["c"].to_numpy(), k)
+                mean, se = metrics.mean_se(vals)
+                ci = metrics.bootstrap_ci(vals, cfg.confidence, cfg.n_resamples, _rng(cfg.seed, "3b", g, d, m))
+                values[(d, m)] = (mean, ci.low, ci.high)
                 rows.append([str(g), d, m, str(len(sub)), str(n), f"{_pct(mean)} ± {_pct(se)}"])
-        _bar_panel(ax, diffs, ms, values, colors)
-        ax.set_xticks(range(len(diffs)))
-        ax.set_xticklabels(diffs)
+        dot_panel(ax, diffs, ms, values)
         ax.set_title(f"length {g}")
-        ax.set_ylabel(f"Pass@{k} (%)")
-        ax.grid(axis="y", alpha=0.3)
+    ynote = fit_y(axes, f"Pass@{k} (%)")
+    figure_legend(fig, axes, order=ms)
     note = f" {unlabeled} problem rows had no difficulty label and are left out." if unlabeled else ""
     _save(rep, fig, "fig3b_livecodebench_difficulty",
-          f"LiveCodeBench Pass@{k} at T = {_t(t_use)} by difficulty (labels from {source}), mean ± 1 SE "
-          f"over problems; absent bars (n/a) have no records.{note}")
+          f"LiveCodeBench Pass@{k} at T = {_t(t_use)} by difficulty (labels from {source}), mean over "
+          f"problems with its {cfg.confidence:.0%} bootstrap CI (the table gives ± 1 SE); n/a: no "
+          f"records; shared y-axis" + (f"; {ynote}" if ynote else "") + f".{note}")
     rep.add(*md_table(["Length", "Difficulty", "Method", "Problems", "n", f"Pass@{k} (%) ± SE"], rows,
                       right_from=3), "")

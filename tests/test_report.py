@@ -92,7 +92,7 @@ def test_missing_cell_is_shown_as_missing(report):
     fig1c = text.split("## Figure 1c")[1].split("## Figure 2")[0]
     assert "| gsm8k | 256 | espo | n/a | n/a | n/a | n/a | n/a |" in fig1c
     fig2 = text.split("## Figure 2")[1].split("## Figure 3a")[0]
-    assert "| gsm8k | 256 | espo | n/a | n/a | n/a | n/a | n/a | n/a |  |" in fig2
+    assert "| gsm8k | 256 | espo | n/a | n/a | n/a | n/a | n/a | n/a | n/a |  |" in fig2
     assert "Missing (no records, shown as n/a): espo on gsm8k @ 256" in fig2
     # the diversity table has no row for it either (nothing invented)
     assert not re.search(r"\| espo \| gsm8k \| 256 \| 0\.3 \|", text)
@@ -114,7 +114,7 @@ def test_fig2_numbers_equal_metrics(report, runs):
         row = [ln for ln in fig2.splitlines() if ln.startswith(f"| {r['task']} | {r['gen_length']} | {r['method']} |")]
         assert len(row) == 1
         cols = [c.strip() for c in row[0].strip("|").split("|")]
-        assert cols[6] == f"{sub['nfe'].mean():.1f}" and cols[7] == f"{sub['length'].mean():.1f}"
+        assert cols[7] == f"{sub['nfe'].mean():.1f}" and cols[8] == f"{sub['length'].mean():.1f}"
 
 
 def test_passk_numbers_equal_metrics(report, runs):
@@ -189,19 +189,29 @@ def test_cli(runs, tmp_path):
     assert pd.read_csv(tmp_path / "r" / "tables" / "fig2_cells.csv").shape[0] > 0
 
 
-def test_judge_cli_with_judge_down(runs, tmp_path, capsys):
-    pytest.importorskip("openai")
+def test_compare_cli_agrees_with_report_and_writes_csv_json(report, runs, tmp_path, capsys):
+    """One resampling setting: `compare` and `report` give the same CIs for the same cell."""
     import argparse
+    import json
 
-    from dlm_bench.commands import judge as cmd
+    from dlm_bench.commands import compare as cmd
+    from dlm_bench.commands import report as report_cmd
+    from dlm_bench.metrics import N_RESAMPLES
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)
-    args = p.parse_args(["trafl", "base", "--runs", str(runs), "--judge-url", "http://127.0.0.1:9/v1",
-                         "--judge-model", "none", "--max-samples", "2", "--task", "gsm8k", "--temps", "0.3",
-                         "--lengths", "128", "--no-problems", "--retries", "0", "--timeout", "2",
-                         "--save", str(tmp_path / "j.csv")])
+    assert p.parse_args(["a", "b"]).resamples == N_RESAMPLES == ReportConfig("r", "o").n_resamples
+    q = argparse.ArgumentParser()
+    report_cmd.add_arguments(q)
+    assert q.parse_args([]).resamples == N_RESAMPLES
+    args = p.parse_args(["trafl", "base", "--runs", str(runs), "--k", "2", "--resamples", "200",
+                         "--csv", str(tmp_path / "c.csv"), "--json", str(tmp_path / "c.json")])
     assert cmd.run(args) == 0
-    out = capsys.readouterr().out
-    assert "| gsm8k | 128 | 0.3 | 0 / 5 | n/a | n/a | n/a | n/a | n/a | 5 / 0 |" in out
-    assert "judge unavailable or unparseable for 5 of 5 problems" in out
-    assert (pd.read_csv(tmp_path / "j.csv")["status"] == "unavailable").all()
+    mine = pd.read_csv(tmp_path / "c.csv")
+    theirs = pd.read_csv(report[0] / "tables" / "compare_vs_base_k2.csv")
+    theirs = theirs[theirs["method_a"] == "trafl"]
+    cols = ["task", "gen_length", "temperature", "diff", "ci_low", "ci_high"]
+    pd.testing.assert_frame_equal(mine[cols].reset_index(drop=True), theirs[cols].reset_index(drop=True))
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["settings"]["n_resamples"] == 200 and len(saved["rows"]) == len(mine)
+    assert saved["rows"][0]["ci_low"] == pytest.approx(mine["ci_low"].iloc[0])
+    assert "Diff (pp)" in capsys.readouterr().out

