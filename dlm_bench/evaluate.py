@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from dlm_bench.errors import UserError
+from dlm_bench.locks import folder_lock
 from dlm_bench.sampler import SamplerConfig
 from dlm_bench.store import Store
 
@@ -214,15 +215,29 @@ def plan(cfg: SweepConfig, task=None):
     return cfg, task, split, problems, cells
 
 
-def run_sweep(cfg: SweepConfig, *, dlm=None, rank: int | None = None, world: int | None = None,
-              max_batches: int | None = None, on_batch: Callable[[int], None] | None = None,
-              progress: bool = True, finalize: bool | None = None) -> dict | None:
+def run_sweep(cfg: SweepConfig, *, wait: bool = False, rank: int | None = None, world: int | None = None,
+              **kw) -> dict | None:
     """Run (or resume) a sweep; returns the results dict on the process that finalizes, else None.
 
-    `dlm`: an already loaded model (else `cfg.model` is loaded). `rank`/`world`: simulate ranks in
-    one process (no barrier, no automatic merge unless `finalize=True`); left out, torchrun's
-    environment decides. `max_batches` / `on_batch(batches_done)`: test hooks that stop a run early.
+    Rank 0 holds the run folder's writer lock throughout (a second writer is refused with a UserError
+    naming the holder, or queues with `wait=True`); the other ranks write only their own shards.
+    The config, task, data and model folder are checked before the folder is created or locked.
+    Keyword arguments: see `_sweep`.
     """
+    if _rank_world(rank, world)[0] != 0:
+        return _sweep(cfg, rank=rank, world=world, **kw)
+    cfg = plan(cfg)[0]
+    with folder_lock(cfg.out, wait=wait):
+        return _sweep(cfg, rank=rank, world=world, **kw)
+
+
+def _sweep(cfg: SweepConfig, *, dlm=None, rank: int | None = None, world: int | None = None,
+           max_batches: int | None = None, on_batch: Callable[[int], None] | None = None,
+           progress: bool = True, finalize: bool | None = None) -> dict | None:
+    """The sweep itself. `dlm`: an already loaded model (else `cfg.model` is loaded). `rank`/`world`:
+    simulate ranks in one process (no barrier, no automatic merge unless `finalize=True`); left out,
+    torchrun's environment decides. `max_batches` / `on_batch(batches_done)`: test hooks that stop a
+    run early."""
     from dlm_bench.sampler import make_generators, sample
 
     rank, world, distributed = _rank_world(rank, world)
@@ -339,12 +354,13 @@ def finalize_run(cfg: SweepConfig, task=None) -> dict:
     """Merge shards, then write results.json from the stored records of this sweep's cells only."""
     cfg, task, split, problems, cells = plan(cfg, task)
     store = Store(cfg.out)
-    store.merge()
-    results = summarize(cfg, store, problems, cells)
-    results["config"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-                         "split": split}
-    results["versions"] = versions()
-    store.write_results(results)
+    with folder_lock(cfg.out):           # re-entrant: run_sweep already holds it
+        store.merge()
+        results = summarize(cfg, store, problems, cells)
+        results["config"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+                             "split": split}
+        results["versions"] = versions()
+        store.write_results(results)
     return results
 
 

@@ -11,9 +11,14 @@ leaves at most one torn last line; opening the store for writing cuts it off, an
 Under torchrun each rank appends to its own shard (`generations.rank{r}.jsonl`, `scores.rank{r}.jsonl`);
 `merge` folds shards into the main files, de-duplicated and sorted deterministically, so one process
 and N ranks (or a killed-and-resumed run) end with byte-identical files apart from timings.
+
+Concurrency: appends hold the folder's I/O lock shared, merges and repairs hold it exclusive
+(`dlm_bench.locks`), so a merge cannot drop a line another process is appending. A failed write
+(disk full, file-size limit) is cut back to the last whole batch and reported as a UserError.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -23,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from dlm_bench.errors import UserError
+from dlm_bench.locks import ensure_writable_dir, io_lock
 
 GEN_FIELDS = ("method", "task", "temperature", "gen_length", "problem_id", "sample", "seed", "config_hash",
               "prompt_hash", "text", "tokens", "nfe", "length", "seconds")
@@ -100,14 +106,33 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _write_failed(path: Path, e: OSError) -> UserError:
+    if e.errno in _NO_SPACE:
+        return UserError(f"cannot write {path}: {e.strerror}; the records written so far are kept, "
+                         "free space and re-run to resume")
+    return UserError(f"cannot write {path}: {e.strerror}")
+
+
 def _append_lines(path: Path, lines: list[str]) -> None:
+    """Append whole lines in one write; on failure the file is cut back to its old size (no torn line)."""
     if not lines:
         return
     data = ("\n".join(lines) + "\n").encode()
     with open(path, "ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        start = f.tell()
+        try:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as e:
+            try:
+                f.truncate(start)
+            except OSError:
+                pass  # the next open() repairs a torn tail anyway
+            raise _write_failed(path, e) from None
 
 
 def _atomic_write(path: Path, data: str) -> None:
@@ -119,8 +144,10 @@ def _atomic_write(path: Path, data: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _write_failed(path, e) from None
         raise
 
 
@@ -167,10 +194,11 @@ class Store:
 
     def open(self) -> "Store":
         """Prepare for appending: create the directory, cut torn last lines, index the present keys."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable_dir(self.dir, "run folder")
         self._keys = {}
         for kind in KINDS:
-            _repair(self.path(kind, self.rank))
+            with io_lock(self.dir, shared=False):
+                _repair(self.path(kind, self.rank))
             self._keys[kind] = {record_key(r) for r in self.read(kind)}
         return self
 
@@ -192,7 +220,9 @@ class Store:
                 continue
             lines.append(_dumps(rec, KINDS[kind]))
             new.append(k)
-        _append_lines(self.path(kind, self.rank), lines)
+        if lines:
+            with io_lock(self.dir, shared=True):
+                _append_lines(self.path(kind, self.rank), lines)
         keys.update(new)
         return len(lines)
 
@@ -200,8 +230,18 @@ class Store:
         """Fold every shard into the main files, de-duplicated and sorted; remove the shards.
 
         The main file is rewritten atomically before any shard is deleted, so a kill during a merge
-        loses nothing (a re-run merges again). Returns the record count per kind.
+        loses nothing (a re-run merges again); the exclusive I/O lock keeps appends out meanwhile.
+        Returns the record count per kind.
         """
+        if not self.dir.is_dir():
+            return {kind: 0 for kind in KINDS}
+        with io_lock(self.dir, shared=False):
+            counts = self._merge_locked()
+        if self._keys is not None:
+            self.open()
+        return counts
+
+    def _merge_locked(self) -> dict[str, int]:
         counts = {}
         for kind, fields in KINDS.items():
             shards = self.shard_paths(kind)
@@ -215,8 +255,6 @@ class Store:
             for p in shards:
                 p.unlink()
             counts[kind] = len(recs)
-        if self._keys is not None:
-            self.open()
         return counts
 
     def write_results(self, results: dict) -> Path:

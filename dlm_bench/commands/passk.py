@@ -60,6 +60,8 @@ def add_arguments(p) -> None:
     p.add_argument("--data-dir", default=None, help="folder holding the benchmark data")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--wait", action="store_true",
+                   help="if another run is writing --out, wait for it instead of exiting with an error")
 
 
 def config_from_args(args):
@@ -82,7 +84,7 @@ def run(args) -> int:
     from dlm_bench.store import read_scores
 
     cfg = config_from_args(args)
-    results = run_sweep(cfg, progress=not args.no_progress)
+    results = run_sweep(cfg, progress=not args.no_progress, wait=args.wait)
     if results is None:          # a non-zero torchrun rank: rank 0 reports
         return 0
     df = read_scores(cfg.out)
