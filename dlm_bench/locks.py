@@ -18,28 +18,13 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from dlm_bench.checks import writable_dir
 from dlm_bench.errors import UserError
 
 RUN_LOCK = ".run.lock"
 IO_LOCK = ".store.lock"
 
 _held: dict[str, list] = {}   # resolved lock path -> [fd, depth]: this process's folder locks
-
-
-def ensure_writable_dir(path: str | Path, what: str = "output folder") -> Path:
-    """Create `path` (and parents) or raise a one-line UserError saying why it cannot be written."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"{what} {str(p)!r} is an existing file, not a folder")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UserError(f"{what} {str(p)!r} cannot be created: a parent is a file, not a folder") from None
-    except OSError as e:
-        raise UserError(f"{what} {str(p)!r} cannot be created: {e.strerror}") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {str(p)!r} is not writable")
-    return p
 
 
 def _open(path: Path) -> int:
@@ -60,7 +45,7 @@ def _holder(fd: int) -> str:
 @contextmanager
 def folder_lock(folder: str | Path, wait: bool = False, what: str = "run folder"):
     """Hold the exclusive writer lock of `folder` (created if missing) for the `with` block."""
-    d = ensure_writable_dir(folder, what)
+    d = writable_dir(folder, what, create=True)
     key = str((d / RUN_LOCK).resolve())
     if key in _held:
         _held[key][1] += 1

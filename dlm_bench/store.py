@@ -28,7 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from dlm_bench.errors import UserError
-from dlm_bench.locks import ensure_writable_dir, io_lock
+from dlm_bench.checks import writable_dir
+from dlm_bench.locks import io_lock
 
 GEN_FIELDS = ("method", "task", "temperature", "gen_length", "problem_id", "sample", "seed", "config_hash",
               "prompt_hash", "text", "tokens", "nfe", "length", "seconds")
@@ -194,7 +195,7 @@ class Store:
 
     def open(self) -> "Store":
         """Prepare for appending: create the directory, cut torn last lines, index the present keys."""
-        ensure_writable_dir(self.dir, "run folder")
+        writable_dir(self.dir, "run folder", create=True)
         self._keys = {}
         for kind in KINDS:
             with io_lock(self.dir, shared=False):

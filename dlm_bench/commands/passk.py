@@ -58,6 +58,8 @@ def add_arguments(p) -> None:
     p.add_argument("--split", default=None, help="task split (default: its evaluation split)")
     p.add_argument("--out", default=None, help="run directory (default results/passk/METHOD/TASK)")
     p.add_argument("--data-dir", default=None, help="folder holding the benchmark data")
+    p.add_argument("--answer-mode", default="flexible", choices=["flexible", "strict"],
+                   help="strict: only the answer form the prompt asks for (part of the config hash)")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--wait", action="store_true",
@@ -75,7 +77,8 @@ def config_from_args(args):
                        lengths=parse_ints(args.lengths, "--lengths"), block_length=args.block_length,
                        steps=args.steps, steps_per_token=args.steps_per_token, remasking=args.remasking,
                        batch_size=args.batch_size, seed=args.seed, out=out, data_dir=args.data_dir,
-                       limit=args.limit, split=args.split, device=args.device).validated()
+                       limit=args.limit, split=args.split, device=args.device,
+                       answer_mode=args.answer_mode).validated()
 
 
 def run(args) -> int:

@@ -107,8 +107,11 @@ def build_config(args):
 
 
 def run(args) -> int:
+    from dlm_bench.checks import model_weights, writable_dir
     from dlm_bench.train import train
     cfg = build_config(args)
+    writable_dir(cfg.out)            # cheap checks first: the model is loaded only after them
+    model_weights(cfg.model)
     path = train(cfg, progress=not args.no_progress)
     print(path)
     return 0

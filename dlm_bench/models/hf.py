@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dlm_bench.errors import UserError
+from dlm_bench.errors import UserError, one_line
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,11 @@ def load_model(path: str, *, lora: LoraSpec | None = None, dtype: torch.dtype | 
     is_dream = model_type == "dream"
     # Remote-code DLMs (LLaDA, Dream) map AutoModel to their LM class; standard ones are masked LMs.
     auto = AutoModel if "AutoModel" in config.get("auto_map", {}) else AutoModelForMaskedLM
+    from safetensors import SafetensorError  # a truncated or random weight file
     try:
         model = auto.from_pretrained(p, dtype=dtype, trust_remote_code=trust_remote_code)
-    except (ValueError, KeyError, OSError) as e:
-        raise UserError(f"could not load the model in {str(p)!r}: {e}") from e
+    except (ValueError, KeyError, OSError, SafetensorError) as e:
+        raise UserError(f"could not load the model in {str(p)!r}: {one_line(e)}") from e
     if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
         raise UserError(f"{str(p)!r} has no language-model head (logits); it is not a DLM")
     model.to(device)
