@@ -121,25 +121,33 @@ def _append_lines(path: Path, lines: list[str]) -> None:
     """Append whole lines in one write; on failure the file is cut back to its old size (no torn line)."""
     if not lines:
         return
-    data = ("\n".join(lines) + "\n").encode()
-    with open(path, "ab") as f:
-        start = f.tell()
+    data = memoryview(("\n".join(lines) + "\n").encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
         try:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            while data:               # unbuffered: nothing is left to fail again on close
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
         except OSError as e:
             try:
-                f.truncate(start)
+                os.ftruncate(fd, start)
             except OSError:
                 pass  # the next open() repairs a torn tail anyway
             raise _write_failed(path, e) from None
+    finally:
+        os.close(fd)
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def _atomic_write(path: Path, data: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp makes 0600; results are shared like any other file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(data)
             f.flush()

@@ -95,3 +95,7 @@ def test_concurrent_sweeps_with_wait_both_finish_with_every_record(tiny_dir, tmp
         assert len(keys) == len(set(keys)) == 3 * 3 * 2          # 3 temperatures x 3 problems x n=2
         assert sorted({r["temperature"] for r in rows}) == [0.5, 0.9, 1.0]
     assert json.loads((out / "results.json").read_text())["complete"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("generations.jsonl", "scores.jsonl", "results.json"):   # not mkstemp's 0600
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask

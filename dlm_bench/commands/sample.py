@@ -6,6 +6,7 @@ Row i, sample j uses the seed hash(--seed, i, j), so outputs do not depend on --
 import hashlib
 import json
 import sys
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -65,6 +66,12 @@ def run(args):
                         steps=args.steps or args.gen_length, temperature=args.temperature,
                         remasking=args.remasking, order=args.order, cfg_scale=args.cfg_scale).resolved()
     rows = _read_prompts(args.prompts)
+    if args.out:                          # cheap checks before the model is loaded
+        from dlm_bench.checks import model_weights, writable_dir
+        if Path(args.out).is_dir():
+            raise UserError(f"output {args.out!r} is a folder, not a file")
+        writable_dir(Path(args.out).parent, "output folder", create=True)
+        model_weights(args.model)
     from dlm_bench.models import load_model
     dlm = load_model(args.model, device=args.device)
     jobs = [(i, j) for i in range(len(rows)) for j in range(args.n)]
