@@ -167,7 +167,7 @@ def _cli(*argv):
 def test_cli_settings_and_errors(tiny_dir, tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("seed: 3\nbeta: 0.5\nsampler:\n  remasking: random\noverrides:\n  group_size: 2\n")
-    cfg = _cli("espo", "--task", "testbed", "--model", tiny_dir, "--config", str(y), "--steps", "4",
+    cfg = _cli("espo", "--task", "testbed", "--model", tiny_dir, "--config", str(y), "--train-steps", "4",
                "--set", "lr=1e-4", "--set", "save_every=2", "--set", "sampler.threshold=0.9",
                "--set", "adam_betas=[0.9,0.95]")
     assert (cfg.seed, cfg.train_steps, cfg.save_every) == (3, 4, 2)

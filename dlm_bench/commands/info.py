@@ -1,5 +1,4 @@
 """`dlm-bench info MODEL`: architecture, parameter count, vocabulary and mask id of a local DLM."""
-from dlm_bench.models import load_model
 
 
 def add_arguments(p):
@@ -7,6 +6,7 @@ def add_arguments(p):
 
 
 def run(args):
+    from dlm_bench.models import load_model  # torch: only when the command runs
     dlm = load_model(args.model, device="cpu")
     cfg = dlm.model.config
     rows = [("path", args.model), ("architecture", ", ".join(getattr(cfg, "architectures", None) or

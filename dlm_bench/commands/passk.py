@@ -1,7 +1,8 @@
-"""`dlm-bench passk --model PATH --method LABEL --task T --k 1..16 --n 16 --temps 0.3,0.6,0.9 --lengths 256,512`.
+"""`dlm-bench passk --model PATH --method LABEL --task T --k 1..16 --num-samples 16 --temps 0.3,0.6,0.9`.
 
 Draws n samples per problem for every (temperature, length), grades them and stores the records under
---out (default results/passk/METHOD/TASK); a re-run resumes where a killed one stopped. Prints Pass@k.
+--out (default results/passk/METHOD/TASK); a re-run resumes where a killed one stopped. Prints Pass@k
+for every requested k. One process writes a run folder at a time (`--wait` queues behind it).
 """
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="a local Hugging Face model directory")
     p.add_argument("--method", required=True, help="label recorded as the method (e.g. base, espo)")
     p.add_argument("--task", required=True, help="task name (see `dlm-bench tasks`)")
-    p.add_argument("--k", default="1,5,16", help="k values: '1..16' or '1,5,16' (default 1,5,16)")
-    p.add_argument("--n", type=int, default=16, help="samples per problem (default 16)")
+    p.add_argument("--k", default="1,5,16", help="k values: '1..16' or '1,5,16'")
+    p.add_argument("--num-samples", "--n", dest="n", type=int, default=16,
+                   help="samples per problem (under torchrun spell it --num-samples: torchrun takes --n for its own)")
     p.add_argument("--temps", default="0.3,0.6,0.9", help="temperatures, comma-separated")
     p.add_argument("--lengths", default="256,512", help="generation lengths, comma-separated")
     p.add_argument("--block-length", type=int, default=32, help="block length (clamped to the length)")
@@ -94,7 +96,7 @@ def run(args) -> int:
     hashes = {c["config_hash"] for c in results["cells"]}
     df = df[df["config_hash"].isin(hashes) & (df["method"] == cfg.method) & (df["sample"] < cfg.n)]
     table = metrics.passk_table(df, ks=cfg.ks)
-    for k in sorted({cfg.ks[0], cfg.ks[-1]}):
+    for k in cfg.ks:
         print(metrics.passk_markdown(table, k))
         print()
     cost = ", ".join(f"T={c['temperature']:g} L={c['gen_length']}: NFE {c['mean_nfe']:.1f}, "

@@ -8,10 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from dlm_bench.errors import UserError
-from dlm_bench.sampler import SamplerConfig, make_generators, sample
 
 
 def add_arguments(p):
@@ -25,7 +22,7 @@ def add_arguments(p):
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
     p.add_argument("--order", default="diffusion", choices=["diffusion", "left_to_right"])
     p.add_argument("--cfg-scale", type=float, default=0.0)
-    p.add_argument("--n", type=int, default=1, help="samples per prompt")
+    p.add_argument("--num-samples", "--n", dest="n", type=int, default=1, help="samples per prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None)
@@ -60,6 +57,9 @@ def _read_prompts(path):
 
 
 def run(args):
+    from tqdm.auto import tqdm
+
+    from dlm_bench.sampler import SamplerConfig, make_generators, sample  # torch: only when the command runs
     if args.n <= 0 or args.batch_size <= 0:
         raise UserError("--n and --batch-size must be positive")
     cfg = SamplerConfig(gen_length=args.gen_length, block_length=args.block_length,
