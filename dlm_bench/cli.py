@@ -23,6 +23,8 @@ COMMANDS = {
                "figures (Pass@k vs k, gap to base, Pass@5 per task x length, transfer) + report.md from stored scores"),
     "demo": ("dlm_bench.commands.demo", "the whole protocol on the CPU testbed: base, post-training, sweeps, report"),
     "judge": ("dlm_bench.commands.judge", "LLM path-diversity judge of two methods' samples (win/tie/loss)"),
+    "lm-eval": ("dlm_bench.commands.lm_eval",
+                "lm-evaluation-harness with the `dlm` model registered; every flag goes to lm-eval"),
 }
 
 
@@ -78,15 +80,20 @@ def _add_arguments(module: str, sp: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser(argv)
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
+    args, rest = parser.parse_known_args(argv)
+    if not getattr(args, "command", None) and not rest:
         parser.print_help()
         return 0
     if getattr(args, "_missing", False):
         print(f"dlm-bench {args.command}: not built yet", file=sys.stderr)
         return 2
+    module = importlib.import_module(args._module) if getattr(args, "command", None) else None
+    if getattr(module, "PASSTHROUGH", False):
+        args.passthrough = rest      # a wrapper of another CLI: the flags we do not know are its own
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        rc = importlib.import_module(args._module).run(args)
+        rc = module.run(args)
     except UserError as e:
         print(f"dlm-bench {args.command}: error: {e}", file=sys.stderr)
         return 2
