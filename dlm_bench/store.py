@@ -302,10 +302,13 @@ def run_dirs(root: str | Path) -> list[Path]:
 
 
 def read_all_scores(root: str | Path) -> pd.DataFrame:
-    """Scores of every run under `root`, concatenated (a record present in two runs is kept once)."""
-    frames = [read_scores(d) for d in run_dirs(root)]
-    frames = [f for f in frames if not f.empty]
+    """Scores of every run under `root`, concatenated (a record present in two runs is kept once);
+    a method label that covers several models keeps only the newest model's records, with a warning."""
+    from dlm_bench.run_index import newest_model_per_label
+    dirs = run_dirs(root)
+    frames = [f for f in (read_scores(d) for d in dirs) if not f.empty]
     if not frames:
         raise UserError(f"no scores.jsonl with records under {str(root)!r}")
     df = pd.concat(frames, ignore_index=True)
-    return df.drop_duplicates(list(KEY), keep="first").reset_index(drop=True)
+    df = df.drop_duplicates(list(KEY), keep="first").reset_index(drop=True)
+    return newest_model_per_label(df, dirs)

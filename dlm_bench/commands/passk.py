@@ -1,8 +1,9 @@
 """`dlm-bench passk --model PATH --method LABEL --task T --k 1..16 --num-samples 16 --temps 0.3,0.6,0.9`.
 
 Draws n samples per problem for every (temperature, length), grades them and stores the records under
---out (default results/passk/METHOD/TASK); a re-run resumes where a killed one stopped. Prints Pass@k
-for every requested k. One process writes a run folder at a time (`--wait` queues behind it).
+--out (default results/passk/METHOD/TASK/MODEL-HASH, keyed by the model's content); a re-run resumes
+where a killed one stopped. Prints Pass@k for every requested k. One process writes a run folder at a
+time (`--wait` queues behind it).
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed (part of the config hash)")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
     p.add_argument("--split", default=None, help="task split (default: its evaluation split)")
-    p.add_argument("--out", default=None, help="run directory (default results/passk/METHOD/TASK)")
+    p.add_argument("--out", default=None, help="run directory (default: results/passk/METHOD/TASK/MODEL-HASH)")
     p.add_argument("--data-dir", default=None, help="folder holding the benchmark data")
     p.add_argument("--answer-mode", default="flexible", choices=["flexible", "strict"],
                    help="strict: only the answer form the prompt asks for (part of the config hash)")
@@ -68,12 +69,20 @@ def add_arguments(p) -> None:
                    help="if another run is writing --out, wait for it instead of exiting with an error")
 
 
+def default_out(method: str, task: str, model: str) -> str:
+    """results/passk/METHOD/TASK/MODELNAME-HASH: a retrained checkpoint gets its own folder instead of
+    mixing its records into the old model's (the hash is of the model's content, not its path)."""
+    from dlm_bench.evaluate import model_fingerprint
+    fp = model_fingerprint(model)
+    return f"results/passk/{method}/{task}/{fp['name']}-{fp['hash'][:8]}"
+
+
 def config_from_args(args):
     from dlm_bench.evaluate import SweepConfig
 
     if "/" in args.method or not args.method.strip():
         raise UserError(f"--method must be a plain label, got {args.method!r}")
-    out = args.out or f"results/passk/{args.method}/{args.task}"
+    out = args.out or default_out(args.method, args.task, args.model)
     return SweepConfig(model=args.model, method=args.method, task=args.task, ks=parse_ints(args.k, "--k"),
                        n=args.n, temperatures=parse_floats(args.temps, "--temps"),
                        lengths=parse_ints(args.lengths, "--lengths"), block_length=args.block_length,
