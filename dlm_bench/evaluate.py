@@ -375,6 +375,8 @@ def finalize_run(cfg: SweepConfig, task=None) -> dict:
         results["config"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                              "split": split}
         results["versions"] = versions()
+        from dlm_bench.environment import environment
+        results["environment"] = environment(_default_device(cfg, False))
         store.write_results(results)
     return results
 

@@ -56,6 +56,10 @@ def test_records_complete_and_consistent(baseline):
         assert c["config"]["sampler"]["steps"] == 4 and c["config"]["sampler"]["block_length"] == 4
         assert c["config"]["prompt_template"] == "{question}:"
     assert set(results["versions"]) == {"torch", "transformers", "dlm-bench", "python"}
+    import torch
+    env = results["environment"]
+    assert env["device"] == "cpu" and env["torch_threads"] == torch.get_num_threads()
+    assert env["deterministic_algorithms"] is torch.are_deterministic_algorithms_enabled()
     assert results["config"]["method"] == "base" and results["config"]["n"] == N
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     assert not list(out.glob("*.rank*.jsonl"))
