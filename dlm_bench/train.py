@@ -276,6 +276,17 @@ def _identity(config: dict) -> dict:
             if k not in ("train_steps", "save_every", "minutes", "device", "rollout_chunk", "out")}
 
 
+def _flat(config: dict) -> dict:
+    """{"overrides": {"lr": 1}} -> {"overrides.lr": 1}: a changed setting is named by its own key."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
 def _num_steps(cfg: TrainConfig, mcfg, n_problems: int) -> int:
     if cfg.train_steps is not None:
         return cfg.train_steps
@@ -355,7 +366,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     state = resumed[1] if resumed else {"step": 0, "opt_step": 0}
     config_dict = dataclasses.asdict(cfg)
     if resumed and _identity(state["config"]) != _identity(config_dict):
-        was, now = _identity(state["config"]), _identity(config_dict)
+        was, now = _flat(_identity(state["config"])), _flat(_identity(config_dict))
         diff = "; ".join(f"{k}: {was.get(k)!r} there, {now.get(k)!r} now"
                          for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
         raise UserError(f"{out} holds a run with other settings ({diff}); use a new --out or the same settings")

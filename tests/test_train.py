@@ -104,7 +104,7 @@ def test_resume_is_exact(tiny_dir, tmp_path, varied_rewards):
         assert torch.equal(v, sb["extra_modules"][k]), k
     assert [r["step"] for r in rows(tmp_path / "half")] == [1, 2]
     assert rows(tmp_path / "full")[1]["loss"] == rows(tmp_path / "half")[1]["loss"]
-    with pytest.raises(UserError, match="another config"):
+    with pytest.raises(UserError, match=r"other settings \(overrides\.lr: 0\.001 there, 0\.002 now\)"):
         train(TrainConfig(method="trafl", model=tiny_dir, out=str(tmp_path / "half"), train_steps=3,
                           overrides=dict(over, lr=2e-3), device="cpu"), progress=False)
 
