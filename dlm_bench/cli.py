@@ -24,17 +24,44 @@ COMMANDS = {
                "figures (Pass@k vs k, gap to base, Pass@5 per task x length, transfer) + report.md from stored scores"),
     "demo": ("dlm_bench.commands.demo", "the whole protocol on the CPU testbed: base, post-training, sweeps, report"),
     "judge": ("dlm_bench.commands.judge", "LLM path-diversity judge of two methods' samples (win/tie/loss)"),
+    "lm-eval": ("dlm_bench.commands.lm_eval",
+                "lm-evaluation-harness with the `dlm` model registered; every flag goes to lm-eval"),
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _states_default(a: argparse.Action) -> bool:
+    """A default worth printing: a value (None and off-switches say nothing), on an option."""
+    return bool(a.option_strings) and not (a.default is None or a.default is False or a.default is argparse.SUPPRESS)
+
+
+class _Formatter(argparse.HelpFormatter):
+    """`--help` states every default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        return f"{text} (default: %(default)s)".lstrip() if _states_default(action) and "%(default)" not in text \
+            else text
+
+
+def _show_defaults(sp: argparse.ArgumentParser) -> None:
+    for a in sp._actions:            # argparse prints nothing, not even the default, for an option without help
+        if a.help is None and _states_default(a):
+            a.help = "(default: %(default)s)"
+
+
+def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Only the chosen sub-command's module is imported (some pull in torch, which takes seconds)."""
     p = argparse.ArgumentParser(prog="dlm-bench", description=__doc__.split("\n")[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter)
         sp.set_defaults(_module=module)
-        _add_arguments(module, sp)
+        if name == chosen:
+            _add_arguments(module, sp)
+            _show_defaults(sp)
     return p
 
 
@@ -52,19 +79,22 @@ def _add_arguments(module: str, sp: argparse.ArgumentParser) -> None:
         sp.set_defaults(_missing=True)
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
+    parser = _parser(argv)
+    args, rest = parser.parse_known_args(argv)
+    if not getattr(args, "command", None) and not rest:
         parser.print_help()
         return 0
     if getattr(args, "_missing", False):
         print(f"dlm-bench {args.command}: not built yet", file=sys.stderr)
         return 2
+    module = importlib.import_module(args._module) if getattr(args, "command", None) else None
+    if getattr(module, "PASSTHROUGH", False):
+        args.passthrough = rest      # a wrapper of another CLI: the flags we do not know are its own
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        rc = importlib.import_module(args._module).run(args)
+        rc = module.run(args)
     except UserError as e:
         print(f"dlm-bench {args.command}: error: {e}", file=sys.stderr)
         return 2

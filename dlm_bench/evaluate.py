@@ -1,8 +1,10 @@
 """Pass@k sweeps: (model, task) x temperature x length x n samples -> generations -> grades -> records.
 
 Each cell (temperature, gen_length) has a resolved config (model identity, task, split, prompt
-template, sampler settings, base seed) whose stable hash goes on every record. The seed of sample s
-of problem p is hash(config hash, p, s) -> 63-bit int, so records do not depend on batch size, rank
+template, sampler settings, base seed, grader version and answer mode) whose stable hash goes on every
+record. The seed of sample s of problem p is hash(sampling hash, p, s) -> 63-bit int, where the
+sampling hash leaves the grader out (a grader change re-grades the same samples), so records do not
+depend on batch size, rank
 count or how often the run was killed and resumed. Records go through `dlm_bench.store`; the run ends
 with `results.json`: Pass@k per cell (via `dlm_bench.metrics`), mean NFE and completion length.
 
@@ -20,7 +22,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from dlm_bench.checks import model_weights
 from dlm_bench.errors import UserError
+from dlm_bench.locks import folder_lock
 from dlm_bench.sampler import SamplerConfig
 from dlm_bench.store import Store
 
@@ -48,6 +52,7 @@ class SweepConfig:
     limit: int | None = None                    # first N problems (quick runs)
     split: str | None = None                    # default: the task's eval split
     device: str | None = None
+    answer_mode: str = "flexible"               # "strict": only the answer form the prompt asks for
 
     def validated(self) -> "SweepConfig":
         ks = tuple(sorted({int(k) for k in self.ks}))
@@ -59,15 +64,15 @@ class SweepConfig:
             raise UserError(f"n must be >= 1, got {self.n}")
         if ks[-1] > self.n:
             raise UserError(f"k={ks[-1]} needs at least {ks[-1]} samples per problem; n is {self.n}")
-        if not temps or any(t < 0 for t in temps):
-            raise UserError(f"temperatures must be a non-empty list of values >= 0, got {list(temps)}")
+        if not temps or any(not t >= 0 or t == float("inf") for t in temps):  # nan and inf too
+            raise UserError(f"temperatures must be a non-empty list of finite values >= 0, got {list(temps)}")
         if not lengths or any(x < 1 for x in lengths):
             raise UserError(f"lengths must be a non-empty list of positive integers, got {list(lengths)}")
         if self.batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"limit must be >= 1, got {self.limit}")
-        if self.steps is None and self.steps_per_token <= 0:
+        if self.steps is None and not 0 < self.steps_per_token < float("inf"):
             raise UserError(f"steps per token must be > 0, got {self.steps_per_token}")
         if len(set(temps)) != len(temps) or len(set(lengths)) != len(lengths):
             raise UserError("temperatures and lengths must not repeat")
@@ -143,7 +148,14 @@ def cell_config(cfg: SweepConfig, task, split: str, model_id: dict, temperature:
         "prompt_template": task.prompt_template,
         "sampler": asdict(cfg.sampler(temperature, gen_length)),
         "seed": int(cfg.seed),
+        "grader": task.grader_id(),
     }
+
+
+def sampling_hash(cell_cfg: dict) -> str:
+    """Hash of what decides a sample's text: the cell config without its grader. Seeds come from it,
+    so a new grader version or answer mode re-grades the very same samples under a new config hash."""
+    return stable_hash({k: v for k, v in cell_cfg.items() if k != "grader"})
 
 
 def versions() -> dict:
@@ -167,6 +179,7 @@ class _Cell:
     config: dict
     hash: str
     sampler: SamplerConfig = field(repr=False, default=None)
+    seed_hash: str = ""
 
 
 def _rank_world(rank, world) -> tuple[int, int, bool]:
@@ -203,7 +216,7 @@ def plan(cfg: SweepConfig, task=None):
     from dlm_bench.tasks import get_task
 
     cfg = cfg.validated()
-    task = task or get_task(cfg.task, cfg.data_dir)
+    task = task or get_task(cfg.task, cfg.data_dir, cfg.answer_mode)
     split = cfg.split or task.eval_split
     problems = task.load(split)
     if cfg.limit is not None:
@@ -215,19 +228,36 @@ def plan(cfg: SweepConfig, task=None):
     for t in cfg.temperatures:
         for g in cfg.lengths:
             cc = cell_config(cfg, task, split, model_id, t, g)
-            cells.append(_Cell(t, g, cc, stable_hash(cc), cfg.sampler(t, g)))
+            cells.append(_Cell(t, g, cc, stable_hash(cc), cfg.sampler(t, g), sampling_hash(cc)))
     return cfg, task, split, problems, cells
 
 
-def run_sweep(cfg: SweepConfig, *, dlm=None, rank: int | None = None, world: int | None = None,
-              max_batches: int | None = None, on_batch: Callable[[int], None] | None = None,
-              progress: bool = True, finalize: bool | None = None) -> dict | None:
+def run_sweep(cfg: SweepConfig, *, wait: bool = False, rank: int | None = None, world: int | None = None,
+              **kw) -> dict | None:
     """Run (or resume) a sweep; returns the results dict on the process that finalizes, else None.
 
-    `dlm`: an already loaded model (else `cfg.model` is loaded). `rank`/`world`: simulate ranks in
-    one process (no barrier, no automatic merge unless `finalize=True`); left out, torchrun's
-    environment decides. `max_batches` / `on_batch(batches_done)`: test hooks that stop a run early.
+    Rank 0 holds the run folder's writer lock throughout (a second writer is refused with a UserError
+    naming the holder, or queues with `wait=True`); the other ranks write only their own shards.
+    The config, task, data and model folder are checked before the folder is created or locked.
+    Keyword arguments: see `_sweep`.
     """
+    if _rank_world(rank, world)[0] != 0:
+        return _sweep(cfg, rank=rank, world=world, **kw)
+    cfg, _, _, _, cells = plan(cfg)
+    model_weights(cfg.model)        # a truncated weight file fails here, before the folder is made
+    with folder_lock(cfg.out, wait=wait):
+        from dlm_bench.run_index import record_cells
+        record_cells(cfg.out, cfg.method, cells)    # which model each config hash stands for
+        return _sweep(cfg, rank=rank, world=world, **kw)
+
+
+def _sweep(cfg: SweepConfig, *, dlm=None, rank: int | None = None, world: int | None = None,
+           max_batches: int | None = None, on_batch: Callable[[int], None] | None = None,
+           progress: bool = True, finalize: bool | None = None) -> dict | None:
+    """The sweep itself. `dlm`: an already loaded model (else `cfg.model` is loaded). `rank`/`world`:
+    simulate ranks in one process (no barrier, no automatic merge unless `finalize=True`); left out,
+    torchrun's environment decides. `max_batches` / `on_batch(batches_done)`: test hooks that stop a
+    run early."""
     from dlm_bench.sampler import make_generators, sample
 
     rank, world, distributed = _rank_world(rank, world)
@@ -316,7 +346,7 @@ def _run_batch(store, dlm, task, cfg, cell, batch, prompt_cache, sample, make_ge
         if p.id not in prompt_cache:
             prompt_cache[p.id] = dlm.prompt_ids(task.prompt(p))
         prompts.append(prompt_cache[p.id])
-        seeds.append(sample_seed(cell.hash, p.id, s))
+        seeds.append(sample_seed(cell.seed_hash, p.id, s))
     t0 = time.perf_counter()
     comps = sample(dlm, prompts, cell.sampler, make_generators(seeds, dlm.device))
     seconds = (time.perf_counter() - t0) / len(batch)
@@ -356,14 +386,17 @@ def finalize_run(cfg: SweepConfig, task=None) -> dict:
     """Merge shards, then write results.json from the stored records of this sweep's cells only."""
     cfg, task, split, problems, cells = plan(cfg, task)
     store = Store(cfg.out)
-    store.merge()
-    results = summarize(cfg, store, problems, cells)
-    results["config"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-                         "split": split}
-    results["versions"] = versions()
-    if (store.dir / "model.json").is_file():
-        results["model_runtime"] = json.loads((store.dir / "model.json").read_text())
-    store.write_results(results)
+    with folder_lock(cfg.out):           # re-entrant: run_sweep already holds it
+        store.merge()
+        results = summarize(cfg, store, problems, cells)
+        results["config"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+                             "split": split}
+        results["versions"] = versions()
+        from dlm_bench.environment import environment
+        results["environment"] = environment(_default_device(cfg, False))
+        if (store.dir / "model.json").is_file():
+            results["model_runtime"] = json.loads((store.dir / "model.json").read_text())
+        store.write_results(results)
     return results
 
 

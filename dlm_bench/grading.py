@@ -3,18 +3,31 @@
 Input rows: {"problem_id": ..., "completion": ...} or {"index": i, "completion": ...} (i = row position
 in the task's eval split). Several rows may name the same problem (n samples per problem for Pass@k).
 Every input line that is not blank yields exactly one output row, in order, echoing the input's fields
-(all but the completion) plus `correct`, `extracted` and `reason`. A bad line (malformed JSON, unknown id,
-missing or non-string completion, over-long completion, bytes that are not UTF-8) gets
-`reason = "bad_input: ..."` and `correct = false`; it never stops the rest of the file from being graded.
+(all but the completion) plus `correct`, `extracted` and `reason` (and `correct_strict` for tasks with a
+strict answer mode, graded flexibly). Completions are cut at the first end-of-turn token, as the sweep
+cuts them. A bad line (malformed JSON, unknown id, missing or non-string completion, over-long
+completion, bytes that are not UTF-8) gets `reason = "bad_input: ..."` and `correct = false`; it never
+stops the rest of the file from being graded. A file with no good line at all is a UserError.
 """
 from __future__ import annotations
 
+import copy
 import json
+import re
 from pathlib import Path
 
 from dlm_bench.errors import UserError
 
 MAX_COMPLETION_CHARS = 100_000  # far beyond any real generation; guards the regex/sympy graders
+# End-of-text / end-of-turn tokens as decoded text (LLaDA/Llama-3, Dream/Qwen, the built-in tiny model).
+# The sweep stops decoding at the first one; `grade` cuts there too, so both grade the same answer.
+END_OF_TURN = ("<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>", "<|eot|>")
+_END_RE = re.compile("|".join(re.escape(t) for t in END_OF_TURN))
+
+
+def cut_at_end_of_turn(text: str) -> str:
+    m = _END_RE.search(text)
+    return text[:m.start()] if m else text
 
 
 def _bad(echo: dict, why: str) -> dict:
@@ -57,7 +70,7 @@ def _parse_line(raw: bytes, lineno: int, by_id: dict, problems: list):
         return _bad(echo, f"completion longer than {MAX_COMPLETION_CHARS} characters"), None, None
     if "problem_id" not in echo:
         echo["problem_id"] = problem.id  # index rows also get the stable id
-    return echo, problem, comp
+    return echo, problem, cut_at_end_of_turn(comp)
 
 
 def grade_rows(task, lines: list[bytes]) -> list[dict]:
@@ -80,7 +93,20 @@ def grade_rows(task, lines: list[bytes]) -> list[dict]:
         out[pos] = {**echo, "correct": bool(g.correct), "extracted": g.extracted, "reason": g.reason}
         if hasattr(g, "isolation"):  # code tasks: how the program was confined
             out[pos]["isolation"] = g.isolation
+    if task.answer_mode == "flexible" and "strict" in task.answer_modes:
+        _add_strict(task, todo, grades, out)
     return out  # type: ignore[return-value]
+
+
+def _add_strict(task, todo, grades, out) -> None:
+    """`correct_strict` on every graded row. Strict only ever takes credit away, so only the rows
+    correct under flexible grading are graded again."""
+    strict = copy.copy(task).set_answer_mode("strict")
+    again = [k for k, g in enumerate(grades) if g.correct]
+    regraded = _grade_safely(strict, [todo[k][2] for k in again], [todo[k][3] for k in again])
+    ok = {k: bool(g.correct) for k, g in zip(again, regraded)}
+    for k, (pos, _, _, _) in enumerate(todo):
+        out[pos]["correct_strict"] = ok.get(k, False)
 
 
 def _grade_safely(task, problems, completions):
@@ -104,10 +130,14 @@ def _grade_safely(task, problems, completions):
         return out
 
 
-def grade_file(task_name: str, in_path, out_path=None, data_dir=None) -> dict:
-    """Grade `in_path`, write `out_path` (default: `<in>.graded.jsonl`), print and return a summary."""
+def grade_file(task_name: str, in_path, out_path=None, data_dir=None, answer_mode: str = "flexible") -> dict:
+    """Grade `in_path`, write `out_path` (default: `<in>.graded.jsonl`), print and return a summary.
+
+    A file in which every row is bad input (most often: the wrong task name) is a UserError and
+    nothing is written; a few bad rows are graded `bad_input` and counted."""
+    from dlm_bench.checks import writable_dir
     from dlm_bench.tasks import get_task
-    task = get_task(task_name, data_dir=data_dir)
+    task = get_task(task_name, data_dir=data_dir, answer_mode=answer_mode)
     in_path = Path(in_path)
     if not in_path.is_file():
         raise UserError(f"input file not found: {in_path}")
@@ -115,16 +145,29 @@ def grade_file(task_name: str, in_path, out_path=None, data_dir=None) -> dict:
                                                                  + ".graded.jsonl")
     if out_path.resolve() == in_path.resolve():
         raise UserError(f"output would overwrite the input: {out_path}")
+    if out_path.is_dir():
+        raise UserError(f"output {str(out_path)!r} is a folder, not a file")
+    writable_dir(out_path.parent, "output folder")
     rows = grade_rows(task, in_path.read_bytes().split(b"\n"))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(rows)
+    bad = sum(str(r["reason"]).startswith("bad_input") for r in rows)
+    if n == 0:
+        raise UserError(f"{in_path} has no rows to grade")
+    if bad == n:
+        raise UserError(f"all {n} rows of {in_path} are bad input (first: {rows[0]['reason'][11:]}); "
+                        f"is {task_name!r} the right task?")
+    writable_dir(out_path.parent, "output folder", create=True)
     with open(out_path, "w", encoding="utf-8") as f:
         f.write("".join(_json_line(r) for r in rows))
-    n = len(rows)
     correct = sum(r["correct"] for r in rows)
-    bad = sum(str(r["reason"]).startswith("bad_input") for r in rows)
-    summary = {"task": task_name, "n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
-               "bad_input": bad, "output": str(out_path)}
+    summary = {"task": task_name, "n": n, "correct": correct, "accuracy": correct / n,
+               "bad_input": bad, "answer_mode": task.answer_mode, "output": str(out_path)}
+    strict = sum(r.get("correct_strict", False) for r in rows)
+    differs = any("correct_strict" in r for r in rows) and strict != correct
+    if differs:                  # both verdicts, where the answer mode matters
+        summary["correct_strict"] = strict
     print(f"{task_name}: n={n} correct={correct} accuracy={summary['accuracy']:.4f}"
+          + (f" (strict: correct={strict} accuracy={strict / n:.4f})" if differs else "")
           + (f" bad_input={bad}" if bad else "") + f" -> {out_path}")
     return summary
 

@@ -1,11 +1,14 @@
 """An lm-evaluation-harness model `dlm` backed by dlm-bench's sampler and ELBO (optional extra `lmeval`).
 
-    python -m dlm_bench.lm_eval_adapter --model dlm --tasks gsm8k \\
-        --model_args model_path=PATH,gen_length=256,block_length=32,steps=256,seed=1234 \\
-        --gen_kwargs temperature=0.6
+    dlm-bench lm-eval --model dlm --tasks gsm8k \\
+        --model_args pretrained=PATH,gen_length=256,block_length=32,steps=256,seed=1234 \\
+        --gen_kwargs do_sample=true,temperature=0.6
 
-or programmatically: `import dlm_bench.lm_eval_adapter` (registers the model), then
-`lm_eval.simple_evaluate(model="dlm", model_args=...)` or pass a `DLMEvalHarness(dlm=...)` instance.
+(`dlm-bench lm-eval` registers the model, then hands every flag to lm-eval's own CLI: lm-eval 0.4
+discovers no model plugins, so a plain `lm_eval --model dlm` cannot find it.) Programmatically:
+`import dlm_bench.lm_eval_adapter` (registers the model), then `lm_eval.simple_evaluate(model="dlm",
+model_args=...)` or pass a `DLMEvalHarness(dlm=...)` instance. lm-eval's default `device=cuda:0`
+falls back to the CPU, with a warning, on a machine without CUDA.
 
 Unlike the public LLaDA wrappers (which hard-code temperature 0, so `repeats: n` gives n identical
 samples and Pass@n = Pass@1), `generate_until` honours `gen_kwargs` (temperature, do_sample,
@@ -13,6 +16,10 @@ max_gen_toks, until) and gives every request its own seed: a hash of (model seed
 context, repeat index), where the repeat index counts identical requests in order (lm-eval sends
 each repeat as the same Instance again). Outputs therefore differ across repeats at T > 0 and are
 reproducible for a fixed seed, and — the sampler being batch-invariant — independent of batching.
+
+A task that sets `do_sample: false` (lm-eval's gsm8k) decodes greedily whatever temperature is given,
+as in Hugging Face; the adapter warns once when a temperature > 0 is overridden that way
+(`--gen_kwargs do_sample=true,temperature=T` samples).
 
 `loglikelihood` is the Monte-Carlo ELBO of the continuation given the context (`mc_num` draws in
 coupled pairs, dlm_bench.likelihood), seeded per (seed, context, continuation); `is_greedy` compares
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections import defaultdict
 
 import torch
@@ -49,6 +57,14 @@ def derive_seed(*parts) -> int:
     """A 63-bit seed fixed by its parts (JSON-encoded, so 1 and "1" differ)."""
     blob = json.dumps(parts, ensure_ascii=False, default=str, separators=(",", ":"))
     return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "big") >> 1
+
+
+def available_device(device: str | None) -> str | None:
+    """lm-eval passes `cuda:0` unless told otherwise; without CUDA that means the CPU."""
+    if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+        print(f"dlm: device={device} requested but CUDA is not available; using the CPU", file=sys.stderr)
+        return "cpu"
+    return device
 
 
 def cut_at(text: str, until) -> str:
@@ -80,8 +96,9 @@ class DLMEvalHarness(_LMBase):
             if not path:
                 raise UserError("the dlm model needs model_path=PATH (a local DLM directory)")
             from dlm_bench.models import load_model
-            dlm = load_model(str(path), device=device, dtype=dtype)
+            dlm = load_model(str(path), device=available_device(device), dtype=dtype)
         self.dlm = dlm
+        self._warned_greedy = False
         if int(mc_num) < 2 or int(mc_num) % 2:
             raise UserError(f"mc_num must be an even number >= 2 (mask draws come in pairs), got {mc_num}")
         self.gen_length, self.block_length = int(gen_length), int(block_length)
@@ -149,10 +166,14 @@ class DLMEvalHarness(_LMBase):
                              remasking=self.remasking, cfg_scale=self.cfg_scale).resolved()
 
     def _temperature(self, gen_kwargs: dict) -> float:
-        if gen_kwargs.get("do_sample") is False and "temperature" not in gen_kwargs:
-            return 0.0
         if gen_kwargs.get("do_sample") is False:
-            return 0.0  # HF semantics: do_sample=False is greedy whatever the temperature
+            # HF semantics: do_sample=False is greedy whatever the temperature; say so, once
+            t = float(gen_kwargs.get("temperature", 0.0) or 0.0)
+            if t > 0 and not self._warned_greedy:
+                self._warned_greedy = True
+                print(f"dlm: the task sets do_sample=false, so temperature={t:g} is ignored and decoding "
+                      "is greedy; pass --gen_kwargs do_sample=true,temperature=T to sample", file=sys.stderr)
+            return 0.0
         return float(gen_kwargs.get("temperature", self.temperature))
 
     # ---- lm-eval API ----------------------------------------------------------------------------
@@ -237,16 +258,38 @@ class DLMEvalHarness(_LMBase):
             "chunked token log-probabilities these tasks sum. Use generation or loglikelihood tasks.")
 
 
-def main(argv=None) -> None:
-    """`python -m dlm_bench.lm_eval_adapter ...`: lm-eval's own CLI with the `dlm` model registered."""
-    if not LM_EVAL_AVAILABLE:
-        raise SystemExit(INSTALL_HINT)
-    import sys
+def lm_eval_argv(argv: list[str]) -> list[str]:
+    """Our spellings in lm-eval's arguments: `model_path=` becomes `pretrained=`, the key lm-eval
+    names its output folder after (with another key it makes up a random name)."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--model_args" and i + 1 < len(argv):
+            out += [a, _pretrained(argv[i + 1])]
+            i += 2
+            continue
+        out.append("--model_args=" + _pretrained(a.split("=", 1)[1]) if a.startswith("--model_args=") else a)
+        i += 1
+    return out
 
+
+def _pretrained(model_args: str) -> str:
+    return ",".join("pretrained=" + p.split("=", 1)[1] if p.startswith("model_path=") else p
+                    for p in model_args.split(","))
+
+
+def main(argv=None) -> None:
+    """lm-eval's own CLI with the `dlm` model registered (`dlm-bench lm-eval`, `python -m` this module)."""
+    if not LM_EVAL_AVAILABLE:
+        raise UserError(INSTALL_HINT)
     from lm_eval.__main__ import cli_evaluate
-    if argv is not None:
-        sys.argv = [sys.argv[0]] + list(argv)
-    cli_evaluate()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    saved = sys.argv
+    sys.argv = ["lm-eval", *lm_eval_argv(argv)]
+    try:
+        cli_evaluate()
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":

@@ -11,9 +11,14 @@ leaves at most one torn last line; opening the store for writing cuts it off, an
 Under torchrun each rank appends to its own shard (`generations.rank{r}.jsonl`, `scores.rank{r}.jsonl`);
 `merge` folds shards into the main files, de-duplicated and sorted deterministically, so one process
 and N ranks (or a killed-and-resumed run) end with byte-identical files apart from timings.
+
+Concurrency: appends hold the folder's I/O lock shared, merges and repairs hold it exclusive
+(`dlm_bench.locks`), so a merge cannot drop a line another process is appending. A failed write
+(disk full, file-size limit) is cut back to the last whole batch and reported as a UserError.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -23,6 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from dlm_bench.errors import UserError
+from dlm_bench.checks import writable_dir
+from dlm_bench.locks import io_lock
 
 GEN_FIELDS = ("method", "task", "temperature", "gen_length", "problem_id", "sample", "seed", "config_hash",
               "prompt_hash", "text", "tokens", "nfe", "length", "seconds")
@@ -100,27 +107,56 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _write_failed(path: Path, e: OSError) -> UserError:
+    if e.errno in _NO_SPACE:
+        return UserError(f"cannot write {path}: {e.strerror}; the records written so far are kept, "
+                         "free space and re-run to resume")
+    return UserError(f"cannot write {path}: {e.strerror}")
+
+
 def _append_lines(path: Path, lines: list[str]) -> None:
+    """Append whole lines in one write; on failure the file is cut back to its old size (no torn line)."""
     if not lines:
         return
-    data = ("\n".join(lines) + "\n").encode()
-    with open(path, "ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    data = memoryview(("\n".join(lines) + "\n").encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:               # unbuffered: nothing is left to fail again on close
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        except OSError as e:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass  # the next open() repairs a torn tail anyway
+            raise _write_failed(path, e) from None
+    finally:
+        os.close(fd)
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def _atomic_write(path: Path, data: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp makes 0600; results are shared like any other file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _write_failed(path, e) from None
         raise
 
 
@@ -167,10 +203,11 @@ class Store:
 
     def open(self) -> "Store":
         """Prepare for appending: create the directory, cut torn last lines, index the present keys."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        writable_dir(self.dir, "run folder", create=True)
         self._keys = {}
         for kind in KINDS:
-            _repair(self.path(kind, self.rank))
+            with io_lock(self.dir, shared=False):
+                _repair(self.path(kind, self.rank))
             self._keys[kind] = {record_key(r) for r in self.read(kind)}
         return self
 
@@ -192,7 +229,9 @@ class Store:
                 continue
             lines.append(_dumps(rec, KINDS[kind]))
             new.append(k)
-        _append_lines(self.path(kind, self.rank), lines)
+        if lines:
+            with io_lock(self.dir, shared=True):
+                _append_lines(self.path(kind, self.rank), lines)
         keys.update(new)
         return len(lines)
 
@@ -200,8 +239,18 @@ class Store:
         """Fold every shard into the main files, de-duplicated and sorted; remove the shards.
 
         The main file is rewritten atomically before any shard is deleted, so a kill during a merge
-        loses nothing (a re-run merges again). Returns the record count per kind.
+        loses nothing (a re-run merges again); the exclusive I/O lock keeps appends out meanwhile.
+        Returns the record count per kind.
         """
+        if not self.dir.is_dir():
+            return {kind: 0 for kind in KINDS}
+        with io_lock(self.dir, shared=False):
+            counts = self._merge_locked()
+        if self._keys is not None:
+            self.open()
+        return counts
+
+    def _merge_locked(self) -> dict[str, int]:
         counts = {}
         for kind, fields in KINDS.items():
             shards = self.shard_paths(kind)
@@ -215,8 +264,6 @@ class Store:
             for p in shards:
                 p.unlink()
             counts[kind] = len(recs)
-        if self._keys is not None:
-            self.open()
         return counts
 
     def write_results(self, results: dict) -> Path:
@@ -255,10 +302,13 @@ def run_dirs(root: str | Path) -> list[Path]:
 
 
 def read_all_scores(root: str | Path) -> pd.DataFrame:
-    """Scores of every run under `root`, concatenated (a record present in two runs is kept once)."""
-    frames = [read_scores(d) for d in run_dirs(root)]
-    frames = [f for f in frames if not f.empty]
+    """Scores of every run under `root`, concatenated (a record present in two runs is kept once);
+    a method label that covers several models keeps only the newest model's records, with a warning."""
+    from dlm_bench.run_index import newest_model_per_label
+    dirs = run_dirs(root)
+    frames = [f for f in (read_scores(d) for d in dirs) if not f.empty]
     if not frames:
         raise UserError(f"no scores.jsonl with records under {str(root)!r}")
     df = pd.concat(frames, ignore_index=True)
-    return df.drop_duplicates(list(KEY), keep="first").reset_index(drop=True)
+    df = df.drop_duplicates(list(KEY), keep="first").reset_index(drop=True)
+    return newest_model_per_label(df, dirs)

@@ -276,6 +276,17 @@ def _identity(config: dict) -> dict:
             if k not in ("train_steps", "save_every", "minutes", "device", "rollout_chunk", "out")}
 
 
+def _flat(config: dict) -> dict:
+    """{"overrides": {"lr": 1}} -> {"overrides.lr": 1}: a changed setting is named by its own key."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
 def _num_steps(cfg: TrainConfig, mcfg, n_problems: int) -> int:
     if cfg.train_steps is not None:
         return cfg.train_steps
@@ -284,10 +295,11 @@ def _num_steps(cfg: TrainConfig, mcfg, n_problems: int) -> int:
     return max(1, math.ceil(n_problems / mcfg.batch_prompts))      # one pass over the split
 
 
-def _sampler_config(cfg: TrainConfig, method):
+def _sampler_config(cfg: TrainConfig, m, rollout_order: str):
+    from dlm_bench.checks import finite
     from dlm_bench.sampler import SamplerConfig
-    m = method.config
-    order = "left_to_right" if method.rollout_order == "left_to_right" else "diffusion"
+    finite([m.temperature], "temperature")
+    order = "left_to_right" if rollout_order == "left_to_right" else "diffusion"
     scfg = SamplerConfig(gen_length=m.gen_length, block_length=m.block_length, steps=m.steps,
                          temperature=m.temperature, order=order, **cfg.sampler)
     scfg.resolved()                      # validate now, not at the first rollout
@@ -343,6 +355,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if P <= 0 or G <= 0 or mcfg.inner_updates < 0:
         raise UserError(f"batch_prompts and group_size must be positive, got {P} and {G}")
     mu = max(1, int(mcfg.inner_updates))
+    _sampler_config(cfg, mcfg, cls.rollout_order)        # block length, steps, temperature: before loading
 
     d, device = init_distributed(cfg.device)
     out = Path(cfg.out)
@@ -353,7 +366,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     state = resumed[1] if resumed else {"step": 0, "opt_step": 0}
     config_dict = dataclasses.asdict(cfg)
     if resumed and _identity(state["config"]) != _identity(config_dict):
-        raise UserError(f"{out} holds a run with another config; use a new --out or the same settings")
+        was, now = _flat(_identity(state["config"])), _flat(_identity(config_dict))
+        diff = "; ".join(f"{k}: {was.get(k)!r} there, {now.get(k)!r} now"
+                         for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
+        raise UserError(f"{out} holds a run with other settings ({diff}); use a new --out or the same settings")
 
     dlm, lora = _load_policy(cfg, mcfg, device, resumed[0] if resumed else None)
     torch.manual_seed(derive_seed(cfg.seed, 0x2E7))       # method modules: same init on every rank
@@ -363,7 +379,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     method.extra_modules.to(device)
     if resumed and state.get("extra_modules"):
         method.extra_modules.load_state_dict(state["extra_modules"])
-    scfg = _sampler_config(cfg, method)
+    scfg = _sampler_config(cfg, method.config, method.rollout_order)
 
     policy_params = [p for p in dlm.model.parameters() if p.requires_grad]
     groups = [{"params": policy_params, "lr": mcfg.lr, "weight_decay": mcfg.weight_decay}]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, ClassVar
 
 from dlm_bench.errors import UserError
@@ -38,9 +39,24 @@ class Task:
     splits: ClassVar[dict[str, int | None]] = {}   # split -> expected size (None: generated/variable)
     prompt_template: ClassVar[str] = "{question}"  # data, recorded with every result
     template_source: ClassVar[str] = ""            # which paper/repo the template follows
+    version: ClassVar[int] = 1                     # bumped when grading changes; part of the config hash
+    # "flexible": any answer form the grader can read; "strict": only the form the prompt asks for.
+    answer_modes: ClassVar[tuple[str, ...]] = ("flexible",)
+
+    answer_mode: str = "flexible"
 
     def __init__(self, data_dir: str | None = None):
         self.data_dir = data_dir
+
+    def set_answer_mode(self, mode: str) -> "Task":
+        if mode not in self.answer_modes:
+            raise UserError(f"task {self.name!r} has no answer mode {mode!r}; it has: {', '.join(self.answer_modes)}")
+        self.answer_mode = mode
+        return self
+
+    def grader_id(self) -> dict:
+        """What decides a grade besides the completion: recorded with every result and in its hash."""
+        return {"version": self.version, "answer_mode": self.answer_mode}
 
     def load(self, split: str) -> list[Problem]:
         raise NotImplementedError
@@ -94,8 +110,10 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_task(name: str, data_dir: str | None = None) -> Task:
+def get_task(name: str, data_dir: str | None = None, answer_mode: str = "flexible") -> Task:
     _load_all()
     if name not in _REGISTRY:
         raise UserError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](data_dir=data_dir)
+    if data_dir is not None and not Path(data_dir).is_dir():  # else the task would silently look elsewhere
+        raise UserError(f"data folder {str(data_dir)!r} does not exist")
+    return _REGISTRY[name](data_dir=data_dir).set_answer_mode(answer_mode)

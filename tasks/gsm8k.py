@@ -166,13 +166,20 @@ def gsm8k_gold(solution: str) -> str:
     return _fmt(nums[0])
 
 
-def extract_number(completion: str) -> tuple[Fraction, str] | None:
-    """Read the final numeric answer: boxed → answer line/tag → last number. Returns (value, stage)."""
+def extract_number(completion: str, mode: str = "flexible") -> tuple[Fraction, str] | None:
+    """Read the final numeric answer: boxed → answer line/tag → last number. Returns (value, stage).
+
+    `mode="strict"` reads only `\\boxed{}`, the form the prompt asks for. Inside a box, as on an answer
+    line, the answer is the first number after the last '=': "\\boxed{2:00 pm}" is 2, not 0, and
+    "\\boxed{18 \\text{ dollars}}" is 18.
+    """
     for content in reversed(boxed_contents(completion)):
         # "x = 3" and "2 \times 9 = 18" both answer with what follows the last '='.
         nums = numbers_in(content.rsplit("=", 1)[-1]) or numbers_in(content)
         if nums:
-            return nums[-1], "boxed"
+            return nums[0], "boxed"
+    if mode == "strict":
+        return None
     tags = _ANSWER_TAG_RE.findall(completion)
     if tags:
         nums = numbers_in(tags[-1].rsplit("=", 1)[-1])
@@ -200,6 +207,8 @@ class GSM8K(Task):
     hub_id, hub_config = "openai/gsm8k", "main"
     prompt_template = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
     template_source = "ML-GSAI/ESPO espo/data_utils.py get_gsm8k_questions (same sentence as Qwen2.5-Math)"
+    version = 2              # 2: a box reads its first number (\boxed{2:00 pm} is 2); strict mode
+    answer_modes = ("flexible", "strict")
 
     def load(self, split: str) -> list[Problem]:
         if split not in self.splits:
@@ -213,7 +222,7 @@ class GSM8K(Task):
         gold = _to_fraction(str(problem.answer))
         if gold is None:
             raise ValueError(f"{problem.id}: gold {problem.answer!r} is not a number")
-        found = extract_number(completion)
+        found = extract_number(completion, self.answer_mode)
         if found is None:
             return Grade(False, None, "no_answer")
         value, _stage = found

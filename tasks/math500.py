@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -229,6 +230,24 @@ def grade_in_pool(fn, items: list[tuple], timeout_s: int, deadline_s: float, ret
     return res
 
 
+_PLACEHOLDER = re.compile(r"(?:\\[lcvd]?dots|[\s.?…_]|\\,|\\;|\\quad)*")
+
+
+def prediction_text(completion: str, mode: str) -> tuple[str | None, Grade | None]:
+    """(text for math-verify, None), or (None, the grade) when nothing gradable is there.
+
+    A complete final `\\boxed{}` is the answer: only it is parsed, so a placeholder box (`\\boxed{...}`)
+    never falls back to some unfinished expression in the reasoning. Without a box, flexible mode lets
+    math-verify search the whole completion; strict mode (the form the prompt asks for) finds nothing.
+    """
+    box = last_boxed(completion)
+    if box is None:
+        return (completion, None) if mode == "flexible" else (None, Grade(False, None, "no_answer"))
+    if _PLACEHOLDER.fullmatch(box):
+        return None, Grade(False, box, "no_answer")
+    return f"$\\boxed{{{box}}}$", None
+
+
 def result_to_grade(res) -> Grade:
     """Pool result → Grade; worker errors and overruns become reasons, never exceptions."""
     reason, extracted = res
@@ -255,6 +274,8 @@ class Math500(Task):
     data_files = {"test": "math500/test.jsonl", "train": "math/train.jsonl"}
     prompt_template = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
     template_source = "ML-GSAI/ESPO espo/data_utils.py get_math_questions (Qwen2.5-Math boxed CoT sentence)"
+    version = 2              # 2: only the final box is graded when there is one; strict mode
+    answer_modes = ("flexible", "strict")
     timeout_s = 5            # math-verify's own per-parse / per-comparison timeout (seconds, integer)
     hard_deadline_s = 30.0   # wall clock per answer before its worker is killed
     retry_factor = 3         # a timed-out answer is retried once with 3x both limits
@@ -300,9 +321,18 @@ class Math500(Task):
         return self.grade_many([problem], [completion])[0]
 
     def grade_many(self, problems: list[Problem], completions: list[str]) -> list[Grade]:
-        items = [(self.gold_latex(p), c) for p, c in zip(problems, completions)]
+        grades: list[Grade | None] = []
+        items, where = [], []
+        for p, c in zip(problems, completions):
+            pred, early = prediction_text(c, self.answer_mode)
+            grades.append(early)
+            if early is None:
+                items.append((self.gold_latex(p), pred))
+                where.append(len(grades) - 1)
         results = grade_in_pool(verify_answer, items, self.timeout_s, self.hard_deadline_s, self.retry_factor)
-        return [result_to_grade(r) for r in results]
+        for i, r in zip(where, results):
+            grades[i] = result_to_grade(r)
+        return grades  # type: ignore[return-value]
 
     def rewards(self, problems: list[Problem], completions: list[str]) -> list[float]:
         return [float(g.correct) for g in self.grade_many(problems, completions)]

@@ -7,7 +7,7 @@ import pytest
 
 from dlm_bench import metrics
 from dlm_bench.errors import UserError
-from dlm_bench.evaluate import SweepConfig, finalize_run, run_sweep, sample_seed
+from dlm_bench.evaluate import SweepConfig, finalize_run, run_sweep, sample_seed, sampling_hash
 from dlm_bench.store import Store, read_generations, read_jsonl, read_scores
 
 LIMIT, N, TEMPS, LENGTHS = 4, 4, (0.5, 1.0), (8,)
@@ -45,8 +45,9 @@ def test_records_complete_and_consistent(baseline):
     assert len(keys) == len(gens)                          # never written twice
     assert [{k: r[k] for k in gens[0]} for r in scores] == gens  # scores = generations + grade
     assert len({r["config_hash"] for r in gens}) == CELLS
+    seed_of = {c["config_hash"]: sampling_hash(c["config"]) for c in results["cells"]}
     for r in scores:
-        assert r["seed"] == sample_seed(r["config_hash"], r["problem_id"], r["sample"])
+        assert r["seed"] == sample_seed(seed_of[r["config_hash"]], r["problem_id"], r["sample"])
         assert 0 <= r["seed"] < 2 ** 63
         assert len(r["tokens"]) == r["gen_length"] and r["nfe"] >= 1 and 0 <= r["length"] <= r["gen_length"]
         assert isinstance(r["correct"], bool) and r["reason"] and r["isolation"] is None  # no code ran
@@ -55,6 +56,10 @@ def test_records_complete_and_consistent(baseline):
         assert c["config"]["sampler"]["steps"] == 4 and c["config"]["sampler"]["block_length"] == 4
         assert c["config"]["prompt_template"] == "{question}:"
     assert set(results["versions"]) == {"torch", "transformers", "dlm-bench", "python"}
+    import torch
+    env = results["environment"]
+    assert env["device"] == "cpu" and env["torch_threads"] == torch.get_num_threads()
+    assert env["deterministic_algorithms"] is torch.are_deterministic_algorithms_enabled()
     assert results["config"]["method"] == "base" and results["config"]["n"] == N
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     assert not list(out.glob("*.rank*.jsonl"))

@@ -162,3 +162,49 @@ def test_simple_evaluate_local_tasks_end_to_end(tiny_dir, tmp_path, offline):
     again = _simple_evaluate(tiny_dir, task_dir)
     assert [s["resps"] for s in again["samples"]["dlm_toy_gen"]] == [s["resps"] for s in gen]
     assert [s["resps"] for s in again["samples"]["dlm_toy_mc"]] == [s["resps"] for s in mc]
+
+
+# ---- `dlm-bench lm-eval`: lm-eval's own CLI, as a user types it ---------------------------------
+
+def test_dlm_bench_lm_eval_command_writes_lm_evals_results(tiny_dir, tmp_path):
+    """A real process: the command registers `dlm`, passes lm-eval's flags through, falls back to the
+    CPU from lm-eval's default cuda:0, and `model_path=` still names the output folder after the model."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    task_dir = _write_tasks(tmp_path)
+    out = tmp_path / "lm_eval_out"
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-m", "dlm_bench.cli", "lm-eval", "--model", "dlm", "--model_args",
+                        f"model_path={tiny_dir},gen_length=8,block_length=8,steps=8,mc_num=4",
+                        "--tasks", "dlm_toy_gen", "--include_path", str(task_dir), "--limit", "2",
+                        "--output_path", str(out), "--log_samples"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if not torch.cuda.is_available():
+        assert "CUDA is not available; using the CPU" in r.stderr
+    (folder,) = out.iterdir()
+    assert folder.name.endswith(Path(tiny_dir).name)          # the model's name, not a random one
+    (results,) = folder.glob("results_*.json")
+    data = json.loads(results.read_text())
+    assert 0.0 <= data["results"]["dlm_toy_gen"]["exact_match,none"] <= 1.0
+    (samples,) = folder.glob("samples_dlm_toy_gen_*.jsonl")
+    assert len(samples.read_text().splitlines()) == 2           # --limit 2 reached lm-eval
+
+
+def test_lm_eval_argv_and_greedy_warning(tiny, capsys):
+    from dlm_bench.lm_eval_adapter import lm_eval_argv
+
+    assert lm_eval_argv(["--model_args", "model_path=/m,seed=1", "--tasks", "x"]) == \
+        ["--model_args", "pretrained=/m,seed=1", "--tasks", "x"]
+    assert lm_eval_argv(["--model_args=model_path=/m"]) == ["--model_args=pretrained=/m"]
+    lm = _lm(tiny)
+    assert lm._temperature({"do_sample": False, "temperature": 0.6}) == 0.0
+    assert lm._temperature({"do_sample": False, "temperature": 0.6}) == 0.0
+    assert capsys.readouterr().err.count("do_sample=false") == 1       # said once, not per request
+    assert lm._temperature({"do_sample": True, "temperature": 0.6}) == 0.6

@@ -93,7 +93,7 @@ def test_resume_is_exact(tiny_dir, tmp_path, varied_rewards):
         assert torch.equal(v, sb["extra_modules"][k]), k
     assert [r["step"] for r in rows(tmp_path / "half")] == [1, 2]
     assert rows(tmp_path / "full")[1]["loss"] == rows(tmp_path / "half")[1]["loss"]
-    with pytest.raises(UserError, match="another config"):
+    with pytest.raises(UserError, match=r"other settings \(overrides\.lr: 0\.001 there, 0\.002 now\)"):
         train(TrainConfig(method="trafl", model=tiny_dir, out=str(tmp_path / "half"), train_steps=3,
                           overrides=dict(over, lr=2e-3), device="cpu"), progress=False)
 
@@ -156,7 +156,7 @@ def _cli(*argv):
 def test_cli_settings_and_errors(tiny_dir, tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("seed: 3\nbeta: 0.5\nsampler:\n  remasking: random\noverrides:\n  group_size: 2\n")
-    cfg = _cli("espo", "--task", "testbed", "--model", tiny_dir, "--config", str(y), "--steps", "4",
+    cfg = _cli("espo", "--task", "testbed", "--model", tiny_dir, "--config", str(y), "--train-steps", "4",
                "--set", "lr=1e-4", "--set", "save_every=2", "--set", "sampler.threshold=0.9",
                "--set", "adam_betas=[0.9,0.95]")
     assert (cfg.seed, cfg.train_steps, cfg.save_every) == (3, 4, 2)

@@ -12,7 +12,7 @@ def add_arguments(p) -> None:
     p.add_argument("method_a", metavar="A", help="method label A")
     p.add_argument("method_b", metavar="B", help="method label B")
     p.add_argument("--runs", default="results/passk", help="folder searched for run directories")
-    p.add_argument("--k", type=int, default=5, help="primary k (default 5)")
+    p.add_argument("--k", type=int, default=5, help="primary k")
     p.add_argument("--task", action="append", default=None, help="only these tasks (repeatable)")
     p.add_argument("--temps", default=None, help="only these temperatures, comma-separated")
     p.add_argument("--lengths", default=None, help="only these lengths, comma-separated")

@@ -7,7 +7,7 @@ def add_arguments(p):
     p.add_argument("--only", choices=["base"], help="only (re-)create the base checkpoint")
     p.add_argument("--methods", help="comma-separated methods, or 'all' (default: the config's list)")
     p.add_argument("--stages", default="train,eval,report",
-                   help="comma-separated subset of train,eval,report (default: all)")
+                   help="comma-separated subset of train,eval,report")
 
 
 def run(args):

@@ -10,6 +10,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--unsafe-no-isolation", action="store_true",
                         help="where bubblewrap is unusable, run generated code anyway with rlimits only "
                              "(it can read your files and reach the network); rows record it")
+    parser.add_argument("--answer-mode", default="flexible", choices=["flexible", "strict"],
+                        help="strict: only the answer form the prompt asks for (e.g. \\boxed{}); "
+                             "flexible: also answer lines and fallbacks")
 
 
 def run(args) -> int:
@@ -17,5 +20,6 @@ def run(args) -> int:
     if args.unsafe_no_isolation:
         from dlm_bench import sandbox
         sandbox.allow_unisolated()
-    grade_file(args.task, args.file, out_path=args.output, data_dir=args.data_dir)
+    grade_file(args.task, args.file, out_path=args.output, data_dir=args.data_dir,
+               answer_mode=args.answer_mode)
     return 0

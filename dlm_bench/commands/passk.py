@@ -1,7 +1,9 @@
-"""`dlm-bench passk --model PATH --method LABEL --task T --k 1..16 --n 16 --temps 0.3,0.6,0.9 --lengths 256,512`.
+"""`dlm-bench passk --model PATH --method LABEL --task T --k 1..16 --num-samples 16 --temps 0.3,0.6,0.9`.
 
 Draws n samples per problem for every (temperature, length), grades them and stores the records under
---out (default results/passk/METHOD/TASK); a re-run resumes where a killed one stopped. Prints Pass@k.
+--out (default results/passk/METHOD/TASK/MODEL-HASH, keyed by the model's content); a re-run resumes
+where a killed one stopped. Prints Pass@k for every requested k. One process writes a run folder at a
+time (`--wait` queues behind it).
 """
 from __future__ import annotations
 
@@ -43,8 +45,9 @@ def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="a local Hugging Face model directory")
     p.add_argument("--method", required=True, help="label recorded as the method (e.g. base, espo)")
     p.add_argument("--task", required=True, help="task name (see `dlm-bench tasks`)")
-    p.add_argument("--k", default="1,5,16", help="k values: '1..16' or '1,5,16' (default 1,5,16)")
-    p.add_argument("--n", type=int, default=16, help="samples per problem (default 16)")
+    p.add_argument("--k", default="1,5,16", help="k values: '1..16' or '1,5,16'")
+    p.add_argument("--num-samples", "--n", dest="n", type=int, default=16,
+                   help="samples per problem (under torchrun spell it --num-samples: torchrun takes --n for its own)")
     p.add_argument("--temps", default="0.3,0.6,0.9", help="temperatures, comma-separated")
     p.add_argument("--lengths", default="256,512", help="generation lengths, comma-separated")
     p.add_argument("--block-length", type=int, default=32, help="block length (clamped to the length)")
@@ -56,10 +59,22 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed (part of the config hash)")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
     p.add_argument("--split", default=None, help="task split (default: its evaluation split)")
-    p.add_argument("--out", default=None, help="run directory (default results/passk/METHOD/TASK)")
+    p.add_argument("--out", default=None, help="run directory (default: results/passk/METHOD/TASK/MODEL-HASH)")
     p.add_argument("--data-dir", default=None, help="folder holding the benchmark data")
+    p.add_argument("--answer-mode", default="flexible", choices=["flexible", "strict"],
+                   help="strict: only the answer form the prompt asks for (part of the config hash)")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--wait", action="store_true",
+                   help="if another run is writing --out, wait for it instead of exiting with an error")
+
+
+def default_out(method: str, task: str, model: str) -> str:
+    """results/passk/METHOD/TASK/MODELNAME-HASH: a retrained checkpoint gets its own folder instead of
+    mixing its records into the old model's (the hash is of the model's content, not its path)."""
+    from dlm_bench.evaluate import model_fingerprint
+    fp = model_fingerprint(model)
+    return f"results/passk/{method}/{task}/{fp['name']}-{fp['hash'][:8]}"
 
 
 def config_from_args(args):
@@ -67,13 +82,14 @@ def config_from_args(args):
 
     if "/" in args.method or not args.method.strip():
         raise UserError(f"--method must be a plain label, got {args.method!r}")
-    out = args.out or f"results/passk/{args.method}/{args.task}"
+    out = args.out or default_out(args.method, args.task, args.model)
     return SweepConfig(model=args.model, method=args.method, task=args.task, ks=parse_ints(args.k, "--k"),
                        n=args.n, temperatures=parse_floats(args.temps, "--temps"),
                        lengths=parse_ints(args.lengths, "--lengths"), block_length=args.block_length,
                        steps=args.steps, steps_per_token=args.steps_per_token, remasking=args.remasking,
                        batch_size=args.batch_size, seed=args.seed, out=out, data_dir=args.data_dir,
-                       limit=args.limit, split=args.split, device=args.device).validated()
+                       limit=args.limit, split=args.split, device=args.device,
+                       answer_mode=args.answer_mode).validated()
 
 
 def run(args) -> int:
@@ -82,14 +98,14 @@ def run(args) -> int:
     from dlm_bench.store import read_scores
 
     cfg = config_from_args(args)
-    results = run_sweep(cfg, progress=not args.no_progress)
+    results = run_sweep(cfg, progress=not args.no_progress, wait=args.wait)
     if results is None:          # a non-zero torchrun rank: rank 0 reports
         return 0
     df = read_scores(cfg.out)
     hashes = {c["config_hash"] for c in results["cells"]}
     df = df[df["config_hash"].isin(hashes) & (df["method"] == cfg.method) & (df["sample"] < cfg.n)]
     table = metrics.passk_table(df, ks=cfg.ks)
-    for k in sorted({cfg.ks[0], cfg.ks[-1]}):
+    for k in cfg.ks:
         print(metrics.passk_markdown(table, k))
         print()
     cost = ", ".join(f"T={c['temperature']:g} L={c['gen_length']}: NFE {c['mean_nfe']:.1f}, "

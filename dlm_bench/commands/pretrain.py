@@ -6,14 +6,15 @@ from dlm_bench.pretrain import PretrainConfig, pretrain
 
 def add_arguments(p):
     for f in dataclasses.fields(PretrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        # --steps means denoising steps in every other command; here the field counts optimizer steps
+        flag = "--train-steps" if f.name == "steps" else "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
-            p.add_argument(flag, action=__import__("argparse").BooleanOptionalAction, default=f.default)
+            p.add_argument(flag, dest=f.name, action=__import__("argparse").BooleanOptionalAction, default=f.default)
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             if str(f.type).startswith("float | None"):
                 kind = float
-            p.add_argument(flag, type=kind, default=f.default, help=f"default: {f.default}")
+            p.add_argument(flag, dest=f.name, type=kind, default=f.default)
     p.add_argument("--device", default="cpu")
 
 

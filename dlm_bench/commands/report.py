@@ -11,8 +11,8 @@ from dlm_bench.metrics import N_RESAMPLES
 def add_arguments(p) -> None:
     p.add_argument("--runs", default="results/passk", help="folder searched for run directories")
     p.add_argument("--out", default=None, help="output folder (default: reports/<name of --runs>)")
-    p.add_argument("--k", type=int, default=5, help="primary k of the comparison tables (default 5)")
-    p.add_argument("--bar-k", type=int, default=5, help="k of the per-task bar figure (default 5)")
+    p.add_argument("--k", type=int, default=5, help="primary k of the comparison tables")
+    p.add_argument("--bar-k", type=int, default=5, help="k of the per-task bar figure")
     p.add_argument("--base", default="base", help="method label every other method is compared with")
     p.add_argument("--temperature", type=float, default=0.6,
                    help="temperature of the single-temperature figures (closest stored one is used)")

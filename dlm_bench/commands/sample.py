@@ -6,11 +6,9 @@ Row i, sample j uses the seed hash(--seed, i, j), so outputs do not depend on --
 import hashlib
 import json
 import sys
-
-from tqdm.auto import tqdm
+from pathlib import Path
 
 from dlm_bench.errors import UserError
-from dlm_bench.sampler import SamplerConfig, make_generators, sample
 
 
 def add_arguments(p):
@@ -24,7 +22,7 @@ def add_arguments(p):
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
     p.add_argument("--order", default="diffusion", choices=["diffusion", "left_to_right"])
     p.add_argument("--cfg-scale", type=float, default=0.0)
-    p.add_argument("--n", type=int, default=1, help="samples per prompt")
+    p.add_argument("--num-samples", "--n", dest="n", type=int, default=1, help="samples per prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None)
@@ -59,12 +57,21 @@ def _read_prompts(path):
 
 
 def run(args):
+    from tqdm.auto import tqdm
+
+    from dlm_bench.sampler import SamplerConfig, make_generators, sample  # torch: only when the command runs
     if args.n <= 0 or args.batch_size <= 0:
         raise UserError("--n and --batch-size must be positive")
     cfg = SamplerConfig(gen_length=args.gen_length, block_length=args.block_length,
                         steps=args.steps or args.gen_length, temperature=args.temperature,
                         remasking=args.remasking, order=args.order, cfg_scale=args.cfg_scale).resolved()
     rows = _read_prompts(args.prompts)
+    if args.out:                          # cheap checks before the model is loaded
+        from dlm_bench.checks import model_weights, writable_dir
+        if Path(args.out).is_dir():
+            raise UserError(f"output {args.out!r} is a folder, not a file")
+        writable_dir(Path(args.out).parent, "output folder", create=True)
+        model_weights(args.model)
     from dlm_bench.models import load_model
     dlm = load_model(args.model, device=args.device)
     jobs = [(i, j) for i in range(len(rows)) for j in range(args.n)]

@@ -1,4 +1,4 @@
-"""`dlm-bench train METHOD --task T --model PATH [--out DIR] [--config FILE.yaml] [--steps N] [--set k=v ...]`.
+"""`dlm-bench train METHOD --task T --model PATH [--out DIR] [--config FILE.yaml] [--train-steps N] [--set k=v ...]`.
 
 Settings, later ones winning: the method's defaults (its per-task recipe when it has one), the YAML
 file, the flags, then `--set`. A key (in YAML or `--set`) is routed by name: `sampler.X` -> sampler
@@ -21,7 +21,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", default=None, help="base model directory")
     parser.add_argument("--out", default=None, help="output directory (default results/train/METHOD-TASK)")
     parser.add_argument("--config", default=None, help="YAML file of settings")
-    parser.add_argument("--steps", type=int, default=None, help="number of rollout batches (overrides the method's)")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="number of rollout batches (overrides the method's); --set steps=N is the "
+                             "denoising steps, as --steps everywhere else")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--data-dir", default=None, help="folder holding the benchmark data")
@@ -83,7 +85,7 @@ def build_config(args):
         data.pop("method", None)             # the command line names the method
         for k, v in data.items():
             _route(str(k), v, method_fields, train_fields, cfg)
-    for flag, key in (("task", "task"), ("model", "model"), ("out", "out"), ("steps", "train_steps"),
+    for flag, key in (("task", "task"), ("model", "model"), ("out", "out"), ("train_steps", "train_steps"),
                       ("seed", "seed"), ("device", "device"), ("data_dir", "data_dir")):
         v = getattr(args, flag)
         if v is not None:
@@ -107,8 +109,11 @@ def build_config(args):
 
 
 def run(args) -> int:
+    from dlm_bench.checks import model_weights, writable_dir
     from dlm_bench.train import train
     cfg = build_config(args)
+    writable_dir(cfg.out)            # cheap checks first: the model is loaded only after them
+    model_weights(cfg.model)
     path = train(cfg, progress=not args.no_progress)
     print(path)
     return 0

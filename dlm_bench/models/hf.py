@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dlm_bench.errors import UserError
+from dlm_bench.errors import UserError, one_line
 
 ADAPTER_CONFIG = "adapter_config.json"
 
