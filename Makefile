@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 CLI     := .venv/bin/dlm-bench
 CONFIG  ?= configs/demo.yaml
 
-.PHONY: setup system-deps test test-slow demo base train-all eval-all figures bench clean
+.PHONY: setup system-deps test test-compat test-slow demo base train-all eval-all figures bench clean
 
 setup: system-deps .venv/.installed
 
@@ -24,6 +24,19 @@ system-deps:
 
 test: setup
 	$(PY) -m pytest
+
+# The other transformers line (4.57) over the same environment: a small venv whose own
+# transformers/tokenizers/hub shadow .venv's, everything else (torch, peft, dlm-bench) taken from .venv.
+COMPAT_PINS := transformers==4.57.6 tokenizers==0.22.1 huggingface-hub==0.36.0
+.venv-compat/.installed: .venv/.installed Makefile
+	rm -rf .venv-compat && python3 -m venv .venv-compat
+	echo "import site; site.addsitedir('$$($(PY) -c 'import site; print(site.getsitepackages()[0])')')" \
+	  > "$$(.venv-compat/bin/python -c 'import site; print(site.getsitepackages()[0])')/_dlm_bench_base.pth"
+	.venv-compat/bin/python -m pip install -q --no-deps $(COMPAT_PINS)
+	touch $@
+
+test-compat: setup .venv-compat/.installed
+	.venv-compat/bin/python -m pytest tests/test_real_models.py tests/test_hf_backend.py
 
 test-slow: setup
 	$(PY) -m pytest -m slow

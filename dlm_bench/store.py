@@ -54,11 +54,20 @@ def sort_key(rec: dict) -> tuple:
             str(rec["config_hash"]), _natural(rec["problem_id"]), int(rec["sample"]))
 
 
+OPTIONAL = {"isolation": None}      # fields older records and non-code tasks may lack
+
+
 def _dumps(rec: dict, fields) -> str:
-    missing = [f for f in fields if f not in rec]
+    missing = [f for f in fields if f not in rec and f not in OPTIONAL]
     if missing:
         raise ValueError(f"record lacks field(s) {missing}")
-    return json.dumps({f: rec[f] for f in fields}, ensure_ascii=False, separators=(",", ":"))
+    row = {f: rec.get(f, OPTIONAL.get(f)) for f in fields}
+    text = json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:        # a lone surrogate in model output: store it escaped, never crash
+        text = json.dumps(row, ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
 # --------------------------------------------------------------------------- low-level file I/O

@@ -23,6 +23,25 @@ def test_shipped_demo_config_is_complete():
     assert {"base", "trafl", "espo", "justgrpo"} <= set(cfg["methods"])
 
 
+def test_paper_config_names_registered_methods_tasks_and_valid_sweeps():
+    """configs/paper.yaml: every method and task it names exists, and every eval cell is a valid
+    sampler setting (block divides length, steps divisible by the number of blocks)."""
+    from dlm_bench.evaluate import SweepConfig
+    from dlm_bench.methods import method_names
+    from dlm_bench.tasks import task_names
+    cfg = load_config("configs/paper.yaml")
+    e = cfg["eval"]
+    assert set(cfg["methods"]) <= set(method_names()) and {cfg["task"], *e["tasks"]} <= set(task_names())
+    assert (e["n"], e["temperatures"], e["lengths"]) == (16, [0.3, 0.6, 0.9], [256, 512])
+    sweep = SweepConfig(model=".", method="base", task="gsm8k", ks=tuple(e["ks"]), n=e["n"],
+                        temperatures=tuple(e["temperatures"]), lengths=tuple(e["lengths"]),
+                        block_length=e["block_length"], steps_per_token=e["steps_per_token"])
+    for t in e["temperatures"]:
+        for g in e["lengths"]:
+            sc = sweep.sampler(t, g).resolved()
+            assert sc.steps == g and sc.block_length == 32
+
+
 @pytest.mark.slow
 def test_miniature_demo_end_to_end(tmp_path, tiny_dir):
     cfg = load_config("configs/demo.yaml")
