@@ -13,14 +13,13 @@ Third-party packages add methods through the entry-point group ``dlm_bench.metho
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import torch
 
 from dlm_bench.errors import UserError
+from dlm_bench.registry import Registry
 from dlm_bench.likelihood import ScoredBatch
 
 
@@ -70,36 +69,17 @@ class Method:
         return []
 
 
-_REGISTRY: dict[str, type[Method]] = {}
-_BUILTIN = ("base", "trafl", "espo", "justgrpo", "tracerl", "tabom")
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_all() -> None:
-    for mod in _BUILTIN:
-        try:
-            importlib.import_module(f"dlm_bench.methods.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"dlm_bench.methods.{mod}":
-                raise
-    for ep in entry_points(group="dlm_bench.methods"):
-        ep.load()
+_METHODS = Registry("method", Method, "dlm_bench.methods", ("base", "trafl", "espo", "justgrpo", "tracerl", "tabom"),
+                    "dlm_bench.methods")
+register_method = _METHODS.register
 
 
 def method_names() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
+    return _METHODS.names()
 
 
 def get_method(name: str) -> type[Method]:
-    _load_all()
-    if name not in _REGISTRY:
-        raise UserError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    return _METHODS.get(name)
 
 
 def make_config(method: type[Method], overrides: dict | None) -> Any:

@@ -6,13 +6,12 @@ entry-point group ``dlm_bench.tasks`` (the entry point names a module that regis
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
 from dlm_bench.errors import UserError
+from dlm_bench.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -84,36 +83,18 @@ class Task:
         return None
 
 
-_REGISTRY: dict[str, type[Task]] = {}
-_BUILTIN = ("gsm8k", "math500", "minerva", "humaneval", "mbpp", "livecodebench", "countdown", "sudoku",
-            "testbed")
-
-
-def register_task(cls: type[Task]) -> type[Task]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_all() -> None:
-    for mod in _BUILTIN:
-        try:
-            importlib.import_module(f"dlm_bench.tasks.{mod}")
-        except ModuleNotFoundError as e:  # a suite not built yet must not break the others
-            if e.name != f"dlm_bench.tasks.{mod}":
-                raise
-    for ep in entry_points(group="dlm_bench.tasks"):
-        ep.load()
+_TASKS = Registry("task", Task, "dlm_bench.tasks", ("gsm8k", "math500", "minerva", "humaneval", "mbpp",
+                                                 "livecodebench", "countdown", "sudoku", "testbed"),
+                  "dlm_bench.tasks")
+register_task = _TASKS.register
 
 
 def task_names() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
+    return _TASKS.names()
 
 
 def get_task(name: str, data_dir: str | None = None, answer_mode: str = "flexible") -> Task:
-    _load_all()
-    if name not in _REGISTRY:
-        raise UserError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
+    cls = _TASKS.get(name)
     if data_dir is not None and not Path(data_dir).is_dir():  # else the task would silently look elsewhere
         raise UserError(f"data folder {str(data_dir)!r} does not exist")
-    return _REGISTRY[name](data_dir=data_dir).set_answer_mode(answer_mode)
+    return cls(data_dir=data_dir).set_answer_mode(answer_mode)

@@ -56,3 +56,23 @@ def fake_rewards(self, problems, completions):
 def varied_rewards(monkeypatch):
     from dlm_bench.tasks.testbed import Testbed
     monkeypatch.setattr(Testbed, "rewards", fake_rewards)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Without ../shared/data (a fresh clone elsewhere), a test that fails only because a benchmark
+    file is missing is reported as skipped with that reason; CI (DLM_BENCH_REQUIRE_SHARED=1) keeps it
+    a failure. Where the data folder exists, nothing is converted."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed or call.excinfo is None:
+        return
+    from shared_files import DATA_MISSING, REQUIRE_VAR, shared_data_present
+    import os
+    if os.environ.get(REQUIRE_VAR) == "1" or shared_data_present():
+        return
+    # the exception, or what a CLI run inside the test printed (its one-line error)
+    text = "\n".join([str(call.excinfo.value)] + [content for _, content in rep.sections])
+    if DATA_MISSING in text and "not found" in text:
+        line = next(ln for ln in text.splitlines() if DATA_MISSING in ln).strip()[:200]
+        rep.outcome, rep.longrepr = "skipped", (str(item.path), item.location[1], f"benchmark data absent: {line}")

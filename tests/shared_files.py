@@ -23,3 +23,12 @@ def real_model_snapshot(name: str) -> Path:
     if root is None or not (root / name / "config.json").is_file():
         missing(f"real-model snapshot {name!r} not found ($DLM_BENCH_MODELS or ../shared/models)")
     return root / name
+
+
+def shared_data_present() -> bool:
+    from dlm_bench.data import candidate_dirs
+    return any(d.is_dir() and any(d.iterdir()) for d in candidate_dirs())
+
+
+# What data.find_file raises (directly, or as a CLI's one-line error) when a benchmark file is absent.
+DATA_MISSING = "data file "

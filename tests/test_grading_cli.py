@@ -104,6 +104,9 @@ def _no_hub(dataset_id, split, config=None):
 
 
 def test_tasks_table_and_cli(capsys):
+    from shared_files import missing, shared_data_present
+    if not shared_data_present():
+        missing("benchmark data absent (../shared/data or $DLM_BENCH_DATA)")
     rows = {name: (splits, where) for name, splits, where in tasks_table()}
     assert {"gsm8k", "math500", "minerva", "countdown", "sudoku"} <= set(rows)
     assert rows["gsm8k"][0] == "test=1319, train=7473" and "missing" not in rows["gsm8k"][1]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import fake_rewards
 from dlm_bench.errors import UserError
 from dlm_bench.methods import get_method, method_names
 from dlm_bench.train import TrainConfig, lr_multiplier, shard, step_prompts, train, Dist
