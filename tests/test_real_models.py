@@ -206,3 +206,17 @@ def test_lora_on_dream_and_prefix_llada(real_dirs, tmp_path, varied_rewards):
         rows = [json.loads(r) for r in (tmp_path / name / "log.jsonl").read_text().splitlines()]
         assert len(rows) == 2 and all(r["grad_norm"] > 0 for r in rows)
         assert load_model(str(ckpt), device="cpu").extra["base_model"].endswith(name)
+
+
+def test_continued_lora_training_from_a_lora_checkpoint(real_dirs, tmp_path, varied_rewards):
+    """`train --model ADAPTER_DIR`: the first adapter is merged, a fresh one trained on top; the new
+    checkpoint's base is the first adapter folder, whose base is the model (a chain passk can follow)."""
+    first = _train("espo", real_dirs[LLADA_FIX], tmp_path / "one", lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    second = _train("espo", str(first), tmp_path / "two", lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    adapter = json.loads((second / "adapter_config.json").read_text())
+    assert Path(adapter["base_model_name_or_path"]) == first.resolve()
+    one, two = load_model(str(first), device="cpu"), load_model(str(second), device="cpu")
+    assert two.extra["base_model"] == str(first.resolve())
+    x = torch.tensor([one.prompt_ids("What is 2+3?") + [one.mask_id] * 4])
+    with torch.no_grad():
+        assert not torch.allclose(one.logits(x), two.logits(x))
