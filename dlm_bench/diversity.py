@@ -104,9 +104,10 @@ def _balanced(s: str) -> bool:
 
 
 def is_expression_task(task) -> bool:
-    """Tasks whose answers are arithmetic expressions (Countdown and its CPU variant, the testbed)."""
-    name = str(task).lower()
-    return "countdown" in name or name == "testbed"
+    """Tasks whose answers are arithmetic expressions (Countdown, the CPU testbed): by the task's
+    declared `answer_kind`, never by its name."""
+    from dlm_bench.tasks import answer_kind
+    return answer_kind(str(task)) == "expression"
 
 
 # --------------------------------------------------------------------------- offline measures

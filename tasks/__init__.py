@@ -39,6 +39,9 @@ class Task:
     prompt_template: ClassVar[str] = "{question}"  # data, recorded with every result
     template_source: ClassVar[str] = ""            # which paper/repo the template follows
     version: ClassVar[int] = 1                     # bumped when grading changes; part of the config hash
+    # What an answer is, for code downstream (diversity, reports) that must never match task names:
+    # number | math (LaTeX, math-verify) | expression (arithmetic over given numbers) | code | grid
+    answer_kind: ClassVar[str] = "number"
     # "flexible": any answer form the grader can read; "strict": only the form the prompt asks for.
     answer_modes: ClassVar[tuple[str, ...]] = ("flexible",)
 
@@ -91,6 +94,14 @@ register_task = _TASKS.register
 
 def task_names() -> list[str]:
     return _TASKS.names()
+
+
+def answer_kind(name: str) -> str | None:
+    """The registered task's answer kind; None for a task not installed here (e.g. old records)."""
+    try:
+        return _TASKS.get(name).answer_kind
+    except UserError:
+        return None
 
 
 def get_task(name: str, data_dir: str | None = None, answer_mode: str = "flexible") -> Task:

@@ -170,6 +170,7 @@ def generate(n: int, seed: int = 0, n_numbers: int = 3, max_number: int = 99,
 @register_task
 class Countdown(Task):
     name = "countdown"
+    answer_kind = "expression"
     eval_split = "test"
     train_split = "train"
     splits = {"test": 256, "train": 4926, "synthetic": 10000}

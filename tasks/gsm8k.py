@@ -200,6 +200,7 @@ def extract_number(completion: str, mode: str = "flexible") -> tuple[Fraction, s
 @register_task
 class GSM8K(Task):
     name = "gsm8k"
+    answer_kind = "number"
     eval_split = "test"
     train_split = "train"
     splits = {"test": 1319, "train": 7473}

@@ -100,6 +100,7 @@ class SandboxTask(Task):
 @register_task
 class HumanEval(SandboxTask):
     name = "humaneval"
+    answer_kind = "code"
     eval_split = "test"
     splits = {"test": 164}
     prompt_template = ("You are an expert Python programmer. Your task is to complete the implementation "

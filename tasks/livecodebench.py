@@ -125,6 +125,7 @@ def _parse_date(s, what: str) -> date | None:
 @register_task
 class LiveCodeBench(Task):
     name = "livecodebench"
+    answer_kind = "code"
     eval_split = "test"
     splits = {"test": None}
     system_prompt = ("You are an expert Python programmer. You will be given a question (problem "

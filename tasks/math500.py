@@ -267,6 +267,7 @@ MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediat
 @register_task
 class Math500(Task):
     name = "math500"
+    answer_kind = "math"
     eval_split = "test"
     train_split = "train"
     # train: MATH's 7,500 minus number_theory/7115 and /7117, whose solutions end in an empty \boxed{}

@@ -41,6 +41,7 @@ def called_names(tests: list[str]) -> list[str]:
 @register_task
 class MBPP(SandboxTask):
     name = "mbpp"
+    answer_kind = "code"
     eval_split = "test"
     train_split = "train"
     splits = {"test": 500, "train": 374, "validation": 90, "prompt": 10}

@@ -228,6 +228,7 @@ def grade_minerva(gold: str, completion: str, rel_tol: float, timeout_s: int) ->
 @register_task
 class Minerva(Task):
     name = "minerva"
+    answer_kind = "math"
     eval_split = "test"
     train_split = None
     splits = {"test": 272}

@@ -176,6 +176,7 @@ def read_puzzles(path) -> list[tuple[str, str]]:
 @register_task
 class Sudoku(Task):
     name = "sudoku"
+    answer_kind = "grid"
     eval_split = "test"
     train_split = "synthetic"
     splits = {"test": 500, "spg": 256, "synthetic": 10000}

@@ -75,6 +75,7 @@ def split_problems(seed: int = 1234) -> tuple[list[tuple], list[tuple]]:
 @register_task
 class Testbed(Task):
     name = "testbed"
+    answer_kind = "expression"
     splits = {"test": EVAL_SIZE, "train": None}
     prompt_template = "{question}:"
     template_source = "dlm-bench testbed (plain, no chat wrapper: a character-level model)"

@@ -31,3 +31,13 @@ def test_duplicate_names_and_wrong_kinds_are_refused():
     with pytest.raises(UserError, match="unknown method 'nope'"):
         reg.get("nope")
     assert reg.names() == ["same"]
+
+
+def test_every_task_declares_its_answer_kind_and_downstream_uses_it():
+    from dlm_bench.diversity import is_expression_task
+    from dlm_bench.tasks import answer_kind
+    kinds = {name: answer_kind(name) for name in task_names()}
+    assert set(kinds.values()) <= {"number", "math", "expression", "code", "grid"}
+    assert kinds["humaneval"] == "code" and kinds["sudoku"] == "grid" and kinds["math500"] == "math"
+    assert [n for n in task_names() if is_expression_task(n)] == ["countdown", "testbed"]
+    assert not is_expression_task("countdown-like-plugin-not-installed")
