@@ -21,7 +21,7 @@ from dlm_bench.errors import UserError
 from . import Grade, Problem, Task, register_task
 from dlm_bench.data import load_rows
 
-from .gsm8k import boxed_contents
+from ._math import boxed_contents
 
 MAX_EXPR_CHARS = 500  # a 3-number expression is short; longer text is not an answer
 

@@ -27,7 +27,7 @@ from dlm_bench.errors import UserError
 from . import Grade, Problem, Task, register_task
 from dlm_bench.data import load_rows
 
-from .gsm8k import last_boxed
+from ._math import last_boxed
 
 MAX_WORKERS = 8
 WORKER_MEMORY_BYTES = 4 << 30   # a runaway sympy expansion gets MemoryError instead of eating the machine

@@ -29,7 +29,7 @@ from dlm_bench.errors import UserError
 from . import Grade, Problem, Task, register_task
 from dlm_bench.data import load_rows
 
-from .gsm8k import boxed_contents, last_boxed
+from ._math import boxed_contents, last_boxed
 from .math500 import grade_in_pool, result_to_grade
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dlm_bench import data
 from dlm_bench.errors import UserError
 
 from . import Grade, Problem, Task, register_task
-from .gsm8k import boxed_contents
+from ._math import boxed_contents
 
 _UNITS = ([[r * 4 + c for c in range(4)] for r in range(4)]
           + [[r * 4 + c for r in range(4)] for c in range(4)]
