@@ -36,7 +36,7 @@ from dlm_bench.data import find_file, hub_dataset
 from dlm_bench.errors import UserError
 
 from . import Grade, Problem, Task, register_task
-from .humaneval import CodeGrade, extract_code, no_answer, to_grade
+from ._code import CodeGrade, extract_code, no_answer, to_grade
 
 RELEASE_FILES = ["test.jsonl"] + [f"test{i}.jsonl" for i in range(2, 10)]  # release_vN = first N
 HUB_ID = "livecodebench/code_generation_lite"

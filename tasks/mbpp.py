@@ -17,7 +17,7 @@ from dlm_bench.errors import UserError
 
 from . import Grade, Problem, Task, register_task
 from dlm_bench.data import load_rows
-from .humaneval import SandboxTask, extract_code
+from ._code import SandboxTask, extract_code
 
 SPLIT_IDS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
 

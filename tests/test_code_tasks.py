@@ -10,7 +10,7 @@ import pytest
 
 from dlm_bench.errors import UserError
 from dlm_bench.tasks import get_task
-from dlm_bench.tasks.humaneval import CodeGrade, extract_code
+from dlm_bench.tasks._code import CodeGrade, extract_code
 from dlm_bench.tasks.livecodebench import LiveCodeBench, decode_tests, stdout_matches
 
 FIX = Path(__file__).parent / "fixtures" / "livecodebench"
