@@ -3,10 +3,8 @@ Shared answer-reading helpers live in `tasks/_math.py`.
 """
 from __future__ import annotations
 
-import json
 import re
 from fractions import Fraction
-from pathlib import Path
 
 from dlm_bench import data  # module attribute look-ups, so tests and callers can swap them
 from dlm_bench.errors import UserError

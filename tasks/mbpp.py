@@ -15,7 +15,7 @@ import builtins
 from dlm_bench import sandbox
 from dlm_bench.errors import UserError
 
-from . import Grade, Problem, Task, register_task
+from . import Problem, register_task
 from dlm_bench.data import load_rows
 from ._code import SandboxTask, extract_code
 

@@ -30,7 +30,7 @@ from . import Grade, Problem, Task, register_task
 from dlm_bench.data import load_rows
 
 from ._math import boxed_contents, last_boxed
-from .math500 import grade_in_pool, result_to_grade
+from ._mathverify import grade_in_pool, result_to_grade
 
 # ---------------------------------------------------------------------------------------------------
 # Numeric parser (pure Python, no eval)
@@ -199,7 +199,7 @@ def _mv_number(text: str, timeout_s: int) -> float | None:
 def grade_minerva(gold: str, completion: str, rel_tol: float, timeout_s: int) -> tuple[str, str | None]:
     """(reason, extracted) for one completion; called inside a grader worker."""
     from math_verify.errors import TimeoutException
-    from .math500 import verify_answer
+    from ._mathverify import verify_answer
     ans = extract_answer(completion)
     g = to_number(gold)
     if g is not None:

@@ -10,7 +10,7 @@ import pytest
 from dlm_bench.tasks import Problem, get_task
 from dlm_bench.tasks._math import boxed_contents, numbers_match
 from dlm_bench.tasks.gsm8k import extract_number, gsm8k_gold
-from dlm_bench.tasks.math500 import GraderPool
+from dlm_bench.tasks._mathverify import GraderPool
 from dlm_bench.tasks.minerva import to_number
 
 

@@ -16,7 +16,7 @@ import torch
 
 import llada_reference as ref
 from dlm_bench.cli import main
-from dlm_bench.models import LoraSpec, load_model
+from dlm_bench.models import load_model
 from dlm_bench.sampler import SamplerConfig, make_generators, sample
 from shared_files import real_model_snapshot
 

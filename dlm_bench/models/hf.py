@@ -62,7 +62,7 @@ def _load_weights(p: Path, config: dict, dtype, trust_remote_code: bool):
         else:
             model = AutoModelForMaskedLM.from_pretrained(p, dtype=dtype, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001  (remote code can raise anything; the user needs one line)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = one_line(e)
         raise UserError(f"could not load the model in {str(p)!r} with transformers {transformers.__version__} "
                         f"({type(e).__name__}: {msg}); if its remote code predates this transformers, "
                         f"try the tested range in pyproject.toml") from e
