@@ -115,8 +115,7 @@ def _fig1b(rep: _Report, counts: pd.DataFrame, methods: list[str], pooled: str) 
             vb = metrics.pass_at_k(pu["n_b"].to_numpy(), pu["c_b"].to_numpy(), ks)
             cur = []
             for j, k in enumerate(ks):
-                ci = metrics.paired_bootstrap_ci(va[:, j], vb[:, j], cfg.confidence, cfg.n_resamples,
-                                                 _rng(cfg.seed, "1b", m, t, k))
+                ci = metrics.paired_ci(va[:, j], vb[:, j], cfg.confidence)
                 cur.append({"method": m, "temperature": t, "k": k, "gap": float(np.mean(va[:, j] - vb[:, j])),
                             "ci_low": ci.low, "ci_high": ci.high, "ci_method": ci.method,
                             "n_units": len(pu)})
