@@ -1,0 +1,77 @@
+"""Training-seed statistics (issue 16, items 1 and 2): coverage where seed variance dominates,
+false-positive rate and power of the seed-level test, and the exact permutation against scipy."""
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from dlm_bench import seeds
+
+
+def _in_band(cov, n):
+    mc = 2 * math.sqrt(0.95 * 0.05 / n)
+    return 0.93 - mc <= cov <= 0.97 + mc
+
+
+@pytest.mark.parametrize("k", [1, 16])
+def test_seed_dominated_null_small(k):
+    n = 400
+    hier, prob, fpr = seeds.null_study(n, 50, 5, 16, k, seed_sd=0.6, seed=k)
+    assert _in_band(hier, n), hier
+    assert prob < 0.85, prob  # the problem-level CI ignores retraining: far below 95%
+    assert fpr <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / n), fpr
+
+
+def test_power_grows_with_effect():
+    n = 300
+    _, _, fpr = seeds.null_study(n, 50, 5, 16, 1, seed_sd=0.2, seed=1)
+    _, _, power = seeds.null_study(n, 50, 5, 16, 1, seed_sd=0.2, shift=0.5, seed=1)
+    assert power > 0.6 > fpr, (power, fpr)
+
+
+def test_exact_seed_permutation_matches_scipy():
+    rng = np.random.default_rng(0)
+    ma, mb = rng.normal(0.3, 0.1, 4), rng.normal(0.4, 0.1, 3)
+    p, how = seeds.seed_permutation_p(ma, mb)
+    def stat(x, y, axis=-1):  # |difference of means|, one-sided: the same two-sided p
+        return np.abs(np.mean(x, axis=axis) - np.mean(y, axis=axis))
+    ref = scipy.stats.permutation_test((ma, mb), stat, n_resamples=np.inf, vectorized=True,
+                                       alternative="greater").pvalue
+    assert how == "exact" and p == pytest.approx(ref)
+
+
+def test_few_seeds_say_the_smallest_p():
+    rng = np.random.default_rng(2)
+    r = seeds.seed_compare(rng.random((3, 20)), rng.random((3, 20)) + 0.5)
+    assert r.p_seed == pytest.approx(0.1) and "smallest attainable p = 0.1" in r.note
+
+
+def test_one_seed_says_sampling_only():
+    rng = np.random.default_rng(3)
+    r = seeds.seed_compare(rng.random((1, 30)), rng.random((1, 30)))
+    assert r.note == seeds.SAMPLING_ONLY and math.isnan(r.p_seed) and r.ci_method == "t"
+
+
+def test_components_match_brute_force_variance():
+    """The SE estimates the sd of the difference over many retrains of the same design."""
+    rng = np.random.default_rng(4)
+    diffs, ses = [], []
+    for _ in range(1500):
+        ya, yb = seeds.simulate_seeds(rng, 40, 4, 16, 1, seed_sd=0.4)
+        diffs.append(ya.mean() - yb.mean())
+        ses.append(seeds.variance_components_se(ya, yb))
+    assert np.mean(np.square(ses)) == pytest.approx(np.var(diffs), rel=0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_seeds", [3, 5])
+@pytest.mark.parametrize("k", [1, 5, 16])
+@pytest.mark.parametrize("seed_sd", [0.0, 0.6])
+def test_seed_null_full(n_seeds, k, seed_sd):
+    n = 1000
+    hier, prob, fpr = seeds.null_study(n, 50, n_seeds, 16, k, seed_sd=seed_sd, seed=10 * n_seeds + k)
+    assert _in_band(hier, n), hier
+    if seed_sd:
+        assert prob < 0.85, prob
+    assert fpr <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / n), fpr
