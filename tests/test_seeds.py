@@ -75,3 +75,39 @@ def test_seed_null_full(n_seeds, k, seed_sd):
     if seed_sd:
         assert prob < 0.85, prob
     assert fpr <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / n), fpr
+
+
+def _write_run(folder, method, rates, n, rng, tag):
+    import json
+    folder.mkdir(parents=True)
+    with open(folder / "scores.jsonl", "w") as f:
+        for pid, p in enumerate(rates):
+            for s in range(n):
+                f.write(json.dumps({"method": method, "task": "testbed", "temperature": 0.6, "gen_length": 8,
+                                    "problem_id": str(pid), "sample": s, "seed": s, "config_hash": tag,
+                                    "correct": bool(rng.random() < p)}) + "\n")
+
+
+def test_compare_cli_uses_seed_folders(tmp_path, capsys):
+    from dlm_bench.cli import main
+    rng = np.random.default_rng(0)
+    rates = rng.random(12)
+    for k in range(3):
+        _write_run(tmp_path / "a" / f"seed-{k}" / "run", "a", np.clip(rates + 0.1 * k, 0, 1), 4, rng, f"a{k}")
+    _write_run(tmp_path / "base" / "run", "base", rates, 4, rng, "b")
+    out_json = tmp_path / "t.json"
+    assert main(["compare", "a", "base", "--runs", str(tmp_path), "--k", "1", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "across training seeds" in out and "3/1" in out
+    import json
+    row = json.loads(out_json.read_text())["rows"][0]
+    assert (row["n_seeds_a"], row["n_seeds_b"], row["n_problems"]) == (3, 1, 12)
+
+
+def test_compare_cli_without_seeds_says_sampling_only(tmp_path, capsys):
+    from dlm_bench.cli import main
+    rng = np.random.default_rng(1)
+    _write_run(tmp_path / "a" / "run", "a", rng.random(10), 4, rng, "a")
+    _write_run(tmp_path / "base" / "run", "base", rng.random(10), 4, rng, "b")
+    assert main(["compare", "a", "base", "--runs", str(tmp_path), "--k", "1"]) == 0
+    assert seeds.SAMPLING_ONLY in capsys.readouterr().out
