@@ -405,6 +405,13 @@ def _pooled_figures(rep: _Report, core: pd.DataFrame, methods: list[str]) -> Non
     _fig1b(rep, pooled_counts, methods, pooled)
 
 
+def _first_seed(seeded: pd.DataFrame) -> pd.DataFrame:
+    """With several training seeds, the single-run figures and tables use each method's lowest seed
+    (the section "Across training seeds" uses them all)."""
+    first = seeded.groupby("method")["train_seed"].transform("min")
+    return seeded[seeded["train_seed"] == first].drop(columns="train_seed").reset_index(drop=True)
+
+
 def build_report(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Path:
     """Write the figures, tables and `report.md` under cfg.out; returns the report path."""
     return render(cfg, df).out / "report.md"
@@ -418,8 +425,11 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
         raise UserError(f"k must be >= 1, got {min(cfg.k, cfg.bar_k)}")
     if not 0 < cfg.confidence < 1:
         raise UserError(f"confidence must be in (0, 1), got {cfg.confidence}")
+    seeded = None
     if df is None:
-        df = read_all_scores(cfg.runs)
+        from dlm_bench.seeds import read_seeded_scores
+        seeded = read_seeded_scores(cfg.runs)
+        df = read_all_scores(cfg.runs) if seeded is None else _first_seed(seeded)
         n_runs = len(run_dirs(cfg.runs))
     else:
         n_runs = None
@@ -475,6 +485,12 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
     _fig3a(rep, counts, methods, t_star)
     _fig3b(rep, counts, methods)
     _comparisons(rep, compares, methods)
+    if seeded is not None:
+        from dlm_bench.report_seeds import seed_section
+        seed_section(rep, seeded, methods, t_star)
+    else:
+        from dlm_bench.seeds import SAMPLING_ONLY
+        rep.add(f"Note: {SAMPLING_ONLY} (runs laid out as RUNS/METHOD/seed-K/ add a training-seed section).", "")
     _diversity(rep, df, methods)
     if rep.skipped:
         rep.add("## Skipped", "", *[f"- {w}: {why}." for w, why in rep.skipped], "")

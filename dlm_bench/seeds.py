@@ -204,7 +204,8 @@ def seed_markdown(table, digits=1) -> str:
     """A `seed_table` as Markdown, with each row's note on what its interval covers."""
     from dlm_bench.metrics import _fmt_num, _fmt_p, _md_table
     cells = [c for c in ("task", "gen_length", "temperature") if c in table.columns]
-    header = cells + ["Seeds A/B", "Problems", "Diff (pp)", "CI (pp)", "p (seeds)"]
+    names = {"task": "Task", "gen_length": "Length", "temperature": "Temp."}
+    header = [names[c] for c in cells] + ["Seeds A/B", "Problems", "Diff (pp)", "CI (pp)", "p (seeds)"]
     rows = [[str(r[c]) for c in cells] + [
         f"{r['n_seeds_a']}/{r['n_seeds_b']}", str(r["n_problems"]), _fmt_num(100 * r["diff"], digits, True),
         f"[{_fmt_num(100 * r['ci_low'], digits, True)}, {_fmt_num(100 * r['ci_high'], digits, True)}]",

@@ -111,3 +111,20 @@ def test_compare_cli_without_seeds_says_sampling_only(tmp_path, capsys):
     _write_run(tmp_path / "base" / "run", "base", rng.random(10), 4, rng, "b")
     assert main(["compare", "a", "base", "--runs", str(tmp_path), "--k", "1"]) == 0
     assert seeds.SAMPLING_ONLY in capsys.readouterr().out
+
+
+def test_report_has_a_seed_section(tmp_path):
+    from dlm_bench.report import ReportConfig, render
+    rng = np.random.default_rng(4)
+    rates = rng.random(12)
+    runs = tmp_path / "runs"
+    for k in range(3):
+        _write_run(runs / "a" / f"seed-{k}" / "run", "a", np.clip(rates + 0.1 * k, 0, 1), 4, rng, f"a{k}")
+    _write_run(runs / "base" / "run", "base", rates, 4, rng, "b")
+    rep = render(ReportConfig(runs=str(runs), out=str(tmp_path / "out"), k=2, bar_k=2, formats=("png",),
+                              n_resamples=200))
+    text = "\n".join(rep.lines)
+    assert "## Across training seeds" in text and "base 1, a 3" in text and "3/1" in text
+    ax = rep.figures["fig_seeds"].axes[0]
+    assert len(ax.lines) == 3 + 1 + 1 + 1  # a: three thin seeds + mean; base: one seed + mean
+    assert (tmp_path / "out" / "tables" / "seeds_a_vs_base.csv").is_file()
