@@ -5,7 +5,7 @@
 
 - Fig 1a `fig1a_passk_vs_k`: each method's Pass@k vs k, one line style per temperature;
 - Fig 1b `fig1b_gap_to_base`: Pass@k(method) − Pass@k(base) vs k per temperature, paired
-  bootstrap CI bands over units;
+  t-interval bands over units (metrics.paired_ci);
 - Fig 1c `fig1c_all_methods`: every method at T = 0.6 (or the stored temperature closest to it),
   k = 1..n, one panel per task × length, bootstrap CI bands;
 - Fig 2 `fig2_passk_task_length`: Pass@5 per task × length as points with bootstrap CI error bars;
@@ -14,7 +14,8 @@
   `fig3b_livecodebench_difficulty` (LiveCodeBench by difficulty), when the data is there;
 - `report.md` with one table per figure, the paired comparison of every method vs base at the
   primary k (metrics.compare_table) and the offline diversity table (diversity.diversity_table and
-  the embedding Vendi score), plus `tables/*.csv` with the same numbers unrounded.
+  the embedding Vendi score), plus `tables/*.csv` with the same numbers unrounded;
+- with runs laid out as RUNS/METHOD/seed-K/, a section across training seeds (report_seeds).
 
 Every figure follows dlm_bench.report_style (fixed colour per method, shared y-axes, one legend from
 all series). Nothing is invented: a cell without records is "n/a" in tables and figures, and a
