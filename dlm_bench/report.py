@@ -5,7 +5,7 @@
 
 - Fig 1a `fig1a_passk_vs_k`: each method's Pass@k vs k, one line style per temperature;
 - Fig 1b `fig1b_gap_to_base`: Pass@k(method) − Pass@k(base) vs k per temperature, paired
-  bootstrap CI bands over units;
+  t-interval bands over units (metrics.paired_ci);
 - Fig 1c `fig1c_all_methods`: every method at T = 0.6 (or the stored temperature closest to it),
   k = 1..n, one panel per task × length, bootstrap CI bands;
 - Fig 2 `fig2_passk_task_length`: Pass@5 per task × length as points with bootstrap CI error bars;
@@ -14,7 +14,8 @@
   `fig3b_livecodebench_difficulty` (LiveCodeBench by difficulty), when the data is there;
 - `report.md` with one table per figure, the paired comparison of every method vs base at the
   primary k (metrics.compare_table) and the offline diversity table (diversity.diversity_table and
-  the embedding Vendi score), plus `tables/*.csv` with the same numbers unrounded.
+  the embedding Vendi score), plus `tables/*.csv` with the same numbers unrounded;
+- with runs laid out as RUNS/METHOD/seed-K/, a section across training seeds (report_seeds).
 
 Every figure follows dlm_bench.report_style (fixed colour per method, shared y-axes, one legend from
 all series). Nothing is invented: a cell without records is "n/a" in tables and figures, and a
@@ -115,8 +116,7 @@ def _fig1b(rep: _Report, counts: pd.DataFrame, methods: list[str], pooled: str) 
             vb = metrics.pass_at_k(pu["n_b"].to_numpy(), pu["c_b"].to_numpy(), ks)
             cur = []
             for j, k in enumerate(ks):
-                ci = metrics.paired_bootstrap_ci(va[:, j], vb[:, j], cfg.confidence, cfg.n_resamples,
-                                                 _rng(cfg.seed, "1b", m, t, k))
+                ci = metrics.paired_ci(va[:, j], vb[:, j], cfg.confidence)
                 cur.append({"method": m, "temperature": t, "k": k, "gap": float(np.mean(va[:, j] - vb[:, j])),
                             "ci_low": ci.low, "ci_high": ci.high, "ci_method": ci.method,
                             "n_units": len(pu)})
@@ -406,6 +406,13 @@ def _pooled_figures(rep: _Report, core: pd.DataFrame, methods: list[str]) -> Non
     _fig1b(rep, pooled_counts, methods, pooled)
 
 
+def _first_seed(seeded: pd.DataFrame) -> pd.DataFrame:
+    """With several training seeds, the single-run figures and tables use each method's lowest seed
+    (the section "Across training seeds" uses them all)."""
+    first = seeded.groupby("method")["train_seed"].transform("min")
+    return seeded[seeded["train_seed"] == first].drop(columns="train_seed").reset_index(drop=True)
+
+
 def build_report(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Path:
     """Write the figures, tables and `report.md` under cfg.out; returns the report path."""
     return render(cfg, df).out / "report.md"
@@ -419,8 +426,11 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
         raise UserError(f"k must be >= 1, got {min(cfg.k, cfg.bar_k)}")
     if not 0 < cfg.confidence < 1:
         raise UserError(f"confidence must be in (0, 1), got {cfg.confidence}")
+    seeded = None
     if df is None:
-        df = read_all_scores(cfg.runs)
+        from dlm_bench.seeds import read_seeded_scores
+        seeded = read_seeded_scores(cfg.runs)
+        df = read_all_scores(cfg.runs) if seeded is None else _first_seed(seeded)
         n_runs = len(run_dirs(cfg.runs))
     else:
         n_runs = None
@@ -476,6 +486,12 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
     _fig3a(rep, counts, methods, t_star)
     _fig3b(rep, counts, methods)
     _comparisons(rep, compares, methods)
+    if seeded is not None:
+        from dlm_bench.report_seeds import seed_section
+        seed_section(rep, seeded, methods, t_star)
+    else:
+        from dlm_bench.seeds import SAMPLING_ONLY
+        rep.add(f"Note: {SAMPLING_ONLY} (runs laid out as RUNS/METHOD/seed-K/ add a training-seed section).", "")
     _diversity(rep, df, methods)
     if rep.skipped:
         rep.add("## Skipped", "", *[f"- {w}: {why}." for w, why in rep.skipped], "")

@@ -139,7 +139,7 @@ def test_constant_values_fall_back_to_percentile_without_nan():
         ci = M.bootstrap_ci(np.ones(30), 0.95, 1000, 0)
         assert (ci.low, ci.high, ci.method) == (1.0, 1.0, "percentile")
         res = M.paired_compare(np.ones(30), np.ones(30), n_resamples=1000)
-    assert res.ci_method == "percentile" and (res.ci_low, res.ci_high) == (0.0, 0.0)
+    assert res.ci_method == "t" and (res.ci_low, res.ci_high) == (0.0, 0.0)
     assert res.p_perm == 1.0 and res.p_wilcoxon == 1.0 and res.d_z == 0.0
     assert M.bootstrap_ci([0.5], 0.95).method == "undefined"
 

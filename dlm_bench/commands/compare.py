@@ -1,4 +1,8 @@
-"""`dlm-bench compare A B --runs DIR [--k 5] [--task T ...] [--csv F] [--json F]`: paired Pass@k comparison."""
+"""`dlm-bench compare A B --runs DIR [--k 5] [--task T ...] [--csv F] [--json F]`: paired Pass@k comparison.
+
+Several training seeds per method: lay the runs out as DIR/METHOD/seed-K/<run dirs>; then the
+comparison is at the seed level (dlm_bench.seeds). Without seed-K folders it is problem-level and
+says that its interval covers sampling variance only."""
 from __future__ import annotations
 
 import json
@@ -42,11 +46,23 @@ def run(args) -> int:
         raise UserError(f"--confidence must be in (0, 1), got {args.confidence}")
     if args.resamples < 100:
         raise UserError(f"--resamples must be >= 100, got {args.resamples}")
+    from dlm_bench import seeds
+    seeded = seeds.read_seeded_scores(args.runs)
+    if seeded is not None:
+        table = seeds.seed_table(_filtered(seeded, args, "scores"), args.method_a, args.method_b,
+                                 args.k, confidence=args.confidence, seed=args.seed)
+        print(seeds.seed_markdown(table))
+        return _write(table, args)
     df = stored_samples(args, "scores")
     table = metrics.compare_table(df, args.method_a, args.method_b, args.k, confidence=args.confidence,
                                   alpha=args.alpha, n_resamples=args.resamples, seed=args.seed)
     table.attrs["n_resamples"] = args.resamples
     print(metrics.compare_markdown(table))
+    print(f"\nNote: {seeds.SAMPLING_ONLY} (lay runs out as DIR/METHOD/seed-K/ for seed-level statistics).")
+    return _write(table, args)
+
+
+def _write(table, args) -> int:
     try:
         if args.csv:
             table.to_csv(args.csv, index=False)
@@ -59,10 +75,12 @@ def run(args) -> int:
 
 def stored_samples(args, noun: str):
     """Stored rows of the two methods under --runs, filtered by --task/--temps/--lengths."""
-    from dlm_bench.commands.passk import parse_floats, parse_ints
     from dlm_bench.store import read_all_scores
+    return _filtered(read_all_scores(args.runs), args, noun)
 
-    df = read_all_scores(args.runs)
+
+def _filtered(df, args, noun: str):
+    from dlm_bench.commands.passk import parse_floats, parse_ints
     df = df[df["method"].isin([args.method_a, args.method_b])]
     if args.task:
         df = df[df["task"].isin(args.task)]

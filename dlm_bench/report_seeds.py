@@ -1,0 +1,77 @@
+"""The report's section on training seeds (runs laid out as RUNS/METHOD/seed-K/, dlm_bench.seeds).
+
+Figure `fig_seeds` shows, per task × length at the single-temperature T, each seed's Pass@k curve
+thin, the mean over seeds thick, and the sampling CI of that mean as a band, so the between-seed
+spread sits next to the interval that ignores it. The table gives the seed-level comparison of
+every method with base at the primary k.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dlm_bench import metrics, seeds
+from dlm_bench.errors import UserError
+from dlm_bench.report_common import _Report, _save, _t
+
+
+def _seed_curves(counts: pd.DataFrame, ks: list[int]) -> dict:
+    """{method: (per-seed curves (S, K), sampling CI of the seed mean (K, 2))} on shared problems."""
+    out = {}
+    for m, g in counts.groupby("method", sort=True):
+        wide_n = g.pivot_table(index="train_seed", columns="problem_id", values="n").dropna(axis=1)
+        wide_c = g.pivot_table(index="train_seed", columns="problem_id", values="c")[wide_n.columns]
+        if wide_n.shape[1] < 2 or int(wide_n.to_numpy().min()) < max(ks):
+            continue
+        n, c = wide_n.to_numpy().astype(int), wide_c.to_numpy().astype(int)
+        v = metrics.pass_at_k(n.ravel(), c.ravel(), ks).reshape(n.shape + (len(ks),))  # (S, P, K)
+        ci = [metrics.mean_ci(v[:, :, j].mean(axis=0)) for j in range(len(ks))]
+        out[m] = (v.mean(axis=1), np.array([[r.low, r.high] for r in ci]))
+    return out
+
+
+def _figure(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float) -> None:
+    from dlm_bench.report_style import figure_legend, fit_y, grid, method_color
+    at = counts[np.isclose(counts["temperature"].astype(float), t_star)]
+    cells = sorted(at[["task", "gen_length"]].drop_duplicates().itertuples(index=False, name=None))
+    if not cells:
+        return rep.skip("Training-seed figure", f"no seed runs at T = {_t(t_star)}")
+    kmax = int(at["n"].min())
+    ks = list(range(1, kmax + 1))
+    fig, axes = grid(len(cells))
+    for ax, (task, length) in zip(axes, cells):
+        cur = _seed_curves(at[(at["task"] == task) & (at["gen_length"] == length)], ks)
+        for m in [m for m in methods if m in cur]:
+            curves, ci = cur[m]
+            for row in curves:
+                ax.plot(ks, 100 * row, lw=0.7, alpha=0.6, color=method_color(m))
+            ax.plot(ks, 100 * curves.mean(axis=0), lw=2.2, color=method_color(m), label=m)
+            ax.fill_between(ks, 100 * ci[:, 0], 100 * ci[:, 1], color=method_color(m), alpha=0.15, lw=0)
+        ax.set_title(f"{task}, length {length}")
+        ax.set_xlabel("k")
+    note = fit_y(axes, "Pass@k (%)")
+    figure_legend(fig, axes, order=methods)
+    _save(rep, fig, "fig_seeds",
+          f"Pass@k vs k at T = {_t(t_star)}: each training seed thin, the mean over seeds thick, the "
+          f"band the {rep.cfg.confidence:.0%} problem-level CI of that mean (sampling variance only: "
+          "compare it with the thin lines' spread)." + (f" {note}." if note else ""))
+
+
+def seed_section(rep: _Report, seeded: pd.DataFrame, methods: list[str], t_star: float) -> None:
+    """Add the training-seed figure and the seed-level comparison with base to the report."""
+    cfg = rep.cfg
+    rep.add("## Across training seeds", "",
+            "The figures and tables above use each method's lowest training seed; this section uses all.", "")
+    counts = metrics.counts_table(seeded, ["method", "train_seed", *metrics.CELL])
+    spread = counts.groupby("method")["train_seed"].nunique()
+    rep.add("Training seeds per method: " + ", ".join(f"{m} {int(spread.get(m, 0))}" for m in methods)
+            + " (runs outside every seed-K folder count as one seed).", "")
+    _figure(rep, counts, methods, t_star)
+    for m in [m for m in methods if m != cfg.base]:
+        try:
+            table = seeds.seed_table(seeded, m, cfg.base, cfg.k, confidence=cfg.confidence, seed=cfg.seed)
+        except UserError as e:
+            rep.add(f"*{m} vs {cfg.base}: not compared across seeds ({e}).*", "")
+            continue
+        rep.add(seeds.seed_markdown(table), "")
+        table.to_csv(rep.out / "tables" / f"seeds_{m}_vs_{cfg.base}.csv", index=False)
