@@ -10,9 +10,14 @@ One step:
   4. the rollouts are cut into micro-batches of `micro_prompts` whole groups; each is one `Rollouts`
      (its own mask seed from (seed, s, micro-batch index)) and is `prepare`d once under no_grad with
      the policy in eval mode;
-  5. `inner_updates` (mu) optimizer updates: every micro-batch's loss is back-propagated with weight
-     count_m / count_total (the number of terms its mean runs over, see `loss_count`), so the summed
-     gradient is the gradient of the whole batch's loss; then clip, AdamW, LR schedule.
+  5. each prepared micro-batch is cut into backward chunks of `micro_batch_size` completions (each
+     with all its mask draws / trace samples; `Method.select` slices the cache, whose group statistics
+     were computed on the whole batch);
+  6. `inner_updates` (mu) optimizer updates: every chunk's loss is back-propagated with weight
+     count_c / count_total (the number of terms its mean runs over, see `loss_count`), so the summed
+     gradient is the gradient of the whole batch's loss (tests/test_micro_batch.py, per method, in
+     float64); then clip, AdamW, LR schedule. Dropout masks are drawn per chunk, so with dropout > 0
+     a different micro_batch_size is a different (equally valid) draw.
 
 Data parallel (torchrun, WORLD_SIZE > 1): each rank takes a contiguous share of the micro-batches,
 gradients are summed across ranks (all_reduce), so 1 and N processes make the same update up to float
