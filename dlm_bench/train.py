@@ -393,6 +393,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     # The instance decides: some methods need a reference only for some settings (TraceRL's KL anchor).
     ref = _reference(cfg, dlm, lora, bool(resumed)) if method.needs_reference else None
     method.extra_modules.to(device)
+    if next(dlm.model.parameters()).dtype == torch.float64:     # an exact-arithmetic run: heads too
+        method.extra_modules.double()
     if resumed and state.get("extra_modules"):
         method.extra_modules.load_state_dict(state["extra_modules"])
     scfg = _sampler_config(cfg, method.config, method.rollout_order)
