@@ -110,7 +110,8 @@ def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: i
     P = batch.prompt_ids.shape[1]
     out = []
     for s in range(0, K * B, chunk):
-        logits = dlm.logits(x[s:s + chunk], att[s:s + chunk])[:, P:].float()
+        logits = dlm.logits(x[s:s + chunk], att[s:s + chunk])[:, P:]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))   # bf16 up, float64 kept
         lp = torch.gather(F.log_softmax(logits, -1), -1, batch.completion.repeat(K, 1)[s:s + chunk, :, None])
         out.append(lp.squeeze(-1))
     return torch.cat(out).reshape(K, B, G) * masks

@@ -10,9 +10,14 @@ One step:
   4. the rollouts are cut into micro-batches of `micro_prompts` whole groups; each is one `Rollouts`
      (its own mask seed from (seed, s, micro-batch index)) and is `prepare`d once under no_grad with
      the policy in eval mode;
-  5. `inner_updates` (mu) optimizer updates: every micro-batch's loss is back-propagated with weight
-     count_m / count_total (the number of terms its mean runs over, see `loss_count`), so the summed
-     gradient is the gradient of the whole batch's loss; then clip, AdamW, LR schedule.
+  5. each prepared micro-batch is cut into backward chunks of `micro_batch_size` completions (each
+     with all its mask draws / trace samples; `Method.select` slices the cache, whose group statistics
+     were computed on the whole batch);
+  6. `inner_updates` (mu) optimizer updates: every chunk's loss is back-propagated with weight
+     count_c / count_total (the number of terms its mean runs over, see `loss_count`), so the summed
+     gradient is the gradient of the whole batch's loss (tests/test_micro_batch.py, per method, in
+     float64); then clip, AdamW, LR schedule. Dropout masks are drawn per chunk, so with dropout > 0
+     a different micro_batch_size is a different (equally valid) draw.
 
 Data parallel (torchrun, WORLD_SIZE > 1): each rank takes a contiguous share of the micro-batches,
 gradients are summed across ranks (all_reduce), so 1 and N processes make the same update up to float
@@ -60,13 +65,14 @@ class TrainConfig:
     device: str | None = None             # None: cuda if available, else cpu (per rank under torchrun)
     dtype: str | None = None              # None: bf16 on GPU, fp32 on CPU
     rollout_chunk: int = 64               # completions per sampler call (memory only; no effect on results)
-    micro_prompts: int = 1                # prompts (whole groups) per loss micro-batch (gradient accumulation)
+    micro_prompts: int = 1                # prompts (whole groups) per rollout/prepare micro-batch
+    micro_batch_size: int = 4             # completions (each with all its mask draws) per backward
     minutes: float | None = None          # stop (and save) after this much wall-clock time
 
     def validate(self) -> "TrainConfig":
         if not self.model and self.method != "base":
             raise UserError("a model directory is required (--model PATH)")
-        for name in ("rollout_chunk", "micro_prompts"):
+        for name in ("rollout_chunk", "micro_prompts", "micro_batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise UserError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.train_steps is not None and (not isinstance(self.train_steps, int) or self.train_steps <= 0):
@@ -135,6 +141,16 @@ def loss_count(method, rollouts) -> float:
         if norm == "token_mean":
             return float(rollouts.batch.valid.sum())
     return float(rollouts.rewards.numel())
+
+
+def row_chunks(method, rollouts, size: int) -> list:
+    """A prepared micro-batch cut into backward chunks of at most `size` completions (`method.select`).
+    Everything the loss normalises by was computed in `prepare` on the whole batch, and `loss_count`
+    weights each chunk, so the summed gradient equals one backward over the whole batch."""
+    n = rollouts.rewards.numel()
+    if n <= size:
+        return [rollouts]
+    return [method.select(rollouts, torch.arange(s, min(n, s + size))) for s in range(0, n, size)]
 
 
 def method_config(cls, task: str, overrides: dict):
@@ -377,6 +393,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     # The instance decides: some methods need a reference only for some settings (TraceRL's KL anchor).
     ref = _reference(cfg, dlm, lora, bool(resumed)) if method.needs_reference else None
     method.extra_modules.to(device)
+    if next(dlm.model.parameters()).dtype == torch.float64:     # an exact-arithmetic run: heads too
+        method.extra_modules.double()
     if resumed and state.get("extra_modules"):
         method.extra_modules.load_state_dict(state["extra_modules"])
     scfg = _sampler_config(cfg, method.config, method.rollout_order)
@@ -459,8 +477,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 texts_by.append(texts)
                 rewards_by.append(rewards)
                 nfe += sum(c.nfe for c in comps)
-            counts = [loss_count(method, ro) for ro in micro]
-            rows = [float(ro.rewards.numel()) for ro in micro]
+            parts = [(m, k, sub) for m, ro in zip(mine, micro)
+                     for k, sub in enumerate(row_chunks(method, ro, cfg.micro_batch_size))]
+            counts = [loss_count(method, sub) for _, _, sub in parts]
+            rows = [float(sub.rewards.numel()) for _, _, sub in parts]
             total, total_rows = all_sum([sum(counts), sum(rows)], d, device)
             weights = [c / total if total > 0 else 0.0 for c in counts]     # loss weights
             stat_w = [r / total_rows for r in rows]                          # stats: mean over rows
@@ -471,8 +491,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             grad_norms = []
             for j in range(mu):
                 opt.zero_grad(set_to_none=True)
-                for k, (m, ro) in enumerate(zip(mine, micro)):
-                    torch.manual_seed(derive_seed(cfg.seed, step, j, m, 0xD20))   # dropout, same on any world size
+                for k, (m, c, ro) in enumerate(parts):
+                    torch.manual_seed(derive_seed(cfg.seed, step, j, m, c, 0xD20))   # dropout, same on any world size
                     loss, stats = method.loss(ro, dlm, ref)
                     dirty = True
                     (loss * weights[k]).backward()

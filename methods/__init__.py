@@ -20,7 +20,7 @@ import torch
 
 from dlm_bench.errors import UserError
 from dlm_bench.registry import Registry
-from dlm_bench.likelihood import ScoredBatch
+from dlm_bench.likelihood import MaskDraw, ScoredBatch
 
 
 @dataclass
@@ -32,6 +32,29 @@ class Rollouts:
     step_map: torch.Tensor        # [N, G] decoding step of every completion token
     seed: int                     # seeds the method's mask draws (shared by policy, old, reference)
     cache: dict[str, Any] = field(default_factory=dict)   # method-owned: old/ref scores, masks, ...
+
+    def rows(self, idx: torch.Tensor, cache: dict | None = None) -> "Rollouts":
+        """The rows `idx` (same window width G, same seed) with `cache` (default: sliced per row)."""
+        n = self.rewards.numel()
+        c = {k: slice_rows(v, idx, n) for k, v in self.cache.items()} if cache is None else cache
+        dev = self.batch.completion.device
+        return Rollouts(self.batch.index(idx.to(dev)), self.rewards[idx], self.groups[idx],
+                        self.step_map[idx], self.seed, c)
+
+
+def slice_rows(v, idx: torch.Tensor, n: int):
+    """Rows `idx` of one per-row cache entry: tensors [N, ...], mask draws [K, N, G], lists of those.
+    Anything else (a per-sample or per-prompt tensor) is refused: its method must override `select`."""
+    if isinstance(v, (int, float, str)) or v is None:
+        return v
+    if isinstance(v, MaskDraw):
+        i = idx.to(v.masks.device)
+        return MaskDraw(v.masks[:, i], v.weights[:, idx.to(v.weights.device)], v.coupled)
+    if isinstance(v, (list, tuple)):
+        return type(v)(slice_rows(x, idx, n) for x in v)
+    if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == n:
+        return v[idx.to(v.device)]
+    raise ValueError(f"cannot split cache entry of type {type(v).__name__} by rows")
 
 
 class Method:
@@ -63,6 +86,11 @@ class Method:
         j = c["iter"] % len(c[key])
         c["iter"] += 1
         return j
+
+    def select(self, rollouts: Rollouts, idx: torch.Tensor) -> Rollouts:
+        """The prepared rows `idx` of `rollouts` as their own batch, for a micro-batch backward: the
+        cache (computed on the whole batch, so group statistics stay whole-batch) is sliced per row."""
+        return rollouts.rows(idx)
 
     def param_groups(self) -> list[dict]:
         """Optimizer groups for the method's own modules (the loop adds the policy's)."""

@@ -15,4 +15,4 @@ class ScalarHead(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.net(feats.float()).squeeze(-1)
+        return self.net(feats.to(self.net[-1].weight.dtype)).squeeze(-1)   # fp32 head (float64 if cast)

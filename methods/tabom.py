@@ -144,7 +144,8 @@ class TABOM(Method):
         steps = rollouts.step_map.to(sub.completion.device)[rows]
         x = torch.cat([sub.prompt_ids, torch.where(masked, policy.mask_id, sub.completion)], 1)
         att = torch.cat([sub.prompt_mask, torch.ones_like(sub.completion, dtype=sub.prompt_mask.dtype)], 1)
-        logits = policy.logits(x, att)[:, sub.prompt_ids.shape[1]:].float()
+        logits = policy.logits(x, att)[:, sub.prompt_ids.shape[1]:]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))   # bf16 up, float64 kept
         logp = F.log_softmax(logits, -1)
         ce = -torch.gather(logp, -1, sub.completion[..., None]).squeeze(-1)       # [B, G]
         supf = sup.to(ce.dtype)

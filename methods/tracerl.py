@@ -234,6 +234,19 @@ class TraceRL(Method):
         """Terms the loss averages over: the kept (trajectory, step) samples."""
         return float(rollouts.cache["weight"].sum()) if "weight" in rollouts.cache else float(rollouts.rewards.numel())
 
+    def select(self, rollouts: Rollouts, idx: torch.Tensor) -> Rollouts:
+        """Rows `idx` with their (trajectory, step) samples: every tensor in the cache is per sample."""
+        c = rollouts.cache
+        if "rows" not in c:
+            return rollouts.rows(idx)
+        idx = idx.to(c["rows"].device)
+        keep = torch.isin(c["rows"], idx)
+        new_row = torch.full((rollouts.rewards.numel(),), -1, dtype=torch.long, device=idx.device)
+        new_row[idx] = torch.arange(len(idx), device=idx.device)
+        sub = {k: (v[keep] if torch.is_tensor(v) else v) for k, v in c.items()}
+        sub["rows"] = new_row[c["rows"][keep]]
+        return rollouts.rows(idx, sub)
+
     # -- prepare: samples, advantages, old / anchor log-probs, values (no grad)
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
         cfg, c, batch = self.config, rollouts.cache, rollouts.batch

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dlm_bench.errors import UserError
 from dlm_bench.likelihood import elbo
-from dlm_bench.methods import Method, Rollouts, register_method
+from dlm_bench.methods import Method, Rollouts, register_method, slice_rows
 from dlm_bench.methods.espo import iteration_draws
 from dlm_bench.methods.heads import ScalarHead
 from dlm_bench.methods.losses import group_advantages, group_mean, tb_loss, tb_residual
@@ -142,6 +143,22 @@ class TraFL(Method):
             if cfg.z_param == "head" and cfg.z_features == "reference":
                 c["z_feats"] = tuple(t.detach() for t in prompt_features(ref, rollouts))
         c["iter"] = 0
+
+    def select(self, rollouts: Rollouts, idx: torch.Tensor) -> Rollouts:
+        """Rows `idx`; the cached prompt features follow their rows. "vargrad" averages the residual over
+        each group inside the loss, so it needs whole groups."""
+        c = dict(rollouts.cache)
+        if self.config.z_param == "vargrad":
+            g = rollouts.groups
+            if not torch.equal(torch.isin(g, g[idx]).nonzero(as_tuple=True)[0].sort().values, idx.sort().values):
+                raise UserError("trafl: z_param 'vargrad' needs whole groups per backward; set micro_batch_size "
+                                "to a multiple of group_size")
+        feats = c.pop("z_feats", None)
+        sub = rollouts.rows(idx, {k: slice_rows(v, idx, rollouts.rewards.numel()) for k, v in c.items()})
+        if feats is not None:
+            f, inv = feats
+            sub.cache["z_feats"] = (f[inv[idx.to(inv.device)]], torch.arange(len(idx), device=inv.device))
+        return sub
 
     def _log_z(self, rollouts, policy, s, s_ref, r_tilde, tilt) -> torch.Tensor:
         cfg = self.config
