@@ -156,12 +156,10 @@ def test_lora_training_then_evaluation(real_dirs, tmp_path, method, varied_rewar
     with torch.no_grad():
         assert not torch.allclose(base.logits(x), trained.logits(x)), "the adapter changed nothing"
     results = _passk(ckpt, tmp_path / "passk", method)
-    cell = results["cells"][0]
-    model = cell["config"]["model"] if "config" in cell else None
+    model = results["cells"][0]["config"]["model"]
     runtime = results["model_runtime"]
     assert runtime["adapter"] == str(ckpt) and runtime["base_model"].endswith(LLADA_FIX)
-    if model is not None:
-        assert model["base"]["name"] == LLADA_FIX
+    assert model["base"]["name"] == LLADA_FIX
     merged = tmp_path / "merged"
     assert main(["merge", str(ckpt), str(merged)]) == 0
     plain = load_model(str(merged), device="cpu")

@@ -69,8 +69,7 @@ def patch_model_class(cls) -> None:
 
     @functools.wraps(original_init)
     def __init__(self, config, *args, **kwargs):
-        if not hasattr(config, "use_cache"):
-            config.use_cache = False
+        patch_config(config)
         original_init(self, config, *args, **kwargs)
         if _needs_post_init(self):
             self.post_init()
@@ -124,11 +123,11 @@ def restore_rotary_buffers(model) -> int:
     """Recompute HF-style rotary frequencies (`inv_freq` from `rope_init_fn`) that loading left
     uninitialised; returns how many modules were fixed."""
     fixed = 0
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
     for module in model.modules():
         init = getattr(module, "rope_init_fn", None)
         if init is None or not isinstance(getattr(module, "inv_freq", None), torch.Tensor):
             continue
-        device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
         inv_freq, module.attention_scaling = init(module.config, device, **getattr(module, "rope_kwargs", {}))
         module.register_buffer("inv_freq", inv_freq, persistent=False)
         module.original_inv_freq = inv_freq

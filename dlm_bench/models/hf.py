@@ -150,7 +150,7 @@ def _generation_eos(p: Path) -> list[int]:
 def probe_padding(dlm) -> bool:
     """Does the model honour the attention mask? The same short input alone and left-padded by three
     tokens must give the same logits (to dtype tolerance) at every position the input can predict."""
-    ids = [t for t in dlm.tokenizer("padding probe 12345", add_special_tokens=False)["input_ids"]][:6]
+    ids = dlm.tokenizer("padding probe 12345", add_special_tokens=False)["input_ids"][:6]
     row = ids + [dlm.mask_id] * 4
     was, dlm.honours_padding = dlm.honours_padding, True
     try:
