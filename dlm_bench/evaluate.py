@@ -91,16 +91,8 @@ class SweepConfig:
 
 # --------------------------------------------------------------------------- hashes and seeds
 
-def stable_hash(obj, length: int = HASH_LEN) -> str:
-    """sha256 of canonical JSON (sorted keys, no whitespace), hex, truncated."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def sample_seed(config_hash: str, problem_id: str, sample: int) -> int:
-    """A 63-bit seed fixed by (config hash, problem id, sample index) and nothing else."""
-    h = hashlib.sha256(f"{config_hash}\x00{problem_id}\x00{int(sample)}".encode()).digest()
-    return int.from_bytes(h[:8], "big") >> 1
+# the one config hash and the per-sample seed live in the config layer
+from dlm_bench.config import sample_seed, stable_hash  # noqa: E402,F401
 
 
 def prompt_hash(token_ids: list[int]) -> str:

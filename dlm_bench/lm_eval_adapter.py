@@ -30,8 +30,6 @@ lm_eval is imported only here and only when this module is imported, so dlm-benc
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from collections import defaultdict
 
@@ -53,10 +51,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 INSTALL_HINT = 'the lm-eval adapter needs lm-eval: pip install "dlm-bench[lmeval]" (or "lm-eval>=0.4.8")'
 
 
-def derive_seed(*parts) -> int:
-    """A 63-bit seed fixed by its parts (JSON-encoded, so 1 and "1" differ)."""
-    blob = json.dumps(parts, ensure_ascii=False, default=str, separators=(",", ":"))
-    return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "big") >> 1
+from dlm_bench.config import text_seed as derive_seed    # noqa: E402  (JSON-encoded parts: 1 and "1" differ)
 
 
 def available_device(device: str | None) -> str | None:

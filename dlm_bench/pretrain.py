@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dlm_bench.config import mask_seed
 from dlm_bench import checkpoint
 from dlm_bench.errors import UserError
 
@@ -157,8 +158,8 @@ def pretrain(cfg: PretrainConfig, device: str = "cpu", progress: bool = True) ->
         while step < cfg.steps:
             if cfg.minutes is not None and time.monotonic() - start > 60 * cfg.minutes:
                 break
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            prompts, pmask, answers = source.batch(cfg.batch_size, seed=cfg.seed * 1_000_003 + step)
+            gen = torch.Generator().manual_seed(mask_seed(cfg.seed, step))
+            prompts, pmask, answers = source.batch(cfg.batch_size, seed=mask_seed(cfg.seed, step))
             for g in opt.param_groups:
                 g["lr"] = _lr(cfg, step)
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):

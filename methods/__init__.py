@@ -12,13 +12,12 @@ Third-party packages add methods through the entry-point group ``dlm_bench.metho
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
-from dlm_bench.errors import UserError
+from dlm_bench.config import build_config, validate
 from dlm_bench.registry import Registry
 from dlm_bench.likelihood import MaskDraw, ScoredBatch
 
@@ -69,6 +68,7 @@ class Method:
 
     def __init__(self, config=None, policy=None):
         self.config = config if config is not None else self.Config()
+        validate(self.config, self.name)       # choices and ranges, also for a config built by hand
         self.extra_modules = torch.nn.ModuleDict()   # e.g. a learned log Z head (own learning rate)
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
@@ -96,6 +96,22 @@ class Method:
         """Optimizer groups for the method's own modules (the loop adds the policy's)."""
         return []
 
+    def loss_count(self, rollouts: Rollouts) -> float:
+        """How many terms `loss` averages over for these rows (default: one per row). The loop weights
+        each backward chunk by count_chunk / count_batch, so a method whose loss is a token mean or has
+        its own normaliser says so here and micro-batching leaves its update unchanged."""
+        return float(rollouts.rewards.numel())
+
+    @classmethod
+    def config_for(cls, task: str, overrides: dict | None = None):
+        """The config for training on `task`: the defaults (a method with per-task recipes overrides
+        this), then `overrides`; validated before any model is loaded."""
+        return make_config(cls, overrides)
+
+    @classmethod
+    def has_task_recipes(cls) -> bool:
+        return cls.config_for.__func__ is not Method.config_for.__func__
+
 
 _METHODS = Registry("method", Method, "dlm_bench.methods", ("base", "trafl", "espo", "justgrpo", "tracerl", "tabom"),
                     "dlm_bench.methods")
@@ -111,11 +127,6 @@ def get_method(name: str) -> type[Method]:
 
 
 def make_config(method: type[Method], overrides: dict | None) -> Any:
-    """The method's config with `overrides` applied; unknown fields are a user error."""
-    overrides = dict(overrides or {})
-    known = {f.name for f in dataclasses.fields(method.Config)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise UserError(f"{method.name}: unknown config field(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(known))}")
-    return method.Config(**overrides)
+    """The method's config with `overrides` (flat aliases, BLOCK.FIELD or nested) applied and
+    validated (`dlm_bench.config.build_config`); anything wrong is a one-line UserError."""
+    return build_config(method.Config, overrides, owner=method.name)

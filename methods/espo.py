@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, ScoreConfig, block, knob, mask_seed
 from dlm_bench.likelihood import MaskDraw, draw_masks, elbo
 from dlm_bench.methods import Method, Rollouts, make_config, register_method
 from dlm_bench.methods.losses import espo_loss, group_advantages
@@ -30,37 +31,50 @@ from dlm_bench.methods.losses import espo_loss, group_advantages
 
 def iteration_draws(rollouts: Rollouts, j: int, n: int, scheme: str) -> MaskDraw:
     """The masks of inner update j: a pure function of (rollouts.seed, j), shared by policy/old/ref."""
-    gen = torch.Generator().manual_seed((int(rollouts.seed) * 1_000_003 + j) % (2 ** 63))
+    gen = torch.Generator().manual_seed(mask_seed(rollouts.seed, j))
     return draw_masks(rollouts.batch.valid, n, gen, scheme)
 
 
 @dataclass
-class ESPOConfig:
+class ESPOConfig(MethodConfig):
     """Defaults are ESPO's GSM8K recipe (recipes/run_gsm8k_llada.sh over recipes/train.yaml);
     `ESPO.config_for(task)` applies the other tasks' recipes (RECIPES below)."""
-    lr: float = 3e-6                   # run_*_llada.sh --learning_rate 3e-6
-    lr_schedule: str = "constant_with_warmup"   # run_*_llada.sh --lr_scheduler_type
-    warmup_ratio: float = 0.001        # run_*_llada.sh --warmup_ratio
-    weight_decay: float = 0.01         # run_*_llada.sh --weight_decay
-    adam_betas: tuple[float, float] = (0.9, 0.99)   # train.yaml adam_beta1/2
-    max_grad_norm: float = 0.2         # run_*_llada.sh --max_grad_norm
-    group_size: int = 6                # --num_generations 6 (GSM8K)
-    batch_prompts: int = 16            # 3 completions/device x grad-accum 4 x 8 GPUs / G 6 = 16 prompts
-    train_steps: int | None = None     # train.yaml num_train_epochs 1: one pass over the train split
-    inner_updates: int = 8             # --num_iterations 8 (mu)
-    temperature: float = 1.0           # train.yaml generation_temperature
-    gen_length: int = 256              # train.yaml max_completion_length
-    steps: int = 256                   # --diffusion_steps 256 (GSM8K, MATH, code; 128 Countdown/Sudoku)
-    block_length: int = 32             # espo_trainer.py generate(block_length=32), hard-coded
-    lora_r: int = 128                  # train.yaml lora_r (0 = full fine-tuning, as the code recipe)
-    lora_alpha: int = 64               # train.yaml lora_alpha
-    lora_dropout: float = 0.05         # train.yaml lora_dropout
-    beta: float = 1e-3                 # --beta 1e-3 (GSM8K): k2 KL coefficient
-    epsilon_low: float = 0.2           # train.yaml epsilon (trl: epsilon_high defaults to epsilon)
-    epsilon_high: float = 0.2
-    num_mc: int = 2                    # --num_mc 2: coupled pairs per ELBO (4 forwards)
-    mask_scheme: str = "espo"          # ESPO's l ~ U{0..L} + exact complement; "paired" is lower-variance
-    scale_rewards: bool = False        # train.yaml scale_rewards: false (RLOO without std)
+    optim: OptimConfig = block(
+        OptimConfig,
+        lr=(3e-6, "run_*_llada.sh --learning_rate 3e-6"),
+        lr_schedule=("constant_with_warmup", "run_*_llada.sh --lr_scheduler_type"),
+        warmup_ratio=(0.001, "run_*_llada.sh --warmup_ratio"),
+        weight_decay=(0.01, "run_*_llada.sh --weight_decay"),
+        adam_betas=((0.9, 0.99), "train.yaml adam_beta1/2"),
+        max_grad_norm=(0.2, "run_*_llada.sh --max_grad_norm"),
+        train_steps=(None, "train.yaml num_train_epochs 1: one pass over the train split"),
+        inner_updates=(8, "--num_iterations 8 (mu)"))
+    rollout: RolloutConfig = block(
+        RolloutConfig,
+        group_size=(6, "--num_generations 6 (GSM8K)"),
+        batch_prompts=(16, "3 completions/device x grad-accum 4 x 8 GPUs / G 6 = 16 prompts"),
+        temperature=(1.0, "train.yaml generation_temperature"),
+        gen_length=(256, "train.yaml max_completion_length"),
+        steps=(256, "--diffusion_steps 256 (GSM8K, MATH, code; 128 Countdown/Sudoku)"),
+        block_length=(32, "espo_trainer.py generate(block_length=32), hard-coded"))
+    lora: LoraConfig = block(
+        LoraConfig,
+        r=(128, "train.yaml lora_r (0 = full fine-tuning, as the code recipe)"),
+        alpha=(64, "train.yaml lora_alpha"),
+        dropout=(0.05, "train.yaml lora_dropout"))
+    scoring: ScoreConfig = block(
+        ScoreConfig,
+        num_masks=(4, "--num_mc 2: two coupled pairs per ELBO, 4 masked forwards"),
+        mask_scheme=("espo", "_get_elbo(reduce_var=True): l ~ U{0..L} + exact complement"))
+    beta: float = knob(1e-3, "k2 KL coefficient", source="--beta 1e-3 (GSM8K)", low=0.0)
+    epsilon_low: float = knob(0.2, "lower PPO clip of the sequence ratio",
+                              source="train.yaml epsilon", low=0.0)
+    epsilon_high: float = knob(0.2, "upper PPO clip", source="trl: epsilon_high defaults to epsilon", low=0.0)
+    scale_rewards: bool = knob(False, "divide advantages by the group's reward std",
+                               source="train.yaml scale_rewards: false (RLOO without std)")
+
+    # ESPO's recipe counts coupled pairs: --set num_mc=N means N pairs = 2N masked forwards
+    ALIASES = {"num_mc": ("scoring.num_masks", 2)}
 
 
 # Per-task overrides of the GSM8K defaults, from recipes/run_{task}_llada.sh (+ train.yaml for code).
@@ -93,7 +107,7 @@ class ESPO(Method):
         cfg, c, batch = self.config, rollouts.cache, rollouts.batch
         c["adv"] = group_advantages(rollouts.rewards, rollouts.groups, "rloo", scale=cfg.scale_rewards)
         mu = max(1, cfg.inner_updates)
-        c["draws"] = [iteration_draws(rollouts, j, 2 * cfg.num_mc, cfg.mask_scheme) for j in range(mu)]
+        c["draws"] = [iteration_draws(rollouts, j, cfg.scoring.num_masks, cfg.scoring.mask_scheme) for j in range(mu)]
         with torch.no_grad():
             if mu > 1:
                 c["elbo_old"] = [elbo(policy, batch, d).detach() for d in c["draws"]]

@@ -22,35 +22,41 @@ from dataclasses import dataclass
 
 import torch
 
+from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
 from dlm_bench.likelihood import left_to_right_logprob
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.losses import clipped_pg, group_advantages
 
 
 @dataclass
-class JustGRPOConfig:
+class JustGRPOConfig(MethodConfig):
     """Defaults are the paper's (Table 3) and agree with LeapLabTHU/JustGRPO train.py / grpo.py."""
-    lr: float = 5e-6                   # Table 3; train.py learning_rate (constant, AdamW)
-    lr_schedule: str = "constant"      # train.py: no scheduler
-    warmup_ratio: float = 0.0          # train.py: no warmup
-    weight_decay: float = 0.0          # train.py weight_decay
-    adam_betas: tuple[float, float] = (0.9, 0.999)  # train.py AdamW betas
-    max_grad_norm: float = 1.0         # train.py max_grad_norm
-    group_size: int = 16               # num_generations 8 x repeat_times 2 (train.py); Table 3 "G 16"
-    batch_prompts: int = 64            # 1 per GPU x grad_accum 8 x 8 GPUs; Table 3 "global batch 64"
-    train_steps: int = 125             # Table 3 / train.py total_steps (all datasets)
-    inner_updates: int = 1             # Table 3 "policy updates per batch: 1" (ratio = 1 on-policy)
-    temperature: float = 1.0           # grpo.py sample(temperature=1.0); logprob_loss divides by the same
-    gen_length: int = 256              # train.py gen_length
-    steps: int = 256                   # train.py gen_steps: one token per step
-    block_length: int = 1              # grpo.py: block_length=1, pure left-to-right rollout
-    lora_r: int = 0                    # full-parameter fine-tuning (Table 3); 0 = no LoRA
-    lora_alpha: int = 0                # unused without LoRA
-    lora_dropout: float = 0.0          # unused without LoRA
-    epsilon: float = 0.2               # grpo.py logprob_loss(eps=0.2), symmetric clip
-    adv_eps: float = 1e-4              # grpo.py compute_group_advantages: std + 1e-4
-    loss_norm: str = "justgrpo"        # "justgrpo": / window / #nonzero-advantage samples (code);
-                                       # "seq_mean": the paper's (1/G) sum_i (1/|o_i|) sum_k; "token_mean"
+    optim: OptimConfig = block(
+        OptimConfig,
+        lr=(5e-6, "Table 3; train.py learning_rate (constant, AdamW)"),
+        lr_schedule=("constant", "train.py: no scheduler"),
+        warmup_ratio=(0.0, "train.py: no warmup"),
+        weight_decay=(0.0, "train.py weight_decay"),
+        adam_betas=((0.9, 0.999), "train.py AdamW betas"),
+        max_grad_norm=(1.0, "train.py max_grad_norm"),
+        train_steps=(125, "Table 3 / train.py total_steps (all datasets)"),
+        inner_updates=(1, "Table 3 'policy updates per batch: 1' (ratio = 1 on-policy)"))
+    rollout: RolloutConfig = block(
+        RolloutConfig,
+        group_size=(16, "num_generations 8 x repeat_times 2 (train.py); Table 3 'G 16'"),
+        batch_prompts=(64, "1 per GPU x grad_accum 8 x 8 GPUs; Table 3 'global batch 64'"),
+        temperature=(1.0, "grpo.py sample(temperature=1.0); logprob_loss divides by the same"),
+        gen_length=(256, "train.py gen_length"),
+        steps=(256, "train.py gen_steps: one token per step"),
+        block_length=(1, "grpo.py: block_length=1, pure left-to-right rollout"))
+    lora: LoraConfig = block(LoraConfig, r=(0, "full-parameter fine-tuning (Table 3)"),
+                             alpha=(0, "unused without LoRA"), dropout=(0.0, "unused without LoRA"))
+    epsilon: float = knob(0.2, "symmetric PPO clip", source="grpo.py logprob_loss(eps=0.2)", low=0.0)
+    adv_eps: float = knob(1e-4, "added to the group std of the advantages",
+                          source="grpo.py compute_group_advantages: std + 1e-4", low=0.0)
+    loss_norm: str = knob("justgrpo", "'justgrpo': / window / #nonzero-advantage samples (code); "
+                          "'seq_mean': the paper's (1/G) sum_i (1/|o_i|) sum_k; 'token_mean'",
+                          choices=("justgrpo", "seq_mean", "token_mean"), source="grpo.py")
 
 
 @register_method
@@ -70,6 +76,14 @@ class JustGRPO(Method):
         if self.config.inner_updates > 1:      # reuse needs the rollout-time per-token log-probs
             with torch.no_grad():
                 rollouts.cache["old_logp"] = left_to_right_logprob(policy, rollouts.batch, per_token=True)
+
+    def loss_count(self, rollouts: Rollouts) -> float:
+        """The terms each normaliser divides by, counted on these rows (micro-batching stays exact)."""
+        if self.config.loss_norm == "justgrpo":      # sum / (window * #rows with nonzero advantage)
+            return float((self._advantages(rollouts) != 0).sum())
+        if self.config.loss_norm == "token_mean":
+            return float(rollouts.batch.valid.sum())
+        return float(rollouts.rewards.numel())
 
     def loss(self, rollouts: Rollouts, policy, ref):
         batch, cfg = rollouts.batch, self.config

@@ -27,36 +27,45 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
 from dlm_bench.methods import Method, Rollouts, register_method
 
 
 @dataclass
-class TABOMConfig:
+class TABOMConfig(MethodConfig):
     """Defaults: the paper's setup (LoRA r16, batch 32, lr 2e-5 cosine, 50 warm-up steps, W 32) and the
-    code (`train_tabom.py` argparse, `run_tabom_examples.sh`); the source of each in the comment."""
-    lr: float = 2e-5                   # paper; train_tabom.py --learning_rate 2e-5 (ling_coder recipe: 1e-4)
-    lr_schedule: str = "cosine"        # paper; train_tabom.py get_cosine_schedule_with_warmup
-    warmup_ratio: float = 0.01         # paper/code: 50 warm-up steps (--warmup_steps 50); a ratio here
-    weight_decay: float = 0.01         # train_tabom.py --weight_decay 0.01
-    adam_betas: tuple[float, float] = (0.9, 0.999)   # train_tabom.py torch AdamW defaults
-    max_grad_norm: float = 1.0         # train_tabom.py --max_grad_norm 1.0
-    group_size: int = 1                # one self-distilled trajectory per query
-    batch_prompts: int = 32            # paper: batch 32 (8 GPUs x 4)
-    train_steps: int | None = None     # one pass over the split (paper: 5 epochs; code default 3)
-    inner_updates: int = 1             # supervised: one update per batch
-    temperature: float = 1.0           # train_tabom.py --temperature 1.0 ("otherwise very short responses")
-    gen_length: int = 256              # train_tabom.py --max_new_tokens 256
-    steps: int = 128                   # train_tabom.py --gen_steps 128
-    block_length: int = 32             # not found; LLaDA's usual block 32
-    lora_r: int = 16                   # paper and train_tabom.py --lora_rank 16
-    lora_alpha: int = 16               # train_tabom.py --lora_alpha 16
-    lora_dropout: float = 0.0          # not found; peft default 0.0
-    filter_correct: bool = False       # keep only trajectories with reward > 0 (the paper keeps all)
-    supervision_window: int = 32       # train_tabom.py --td_supervision_window M 32 (0: CE on all masked)
-    ce_weighting: str = "token_mean"   # "token_mean" (train_tabom.py loss_vec.mean()) | "llada" (1/t weight)
-    rank_weight: float = 1.0           # lambda: paper {1, 2}; prm12k recipe 1 (ling_coder 2)
-    rank_window: int = 32              # W: paper/code --entropy_rank_window 32
-    rank_margin: float = 0.2           # gamma: paper {0.1, 0.2, 0.3} (ling_coder recipe 0.1)
+    code (`train_tabom.py` argparse, `run_tabom_examples.sh`); the source of each is given."""
+    optim: OptimConfig = block(
+        OptimConfig,
+        lr=(2e-5, "paper; train_tabom.py --learning_rate 2e-5 (ling_coder recipe: 1e-4)"),
+        lr_schedule=("cosine", "paper; train_tabom.py get_cosine_schedule_with_warmup"),
+        warmup_ratio=(0.01, "paper/code: 50 warm-up steps (--warmup_steps 50); a ratio here"),
+        weight_decay=(0.01, "train_tabom.py --weight_decay 0.01"),
+        adam_betas=((0.9, 0.999), "train_tabom.py torch AdamW defaults"),
+        max_grad_norm=(1.0, "train_tabom.py --max_grad_norm 1.0"),
+        train_steps=(None, "one pass over the split (paper: 5 epochs; code default 3)"),
+        inner_updates=(1, "supervised: one update per batch"))
+    rollout: RolloutConfig = block(
+        RolloutConfig,
+        group_size=(1, "one self-distilled trajectory per query"),
+        batch_prompts=(32, "paper: batch 32 (8 GPUs x 4)"),
+        temperature=(1.0, "train_tabom.py --temperature 1.0 ('otherwise very short responses')"),
+        gen_length=(256, "train_tabom.py --max_new_tokens 256"),
+        steps=(128, "train_tabom.py --gen_steps 128"),
+        block_length=(32, "not found; LLaDA's usual block 32"))
+    lora: LoraConfig = block(LoraConfig, r=(16, "paper and train_tabom.py --lora_rank 16"),
+                             alpha=(16, "train_tabom.py --lora_alpha 16"), dropout=(0.0, "not found; peft default 0.0"))
+    filter_correct: bool = knob(False, "keep only trajectories with reward > 0", source="the paper keeps all")
+    supervision_window: int = knob(32, "M: tokens after the cut that are supervised (0: CE on all masked)",
+                                   source="train_tabom.py --td_supervision_window 32", low=0)
+    ce_weighting: str = knob("token_mean", "'token_mean' (train_tabom.py loss_vec.mean()) | 'llada' (1/t weight)",
+                             choices=("token_mean", "llada"), source="train_tabom.py")
+    rank_weight: float = knob(1.0, "lambda: weight of the entropy-ranking loss",
+                              source="paper {1, 2}; prm12k recipe 1 (ling_coder 2)", low=0.0)
+    rank_window: int = knob(32, "W: step distance within which tokens are ranked",
+                            source="paper/code --entropy_rank_window 32", low=1)
+    rank_margin: float = knob(0.2, "gamma: hinge margin", source="paper {0.1, 0.2, 0.3} (ling_coder recipe 0.1)",
+                              low=0.0)
 
 
 def entropy_ranking_loss(entropies: torch.Tensor, step_map: torch.Tensor, window: int, margin: float,
@@ -103,11 +112,6 @@ class TABOM(Method):
     Config = TABOMConfig
     needs_trajectory = True
 
-    def __init__(self, config=None, policy=None):
-        super().__init__(config, policy)
-        if self.config.ce_weighting not in ("token_mean", "llada"):
-            raise ValueError(f"tabom: ce_weighting must be 'token_mean' or 'llada', got {self.config.ce_weighting!r}")
-
     def loss_count(self, rollouts: Rollouts) -> float:
         c = rollouts.cache
         if "sup" not in c:
@@ -123,7 +127,7 @@ class TABOM(Method):
         c["keep"] = (rollouts.rewards.to(dev) > 0) if cfg.filter_correct else torch.ones_like(valid[:, 0])
         c["masked"], c["sup"], c["cut"] = [], [], []
         for j in range(max(1, cfg.inner_updates)):         # one cut per row and inner update, from the seed
-            gen = torch.Generator().manual_seed((int(rollouts.seed) * 1_000_003 + j) % (2 ** 63))
+            gen = torch.Generator().manual_seed(mask_seed(rollouts.seed, j))
             cut = draw_cuts(steps, valid, cfg.supervision_window, gen)
             m, s = td_masks(steps, valid, cut, cfg.supervision_window)
             c["masked"].append(m)

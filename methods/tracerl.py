@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
 from dlm_bench.likelihood import ScoredBatch, masked_token_logprobs, trajectory_inputs
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.heads import ScalarHead
@@ -44,38 +45,47 @@ from dlm_bench.methods.trafl import _hidden_size
 
 
 @dataclass
-class TraceRLConfig:
+class TraceRLConfig(MethodConfig):
     """Defaults: Gen-Verse/dLLM-RL `configs/rl_llada.yaml` (value-model fields: `rl_trado_with_value.yaml`)."""
-    lr: float = 1e-6                   # rl_llada.yaml optimizer learning_rate 1e-6
-    lr_schedule: str = "cosine"        # rl_llada.yaml lr_scheduler cosine
-    warmup_ratio: float = 0.0          # not found as a ratio; the RL configs use no warm-up steps
-    weight_decay: float = 0.0          # not found; dLLM-RL optimizer config (AdamW, decay not recorded here)
-    adam_betas: tuple[float, float] = (0.9, 0.999)   # not found; AdamW defaults
-    max_grad_norm: float = 1.0         # not found; dLLM-RL training.max_grad_norm, assumed 1.0
-    group_size: int = 8                # rl_llada.yaml num_response_per_task 8
-    batch_prompts: int = 32            # rl_llada.yaml num_task_per_step 32
-    train_steps: int | None = 50       # rl_llada.yaml total RL steps 50
-    inner_updates: int = 1             # one update per rollout batch (the code: many minibatch steps, see docstring)
-    temperature: float = 0.8           # rl_llada.yaml rollout temperature 0.8
-    gen_length: int = 512              # rl_llada.yaml max_gen_length 512
-    steps: int = 512                   # rl_llada.yaml steps 512 (one token per step, static schedule)
-    block_length: int = 32             # rl_llada.yaml block_size 32
-    lora_r: int = 0                    # full fine-tuning, as dLLM-RL (no LoRA in its RL configs)
-    lora_alpha: int = 0
-    lora_dropout: float = 0.0
-    shrink: int = 8                    # rl_llada.yaml training.shrink 8 (s)
-    epsilon: float = 0.2               # rl_llada.yaml eps 0.2 (PPO clip)
-    beta: float = 0.01                 # rl_llada.yaml beta 0.01 (k3 KL coefficient)
-    kl_anchor: str = "old"             # "old": rollout policy, as rl_llada.py | "reference": frozen reference
-    group_filter: tuple[float, float] | None = (0.2, 0.8)   # rl_reward.py: drop groups with acc outside
-    value_model: bool = False          # TraDo "with_value" configs; off in rl_llada.yaml
-    value_backbone: str = "detached"   # "detached" policy states | "reference" states | "copy": trainable copy
-    value_lr: float = 5e-6             # rl_trado_with_value.yaml value learning rate 5e-6
-    value_hidden: int = 256            # head width (not in the code: its value model is a full network)
-    gamma: float = 1.0                 # rl_trado_with_value.yaml gam 1.0
-    lam: float = 1.0                   # rl_trado_with_value.yaml lam 1.0
-    value_clip: float = 0.2            # train_trado_value.py clipped value loss (clip range = eps)
-    value_coef: float = 1.0            # weight of the value loss in the summed loss (own param group)
+    optim: OptimConfig = block(
+        OptimConfig,
+        lr=(1e-6, "rl_llada.yaml optimizer learning_rate 1e-6"),
+        lr_schedule=("cosine", "rl_llada.yaml lr_scheduler cosine"),
+        warmup_ratio=(0.0, "not found as a ratio; the RL configs use no warm-up steps"),
+        weight_decay=(0.0, "not found; dLLM-RL optimizer config (AdamW, decay not recorded here)"),
+        adam_betas=((0.9, 0.999), "not found; AdamW defaults"),
+        max_grad_norm=(1.0, "not found; dLLM-RL training.max_grad_norm, assumed 1.0"),
+        train_steps=(50, "rl_llada.yaml total RL steps 50"),
+        inner_updates=(1, "one update per rollout batch (the code: many minibatch steps, see docstring)"))
+    rollout: RolloutConfig = block(
+        RolloutConfig,
+        group_size=(8, "rl_llada.yaml num_response_per_task 8"),
+        batch_prompts=(32, "rl_llada.yaml num_task_per_step 32"),
+        temperature=(0.8, "rl_llada.yaml rollout temperature 0.8"),
+        gen_length=(512, "rl_llada.yaml max_gen_length 512"),
+        steps=(512, "rl_llada.yaml steps 512 (one token per step, static schedule)"),
+        block_length=(32, "rl_llada.yaml block_size 32"))
+    lora: LoraConfig = block(LoraConfig, r=(0, "full fine-tuning, as dLLM-RL (no LoRA in its RL configs)"))
+    shrink: int = knob(8, "s: consecutive decoding steps merged into one trace step",
+                       source="rl_llada.yaml training.shrink 8", low=1)
+    epsilon: float = knob(0.2, "PPO clip", source="rl_llada.yaml eps 0.2", low=0.0)
+    beta: float = knob(0.01, "k3 KL coefficient", source="rl_llada.yaml beta 0.01", low=0.0)
+    kl_anchor: str = knob("old", "'old': rollout policy, as rl_llada.py | 'reference': frozen reference",
+                          choices=("old", "reference"), source="rl_llada.py")
+    group_filter: tuple[float, float] | None = knob(
+        (0.2, 0.8), "drop groups whose accuracy lies outside [low, high] (None: keep all)",
+        source="rl_reward.py")
+    value_model: bool = knob(False, "train a value head (TraDo 'with_value' configs)", source="off in rl_llada.yaml")
+    value_backbone: str = knob("detached", "'detached' policy states | 'reference' states | 'copy': trainable copy",
+                               choices=("detached", "reference", "copy"), source="reconstructed")
+    value_lr: float = knob(5e-6, "value learning rate", source="rl_trado_with_value.yaml 5e-6", low=0.0, low_open=True)
+    value_hidden: int = knob(256, "value head width", source="not in the code: its value model is a full network",
+                             low=1)
+    gamma: float = knob(1.0, "discount over trace steps", source="rl_trado_with_value.yaml gam 1.0", low=0.0, high=1.0)
+    lam: float = knob(1.0, "GAE lambda", source="rl_trado_with_value.yaml lam 1.0", low=0.0, high=1.0)
+    value_clip: float = knob(0.2, "clip range of the value loss", source="train_trado_value.py (clip range = eps)",
+                             low=0.0)
+    value_coef: float = knob(1.0, "weight of the value loss in the summed loss", source="own param group", low=0.0)
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -206,12 +216,6 @@ class TraceRL(Method):
     def __init__(self, config=None, policy=None):
         super().__init__(config, policy)
         cfg = self.config
-        for field, allowed in (("kl_anchor", ("old", "reference")),
-                               ("value_backbone", ("detached", "reference", "copy"))):
-            if getattr(cfg, field) not in allowed:
-                raise ValueError(f"tracerl: {field} must be one of {allowed}, got {getattr(cfg, field)!r}")
-        if cfg.shrink < 1:
-            raise ValueError(f"tracerl: shrink must be >= 1, got {cfg.shrink}")
         self.needs_reference = (cfg.kl_anchor == "reference" and cfg.beta != 0.0) or \
             (cfg.value_model and cfg.value_backbone == "reference")
         if policy is not None:

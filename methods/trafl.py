@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, ScoreConfig, block, knob
 from dlm_bench.errors import UserError
 from dlm_bench.likelihood import elbo
 from dlm_bench.methods import Method, Rollouts, register_method, slice_rows
@@ -45,37 +46,51 @@ from dlm_bench.methods.losses import group_advantages, group_mean, tb_loss, tb_r
 
 
 @dataclass
-class TraFLConfig:
-    """Reconstruction defaults; the source of each is in the comment (see the module docstring)."""
-    lr: float = 3e-6                   # not found; d1/ESPO LoRA recipe value
-    lr_schedule: str = "constant_with_warmup"   # not found; ESPO recipe
-    warmup_ratio: float = 0.001        # not found; ESPO recipe
-    weight_decay: float = 0.01         # not found; ESPO recipe
-    adam_betas: tuple[float, float] = (0.9, 0.99)   # not found; ESPO/d1 recipe
-    max_grad_norm: float = 0.2         # not found; ESPO/d1 recipe
-    z_lr: float = 3e-5                 # 10x lr, as the port's separate Adam (1e-2 vs 1e-3)
-    group_size: int = 6                # not found (port: 5); d1 and ESPO GSM8K use 6
-    batch_prompts: int = 16            # not found; ESPO recipes' 16 prompts per rollout batch
-    train_steps: int | None = None     # not found; loop default
-    inner_updates: int = 1             # not found; one update per rollout batch (TB allows reuse)
-    temperature: float = 0.6           # the port: "TraFL's evaluation temperature" 0.6; ablation 0.3/0.6/0.9
-    gen_length: int = 256              # paper figures: lengths 256 and 512
-    steps: int = 256                   # not found; one token per step as ESPO/JustGRPO
-    block_length: int = 32             # not found; LLaDA / ESPO block 32
-    lora_r: int = 128                  # not found; d1/ESPO LoRA r 128
-    lora_alpha: int = 64               # not found; d1/ESPO alpha 64
-    lora_dropout: float = 0.05         # not found; d1/ESPO
-    beta: float = 15.0                 # not found; FlowRL's hard-coded 15, the port's trafl_b15 runs
-    score: str = "per_token"           # "per_token" (ELBO/L, port's "Eq. 4") | "sequence" (ELBO)
-    tilt_per_token: bool = True        # beta r~ / L when score is per-token (port's beta/u)
-    num_masks: int = 4                 # port: "4 as two complementary pairs"
-    mask_scheme: str = "paired"        # coupled pairs ("paired"), or "independent" / "espo"
-    reward_centering: str = "group"    # "group": r - group mean (port) | "none": raw reward
-    z_param: str = "head"              # "head": learned log Z_phi(x) | "vargrad": group mean, detached
-    z_features: str = "policy"         # "policy" (FlowRL) | "reference" (frozen features, cached)
-    z_detach: bool = False             # FlowRL leaves the features attached (its detach is commented out)
-    z_hidden: int = 256                # head width; the port: 2-layer GELU MLP
-
+class TraFLConfig(MethodConfig):
+    """Reconstruction defaults; the source of each is given (see the module docstring)."""
+    optim: OptimConfig = block(
+        OptimConfig,
+        lr=(3e-6, "not found; d1/ESPO LoRA recipe value"),
+        lr_schedule=("constant_with_warmup", "not found; ESPO recipe"),
+        warmup_ratio=(0.001, "not found; ESPO recipe"),
+        weight_decay=(0.01, "not found; ESPO recipe"),
+        adam_betas=((0.9, 0.99), "not found; ESPO/d1 recipe"),
+        max_grad_norm=(0.2, "not found; ESPO/d1 recipe"),
+        train_steps=(None, "not found; loop default"),
+        inner_updates=(1, "not found; one update per rollout batch (TB allows reuse)"))
+    rollout: RolloutConfig = block(
+        RolloutConfig,
+        group_size=(6, "not found (port: 5); d1 and ESPO GSM8K use 6"),
+        batch_prompts=(16, "not found; ESPO recipes' 16 prompts per rollout batch"),
+        temperature=(0.6, "the port: TraFL's evaluation temperature 0.6; ablation 0.3/0.6/0.9"),
+        gen_length=(256, "paper figures: lengths 256 and 512"),
+        steps=(256, "not found; one token per step as ESPO/JustGRPO"),
+        block_length=(32, "not found; LLaDA / ESPO block 32"))
+    lora: LoraConfig = block(
+        LoraConfig,
+        r=(128, "not found; d1/ESPO LoRA r 128"),
+        alpha=(64, "not found; d1/ESPO alpha 64"),
+        dropout=(0.05, "not found; d1/ESPO"))
+    scoring: ScoreConfig = block(
+        ScoreConfig,
+        num_masks=(4, "port: '4 as two complementary pairs'"),
+        mask_scheme=("paired", "coupled pairs; 'independent' / 'espo' also accepted"))
+    z_lr: float = knob(3e-5, "learning rate of the log Z head", low=0.0, low_open=True,
+                       source="10x lr, as the port's separate Adam (1e-2 vs 1e-3)")
+    beta: float = knob(15.0, "reward tilt of the target p* ~ pi_ref exp(beta r)",
+                       source="not found; FlowRL's hard-coded 15, the port's trafl_b15 runs")
+    score: str = knob("per_token", "S(y|x): 'per_token' (ELBO/L, the port's 'Eq. 4') or 'sequence' (ELBO)",
+                      choices=("per_token", "sequence"), source="the port")
+    tilt_per_token: bool = knob(True, "tilt beta r~ / L when the score is per token", source="port's beta/u")
+    reward_centering: str = knob("group", "'group': r - group mean (port) | 'none': raw reward",
+                                 choices=("group", "none"), source="the port: 'TraFL centres the reward'")
+    z_param: str = knob("head", "'head': learned log Z_phi(x) | 'vargrad': group mean, detached",
+                        choices=("head", "vargrad"), source="FlowRL ProjZModule")
+    z_features: str = knob("policy", "features of the log Z head: 'policy' (FlowRL) | 'reference' (cached)",
+                           choices=("policy", "reference"), source="FlowRL")
+    z_detach: bool = knob(False, "detach the head's features",
+                          source="FlowRL leaves them attached (its detach is commented out)")
+    z_hidden: int = knob(256, "head width", low=1, source="the port: 2-layer GELU MLP")
 
 
 def _hidden_size(dlm) -> int:
@@ -109,11 +124,6 @@ class TraFL(Method):
 
     def __init__(self, config=None, policy=None):
         super().__init__(config, policy)
-        cfg = self.config
-        for field, allowed in (("score", ("per_token", "sequence")), ("reward_centering", ("group", "none")),
-                               ("z_param", ("head", "vargrad")), ("z_features", ("policy", "reference"))):
-            if getattr(cfg, field) not in allowed:
-                raise ValueError(f"trafl: {field} must be one of {allowed}, got {getattr(cfg, field)!r}")
         if policy is not None:
             self._build_head(policy)
 

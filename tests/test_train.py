@@ -82,8 +82,10 @@ def test_resume_is_exact(tiny_dir, tmp_path, varied_rewards):
         return TrainConfig(method="trafl", model=tiny_dir, out=str(out), train_steps=steps, overrides=over,
                            device="cpu", save_every=1)
     full = train(cfg(tmp_path / "full", 2), progress=False)
-    half = train(cfg(tmp_path / "half", 1), progress=False)           # "killed" after step 1
-    half = train(cfg(tmp_path / "half", 2), progress=False)           # resumed
+    half = train(cfg(tmp_path / "half", 1), progress=False)           # "killed" after step 1 ...
+    with open(tmp_path / "half" / "log.jsonl", "a") as f:             # ... having logged step 2 and a torn line
+        f.write(json.dumps({"step": 2, "loss": 123.0}) + "\n" + '{"step": 3, "lo')
+    half = train(cfg(tmp_path / "half", 2), progress=False)           # resumed: step 2 logged once, anew
     a, b = weights(full), weights(half)
     assert a.keys() == b.keys()
     for k in a:
@@ -147,6 +149,22 @@ def _worker(model: str, out: str) -> None:
 
 # ----------------------------------------------------------------------------- bad input
 
+def test_a_second_writer_to_a_training_folder_is_refused(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom dlm_bench.locks import folder_lock\n"
+                               "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)",
+                               str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"training folder .* is in use by pid {holder.pid}"):
+            train(TrainConfig(method="trafl", model=tiny_dir, out=str(out), train_steps=1, overrides=TINY,
+                              device="cpu"), progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "checkpoint").exists()
+
+
 def _cli(*argv):
     from dlm_bench.commands import train as cmd
     p = argparse.ArgumentParser()
@@ -173,7 +191,7 @@ def test_cli_settings_and_errors(tiny_dir, tmp_path):
             _cli(*argv)
     for cfg, msg in [(TrainConfig(method="espo", model=tiny_dir, task="nope"), "unknown task"),
                      (TrainConfig(method="espo", model=str(tmp_path / "none"), out=str(tmp_path / "o")), "does not exist"),
-                     (TrainConfig(method="espo", model=tiny_dir, overrides={"nope": 1}), "unknown config field"),
+                     (TrainConfig(method="espo", model=tiny_dir, overrides={"nope": 1}), "unknown setting"),
                      (TrainConfig(method="espo", model=tiny_dir, overrides={"lr_schedule": "zigzag"}), "lr_schedule"),
                      (TrainConfig(method="espo", model=tiny_dir, train_steps=0), "train_steps"),
                      (TrainConfig(method="base", model=str(tmp_path / "none"), out=str(tmp_path / "o")), "does not exist")]:
@@ -183,7 +201,7 @@ def test_cli_settings_and_errors(tiny_dir, tmp_path):
 
 def test_methods_command(capsys):
     from dlm_bench.commands import methods
-    methods.run(argparse.Namespace(verbose=True))
+    methods.run(argparse.Namespace(verbose=True, names=[]))
     text = capsys.readouterr().out
     for name in method_names():
         assert name in text

@@ -3,7 +3,6 @@
 Input rows: {"prompt": "text"} or {"messages": [{"role": ..., "content": ...}, ...]}, optional "id".
 Row i, sample j uses the seed hash(--seed, i, j), so outputs do not depend on --batch-size.
 """
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -29,8 +28,8 @@ def add_arguments(p):
 
 
 def seed_for(seed: int, row: int, sample_index: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{row}/{sample_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    from dlm_bench.config import derive_seed
+    return derive_seed(seed, row, sample_index)
 
 
 def _read_prompts(path):

@@ -2,8 +2,8 @@
 
 Settings, later ones winning: the method's defaults (its per-task recipe when it has one), the YAML
 file, the flags, then `--set`. A key (in YAML or `--set`) is routed by name: `sampler.X` -> sampler
-field X; a field of the method's Config (lr, group_size, beta, gen_length, train_steps, ...) -> the
-method; a TrainConfig field (seed, save_every, micro_prompts, ...) -> the loop. YAML may also hold
+field X; a setting of the method's config (its own knobs, BLOCK.FIELD such as optim.lr, or the flat
+aliases lr, group_size, lora_r, gen_length, train_steps, ...) -> the method; a TrainConfig field (seed, save_every, micro_prompts, ...) -> the loop. YAML may also hold
 `overrides:` and `sampler:` mappings. Values are parsed as YAML (`--set adam_betas=[0.9,0.99]`).
 Multi-GPU: `torchrun --nproc_per_node N -m dlm_bench.cli train ...`.
 """
@@ -46,6 +46,10 @@ def _parse_value(text: str):
 
 
 def _route(key: str, value, method_fields: set, train_fields: set, cfg: dict) -> None:
+    if isinstance(value, dict) and any(f.startswith(key + ".") for f in method_fields):
+        for sub_key, sub_value in value.items():        # a block as a mapping: optim: {lr: 1e-5}
+            _route(f"{key}.{sub_key}", sub_value, method_fields, train_fields, cfg)
+        return
     if key.startswith("sampler."):
         cfg["sampler"][key.split(".", 1)[1]] = value
     elif key in method_fields:
@@ -63,7 +67,8 @@ def build_config(args):
     from dlm_bench.train import TrainConfig
 
     cls = get_method(args.method)
-    method_fields = {f.name for f in dataclasses.fields(cls.Config)}
+    from dlm_bench.config import known_settings
+    method_fields = set(known_settings(cls.Config))     # flat aliases (lr, lora_r, ...) and BLOCK.FIELD
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg: dict = {"overrides": {}, "sampler": {}}
     if args.config:
@@ -95,17 +100,20 @@ def build_config(args):
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         _route(k.strip(), _parse_value(v), method_fields, train_fields, cfg)
-    if "train_steps" in cfg["overrides"] and "train_steps" not in cfg:
-        cfg["train_steps"] = cfg["overrides"].pop("train_steps")
+    for key in ("train_steps", "optim.train_steps"):
+        if key in cfg["overrides"] and "train_steps" not in cfg:
+            cfg["train_steps"] = cfg["overrides"].pop(key)
     if not cfg.get("task"):
         raise UserError("--task is required")
     if not cfg.get("model"):
         raise UserError("--model is required")
     cfg.setdefault("out", f"results/train/{args.method}-{cfg['task']}")
     try:
-        return TrainConfig(method=args.method, **cfg).validate()
+        out = TrainConfig(method=args.method, **cfg).validate()
     except TypeError as e:
         raise UserError(str(e)) from e
+    cls.config_for(out.task, dict(out.overrides))      # every method setting checked before any file
+    return out
 
 
 def run(args) -> int:

@@ -1,0 +1,73 @@
+"""The models a training run holds: the policy (base model, a fresh LoRA adapter, or a checkpoint
+when resuming) and the frozen reference (the adapter switched off under LoRA, else a frozen copy)."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from dlm_bench.config import derive_seed
+from dlm_bench.errors import UserError
+
+
+class AdapterDisabled:
+    """The frozen reference under LoRA: the policy with its adapter switched off (peft disable_adapter)."""
+
+    def __init__(self, dlm):
+        self._dlm = dlm
+
+    def __getattr__(self, name):
+        return getattr(self._dlm, name)
+
+    def logits(self, *a, **k):
+        with self._dlm.model.disable_adapter():
+            return self._dlm.logits(*a, **k)
+
+    def hidden(self, *a, **k):
+        with self._dlm.model.disable_adapter():
+            return self._dlm.hidden(*a, **k)
+
+
+def lora_spec(lora_cfg):
+    """The adapter of a method's `lora` block, or None for full fine-tuning (r = 0)."""
+    from dlm_bench.models import LoraSpec
+    r = int(lora_cfg.r or 0)
+    if r <= 0:
+        return None
+    return LoraSpec(r=r, alpha=int(lora_cfg.alpha or r), dropout=float(lora_cfg.dropout or 0.0))
+
+
+def load_policy(model: str, lora_cfg, seed: int, dtype, device, ckpt: Path | None):
+    """(policy, lora?) from the base model (+ fresh adapter), or from a checkpoint when resuming."""
+    from dlm_bench.models import load_model
+    lora = lora_spec(lora_cfg)
+    torch.manual_seed(derive_seed(seed, 0xADA))      # same fresh adapter on every rank
+    if ckpt is None or lora is not None:
+        dlm = load_model(model, lora=lora, dtype=dtype, device=device)
+    else:
+        dlm = load_model(str(ckpt), dtype=dtype, device=device)
+    if ckpt is not None and lora is not None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        f = ckpt / "adapter_model.safetensors"
+        if not f.is_file():
+            raise UserError(f"{ckpt} has no adapter_model.safetensors to resume the LoRA run from")
+        set_peft_model_state_dict(dlm.model, load_file(str(f), device=str(device)))
+    dlm.path = model
+    return dlm, lora is not None
+
+
+def frozen_reference(model: str, policy, lora: bool, resumed: bool, dtype):
+    if lora:
+        return AdapterDisabled(policy)
+    if resumed:       # the policy has moved: the reference is the base model as loaded
+        from dlm_bench.models import load_model
+        ref = load_model(model, dtype=dtype, device=policy.device)
+    else:
+        ref = dataclasses.replace(policy, model=copy.deepcopy(policy.model))
+    ref.model.eval()
+    for p in ref.model.parameters():
+        p.requires_grad_(False)
+    return ref
