@@ -1,15 +1,21 @@
 """Data parallelism for training (torchrun, WORLD_SIZE > 1): ranks, shards and gradient sums.
 
-Each rank takes a contiguous share of a rollout batch's micro-batches; gradients are summed across
-ranks before every optimizer step, so 1 and N processes make the same update up to float summation
-order (tests/test_train.py). gloo on CPU, nccl on GPU.
+Each rank takes a contiguous share of a rollout batch's micro-batches. The policy is wrapped in
+torch's DistributedDataParallel (`replicate`), which overlaps the gradient all-reduce with the last
+backward of each update (`accumulating` keeps the other backward chunks local); its communication
+hook sums instead of averaging, because every chunk's loss is already weighted by its share of the
+global batch. The method's own modules (a log Z head, a value head) are summed by `sum_gradients`.
+So 1 and N processes make the same update up to float summation order (tests/test_train.py).
+gloo on CPU, nccl on GPU.
 """
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass
@@ -88,3 +94,45 @@ def sum_gradients(params, d: Dist, device) -> None:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             torch.distributed.all_reduce(p.grad)
+
+
+class Replicated(DistributedDataParallel):
+    """DDP that still answers like the model it wraps (config, save_pretrained, disable_adapter, ...),
+    so the rest of the harness never needs to know it is there."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":
+                raise
+            return getattr(self.module, name)
+
+
+def _sum_hook(state, bucket):
+    fut = torch.distributed.all_reduce(bucket.buffer(), async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0])
+
+
+def replicate(dlm, d: Dist, device) -> None:
+    """Wrap the policy's model in DDP (summing gradients over ranks) when there is more than one rank."""
+    if d.world == 1:
+        return
+    ids = [device.index] if device.type == "cuda" else None
+    dlm.model = Replicated(dlm.model, device_ids=ids, broadcast_buffers=False)
+    dlm.model.register_comm_hook(None, _sum_hook)
+
+
+def accumulating(model, last: bool):
+    """Context for one backward chunk: local accumulation unless it is the update's last chunk."""
+    if isinstance(model, DistributedDataParallel) and not last:
+        return model.no_sync()
+    return nullcontext()
+
+
+def not_replicated(params, model) -> list:
+    """The parameters whose gradients DDP does not sum (the method's own modules)."""
+    if not isinstance(model, DistributedDataParallel):
+        return list(params)
+    inside = {id(p) for p in model.parameters()}
+    return [p for p in params if id(p) not in inside]

@@ -47,8 +47,8 @@ from tqdm.auto import tqdm
 
 from dlm_bench import checkpoint
 from dlm_bench.config import derive_seed
-from dlm_bench.distributed import (Dist, all_sum, broadcast_params, init_distributed, shard, sum_gradients,
-                                   sum_over_ranks)
+from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params, init_distributed, not_replicated,
+                                   replicate, shard, sum_gradients, sum_over_ranks)
 from dlm_bench.errors import UserError
 
 RESULT = "train_result.json"
@@ -289,6 +289,7 @@ def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
     run = Run(p, d, device, dlm, lora, method, ref, opt, int(state["step"]), int(state["opt_step"]))
     if not resumed:                     # belt and braces: identical start on every rank
         broadcast_params(run.params, d)
+    replicate(dlm, d, device)           # after the reference copy: DDP wraps the policy alone
     return run
 
 
@@ -369,8 +370,9 @@ def update(run: Run, batch: Batch) -> tuple[dict[str, float], float]:
         run.opt.zero_grad(set_to_none=True)
         for k, (m, c, ro) in enumerate(parts):
             torch.manual_seed(derive_seed(cfg.seed, run.step, j, m, c, 0xD20))   # dropout, same on any world size
-            loss, stats = method.loss(ro, run.dlm, run.ref)
-            (loss * weights[k]).backward()
+            with accumulating(run.dlm.model, last=k == len(parts) - 1):
+                loss, stats = method.loss(ro, run.dlm, run.ref)
+                (loss * weights[k]).backward()
             if j == mu - 1:
                 for key, v in stats.items():
                     if isinstance(v, (int, float)) and key != "inner_iter":
@@ -384,7 +386,7 @@ def _optimizer_step(run: Run) -> float:
     """Sum gradients over ranks, clip, set the scheduled LR and step; returns the pre-clip grad norm."""
     o = run.plan.mcfg.optim
     params = run.params
-    sum_gradients(params, run.d, run.device)
+    sum_gradients(not_replicated(params, run.dlm.model), run.d, run.device)
     with_grad = [p for p in params if p.grad is not None]
     if with_grad and o.max_grad_norm:
         norm = float(torch.nn.utils.clip_grad_norm_(with_grad, o.max_grad_norm))
@@ -472,6 +474,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if p is None:
         return _record_base(cfg)
     d, device = init_distributed(cfg.device)
+    n_micro = math.ceil(p.mcfg.rollout.batch_prompts / cfg.micro_prompts)
+    if n_micro < d.world:               # a rank without rows would never join the gradient all-reduce
+        raise UserError(f"{d.world} processes need at least {d.world} micro-batches per step; this run has "
+                        f"{n_micro} (batch_prompts / micro_prompts): raise batch_prompts or lower micro_prompts")
     with (folder_lock(cfg.out, what="training folder") if d.main else _nothing()):
         ckpt, state = resume(cfg, d)
         run = build(p, d, device, ckpt, state)

@@ -112,15 +112,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(tiny_dir, tmp_path, varied_rewards):
-    one = train(TrainConfig(method="justgrpo", model=tiny_dir, out=str(tmp_path / "one"), train_steps=1,
-                            overrides=DP_OVER, device="cpu"), progress=False)
+DP_RUNS = {"justgrpo": DP_OVER,                                      # full fine-tuning through DDP
+           "trafl": dict(DP_OVER, lora_r=4, lora_alpha=8)}             # LoRA + a log Z head outside DDP
+
+
+@pytest.mark.parametrize("method", sorted(DP_RUNS))
+def test_two_processes_match_one(method, tiny_dir, tmp_path, varied_rewards):
+    one = train(TrainConfig(method=method, model=tiny_dir, out=str(tmp_path / "one"), train_steps=1,
+                            overrides=DP_RUNS[method], device="cpu", micro_batch_size=3), progress=False)
     port = str(_free_port())
     procs = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, __file__, "worker", tiny_dir, str(tmp_path / "two")],
+        procs.append(subprocess.Popen([sys.executable, __file__, "worker", tiny_dir, str(tmp_path / "two"), method],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for p in procs:
         log = p.communicate(timeout=240)[0]
@@ -129,21 +134,28 @@ def test_two_processes_match_one(tiny_dir, tmp_path, varied_rewards):
     assert r1["reward_mean"] == pytest.approx(r2["reward_mean"], abs=1e-9)
     assert r1["grad_norm"] == pytest.approx(r2["grad_norm"], rel=1e-4)
     assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-4, abs=1e-7)
-    base, a, b = weights(Path(tiny_dir)), weights(one), weights(tmp_path / "two" / "checkpoint")
+    a, b = weights(one), weights(tmp_path / "two" / "checkpoint")
+    base = weights(Path(tiny_dir)) if method == "justgrpo" else {k: torch.zeros_like(v) for k, v in a.items()}
     moved = 0.0
-    for k in base:
+    assert a.keys() == b.keys()
+    for k in a:
         ua, ub = a[k] - base[k], b[k] - base[k]
         moved = max(moved, float(ua.abs().max()))
         assert torch.allclose(ua, ub, atol=2e-5, rtol=1e-3), k
     assert moved > 1e-4
+    if method == "trafl":                                              # the head's update too
+        ha = torch.load(one / "trainer_state.pt", weights_only=False)["extra_modules"]
+        hb = torch.load(tmp_path / "two" / "checkpoint" / "trainer_state.pt", weights_only=False)["extra_modules"]
+        for k in ha:
+            assert torch.allclose(ha[k], hb[k], atol=2e-5, rtol=1e-3), k
 
 
-def _worker(model: str, out: str) -> None:
+def _worker(model: str, out: str, method: str) -> None:
     torch.set_num_threads(1)
     from dlm_bench.tasks.testbed import Testbed
     Testbed.rewards = fake_rewards
-    train(TrainConfig(method="justgrpo", model=model, out=out, train_steps=1, overrides=DP_OVER, device="cpu"),
-          progress=False)
+    train(TrainConfig(method=method, model=model, out=out, train_steps=1, overrides=DP_RUNS[method], device="cpu",
+                      micro_batch_size=3), progress=False)
     torch.distributed.destroy_process_group()
 
 
@@ -209,4 +221,4 @@ def test_methods_command(capsys):
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
-    _worker(sys.argv[2], sys.argv[3])
+    _worker(sys.argv[2], sys.argv[3], sys.argv[4])
