@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 CLI     := .venv/bin/dlm-bench
 CONFIG  ?= configs/demo.yaml
 
-.PHONY: setup system-deps test test-compat test-slow demo base train-all eval-all figures bench clean
+.PHONY: setup system-deps test test-compat test-slow demo cpu-study base train-all eval-all figures bench clean
 
 setup: system-deps .venv/.installed
 
@@ -43,6 +43,10 @@ test-slow: setup
 
 demo: setup
 	$(CLI) demo --config $(CONFIG)
+
+# every method x 3 training seeds, seed-level statistics (configs/cpu-study.yaml; hours on 2 cores, resumable)
+cpu-study: setup
+	$(CLI) demo --config configs/cpu-study.yaml
 
 base: setup
 	$(CLI) demo --config $(CONFIG) --only base

@@ -44,7 +44,25 @@ def base_model(cfg: dict, force: bool = False) -> str:
     return str(ckpt)
 
 
-def train_method(cfg: dict, method: str, base: str) -> str:
+def training_seeds(cfg: dict) -> list[int | None]:
+    """`train.seeds: [0, 1, 2]` trains and sweeps every method once per seed, in folders
+    METHOD/seed-K (the layout the seed-level statistics read); `train.seed: K` (one run) keeps the
+    flat layout. None stands for that single run."""
+    t = cfg["train"]
+    if "seeds" not in t:
+        return [None]
+    seeds = t["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise UserError(f"train.seeds must be a list of distinct non-negative integers, got {seeds!r}")
+    return seeds
+
+
+def _seeded(folder: Path, seed: int | None) -> Path:
+    return folder if seed is None else folder / f"seed-{seed}"
+
+
+def train_method(cfg: dict, method: str, base: str, seed: int | None = None) -> str:
     from dlm_bench.methods import get_method
     from dlm_bench.train import TrainConfig, train
 
@@ -52,19 +70,20 @@ def train_method(cfg: dict, method: str, base: str) -> str:
     overrides = {**t.get("overrides", {}), **t.get("per_method", {}).get(method, {})}
     if not get_method(method).trains:  # `base`: nothing to configure
         overrides = {}
-    out = Path(cfg["results"]) / "train" / method
-    return str(train(TrainConfig(method=method, task=cfg["task"], model=base, out=str(out), seed=t.get("seed", 0),
-                                 train_steps=t["steps"], overrides=overrides, save_every=t.get("save_every", 10))))
+    out = _seeded(Path(cfg["results"]) / "train" / method, seed)
+    return str(train(TrainConfig(method=method, task=cfg["task"], model=base, out=str(out),
+                                 seed=t.get("seed", 0) if seed is None else seed, train_steps=t["steps"],
+                                 overrides=overrides, save_every=t.get("save_every", 10))))
 
 
-def sweep(cfg: dict, method: str, model: str) -> None:
+def sweep(cfg: dict, method: str, model: str, seed: int | None = None) -> None:
     """Pass@k on the training task, or on every task in eval.tasks (transfer protocols)."""
     from dlm_bench.evaluate import SweepConfig, run_sweep
 
     e = cfg["eval"]
     tasks = e.get("tasks", [cfg["task"]])
     for task in tasks:
-        out = Path(cfg["results"]) / "passk" / method
+        out = _seeded(Path(cfg["results"]) / "passk" / method, seed)
         run_sweep(SweepConfig(model=model, method=method, task=task, ks=tuple(e["ks"]), n=e["n"],
                               temperatures=tuple(e["temperatures"]), lengths=tuple(e["lengths"]),
                               block_length=e["block_length"], steps_per_token=e.get("steps_per_token", 1.0),
@@ -91,13 +110,18 @@ def run_demo(path: str, only: str | None = None, methods: str | None = None,
         print(f"base checkpoint: {base}")
         return None
     chosen = method_names() if methods == "all" else (methods.split(",") if methods else cfg["methods"])
+    from dlm_bench.methods import get_method
+    seeds = training_seeds(cfg)
     if "train" in stages or "eval" in stages:
         for m in chosen:
-            print(f"== {m}: train ({time.monotonic() - start:.0f}s so far)", flush=True)
-            model = train_method(cfg, m, base)
-            if "eval" in stages:
-                print(f"== {m}: Pass@k sweep ({time.monotonic() - start:.0f}s so far)", flush=True)
-                sweep(cfg, m, model)
+            # an untrained method is the same model for every seed: one run, outside the seed folders
+            for seed in (seeds if get_method(m).trains else [None]):
+                tag = "" if seed is None else f" seed {seed}"
+                print(f"== {m}{tag}: train ({time.monotonic() - start:.0f}s so far)", flush=True)
+                model = train_method(cfg, m, base, seed)
+                if "eval" in stages:
+                    print(f"== {m}{tag}: Pass@k sweep ({time.monotonic() - start:.0f}s so far)", flush=True)
+                    sweep(cfg, m, model, seed)
     if "report" not in stages:
         return None
     out = build_report(ReportConfig(runs=str(Path(cfg["results"]) / "passk"), out=cfg["report"],

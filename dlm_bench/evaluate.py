@@ -323,10 +323,28 @@ def _sweep(cfg: SweepConfig, *, dlm=None, rank: int | None = None, world: int | 
     return result
 
 
+def training_run(model_path) -> dict | None:
+    """The training run a checkpoint came from (method, training seed, step), read from the
+    `train_result.json` beside it; None for a model that no dlm-bench run produced."""
+    p = Path(str(model_path))
+    rec = p.parent / "train_result.json"
+    if p.name != "checkpoint" or not rec.is_file():
+        return None
+    try:
+        data = json.loads(rec.read_text())
+    except (OSError, ValueError):
+        return None
+    state = p / "trainer_state.pt"
+    return {"run": str(p.parent.resolve()), "method": data.get("method"), "seed": data.get("seed"),
+            "step": data.get("step"), "steps": data.get("steps"), "complete": data.get("step") == data.get("steps"),
+            "has_state": state.is_file()}
+
+
 def _record_model(out: Path, dlm) -> None:
     """What the loaded model looked like at run time (not part of any hash: none of it changes a sample)."""
     info = {"path": dlm.path, "base_model": dlm.extra.get("base_model"), "adapter": dlm.extra.get("adapter"),
-            "honours_padding": dlm.honours_padding, "stop_ids": sorted(dlm.stops()), "versions": versions()}
+            "honours_padding": dlm.honours_padding, "stop_ids": sorted(dlm.stops()), "versions": versions(),
+            "training": training_run(dlm.path)}
     tmp = out / ".model.json.tmp"
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp, out / "model.json")

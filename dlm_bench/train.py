@@ -206,7 +206,8 @@ def _record_base(cfg: TrainConfig) -> Path:
         raise UserError(f"model directory {cfg.model!r} does not exist")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    rec = {"method": "base", "task": cfg.task, "model": str(Path(cfg.model).resolve()), "trained": False}
+    rec = {"method": "base", "task": cfg.task, "model": str(Path(cfg.model).resolve()), "seed": None,
+           "trained": False}
     tmp = out / f".{RESULT}.tmp"
     tmp.write_text(json.dumps(rec, indent=2) + "\n")
     os.replace(tmp, out / RESULT)
@@ -435,7 +436,7 @@ def save(run: Run) -> None:
             "method_config": dataclasses.asdict(run.plan.mcfg), "base_model": cfg.model, "lora": run.lora})
         rec = {"method": cfg.method, "task": cfg.task, "base_model": str(Path(cfg.model).resolve()),
                "checkpoint": str((out / "checkpoint").resolve()), "lora": run.lora, "step": run.step,
-               "steps": run.plan.steps, "trained": True}
+               "steps": run.plan.steps, "seed": cfg.seed, "trained": True}
         (out / f".{RESULT}.tmp").write_text(json.dumps(rec, indent=2) + "\n")
         os.replace(out / f".{RESULT}.tmp", out / RESULT)
     run.d.barrier()

@@ -71,3 +71,42 @@ def test_missing_base_without_pretrain_settings_is_a_user_error(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(UserError, match="not found"):
         run_demo(str(path))
+
+
+def test_cpu_study_config_names_every_method_with_three_seeds():
+    from dlm_bench.demo import training_seeds
+    from dlm_bench.methods import get_method
+    cfg = load_config("configs/cpu-study.yaml")
+    assert training_seeds(cfg) == [0, 1, 2]
+    for m in cfg["methods"]:
+        get_method(m)                                 # registered
+        over = {**cfg["train"]["overrides"], **cfg["train"]["per_method"].get(m, {})}
+        if get_method(m).trains:
+            get_method(m).config_for(cfg["task"], over)   # every setting valid for the method
+
+
+def test_seeded_protocol_lays_runs_out_for_seed_statistics(tmp_path, tiny_dir):
+    """train.seeds: one run per seed in METHOD/seed-K, base once; the report's seed section reads them
+    and every sweep records the training run (method, seed) it evaluated."""
+    import json
+    cfg = load_config("configs/cpu-study.yaml")
+    cfg.update(results=str(tmp_path / "results"), report=str(tmp_path / "report"), methods=["base", "trafl"])
+    cfg["base"]["checkpoint"] = tiny_dir
+    cfg["train"].update(steps=1, seeds=[0, 3])
+    cfg["train"]["overrides"].update(batch_prompts=2, group_size=2, gen_length=8, steps=8, block_length=8)
+    cfg["eval"].update(n=2, ks=[1, 2], temperatures=[0.6], lengths=[8], limit=3, batch_size=8)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    report = run_demo(str(path))
+    passk = tmp_path / "results" / "passk"
+    assert sorted(p.name for p in (passk / "trafl").iterdir()) == ["seed-0", "seed-3"]
+    assert not any(p.name.startswith("seed-") for p in (passk / "base").iterdir())
+    models = [json.loads(f.read_text()) for f in (passk / "trafl").rglob("model.json")]
+    assert sorted(m["training"]["seed"] for m in models) == [0, 3]
+    assert all(m["training"]["method"] == "trafl" and m["training"]["complete"] for m in models)
+    assert [json.loads(f.read_text())["training"] for f in (passk / "base").rglob("model.json")] == [None]
+    assert "## Across training seeds" in report.read_text()
+    bad = dict(cfg, train=dict(cfg["train"], seeds=[1, 1]))
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(UserError, match="distinct"):
+        run_demo(str(path))
