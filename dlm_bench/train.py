@@ -50,6 +50,7 @@ from dlm_bench.config import derive_seed
 from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params, init_distributed, not_replicated,
                                    replicate, shard, sum_gradients, sum_over_ranks)
 from dlm_bench.errors import UserError
+from dlm_bench.sharding import grad_norm_and_clip, is_sharded, lockstep, loss_scale, plain_params
 
 RESULT = "train_result.json"
 __all__ = ["TrainConfig", "train", "derive_seed", "step_prompts", "lr_multiplier", "shard", "Dist"]
@@ -74,6 +75,7 @@ class TrainConfig:
     micro_prompts: int = 1                # prompts (whole groups) per rollout/prepare micro-batch
     micro_batch_size: int = 4             # completions (each with all its mask draws) per backward
     minutes: float | None = None          # stop (and save) after this much wall-clock time
+    parallel: str = "auto"                # >1 process: "ddp" | "fsdp" | "auto" (fsdp for full fine-tuning, ddp for LoRA)
 
     def validate(self) -> "TrainConfig":
         if not self.model and self.method != "base":
@@ -85,6 +87,8 @@ class TrainConfig:
             raise UserError(f"train_steps must be a positive integer, got {self.train_steps!r}")
         if not isinstance(self.save_every, int) or self.save_every < 0:
             raise UserError(f"save_every must be a non-negative integer, got {self.save_every!r}")
+        if self.parallel not in ("auto", "ddp", "fsdp"):
+            raise UserError(f"parallel must be auto, ddp or fsdp, got {self.parallel!r}")
         if not isinstance(self.overrides, dict) or not isinstance(self.sampler, dict):
             raise UserError("overrides and sampler must be mappings")
         from dlm_bench.sampler import SamplerConfig
@@ -140,7 +144,7 @@ def row_chunks(method, rollouts, size: int) -> list:
 def _identity(config: dict) -> dict:
     """Settings a resumed run must share (its length, budget, checkpointing and device may change)."""
     return {k: v for k, v in config.items()
-            if k not in ("train_steps", "save_every", "minutes", "device", "rollout_chunk", "out")}
+            if k not in ("train_steps", "save_every", "minutes", "device", "rollout_chunk", "out", "parallel")}
 
 
 def _flat(config: dict) -> dict:
@@ -279,19 +283,29 @@ def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
         method.extra_modules.double()
     if resumed and state.get("extra_modules"):
         method.extra_modules.load_state_dict(state["extra_modules"])
+    if not resumed:                     # belt and braces: identical start on every rank
+        broadcast_params(list(dlm.model.parameters()) + list(method.extra_modules.parameters()), d)
+    fsdp = d.world > 1 and (cfg.parallel == "fsdp" or (cfg.parallel == "auto" and not lora))
+    if fsdp:                            # after the reference copy: only the policy is sharded
+        from dlm_bench.sharding import shard_model
+        shard_model(dlm, d.world, device)
     o = mcfg.optim
     groups = [{"params": [q for q in dlm.model.parameters() if q.requires_grad], "lr": o.lr,
                "weight_decay": o.weight_decay}] + method.param_groups()
     for g in groups:
         g["base_lr"] = g["lr"]
     opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.adam_betas), weight_decay=o.weight_decay)
-    if resumed:
+    if resumed and bool(state.get("optimizer_by_name")) != fsdp:
+        raise UserError(f"{cfg.out} was checkpointed {'with' if state.get('optimizer_by_name') else 'without'} "
+                        f"FSDP; resume it with the same parallel mode (--set parallel=...)")
+    if resumed and fsdp:
+        from dlm_bench.sharding import load_optimizer_state
+        load_optimizer_state(dlm.model, method.extra_modules, opt, state["optimizer"])
+    elif resumed:
         opt.load_state_dict(state["optimizer"])
-    run = Run(p, d, device, dlm, lora, method, ref, opt, int(state["step"]), int(state["opt_step"]))
-    if not resumed:                     # belt and braces: identical start on every rank
-        broadcast_params(run.params, d)
-    replicate(dlm, d, device)           # after the reference copy: DDP wraps the policy alone
-    return run
+    if d.world > 1 and not fsdp:
+        replicate(dlm, d, device)       # DDP wraps the policy alone
+    return Run(p, d, device, dlm, lora, method, ref, opt, int(state["step"]), int(state["opt_step"]))
 
 
 # ----------------------------------------------------------------------------- stage: rollout
@@ -318,36 +332,44 @@ def _sample(dlm, prompts_ids, scfg, cfg: TrainConfig, step: int, global_idx: lis
 
 def rollout(run: Run) -> Batch:
     """This rank's micro-batches of the current step: sample, reward, build, `prepare` (no grad)."""
+    from dlm_bench.sharding import gathered
+    p, cfg = run.plan, run.cfg
+    idx = step_prompts(len(p.problems), p.mcfg.rollout.batch_prompts, cfg.seed, run.step)
+    run.dlm.model.eval()
+    run.method.extra_modules.eval()
+    out = Batch([], [], [], 0)
+    with gathered(run.dlm.model):       # FSDP: sampling and `prepare` run with local forward passes
+        for m in shard(math.ceil(p.mcfg.rollout.batch_prompts / cfg.micro_prompts), run.d):
+            out.micro.append((m, _rollout_micro(run, m, idx, out)))
+    return out
+
+
+def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch):
+    """Micro-batch m: its prompts' G completions, rewards and the prepared `Rollouts`."""
     from dlm_bench.likelihood import ScoredBatch
     from dlm_bench.methods import Rollouts
     p, cfg, dlm, step = run.plan, run.cfg, run.dlm, run.step
     P, G = p.mcfg.rollout.batch_prompts, p.mcfg.rollout.group_size
-    idx = step_prompts(len(p.problems), P, cfg.seed, step)
-    dlm.model.eval()
-    run.method.extra_modules.eval()
-    out = Batch([], [], [], 0)
-    for m in shard(math.ceil(P / cfg.micro_prompts), run.d):
-        gidx = list(range(m * cfg.micro_prompts, min(P, (m + 1) * cfg.micro_prompts)))
-        probs = [p.problems[idx[i]] for i in gidx]
-        for i in gidx:
-            if idx[i] not in run.prompt_cache:
-                run.prompt_cache[idx[i]] = dlm.prompt_ids(p.task.prompt(p.problems[idx[i]]))
-        pids = [run.prompt_cache[idx[i]] for i in gidx]
-        comps = _sample(dlm, pids, p.scfg, cfg, step, gidx, G)
-        texts = [c.text for c in comps]
-        rewards = p.task.rewards([q for q in probs for _ in range(G)], texts)
-        batch = ScoredBatch.build(dlm, [q for q in pids for _ in range(G)], [c.tokens for c in comps])
-        ro = Rollouts(batch=batch, rewards=torch.tensor(rewards, dtype=torch.float32),
-                      groups=torch.tensor([i for i in gidx for _ in range(G)], dtype=torch.long),
-                      step_map=torch.tensor([c.step_map for c in comps], dtype=torch.long),
-                      seed=derive_seed(cfg.seed, step, m, 0x5EED))
-        with torch.no_grad():
-            run.method.prepare(ro, dlm, run.ref)
-        out.micro.append((m, ro))
-        out.texts.append(texts)
-        out.rewards.append(rewards)
-        out.nfe += sum(c.nfe for c in comps)
-    return out
+    gidx = list(range(m * cfg.micro_prompts, min(P, (m + 1) * cfg.micro_prompts)))
+    probs = [p.problems[idx[i]] for i in gidx]
+    for i in gidx:
+        if idx[i] not in run.prompt_cache:
+            run.prompt_cache[idx[i]] = dlm.prompt_ids(p.task.prompt(p.problems[idx[i]]))
+    pids = [run.prompt_cache[idx[i]] for i in gidx]
+    comps = _sample(dlm, pids, p.scfg, cfg, step, gidx, G)
+    texts = [c.text for c in comps]
+    rewards = p.task.rewards([q for q in probs for _ in range(G)], texts)
+    batch = ScoredBatch.build(dlm, [q for q in pids for _ in range(G)], [c.tokens for c in comps])
+    ro = Rollouts(batch=batch, rewards=torch.tensor(rewards, dtype=torch.float32),
+                  groups=torch.tensor([i for i in gidx for _ in range(G)], dtype=torch.long),
+                  step_map=torch.tensor([c.step_map for c in comps], dtype=torch.long),
+                  seed=derive_seed(cfg.seed, step, m, 0x5EED))
+    with torch.no_grad():
+        run.method.prepare(ro, dlm, run.ref)
+    out.texts.append(texts)
+    out.rewards.append(rewards)
+    out.nfe += sum(c.nfe for c in comps)
+    return ro
 
 
 # ----------------------------------------------------------------------------- stage: update
@@ -362,6 +384,10 @@ def update(run: Run, batch: Batch) -> tuple[dict[str, float], float]:
     total, total_rows = all_sum([sum(counts), sum(rows)], d, run.device)
     weights = [c / total if total > 0 else 0.0 for c in counts]     # loss weights
     stat_w = [r / total_rows for r in rows]                          # stats: mean over rows
+    if is_sharded(run.dlm.model):      # FSDP: the same number of backward chunks on every rank
+        parts, weights = lockstep(parts, weights, d, run.device)
+        stat_w += [0.0] * (len(parts) - len(stat_w))
+    scale = loss_scale(run.dlm.model, d.world)
     run.dlm.model.train()
     method.extra_modules.train()
     mu = run.plan.mcfg.optim.inner_updates
@@ -373,7 +399,7 @@ def update(run: Run, batch: Batch) -> tuple[dict[str, float], float]:
             torch.manual_seed(derive_seed(cfg.seed, run.step, j, m, c, 0xD20))   # dropout, same on any world size
             with accumulating(run.dlm.model, last=k == len(parts) - 1):
                 loss, stats = method.loss(ro, run.dlm, run.ref)
-                (loss * weights[k]).backward()
+                (loss * (weights[k] * scale)).backward()
             if j == mu - 1:
                 for key, v in stats.items():
                     if isinstance(v, (int, float)) and key != "inner_iter":
@@ -387,14 +413,18 @@ def _optimizer_step(run: Run) -> float:
     """Sum gradients over ranks, clip, set the scheduled LR and step; returns the pre-clip grad norm."""
     o = run.plan.mcfg.optim
     params = run.params
-    sum_gradients(not_replicated(params, run.dlm.model), run.d, run.device)
-    with_grad = [p for p in params if p.grad is not None]
-    if with_grad and o.max_grad_norm:
-        norm = float(torch.nn.utils.clip_grad_norm_(with_grad, o.max_grad_norm))
-    elif with_grad:
-        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in with_grad])))
+    if is_sharded(run.dlm.model):      # FSDP reduced the policy's gradients; the heads are summed here
+        sum_gradients(plain_params(params), run.d, run.device)
+        norm = grad_norm_and_clip(params, o.max_grad_norm)
     else:
-        norm = 0.0
+        sum_gradients(not_replicated(params, run.dlm.model), run.d, run.device)
+        with_grad = [p for p in params if p.grad is not None]
+        if with_grad and o.max_grad_norm:
+            norm = float(torch.nn.utils.clip_grad_norm_(with_grad, o.max_grad_norm))
+        elif with_grad:
+            norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in with_grad])))
+        else:
+            norm = 0.0
     warmup = math.ceil(o.warmup_ratio * run.total_updates)
     mult = lr_multiplier(o.lr_schedule, run.opt_step, run.total_updates, warmup)
     for g in run.opt.param_groups:
@@ -429,9 +459,14 @@ def save(run: Run) -> None:
     """Checkpoint (atomic) and `train_result.json` of the current step; rank 0 writes, all wait."""
     cfg = run.cfg
     out = Path(cfg.out)
+    model, optimizer = run.dlm, None
+    if is_sharded(run.dlm.model):      # every rank takes part in gathering the whole state
+        from dlm_bench.sharding import SavesState, full_optimizer_state, full_state
+        model, optimizer = SavesState(run.dlm, full_state(run.dlm.model)), full_optimizer_state(run.dlm.model, run.method.extra_modules, run.opt)
     if run.d.main:
-        checkpoint.save(out, run.dlm, {
-            "step": run.step, "opt_step": run.opt_step, "optimizer": run.opt.state_dict(),
+        checkpoint.save(out, model, {
+            "step": run.step, "opt_step": run.opt_step, "optimizer_by_name": optimizer is not None,
+            "optimizer": run.opt.state_dict() if optimizer is None else optimizer,
             "extra_modules": run.method.extra_modules.state_dict(), "config": dataclasses.asdict(cfg),
             "method_config": dataclasses.asdict(run.plan.mcfg), "base_model": cfg.model, "lora": run.lora})
         rec = {"method": cfg.method, "task": cfg.task, "base_model": str(Path(cfg.model).resolve()),

@@ -1,5 +1,6 @@
 """The training loop on the tiny model: every method runs; resume is exact; 1 process == 2 gloo processes."""
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -112,20 +113,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-DP_RUNS = {"justgrpo": DP_OVER,                                      # full fine-tuning through DDP
-           "trafl": dict(DP_OVER, lora_r=4, lora_alpha=8)}             # LoRA + a log Z head outside DDP
+DP_RUNS = {  # name: (method, overrides, parallel)
+    "justgrpo-fsdp": ("justgrpo", DP_OVER, "auto"),                    # full fine-tuning: FSDP2 by default
+    "justgrpo-ddp": ("justgrpo", DP_OVER, "ddp"),
+    "trafl-fsdp": ("trafl", DP_OVER, "fsdp"),                          # + a log Z head outside FSDP
+    "trafl-lora-ddp": ("trafl", dict(DP_OVER, lora_r=4, lora_alpha=8), "auto")}   # LoRA: DDP by default
 
 
-@pytest.mark.parametrize("method", sorted(DP_RUNS))
-def test_two_processes_match_one(method, tiny_dir, tmp_path, varied_rewards):
-    one = train(TrainConfig(method=method, model=tiny_dir, out=str(tmp_path / "one"), train_steps=1,
-                            overrides=DP_RUNS[method], device="cpu", micro_batch_size=3), progress=False)
+def _dp_config(run: str, model: str, out: str) -> TrainConfig:
+    method, over, parallel = DP_RUNS[run]
+    return TrainConfig(method=method, model=model, out=out, train_steps=1, overrides=over, device="cpu",
+                       micro_batch_size=3, parallel=parallel)
+
+
+@pytest.mark.parametrize("run", sorted(DP_RUNS))
+def test_two_processes_match_one(run, tiny_dir, tmp_path, varied_rewards):
+    method = DP_RUNS[run][0]
+    one = train(_dp_config(run, tiny_dir, str(tmp_path / "one")), progress=False)
     port = str(_free_port())
     procs = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, __file__, "worker", tiny_dir, str(tmp_path / "two"), method],
+        procs.append(subprocess.Popen([sys.executable, __file__, "worker", tiny_dir, str(tmp_path / "two"), run],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for p in procs:
         log = p.communicate(timeout=240)[0]
@@ -135,7 +145,8 @@ def test_two_processes_match_one(method, tiny_dir, tmp_path, varied_rewards):
     assert r1["grad_norm"] == pytest.approx(r2["grad_norm"], rel=1e-4)
     assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-4, abs=1e-7)
     a, b = weights(one), weights(tmp_path / "two" / "checkpoint")
-    base = weights(Path(tiny_dir)) if method == "justgrpo" else {k: torch.zeros_like(v) for k, v in a.items()}
+    lora = "lora" in run
+    base = {k: torch.zeros_like(v) for k, v in a.items()} if lora else weights(Path(tiny_dir))
     moved = 0.0
     assert a.keys() == b.keys()
     for k in a:
@@ -150,12 +161,41 @@ def test_two_processes_match_one(method, tiny_dir, tmp_path, varied_rewards):
             assert torch.allclose(ha[k], hb[k], atol=2e-5, rtol=1e-3), k
 
 
-def _worker(model: str, out: str, method: str) -> None:
+def _two_processes(*args) -> None:
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, __file__, "worker", *map(str, args)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        log = p.communicate(timeout=240)[0]
+        assert p.returncode == 0, log[-3000:]
+
+
+def test_fsdp_checkpoints_resume_exactly(tiny_dir, tmp_path, varied_rewards):
+    """Two FSDP processes: 2 steps straight == 1 step, stop, resume for the second (weights and AdamW
+    state gathered by name); resuming that checkpoint in another parallel mode is refused."""
+    _two_processes(tiny_dir, tmp_path / "full", "justgrpo-fsdp", 2)
+    _two_processes(tiny_dir, tmp_path / "half", "justgrpo-fsdp", 1)
+    _two_processes(tiny_dir, tmp_path / "half", "justgrpo-fsdp", 2)
+    a, b = weights(tmp_path / "full" / "checkpoint"), weights(tmp_path / "half" / "checkpoint")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["step"] for r in rows(tmp_path / "half")] == [1, 2]
+    state = torch.load(tmp_path / "half" / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert state["optimizer_by_name"] and state["step"] == 2
+    with pytest.raises(UserError, match="with FSDP; resume it with the same parallel mode"):
+        train(dataclasses.replace(_dp_config("justgrpo-fsdp", tiny_dir, str(tmp_path / "half")), train_steps=3),
+              progress=False)
+
+
+def _worker(model: str, out: str, run: str, steps: str = "1") -> None:
     torch.set_num_threads(1)
     from dlm_bench.tasks.testbed import Testbed
     Testbed.rewards = fake_rewards
-    train(TrainConfig(method=method, model=model, out=out, train_steps=1, overrides=DP_RUNS[method], device="cpu",
-                      micro_batch_size=3), progress=False)
+    train(dataclasses.replace(_dp_config(run, model, out), train_steps=int(steps), save_every=1), progress=False)
     torch.distributed.destroy_process_group()
 
 
@@ -221,4 +261,4 @@ def test_methods_command(capsys):
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
-    _worker(sys.argv[2], sys.argv[3], sys.argv[4])
+    _worker(*sys.argv[2:])
