@@ -75,7 +75,9 @@ class OptimConfig:
     max_grad_norm: float | None = knob(1.0, "clip the global gradient norm to this (None or 0: no clipping)", low=0.0)
     train_steps: int | None = knob(None, "rollout batches to train on (None: one pass over the train split)",
                                    low=1)
-    inner_updates: int = knob(1, "optimizer updates per rollout batch (mu)", low=1)
+    inner_updates: int = knob(1, "passes over each rollout batch (mu); each pass is `minibatches` updates", low=1)
+    minibatches: int = knob(1, "optimizer updates per pass: the batch's prompt groups split into this many "
+                               "minibatches (PPO-style), all against the rollout-time policy", low=1)
 
 
 @dataclass

@@ -139,3 +139,10 @@ def not_replicated(params, model) -> list:
         return list(params)
     inside = {id(p) for p in model.parameters()}
     return [p for p in params if id(p) not in inside]
+
+
+def lockstep(n_chunks: int, d: Dist, device) -> int:
+    """How many chunks this rank must add to match the busiest rank's backward count."""
+    n = torch.tensor([n_chunks], device=device)
+    torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX)
+    return int(n) - n_chunks

@@ -4,8 +4,8 @@ state sharded over the ranks, so a model whose optimizer state does not fit one 
 FSDP's collectives must run in the same order on every rank, while this loop's ranks do different
 work (uneven shares of a batch; sampling that stops rows at end-of-text). So:
 - rollouts run with every parameter gathered (`gathered`): their forward passes are local;
-- every rank runs the same number of backward chunks per update (`lockstep`: a rank with fewer
-  repeats one of its chunks at weight 0);
+- every rank runs the same number of backward chunks per update (`distributed.lockstep`; the loop
+  adds one-row chunks at weight 0 on the less busy ranks);
 - FSDP averages gradients over ranks, the loop's chunk weights already sum over the global batch,
   so each loss is scaled by the world size (`loss_scale`);
 - the gradient norm is computed over the full (sharded) gradients (`grad_norm_and_clip`).
@@ -64,14 +64,6 @@ class gathered:
             m.reshard()
             m.set_reshard_after_forward(True, recurse=False)
         return False
-
-
-def lockstep(parts: list, weights: list[float], d, device) -> tuple[list, list[float]]:
-    """Pad this rank's backward chunks to the largest count over ranks with weight-0 repeats."""
-    n = torch.tensor([len(parts)], device=device)
-    torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX)
-    extra = int(n) - len(parts)
-    return parts + [parts[-1]] * extra, weights + [0.0] * extra
 
 
 def loss_scale(model, world: int) -> float:

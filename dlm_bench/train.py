@@ -47,10 +47,10 @@ from tqdm.auto import tqdm
 
 from dlm_bench import checkpoint
 from dlm_bench.config import derive_seed
-from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params, init_distributed, not_replicated,
-                                   replicate, shard, sum_gradients, sum_over_ranks)
+from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params, init_distributed, lockstep,
+                                   not_replicated, replicate, shard, sum_gradients, sum_over_ranks)
 from dlm_bench.errors import UserError
-from dlm_bench.sharding import grad_norm_and_clip, is_sharded, lockstep, loss_scale, plain_params
+from dlm_bench.sharding import grad_norm_and_clip, is_sharded, loss_scale, plain_params
 
 RESULT = "train_result.json"
 __all__ = ["TrainConfig", "train", "derive_seed", "step_prompts", "lr_multiplier", "shard", "Dist"]
@@ -266,7 +266,8 @@ class Run:
 
     @property
     def total_updates(self) -> int:
-        return self.plan.steps * self.plan.mcfg.optim.inner_updates
+        o = self.plan.mcfg.optim
+        return self.plan.steps * o.inner_updates * o.minibatches
 
 
 def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
@@ -375,38 +376,54 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch):
 # ----------------------------------------------------------------------------- stage: update
 
 def update(run: Run, batch: Batch) -> tuple[dict[str, float], float]:
-    """mu optimizer updates over the whole (global) batch; returns (row-weighted stats of the last
-    update, summed over this rank's rows, and its pre-clip gradient norm)."""
-    method, cfg, d = run.method, run.cfg, run.d
-    parts = [(m, k, sub) for m, ro in batch.micro for k, sub in enumerate(row_chunks(method, ro, cfg.micro_batch_size))]
+    """mu passes over the (global) batch, each `minibatches` optimizer updates; returns the row-weighted
+    stats of the last pass (summed over this rank's rows) and the last pre-clip gradient norm."""
+    method, cfg, o = run.method, run.cfg, run.plan.mcfg.optim
+    # minibatch i holds the micro-batches m with m % minibatches == i, on whichever rank they are
+    minis = [[(m, ro) for m, ro in batch.micro if m % o.minibatches == i] for i in range(o.minibatches)]
+    filler = batch.micro[0][1]          # a rank always holds a micro-batch (fewer are refused)
+    plans = [_backward_plan(run, mb, filler) for mb in minis]
+    run.dlm.model.train()
+    method.extra_modules.train()
+    stat_sums: dict[str, float] = {}
+    norm = 0.0
+    for j in range(o.inner_updates):
+        for parts, weights, stat_w in plans:
+            run.opt.zero_grad(set_to_none=True)
+            for k, (m, c, ro) in enumerate(parts):
+                torch.manual_seed(derive_seed(cfg.seed, run.step, j, m, c, 0xD20))   # dropout, same on any world size
+                with accumulating(run.dlm.model, last=k == len(parts) - 1):
+                    loss, stats = method.loss(ro, run.dlm, run.ref)
+                    (loss * weights[k]).backward()
+                if j == o.inner_updates - 1:
+                    for key, v in stats.items():
+                        if isinstance(v, (int, float)) and key != "inner_iter":
+                            stat_sums[key] = stat_sums.get(key, 0.0) + stat_w[k] * float(v)
+            norm = _optimizer_step(run)
+            run.opt_step += 1
+    return stat_sums, norm
+
+
+def _backward_plan(run: Run, micro: list, filler) -> tuple[list, list[float], list[float]]:
+    """One optimizer update's backward chunks (micro-batch, chunk, rows) with their loss weights
+    (count / global count: the summed gradient is the update's whole-batch gradient) and stat weights.
+    With several processes every rank runs as many chunks as the busiest one (DDP and FSDP reduce in
+    the backward pass): the others add one-row chunks of `filler` at weight 0, each its own selection
+    so that its use leaves the real chunks' state (e.g. mask-draw counters) untouched."""
+    method, d = run.method, run.d
+    parts = [(m, k, sub) for m, ro in micro for k, sub in enumerate(row_chunks(method, ro, run.cfg.micro_batch_size))]
     counts = [float(method.loss_count(sub)) for _, _, sub in parts]
     rows = [float(sub.rewards.numel()) for _, _, sub in parts]
     total, total_rows = all_sum([sum(counts), sum(rows)], d, run.device)
-    weights = [c / total if total > 0 else 0.0 for c in counts]     # loss weights
-    stat_w = [r / total_rows for r in rows]                          # stats: mean over rows
-    if is_sharded(run.dlm.model):      # FSDP: the same number of backward chunks on every rank
-        parts, weights = lockstep(parts, weights, d, run.device)
-        stat_w += [0.0] * (len(parts) - len(stat_w))
     scale = loss_scale(run.dlm.model, d.world)
-    run.dlm.model.train()
-    method.extra_modules.train()
-    mu = run.plan.mcfg.optim.inner_updates
-    stat_sums: dict[str, float] = {}
-    norm = 0.0
-    for j in range(mu):
-        run.opt.zero_grad(set_to_none=True)
-        for k, (m, c, ro) in enumerate(parts):
-            torch.manual_seed(derive_seed(cfg.seed, run.step, j, m, c, 0xD20))   # dropout, same on any world size
-            with accumulating(run.dlm.model, last=k == len(parts) - 1):
-                loss, stats = method.loss(ro, run.dlm, run.ref)
-                (loss * (weights[k] * scale)).backward()
-            if j == mu - 1:
-                for key, v in stats.items():
-                    if isinstance(v, (int, float)) and key != "inner_iter":
-                        stat_sums[key] = stat_sums.get(key, 0.0) + stat_w[k] * float(v)
-        norm = _optimizer_step(run)
-        run.opt_step += 1
-    return stat_sums, norm
+    weights = [scale * c / total if total > 0 else 0.0 for c in counts]
+    stat_w = [r / total_rows / run.plan.mcfg.optim.minibatches for r in rows]   # stats: mean over all rows
+    if d.world > 1:
+        extra = lockstep(len(parts), d, run.device)
+        parts += [(-1, -1, method.select(filler, torch.arange(1))) for _ in range(extra)]
+        weights += [0.0] * extra
+        stat_w += [0.0] * extra
+    return parts, weights, stat_w
 
 
 def _optimizer_step(run: Run) -> float:

@@ -92,6 +92,13 @@ class Method:
         cache (computed on the whole batch, so group statistics stay whole-batch) is sliced per row."""
         return rollouts.rows(idx)
 
+    @property
+    def updates_per_batch(self) -> int:
+        """Optimizer updates made on one rollout batch (mu passes x minibatches): above 1, the policy
+        moves away from the one that sampled, so ratios need the rollout-time ("old") scores."""
+        o = getattr(self.config, "optim", None)
+        return 1 if o is None else o.inner_updates * o.minibatches
+
     def param_groups(self) -> list[dict]:
         """Optimizer groups for the method's own modules (the loop adds the policy's)."""
         return []

@@ -48,7 +48,8 @@ class ESPOConfig(MethodConfig):
         adam_betas=((0.9, 0.99), "train.yaml adam_beta1/2"),
         max_grad_norm=(0.2, "run_*_llada.sh --max_grad_norm"),
         train_steps=(None, "train.yaml num_train_epochs 1: one pass over the train split"),
-        inner_updates=(8, "--num_iterations 8 (mu)"))
+        inner_updates=(8, "--num_iterations 8 (mu)"),
+        minibatches=(1, "trl GRPOTrainer: each iteration is one optimizer step over the generation batch"))
     rollout: RolloutConfig = block(
         RolloutConfig,
         group_size=(6, "--num_generations 6 (GSM8K)"),
@@ -109,7 +110,7 @@ class ESPO(Method):
         mu = max(1, cfg.inner_updates)
         c["draws"] = [iteration_draws(rollouts, j, cfg.scoring.num_masks, cfg.scoring.mask_scheme) for j in range(mu)]
         with torch.no_grad():
-            if mu > 1:
+            if self.updates_per_batch > 1:
                 c["elbo_old"] = [elbo(policy, batch, d).detach() for d in c["draws"]]
             if cfg.beta != 0.0:
                 c["elbo_ref"] = [elbo(ref, batch, d).detach() for d in c["draws"]]

@@ -40,7 +40,8 @@ class JustGRPOConfig(MethodConfig):
         adam_betas=((0.9, 0.999), "train.py AdamW betas"),
         max_grad_norm=(1.0, "train.py max_grad_norm"),
         train_steps=(125, "Table 3 / train.py total_steps (all datasets)"),
-        inner_updates=(1, "Table 3 'policy updates per batch: 1' (ratio = 1 on-policy)"))
+        inner_updates=(1, "Table 3 'policy updates per batch: 1' (ratio = 1 on-policy)"),
+        minibatches=(1, "train.py: one optimizer step per global batch"))
     rollout: RolloutConfig = block(
         RolloutConfig,
         group_size=(16, "num_generations 8 x repeat_times 2 (train.py); Table 3 'G 16'"),
@@ -73,7 +74,7 @@ class JustGRPO(Method):
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
         self._advantages(rollouts)
-        if self.config.inner_updates > 1:      # reuse needs the rollout-time per-token log-probs
+        if self.updates_per_batch > 1:       # reuse needs the rollout-time per-token log-probs
             with torch.no_grad():
                 rollouts.cache["old_logp"] = left_to_right_logprob(policy, rollouts.batch, per_token=True)
 

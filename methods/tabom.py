@@ -44,7 +44,8 @@ class TABOMConfig(MethodConfig):
         adam_betas=((0.9, 0.999), "train_tabom.py torch AdamW defaults"),
         max_grad_norm=(1.0, "train_tabom.py --max_grad_norm 1.0"),
         train_steps=(None, "one pass over the split (paper: 5 epochs; code default 3)"),
-        inner_updates=(1, "supervised: one update per batch"))
+        inner_updates=(1, "supervised: one update per batch"),
+        minibatches=(1, "supervised: one update per batch"))
     rollout: RolloutConfig = block(
         RolloutConfig,
         group_size=(1, "one self-distilled trajectory per query"),

@@ -23,9 +23,15 @@ mean over the step's tokens; GAE over trace steps with the correctness reward at
 (`gae`), the step advantage replacing the group z-score; the head regresses to the returns with
 TraDo's clipped loss 0.5 max((V - R)^2, (V_clip - R)^2), at its own learning rate (`value_lr`).
 
-Not reproduced: the reference code runs many minibatch optimizer steps over one rollout batch
-(grad accumulation 128 x batch 2); the shared loop does `inner_updates` full-batch updates instead.
-`post_num` (how many trailing EOS pads stay trainable) has no counterpart: the loop trains the window.
+As in the code: several optimizer steps per rollout batch against the fixed rollout policy
+(`optim.minibatches`, one prompt group each: the code steps every 128 x 2 (trajectory, step) samples,
+~64 times per batch), so the clip and the KL to the old policy act from the second step on; the
+end-of-text fill after a completion's first end-of-text is not trained (`exclude_pads`; the first one
+is, as the decision to stop); a completion with no end-of-text counts as incorrect
+(`truncated_reward`); the KL is summed over each step's tokens (`kl_sum`); constant LR 1e-6 (the
+config's cosine with min_lr_scale 1.0).
+Not reproduced: a fresh AdamW per RL step (the shared loop keeps one optimizer for the run), and
+`post_num` (a number of trailing pads that stay trainable).
 """
 from __future__ import annotations
 
@@ -50,13 +56,15 @@ class TraceRLConfig(MethodConfig):
     optim: OptimConfig = block(
         OptimConfig,
         lr=(1e-6, "rl_llada.yaml optimizer learning_rate 1e-6"),
-        lr_schedule=("cosine", "rl_llada.yaml lr_scheduler cosine"),
+        lr_schedule=("constant", "rl_llada.yaml lr_scheduler cosine with min_lr_scale 1.0: constant 1e-6"),
         warmup_ratio=(0.0, "not found as a ratio; the RL configs use no warm-up steps"),
         weight_decay=(0.0, "not found; dLLM-RL optimizer config (AdamW, decay not recorded here)"),
         adam_betas=((0.9, 0.999), "not found; AdamW defaults"),
         max_grad_norm=(1.0, "not found; dLLM-RL training.max_grad_norm, assumed 1.0"),
         train_steps=(50, "rl_llada.yaml total RL steps 50"),
-        inner_updates=(1, "one update per rollout batch (the code: many minibatch steps, see docstring)"))
+        inner_updates=(1, "rl_llada.py: one pass over each rollout batch's samples"),
+        minibatches=(32, "rl_llada.py: many optimizer steps per rollout batch (grad accum 128 x batch 2 "
+                         "samples, ~64 steps); here one per prompt group (32)"))
     rollout: RolloutConfig = block(
         RolloutConfig,
         group_size=(8, "rl_llada.yaml num_response_per_task 8"),
@@ -75,6 +83,12 @@ class TraceRLConfig(MethodConfig):
     group_filter: tuple[float, float] | None = knob(
         (0.2, 0.8), "drop groups whose accuracy lies outside [low, high] (None: keep all)",
         source="rl_reward.py")
+    exclude_pads: bool = knob(True, "train only up to each completion's first end-of-text (the fill after "
+                              "it is not an action)", source="rl_llada.py loss mask drops <|endoftext|> fill")
+    truncated_reward: float | None = knob(0.0, "reward of a completion with no end-of-text in its window "
+                                          "(None: the task's reward)", source="rl_reward.py: truncated = incorrect")
+    kl_sum: bool = knob(True, "KL summed over each trace step's tokens (False: averaged)",
+                        source="rl_llada.py sums the k3 term per step")
     value_model: bool = knob(False, "train a value head (TraDo 'with_value' configs)", source="off in rl_llada.yaml")
     value_backbone: str = knob("detached", "'detached' policy states | 'reference' states | 'copy': trainable copy",
                                choices=("detached", "reference", "copy"), source="reconstructed")
@@ -116,6 +130,20 @@ def trace_samples(step_map: torch.Tensor, valid: torch.Tensor, shrink: int):
     return rows, k, masks, targets
 
 
+def answer_positions(batch: ScoredBatch, stops: set[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """([N] has an end-of-text token, [N, G] positions up to and including the first one): what a
+    completion decided; the end-of-text fill after it is padding."""
+    comp = batch.completion
+    is_stop = torch.zeros_like(comp, dtype=torch.bool)
+    for s in stops:
+        is_stop |= comp == s
+    ended = is_stop.any(-1)
+    G = comp.shape[1]
+    first = torch.where(ended, is_stop.float().argmax(-1), torch.full_like(ended, G - 1, dtype=torch.long))
+    pos = torch.arange(G, device=comp.device)[None, :]
+    return ended, pos <= first[:, None]
+
+
 def population_zscore(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """(r - group mean) / population std, 0 where the group's std is 0 (dLLM-RL `rl_reward.py`)."""
     r = rewards.float()
@@ -155,10 +183,11 @@ def k3(logp: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor:
 
 def tracerl_loss(logp: torch.Tensor, old_logp: torch.Tensor, anchor_logp: torch.Tensor | None,
                  adv: torch.Tensor, targets: torch.Tensor, beta: float, eps: float,
-                 weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Per-token clipped PPO + beta k3 on each sample's loss positions, averaged per sample, then over
-    samples. logp/old/anchor: [R, G] log-probs at the positions; adv: [R]; targets: [R, G] bool;
-    weight: [R] sample weights (0 drops a sample), normalised to sum 1."""
+                 weight: torch.Tensor | None = None, kl_sum: bool = False) -> tuple[torch.Tensor, dict]:
+    """Per-token clipped PPO on each sample's loss positions, averaged per sample, plus beta k3 summed
+    (`kl_sum`, the code) or averaged over them; then the weighted mean over samples. logp/old/anchor:
+    [R, G] log-probs at the positions; adv: [R]; targets: [R, G] bool; weight: [R] sample weights
+    (0 drops a sample), normalised to sum 1."""
     R = logp.shape[0]
     w = torch.ones(R, dtype=logp.dtype, device=logp.device) if weight is None else weight.to(logp)
     w = w / w.sum().clamp(min=1e-12)
@@ -172,7 +201,8 @@ def tracerl_loss(logp: torch.Tensor, old_logp: torch.Tensor, anchor_logp: torch.
     loss = pg
     stats["pg_loss"] = float(pg.detach())
     if anchor_logp is not None and beta != 0.0:
-        kl = ((k3(logp, anchor_logp) * t).sum(-1) / n * w).sum()
+        per_kl = (k3(logp, anchor_logp) * t).sum(-1)
+        kl = ((per_kl if kl_sum else per_kl / n) * w).sum()
         loss = loss + beta * kl
         stats["kl_k3"] = float(kl.detach())
     stats["loss"] = float(loss.detach())
@@ -257,10 +287,14 @@ class TraceRL(Method):
         self._build_value(policy)
         if self.needs_reference and ref is None:
             raise ValueError("tracerl: kl_anchor='reference' / value_backbone='reference' need a reference model")
-        rows, k, masks, targets = trace_samples(rollouts.step_map.cpu(), batch.valid.cpu(), cfg.shrink)
+        ended, content = answer_positions(batch, policy.stops())
+        trained = batch.valid & content if cfg.exclude_pads else batch.valid
+        rows, k, masks, targets = trace_samples(rollouts.step_map.cpu(), trained.cpu(), cfg.shrink)
         dev = batch.completion.device
         c.update(rows=rows.to(dev), k=k.to(dev), masks=masks.to(dev), targets=targets.to(dev))
         r = rollouts.rewards.float().to(dev)
+        if cfg.truncated_reward is not None:       # no end-of-text in the window: counted as a failure
+            r = torch.where(ended.to(dev), r, torch.full_like(r, float(cfg.truncated_reward)))
         groups = rollouts.groups.to(dev)
         keep = torch.ones_like(r, dtype=torch.bool)
         if cfg.group_filter is not None:
@@ -268,9 +302,8 @@ class TraceRL(Method):
             keep = (acc >= cfg.group_filter[0]) & (acc <= cfg.group_filter[1])
         c["weight"] = keep[c["rows"]].float()
         c["adv"] = population_zscore(r, groups)[c["rows"]]
-        mu = max(1, cfg.inner_updates)
         with torch.no_grad():
-            if mu > 1:
+            if self.updates_per_batch > 1:
                 c["old"] = self._logp(policy, rollouts).detach()
             if cfg.kl_anchor == "reference" and cfg.beta != 0.0:
                 c["anchor"] = self._logp(ref, rollouts).detach()
@@ -333,7 +366,7 @@ class TraceRL(Method):
         old = c["old"] if "old" in c else logp.detach()
         anchor = c.get("anchor", old) if cfg.beta != 0.0 else None
         adv = c["adv"].to(logp.device, logp.dtype)
-        loss, stats = tracerl_loss(logp, old, anchor, adv, c["targets"], cfg.beta, cfg.epsilon, weight)
+        loss, stats = tracerl_loss(logp, old, anchor, adv, c["targets"], cfg.beta, cfg.epsilon, weight, cfg.kl_sum)
         if cfg.value_model:
             tok_v = self._token_values(rollouts, policy, ref, grad=True)
             t = c["targets"] & (weight[:, None] > 0)

@@ -57,7 +57,8 @@ class TraFLConfig(MethodConfig):
         adam_betas=((0.9, 0.99), "not found; ESPO/d1 recipe"),
         max_grad_norm=(0.2, "not found; ESPO/d1 recipe"),
         train_steps=(None, "not found; loop default"),
-        inner_updates=(1, "not found; one update per rollout batch (TB allows reuse)"))
+        inner_updates=(1, "not found; one update per rollout batch (TB allows reuse)"),
+        minibatches=(1, "not found; one update per rollout batch"))
     rollout: RolloutConfig = block(
         RolloutConfig,
         group_size=(6, "not found (port: 5); d1 and ESPO GSM8K use 6"),

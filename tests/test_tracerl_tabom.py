@@ -86,7 +86,7 @@ def test_population_zscore_and_group_filter(tiny):
     assert z[:4].tolist() == pytest.approx([0.75 / std, -0.25 / std, -0.25 / std, -0.25 / std])
     assert z[4:].tolist() == [0.0] * 4                           # constant group
     cls = get_method("tracerl")
-    m = cls(make_config(cls, {"shrink": 8}), policy=tiny)       # default filter: keep accuracy in [0.2, 0.8]
+    m = cls(make_config(cls, {"shrink": 8, "truncated_reward": None}), policy=tiny)   # default filter [0.2, 0.8]
     sm = torch.arange(8).repeat(8, 1)
     ro = _rollouts(tiny, sm, [8] * 8, r.tolist(), G=4)
     with torch.no_grad():
@@ -167,9 +167,10 @@ def _smoke_rollouts(dlm, seed=0, G=3, W=8):
 
 
 @pytest.mark.parametrize("name,opts", [
-    ("tracerl", {"shrink": 2}),
-    ("tracerl", {"shrink": 1, "kl_anchor": "reference", "inner_updates": 2}),
-    ("tracerl", {"shrink": 2, "value_model": True, "gamma": 0.9, "lam": 0.95}),
+    # the smoke completions have no end-of-text: keep their rewards (truncated_reward None)
+    ("tracerl", {"shrink": 2, "truncated_reward": None}),
+    ("tracerl", {"shrink": 1, "kl_anchor": "reference", "inner_updates": 2, "truncated_reward": None}),
+    ("tracerl", {"shrink": 2, "value_model": True, "gamma": 0.9, "lam": 0.95, "truncated_reward": None}),
     ("tabom", {}),
     ("tabom", {"supervision_window": 3, "rank_window": 3, "ce_weighting": "llada", "filter_correct": True}),
 ])
@@ -212,3 +213,38 @@ def test_reference_need_follows_the_settings():
     assert not tr(make_config(tr, {"kl_anchor": "reference", "beta": 0.0})).needs_reference
     with pytest.raises(UserError, match="kl_anchor must be one of old, reference"):
         make_config(tr, {"kl_anchor": "bogus"})
+
+
+def test_pads_after_the_first_end_of_text_are_not_trained_and_truncation_fails(tiny):
+    cls = get_method("tracerl")
+    m = cls(make_config(cls, {"shrink": 1, "group_filter": None}), policy=tiny)
+    ro = _rollouts(tiny, torch.arange(8).repeat(2, 1), [8, 8], [1.0, 1.0], G=2)
+    eos = tiny.eos_id
+    ro.batch.completion[0, 3:] = eos                      # row 0 ends at position 3; row 1 never ends
+    with torch.no_grad():
+        m.prepare(ro, tiny, None)
+    c = ro.cache
+    trained = torch.zeros(2, 8, dtype=torch.long).index_add(0, c["rows"], c["targets"].long())
+    assert trained.tolist() == [[1, 1, 1, 1, 0, 0, 0, 0], [1] * 8]   # the first end-of-text is the stop decision
+    # row 1 is truncated: reward 0, so the group (1, 0) has advantages (+1, -1)
+    assert c["adv"][c["rows"] == 0].unique().tolist() == [1.0] and c["adv"][c["rows"] == 1].unique().tolist() == [-1.0]
+
+
+@pytest.mark.parametrize("schedule", [dict(minibatches=1), dict(minibatches=2), dict(inner_updates=2)])
+def test_ppo_clip_and_kl_act_after_the_first_update(schedule, tiny_dir, tmp_path, varied_rewards):
+    """One rollout batch, several optimizer steps against the rollout policy: from the second step on
+    the ratio leaves 1 and the KL to the old policy is positive; a second pass over the same rows
+    (inner_updates 2) makes the clip bind. With a single update both stay exactly 0."""
+    from dlm_bench.train import TrainConfig, train
+    import json
+    over = dict(group_size=4, batch_prompts=2, gen_length=8, steps=8, block_length=8, lr=5e-2, group_filter=None,
+                truncated_reward=None, max_grad_norm=None, **schedule)
+    train(TrainConfig(method="tracerl", model=tiny_dir, out=str(tmp_path / "r"), train_steps=1, overrides=over,
+                      device="cpu"), progress=False)
+    row = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[-1])
+    if schedule.get("minibatches") == 1:                 # on-policy: ratio 1, KL to the rollout policy 0
+        assert row["clip_frac"] == 0.0 and row["kl_k3"] == 0.0 and row["ratio_mean"] == pytest.approx(1.0)
+    else:                                                # the later updates see a moved policy
+        assert row["kl_k3"] > 0.0 and row["ratio_mean"] != pytest.approx(1.0, abs=1e-4)
+    if "inner_updates" in schedule:
+        assert row["clip_frac"] > 0.0

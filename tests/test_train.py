@@ -117,7 +117,10 @@ DP_RUNS = {  # name: (method, overrides, parallel)
     "justgrpo-fsdp": ("justgrpo", DP_OVER, "auto"),                    # full fine-tuning: FSDP2 by default
     "justgrpo-ddp": ("justgrpo", DP_OVER, "ddp"),
     "trafl-fsdp": ("trafl", DP_OVER, "fsdp"),                          # + a log Z head outside FSDP
-    "trafl-lora-ddp": ("trafl", dict(DP_OVER, lora_r=4, lora_alpha=8), "auto")}   # LoRA: DDP by default
+    "trafl-lora-ddp": ("trafl", dict(DP_OVER, lora_r=4, lora_alpha=8), "auto"),   # LoRA: DDP by default
+    # 3 minibatches of one prompt each over 2 ranks: rank 1 holds none of two of them (weight-0 filler
+    # chunks keep FSDP in step); 2 passes: ESPO's per-pass mask draws and old ELBOs
+    "espo-minibatches-fsdp": ("espo", dict(DP_OVER, inner_updates=2, minibatches=3), "auto")}
 
 
 def _dp_config(run: str, model: str, out: str) -> TrainConfig:
