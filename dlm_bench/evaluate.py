@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -159,15 +158,8 @@ def sampling_hash(cell_cfg: dict) -> str:
 
 
 def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "dlm-bench"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
+    from dlm_bench.environment import versions as _versions
+    return _versions()
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -333,8 +325,12 @@ def _sweep(cfg: SweepConfig, *, dlm=None, rank: int | None = None, world: int | 
 
 def _record_model(out: Path, dlm) -> None:
     """What the loaded model looked like at run time (not part of any hash: none of it changes a sample)."""
+    from dlm_bench.environment import note
+    dtype = str(next(dlm.model.parameters()).dtype).removeprefix("torch.")
     info = {"path": dlm.path, "base_model": dlm.extra.get("base_model"), "adapter": dlm.extra.get("adapter"),
-            "honours_padding": dlm.honours_padding, "stop_ids": sorted(dlm.stops()), "versions": versions()}
+            "honours_padding": dlm.honours_padding, "stop_ids": sorted(dlm.stops()), "dtype": dtype,
+            "versions": versions()}
+    note(out, dlm.device, dtype)        # environment.jsonl: every environment that wrote records here
     tmp = out / ".model.json.tmp"
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp, out / "model.json")
@@ -392,10 +388,13 @@ def finalize_run(cfg: SweepConfig, task=None) -> dict:
         results["config"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                              "split": split}
         results["versions"] = versions()
-        from dlm_bench.environment import environment
-        results["environment"] = environment(_default_device(cfg, False))
-        if (store.dir / "model.json").is_file():
-            results["model_runtime"] = json.loads((store.dir / "model.json").read_text())
+        from dlm_bench.environment import environment, history
+        runtime = json.loads((store.dir / "model.json").read_text()) if (store.dir / "model.json").is_file() else {}
+        if runtime:
+            results["model_runtime"] = runtime
+        results["environment"] = environment(_default_device(cfg, False), runtime.get("dtype"))
+        # Not in any hash: records written under several environments agree statistically, not bitwise.
+        results["environments"] = history(store.dir)
         store.write_results(results)
     return results
 
