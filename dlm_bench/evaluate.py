@@ -239,7 +239,7 @@ def run_sweep(cfg: SweepConfig, *, wait: bool = False, rank: int | None = None, 
     model_weights(cfg.model)        # a truncated weight file fails here, before the folder is made
     with folder_lock(cfg.out, wait=wait):
         from dlm_bench.run_index import record_cells
-        record_cells(cfg.out, cfg.method, cells)    # which model each config hash stands for
+        record_cells(cfg.out, cfg.method, cells, cfg.model)    # which model each config hash stands for
         return _sweep(cfg, rank=rank, world=world, **kw)
 
 
