@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from dlm_bench.file_modes import share_tree
+
 STATE = "trainer_state.pt"
 
 
@@ -24,6 +26,7 @@ def save(out_dir: str | Path, dlm, state: dict, name: str = "checkpoint") -> Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
     dlm.save(str(tmp))
     torch.save(state, tmp / STATE)
+    share_tree(tmp)                  # mkdtemp's 0700 and the weights' 0600: others read checkpoints too
     old = out / f".{name}-old"
     if old.exists():
         shutil.rmtree(old)
