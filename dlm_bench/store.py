@@ -3,7 +3,9 @@
 A run directory holds
 - `generations.jsonl`: one row per sample (GEN_FIELDS): what was decoded, its seed and its cost;
 - `scores.jsonl`: the same row plus the grade (SCORE_FIELDS);
-- `results.json`: aggregates, the full resolved config and package versions (written whole, atomically).
+- `results.json`: aggregates, the full resolved config and package versions (written whole, atomically);
+- beside them (other modules): `configs.jsonl` (which model each config hash stands for, `run_index`),
+  `model.json` (the loaded model), `environment.jsonl` (where it ran, `environment`).
 
 A record is keyed by (method, config_hash, problem_id, sample) and is never written twice: `append`
 skips keys already present. Every batch of lines goes out in one write, then flush + fsync, so a kill
