@@ -173,7 +173,7 @@ def _remove(runs: list[Run], yes: bool) -> int:
     for r in runs:
         print(f"{'removing' if yes else 'would remove'} {r.path}  [{r.status}{': ' + r.why if r.why else ''}; "
               f"{r.records} records]")
-        if yes:
+        if yes and r.path.is_dir():            # (a folder inside one removed before is gone already)
             try:
                 with folder_lock(r.path):              # no writer can start while it goes
                     shutil.rmtree(r.path)
