@@ -1,6 +1,8 @@
 """Atomic checkpoints: a Hugging Face model directory plus `trainer_state.pt`, swapped in whole.
 
 A run killed at any moment leaves either the previous checkpoint or the new one, never half of one.
+Each save also notes the environment beside the checkpoint (`environment.jsonl` in the run folder,
+not in the model folder, whose content is the model's fingerprint).
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from dlm_bench.file_modes import share_tree
 
 STATE = "trainer_state.pt"
 
@@ -22,6 +26,7 @@ def save(out_dir: str | Path, dlm, state: dict, name: str = "checkpoint") -> Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
     dlm.save(str(tmp))
     torch.save(state, tmp / STATE)
+    share_tree(tmp)                  # mkdtemp's 0700 and the weights' 0600: others read checkpoints too
     old = out / f".{name}-old"
     if old.exists():
         shutil.rmtree(old)
@@ -29,6 +34,8 @@ def save(out_dir: str | Path, dlm, state: dict, name: str = "checkpoint") -> Pat
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+    from dlm_bench.environment import note
+    note(out, dlm.device, next(dlm.model.parameters()).dtype, step=state.get("step"))
     return final
 
 

@@ -5,6 +5,7 @@ import argparse
 import importlib
 import sys
 
+from dlm_bench.environment import DEFAULT_THREADS
 from dlm_bench.errors import UserError
 
 # name -> (module, help). Each module defines `add_arguments(parser)` and `run(args) -> int | None`.
@@ -23,6 +24,8 @@ COMMANDS = {
     "report": ("dlm_bench.commands.report",
                "figures (Pass@k vs k, gap to base, Pass@5 per task x length, transfer) + report.md from stored scores"),
     "demo": ("dlm_bench.commands.demo", "the whole protocol on the CPU testbed: base, post-training, sweeps, report"),
+    "runs": ("dlm_bench.commands.runs",
+             "list Pass@k run folders (label, model, records, completeness) and prune stale ones"),
     "judge": ("dlm_bench.commands.judge", "LLM path-diversity judge of two methods' samples (win/tie/loss)"),
     "lm-eval": ("dlm_bench.commands.lm_eval",
                 "lm-evaluation-harness with the `dlm` model registered; every flag goes to lm-eval"),
@@ -53,9 +56,14 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """Only the chosen sub-command's module is imported (some pull in torch, which takes seconds)."""
     p = argparse.ArgumentParser(prog="dlm-bench", description=__doc__.split("\n")[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic mode for any command: fixed threads (--threads), deterministic "
+                        "algorithms, cuDNN/cuBLAS settings; bitwise-repeatable on the same machine type")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help=f"intra-op CPU threads (with --deterministic: default {DEFAULT_THREADS})")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
-    chosen = next((a for a in argv if not a.startswith("-")), None)
+    chosen = _command_name(argv)
     for name, (module, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter)
         sp.set_defaults(_module=module)
@@ -63,6 +71,31 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             _add_arguments(module, sp)
             _show_defaults(sp)
     return p
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The first word that is neither a global flag nor a global flag's value."""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--threads":
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
+def _apply_numerics(args) -> None:
+    """Global --deterministic / --threads, before the command loads a model or starts CUDA."""
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be a positive integer, got {args.threads}")
+    if args.deterministic:
+        from dlm_bench.environment import set_deterministic
+        set_deterministic(args.threads or DEFAULT_THREADS)
+    elif args.threads is not None:
+        import torch
+        torch.set_num_threads(args.threads)
 
 
 def _version() -> str:
@@ -94,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        _apply_numerics(args)
         rc = module.run(args)
     except UserError as e:
         print(f"dlm-bench {args.command}: error: {e}", file=sys.stderr)

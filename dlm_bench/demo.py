@@ -24,7 +24,20 @@ def load_config(path: str) -> dict:
     for key in ("task", "results", "report", "base", "methods", "train", "eval"):
         if key not in (cfg or {}):
             raise UserError(f"{path}: missing section {key!r}")
+    deterministic_threads(cfg, path)
     return cfg
+
+
+def deterministic_threads(cfg: dict, path: str = "the config") -> int | None:
+    """`deterministic: {threads: N}` -> N (the whole protocol runs in deterministic mode); absent or
+    false -> None."""
+    d = cfg.get("deterministic")
+    if not d:
+        return None
+    threads = d.get("threads") if isinstance(d, dict) else None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserError(f"{path}: deterministic must be a mapping with a positive integer 'threads', got {d!r}")
+    return threads
 
 
 def base_model(cfg: dict, force: bool = False) -> str:
@@ -96,14 +109,21 @@ STAGES = ("train", "eval", "report")
 
 def run_demo(path: str, only: str | None = None, methods: str | None = None,
              stages: tuple[str, ...] = STAGES) -> Path | None:
-    """Base model, then per method: train (resumes; a finished run returns at once), sweep; then report."""
-    from dlm_bench.methods import method_names
-    from dlm_bench.report import ReportConfig, build_report
-
+    """Base model, then per method: train (resumes; a finished run returns at once), sweep; then report.
+    With a `deterministic:` section the whole run is in deterministic mode (`dlm_bench.environment`)."""
     cfg = load_config(path)
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise UserError(f"unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}")
+    from dlm_bench.environment import deterministic
+    with deterministic(deterministic_threads(cfg)):     # a --deterministic on the command line wins
+        return _run(cfg, only, methods, stages)
+
+
+def _run(cfg: dict, only: str | None, methods: str | None, stages: tuple[str, ...]) -> Path | None:
+    from dlm_bench.methods import method_names
+    from dlm_bench.report import ReportConfig, build_report
+
     start = time.monotonic()
     base = base_model(cfg, force=only == "base")
     if only == "base":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -151,15 +150,8 @@ def sampling_hash(cell_cfg: dict) -> str:
 
 
 def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "dlm-bench"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
+    from dlm_bench.environment import versions as _versions
+    return _versions()
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -239,7 +231,7 @@ def run_sweep(cfg: SweepConfig, *, wait: bool = False, rank: int | None = None, 
     model_weights(cfg.model)        # a truncated weight file fails here, before the folder is made
     with folder_lock(cfg.out, wait=wait):
         from dlm_bench.run_index import record_cells
-        record_cells(cfg.out, cfg.method, cells)    # which model each config hash stands for
+        record_cells(cfg.out, cfg.method, cells, cfg.model)    # which model each config hash stands for
         return _sweep(cfg, rank=rank, world=world, **kw)
 
 
@@ -342,9 +334,12 @@ def training_run(model_path) -> dict | None:
 
 def _record_model(out: Path, dlm) -> None:
     """What the loaded model looked like at run time (not part of any hash: none of it changes a sample)."""
+    from dlm_bench.environment import note
+    dtype = str(next(dlm.model.parameters()).dtype).removeprefix("torch.")
     info = {"path": dlm.path, "base_model": dlm.extra.get("base_model"), "adapter": dlm.extra.get("adapter"),
-            "honours_padding": dlm.honours_padding, "stop_ids": sorted(dlm.stops()), "versions": versions(),
-            "training": training_run(dlm.path)}
+            "honours_padding": dlm.honours_padding, "stop_ids": sorted(dlm.stops()), "dtype": dtype,
+            "versions": versions(), "training": training_run(dlm.path)}
+    note(out, dlm.device, dtype)        # environment.jsonl: every environment that wrote records here
     tmp = out / ".model.json.tmp"
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp, out / "model.json")
@@ -402,10 +397,13 @@ def finalize_run(cfg: SweepConfig, task=None) -> dict:
         results["config"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                              "split": split}
         results["versions"] = versions()
-        from dlm_bench.environment import environment
-        results["environment"] = environment(_default_device(cfg, False))
-        if (store.dir / "model.json").is_file():
-            results["model_runtime"] = json.loads((store.dir / "model.json").read_text())
+        from dlm_bench.environment import environment, history
+        runtime = json.loads((store.dir / "model.json").read_text()) if (store.dir / "model.json").is_file() else {}
+        if runtime:
+            results["model_runtime"] = runtime
+        results["environment"] = environment(_default_device(cfg, False), runtime.get("dtype"))
+        # Not in any hash: records written under several environments agree statistically, not bitwise.
+        results["environments"] = history(store.dir)
         store.write_results(results)
     return results
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dlm_bench.errors import UserError
+from dlm_bench.file_modes import share_file
 from dlm_bench.judge_prompt import PromptTemplate, load_template
 
 VERDICT_SCHEMA = {
@@ -156,6 +157,7 @@ class JudgeCache:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
+            share_file(fd)           # not 0600: a cache shared like the records
             with os.fdopen(fd, "w") as f:
                 json.dump(value, f)
             os.replace(tmp, self.dir / f"{key}.json")

@@ -73,6 +73,24 @@ def folder_lock(folder: str | Path, wait: bool = False, what: str = "run folder"
         os.close(fd)  # closing releases the flock
 
 
+def holder(folder: str | Path) -> str | None:
+    """Who holds `folder`'s writer lock ("pid N"), or None when nobody does; creates nothing."""
+    path = Path(folder) / RUN_LOCK
+    if str(path.resolve()) in _held:
+        return f"pid {os.getpid()} (this process)"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None                      # no lock file: never written by a locking writer
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return _holder(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def io_lock(folder: str | Path, shared: bool):
     """A short shared (append) or exclusive (merge, repair) lock on `folder`'s store files."""

@@ -24,13 +24,15 @@ def read_index(run_dir: str | Path) -> dict[str, dict]:
     return {r["config_hash"]: r for r in read_jsonl(Path(run_dir) / INDEX)}
 
 
-def record_cells(run_dir: str | Path, method: str, cells) -> None:
-    """Add the cells of a sweep not yet in the folder's index (the caller holds the folder lock)."""
+def record_cells(run_dir: str | Path, method: str, cells, model_path: str | None = None) -> None:
+    """Add the cells of a sweep not yet in the folder's index (the caller holds the folder lock).
+    `model_path` (absolute) lets `dlm-bench runs` tell whether the model still exists."""
     from dlm_bench.store import _append_lines
     known = read_index(run_dir)
     now = round(time.time(), 3)
+    path = str(Path(model_path).resolve()) if model_path else None
     lines = [json.dumps({"config_hash": c.hash, "method": method, "model": c.config["model"], "time": now,
-                         "config": c.config}, sort_keys=True, default=str)
+                         "model_path": path, "config": c.config}, sort_keys=True, default=str)
              for c in cells if c.hash not in known]
     if lines:
         with io_lock(run_dir, shared=True):

@@ -3,7 +3,9 @@
 A run directory holds
 - `generations.jsonl`: one row per sample (GEN_FIELDS): what was decoded, its seed and its cost;
 - `scores.jsonl`: the same row plus the grade (SCORE_FIELDS);
-- `results.json`: aggregates, the full resolved config and package versions (written whole, atomically).
+- `results.json`: aggregates, the full resolved config and package versions (written whole, atomically);
+- beside them (other modules): `configs.jsonl` (which model each config hash stands for, `run_index`),
+  `model.json` (the loaded model), `environment.jsonl` (where it ran, `environment`).
 
 A record is keyed by (method, config_hash, problem_id, sample) and is never written twice: `append`
 skips keys already present. Every batch of lines goes out in one write, then flush + fsync, so a kill
@@ -29,6 +31,7 @@ import pandas as pd
 
 from dlm_bench.errors import UserError
 from dlm_bench.checks import writable_dir
+from dlm_bench.file_modes import share_file
 from dlm_bench.locks import io_lock
 
 GEN_FIELDS = ("method", "task", "temperature", "gen_length", "problem_id", "sample", "seed", "config_hash",
@@ -148,15 +151,11 @@ def _append_lines(path: Path, lines: list[str]) -> None:
         os.close(fd)
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
 def _atomic_write(path: Path, data: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp makes 0600; results are shared like any other file
+        share_file(fd)                   # mkstemp makes 0600; results are shared like any other file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(data)
             f.flush()

@@ -211,19 +211,38 @@ def test_no_network():
     assert r.status == "ok" and "CONNECTED" not in r.stdout and "DNS" not in r.stdout
 
 
+_BATCH = """
+import json, sys
+from dlm_bench import sandbox as sb
+iso = sb.isolation()
+good = "def f(x):\\n    return x + 1  # {}\\n"
+bad = [sb.Program("while True:\\n    pass\\n", timeout=1.0),
+       sb.Program("import os\\nos.kill(os.getppid(), 9)\\n" if iso == sb.BWRAP  # else: it would hit this harness
+                  else "raise ValueError(3)\\n"),
+       sb.Program("import sys\\nwhile True:\\n    sys.stdout.write('z' * 65536)\\n", max_output=1 << 18),
+       sb.Program("a = ' ' * (10 ** 11)\\n", memory_mb=256)]
+progs = []
+for k in range(12):
+    progs += [sb.Program(good.format(k), mode="check", tests="assert f(1) == 2\\nassert f(10) == 11\\n",
+                         expose=("f",), timeout=5.0), bad[k % 4]]
+print(json.dumps([r.status for r in sb.run_many(progs, workers=4)]))
+"""
+
+
 def test_one_bad_program_does_not_spoil_the_batch():
-    progs = []
-    for k in range(12):
-        progs.append(check(f"def f(x):\n    return x + 1  # {k}\n"))
-        progs.append([sb.Program("while True:\n    pass\n", timeout=1.0),
-                      sb.Program("import os\nos.kill(os.getppid(), 9)\n" if ISO == sb.BWRAP  # else: the harness
-                                 else "raise ValueError(3)\n"),
-                      sb.Program("import sys\nwhile True:\n    sys.stdout.write('z' * 65536)\n", max_output=1 << 18),
-                      sb.Program("a = ' ' * (10 ** 11)\n", memory_mb=256)][k % 4])
-    results = sb.run_many(progs, workers=4)
-    assert len(results) == len(progs)
-    assert all(r.status == "ok" for r in results[0::2])
-    assert all(r.status != "ok" for r in results[1::2])
+    # The harness runs in a child process: a program that escaped and killed its parent's parent
+    # would take down that child (and fail this test), never the test runner.
+    import json
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", _BATCH], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    statuses = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(statuses) == 24
+    assert all(s == "ok" for s in statuses[0::2])
+    assert all(s != "ok" for s in statuses[1::2])
 
 
 def test_call_mode_values_and_failures():
