@@ -145,3 +145,13 @@ def test_cached_sweep_records_carry_the_mode(tiny_dir, tmp_path):
     assert "cache" not in none["config"]["sampler"]
     assert dual["config"]["sampler"]["cache"] == "dual" and dual["config"]["sampler"]["threshold"] == 0.9
     assert dual["config_hash"] != none["config_hash"]
+
+
+def test_cli_refuses_an_uncacheable_model_in_one_line(tmp_path, capsys):
+    from dlm_bench.cli import main
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    assert main(["sample", str(tmp_path / "m"), str(tmp_path / "p.jsonl"), "--cache", "dual"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot cache" in err[0]
