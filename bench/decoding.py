@@ -187,8 +187,8 @@ def speed_markdown(rows) -> str:
 # --------------------------------------------------------------------------- accuracy
 
 def accuracy(out: Path, limit: int, n: int, blocks: list[int], model: str, modes, temps=None, lengths=None):
-    """`none` at the demo's full eval settings; the other modes at `temps` x `lengths` (default: the
-    same). compare pairs the cells both have. Run folders under `out` resume (passk), so a rerun
+    """`none` at the demo's full eval settings (at the demo's block length); the other modes, and
+    `none` at other block lengths, at `temps` x `lengths` (default: the same). compare pairs the cells both have. Run folders under `out` resume (passk), so a rerun
     with the same `out` only adds what is missing."""
     import yaml
     demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())["eval"]
@@ -201,8 +201,9 @@ def accuracy(out: Path, limit: int, n: int, blocks: list[int], model: str, modes
         chosen = [m for lab in modes for m in MODES if label(*m) == lab and m != ("none", None)]
         for mode, thr in [("none", None)] + chosen:
             lab = label(mode, thr)
-            temps_now = all_temps if lab == "none" else (temps or all_temps)
-            lengths_now = all_lengths if lab == "none" else (lengths or all_lengths)
+            demo_none = lab == "none" and block == demo["block_length"]    # the demo's own run: every cell
+            temps_now = all_temps if demo_none else (temps or all_temps)
+            lengths_now = all_lengths if demo_none else (lengths or all_lengths)
             argv = ["passk", "--model", model, "--method", lab, "--task", "testbed", "--n", str(n),
                     "--k", ",".join(map(str, ks)), "--temps", temps_now, "--lengths", lengths_now,
                     "--block-length", str(block), "--steps-per-token", str(demo["steps_per_token"]),
