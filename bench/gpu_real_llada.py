@@ -4,6 +4,8 @@ memory per batch size, and the ratio to batch 1 measured in the same run.
 
 GPU:  python bench/gpu_real_llada.py                           (gen 256, steps 256, block 32; batch 1, 16, 64)
 CPU smoke run: python bench/gpu_real_llada.py --tiny --gen-length 16 --steps 16 --batches 1,2
+Fast decoding (issue 13): --caches none,prefix,dual [--threshold 0.9] gives the same table per cache
+mode, with the ratio to `none` at the same batch size.
 """
 import argparse
 import json
@@ -41,6 +43,8 @@ def main():
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--block-length", type=int, default=32)
     ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--caches", default="none", help="block KV cache modes, comma-separated")
+    ap.add_argument("--threshold", type=float, default=None, help="parallel decoding threshold")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -52,26 +56,31 @@ def main():
     print(f"LLaDA remote code, {dlm.num_parameters() / 1e9:.2f}B parameters, {dtype}, {device}")
     prompt = dlm.prompt_ids(PROMPT)
     # Random weights rarely emit end-of-text; stop_at_eos=False makes every run decode the whole window.
-    cfg = SamplerConfig(gen_length=args.gen_length, block_length=min(args.block_length, args.gen_length),
-                        steps=args.steps, temperature=0.6, stop_at_eos=False)
-    base = None
-    for b in [int(x) for x in args.batches.split(",")]:
-        sample(dlm, [prompt] * b, SamplerConfig(**{**cfg.__dict__, "gen_length": cfg.block_length,
-                                                  "steps": cfg.block_length}), make_generators(range(b), device))
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        sample(dlm, [prompt] * b, cfg, make_generators(range(b), device))
-        if device == "cuda":
-            torch.cuda.synchronize()
-        secs = time.perf_counter() - t
-        tps = b * args.gen_length / secs
-        base = base or tps
-        mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-        print(f"batch {b:3d}: {secs:7.1f} s, {tps:8.1f} tokens/s (x{tps / base:.2f} of batch 1), "
-              f"peak {mem:.1f} GiB")
-
+    none_tps = {}
+    for cache in args.caches.split(","):
+        cfg = SamplerConfig(gen_length=args.gen_length, block_length=min(args.block_length, args.gen_length),
+                            steps=args.steps, temperature=0.6, stop_at_eos=False, cache=cache,
+                            threshold=args.threshold)
+        base = None
+        for b in [int(x) for x in args.batches.split(",")]:
+            sample(dlm, [prompt] * b, SamplerConfig(**{**cfg.__dict__, "gen_length": cfg.block_length,
+                                                      "steps": cfg.block_length}), make_generators(range(b), device))
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            sample(dlm, [prompt] * b, cfg, make_generators(range(b), device))
+            if device == "cuda":
+                torch.cuda.synchronize()
+            secs = time.perf_counter() - t
+            tps = b * args.gen_length / secs
+            base = base or tps
+            if cache == "none":
+                none_tps[b] = tps
+            vs = f", x{tps / none_tps[b]:.2f} of none" if b in none_tps else ""
+            mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+            print(f"cache {cache:6s} batch {b:3d}: {secs:7.1f} s, {tps:8.1f} tokens/s (x{tps / base:.2f} of batch 1"
+                  f"{vs}), peak {mem:.1f} GiB")
 
 if __name__ == "__main__":
     main()

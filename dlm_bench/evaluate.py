@@ -52,6 +52,8 @@ class SweepConfig:
     split: str | None = None                    # default: the task's eval split
     device: str | None = None
     answer_mode: str = "flexible"               # "strict": only the answer form the prompt asks for
+    threshold: float | None = None              # parallel decoding threshold (None: the fixed schedule)
+    cache: str = "none"                         # block KV cache: none | prefix | dual
 
     def validated(self) -> "SweepConfig":
         ks = tuple(sorted({int(k) for k in self.ks}))
@@ -84,7 +86,8 @@ class SweepConfig:
     def sampler(self, temperature: float, gen_length: int) -> SamplerConfig:
         steps = self.steps if self.steps is not None else max(1, round(self.steps_per_token * gen_length))
         cfg = SamplerConfig(gen_length=gen_length, block_length=min(self.block_length, gen_length),
-                            steps=steps, temperature=float(temperature), remasking=self.remasking)
+                            steps=steps, temperature=float(temperature), remasking=self.remasking,
+                            threshold=self.threshold, cache=self.cache)
         return cfg.resolved()
 
 
@@ -137,7 +140,8 @@ def cell_config(cfg: SweepConfig, task, split: str, model_id: dict, temperature:
         "task": task.name,
         "split": split,
         "prompt_template": task.prompt_template,
-        "sampler": asdict(cfg.sampler(temperature, gen_length)),
+        # hashed(): without `cache` when it is "none", so default hashes (and seeds) never changed
+        "sampler": cfg.sampler(temperature, gen_length).hashed(),
         "seed": int(cfg.seed),
         "grader": task.grader_id(),
     }

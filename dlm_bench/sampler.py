@@ -15,6 +15,10 @@ Differences from the reference, none of which changes a completion's text:
   `stop_at_eos=False` reproduces the reference's tokens after end-of-text too.
 - Each completion records the step at which every token was unmasked and its number of forward
   passes (NFE).
+
+`cache="prefix"|"dual"` (Fast-dLLM's block KV cache, `dlm_bench/kv_cache.py`) changes completions:
+a block's first step is a full pass, exactly as without the cache; its other steps run the model
+over a window only (NFE still counts one per step; their FLOPs are in bench/decoding.py).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from dlm_bench.errors import UserError
 
 REMASKING = ("low_confidence", "random")
 ORDERS = ("diffusion", "left_to_right")
+CACHES = ("none", "prefix", "dual")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,15 @@ class SamplerConfig:
     logits_eos_inf: bool = False      # never sample end-of-text (LLaDA HumanEval setting)
     confidence_eos_eot_inf: bool = False  # LLaDA's flag; as in its code, only end-of-turn is suppressed
     stop_at_eos: bool = True
+    cache: str = "none"               # block KV cache (Fast-dLLM): "prefix" or "dual"; see kv_cache.py
+
+    def hashed(self) -> dict:
+        """The fields as they enter a config hash. `cache` is left out while it is "none", so every
+        hash (and so every sweep seed) from before the cache existed stays what it was."""
+        out = asdict(self)
+        if out["cache"] == "none":
+            del out["cache"]
+        return out
 
     def resolved(self) -> "SamplerConfig":
         """Validate; left-to-right order is LLaDA decoding with blocks of one token and one step each."""
@@ -57,6 +71,10 @@ class SamplerConfig:
             raise UserError(f"order must be one of {ORDERS}, got {self.order!r}")
         if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
             raise UserError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.cache not in CACHES:
+            raise UserError(f"cache must be one of {CACHES}, got {self.cache!r}")
+        if self.cache != "none" and self.cfg_scale > 0:
+            raise UserError(f"cache={self.cache} does not support classifier-free guidance (cfg_scale > 0)")
         if self.order == "left_to_right":
             return SamplerConfig(**{**asdict(self), "block_length": 1, "steps": self.gen_length,
                                     "order": "diffusion"})
@@ -94,7 +112,7 @@ def sample(dlm, prompts: list[list[int]], cfg: SamplerConfig, generators: list[t
     cfg = cfg.resolved()
     if len(generators) != len(prompts):
         raise ValueError("one generator per prompt is required")
-    tokens, steps_map, nfe = _decode(dlm, prompts, cfg, generators, progress)
+    tokens, steps_map, nfe = _decode_groups(dlm, prompts, cfg, generators, progress)
     out = []
     for i in range(len(prompts)):
         window = tokens[i].tolist()
@@ -102,6 +120,21 @@ def sample(dlm, prompts: list[list[int]], cfg: SamplerConfig, generators: list[t
         length = dlm.completion_length(window)
         out.append(Completion(window, text, steps_map[i].tolist(), int(nfe[i]), length))
     return out
+
+
+def _decode_groups(dlm, prompts, cfg: SamplerConfig, gens, progress):
+    """A cached pass cannot strip padding the way `DLM` does for a model that ignores the attention
+    mask, so such a model decodes each prompt length on its own (rows are independent anyway)."""
+    lengths = [len(p) for p in prompts]
+    if cfg.cache == "none" or dlm.honours_padding or len(set(lengths)) == 1:
+        return _decode(dlm, prompts, cfg, gens, progress)
+    tokens = torch.zeros((len(prompts), cfg.gen_length), dtype=torch.long)
+    step_map, nfe = torch.zeros_like(tokens), torch.zeros(len(prompts), dtype=torch.long)
+    for n in sorted(set(lengths)):
+        idx = [i for i, m in enumerate(lengths) if m == n]
+        t, s, f = _decode(dlm, [prompts[i] for i in idx], cfg, [gens[i] for i in idx], progress)
+        tokens[idx], step_map[idx], nfe[idx] = t, s, f
+    return tokens, step_map, nfe
 
 
 def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
@@ -122,6 +155,10 @@ def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
     blocks = G // cfg.block_length
     steps_per_block = cfg.steps // blocks
     total = 0
+    cache = None
+    if cfg.cache != "none":
+        from dlm_bench.kv_cache import BlockCache
+        cache = BlockCache(dlm, cfg.cache)
     for b in range(blocks):
         lo, hi = P + b * cfg.block_length, P + (b + 1) * cfg.block_length
         schedule = transfer_schedule(cfg.block_length, steps_per_block)
@@ -130,10 +167,17 @@ def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
             rows = (~done & (x[:, lo:hi] == mask_id).any(-1)).nonzero().flatten()
             if rows.numel() == 0:
                 break
-            logits = _logits(dlm, x[rows], att[rows], P, cfg)
+            if cache is None:
+                blk = _logits(dlm, x[rows], att[rows], P, cfg)[:, lo:hi]
+            elif s == 0:    # the block's first step: a full pass (exact), which fills the cache
+                started = rows
+                blk = _no_eos(cache.start(x[rows], att[rows], lo, hi), dlm, cfg)[:, lo:hi]
+            else:           # rows only ever drop out of a block, so they are a subset of `started`
+                blk = _no_eos(cache.block_logits(x[rows], att[rows], torch.searchsorted(started, rows)),
+                              dlm, cfg)
             nfe[rows] += 2 if cfg.cfg_scale > 0 else 1
             k = schedule[s] if cfg.threshold is None else None
-            _step(dlm, x, rows, logits[:, lo:hi], [pad[i] for i in rows.tolist()], lo, hi, P + G, k, cfg,
+            _step(dlm, x, rows, blk, [pad[i] for i in rows.tolist()], lo, hi, P + G, k, cfg,
                   [gens[i] for i in rows.tolist()], step_map, row_step)
             if cfg.stop_at_eos:
                 fin = rows[_finished(x[rows, P:], dlm.eos_id, mask_id)]
@@ -162,6 +206,10 @@ def _logits(dlm, x, att, P, cfg: SamplerConfig) -> torch.Tensor:
         logits = uncond + (cfg.cfg_scale + 1) * (cond - uncond)
     else:
         logits = dlm.logits(x, att)
+    return _no_eos(logits, dlm, cfg)
+
+
+def _no_eos(logits, dlm, cfg: SamplerConfig) -> torch.Tensor:
     if cfg.logits_eos_inf:
         logits[..., dlm.eos_id] = -torch.inf
     return logits

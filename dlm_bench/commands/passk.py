@@ -55,6 +55,7 @@ def add_arguments(p) -> None:
     p.add_argument("--steps-per-token", type=float, default=1.0,
                    help="steps = ratio x gen length when --steps is not given")
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    add_decoding_arguments(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="base seed (part of the config hash)")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
@@ -69,6 +70,14 @@ def add_arguments(p) -> None:
                    help="if another run is writing --out, wait for it instead of exiting with an error")
 
 
+def add_decoding_arguments(p) -> None:
+    """The fast-decoding options `sample` and `passk` share (Fast-dLLM's cache and threshold)."""
+    p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
+                   help="block KV cache (approximate; default none, the paper's protocol)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="parallel decoding: commit every token above this confidence (e.g. 0.9)")
+
+
 def default_out(method: str, task: str, model: str) -> str:
     """results/passk/METHOD/TASK/MODELNAME-HASH: a retrained checkpoint gets its own folder instead of
     mixing its records into the old model's (the hash is of the model's content, not its path)."""
@@ -80,8 +89,10 @@ def default_out(method: str, task: str, model: str) -> str:
 def config_from_args(args):
     from dlm_bench.evaluate import SweepConfig
 
+    from dlm_bench.kv_cache import check_model_dir
     if "/" in args.method or not args.method.strip():
         raise UserError(f"--method must be a plain label, got {args.method!r}")
+    check_model_dir(args.model, args.cache)   # refuse an uncacheable architecture before any work
     out = args.out or default_out(args.method, args.task, args.model)
     return SweepConfig(model=args.model, method=args.method, task=args.task, ks=parse_ints(args.k, "--k"),
                        n=args.n, temperatures=parse_floats(args.temps, "--temps"),
@@ -89,7 +100,7 @@ def config_from_args(args):
                        steps=args.steps, steps_per_token=args.steps_per_token, remasking=args.remasking,
                        batch_size=args.batch_size, seed=args.seed, out=out, data_dir=args.data_dir,
                        limit=args.limit, split=args.split, device=args.device,
-                       answer_mode=args.answer_mode).validated()
+                       answer_mode=args.answer_mode, threshold=args.threshold, cache=args.cache).validated()
 
 
 def run(args) -> int:

@@ -21,6 +21,8 @@ def add_arguments(p):
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
     p.add_argument("--order", default="diffusion", choices=["diffusion", "left_to_right"])
     p.add_argument("--cfg-scale", type=float, default=0.0)
+    from dlm_bench.commands.passk import add_decoding_arguments
+    add_decoding_arguments(p)
     p.add_argument("--num-samples", "--n", dest="n", type=int, default=1, help="samples per prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
@@ -63,7 +65,10 @@ def run(args):
         raise UserError("--n and --batch-size must be positive")
     cfg = SamplerConfig(gen_length=args.gen_length, block_length=args.block_length,
                         steps=args.steps or args.gen_length, temperature=args.temperature,
-                        remasking=args.remasking, order=args.order, cfg_scale=args.cfg_scale).resolved()
+                        remasking=args.remasking, order=args.order, cfg_scale=args.cfg_scale,
+                        threshold=args.threshold, cache=args.cache).resolved()
+    from dlm_bench.kv_cache import check_model_dir
+    check_model_dir(args.model, cfg.cache)
     rows = _read_prompts(args.prompts)
     if args.out:                          # cheap checks before the model is loaded
         from dlm_bench.checks import model_weights, writable_dir

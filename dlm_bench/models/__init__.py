@@ -31,12 +31,15 @@ class DLM:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _forward(self, input_ids, attention_mask=None, hidden=False) -> torch.Tensor:
-        """Raw logits (or last hidden states) of the wrapped model for a left-padded batch."""
+    def _forward(self, input_ids, attention_mask=None, hidden=False, **model_kw) -> torch.Tensor:
+        """Raw logits (or last hidden states) of the wrapped model for a left-padded batch.
+        `model_kw` go to the model as they are (the block KV cache passes `past_key_values`)."""
         padded = attention_mask is not None and not bool(attention_mask.all())
         if padded and not self.honours_padding:
+            if model_kw:  # the sampler never pads such a model when caching (equal-length groups)
+                raise ValueError("cached passes over padding need a model that honours the attention mask")
             return self._forward_unpadded(input_ids, attention_mask, hidden)
-        kw = {}
+        kw = dict(model_kw)
         if padded:
             if self.four_d_mask:
                 # Keys only: Dream's own query-and-key mask leaves pad rows with nothing to attend to,
@@ -72,9 +75,10 @@ class DLM:
             self.extra["takes_position_ids"] = "position_ids" in inspect.signature(base.forward).parameters
         return self.extra["takes_position_ids"]
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               **model_kw) -> torch.Tensor:
         """[B, T, V] logits where position i scores token i (shifted for AR-adapted models)."""
-        logits = self._forward(input_ids, attention_mask)
+        logits = self._forward(input_ids, attention_mask, **model_kw)
         if self.shift_logits:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits

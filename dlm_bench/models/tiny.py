@@ -4,6 +4,11 @@ It is an ordinary Hugging Face model (config + weights + tokenizer in one direct
 and an 8B run share every code path. Architecture as LLaDA: pre-norm RMSNorm, rotary position
 embeddings, SwiGLU MLP, no causal mask, a dedicated mask token. Positions come from the attention
 mask, so a left-padded row sees exactly the positions it would see unpadded.
+
+Block KV caching (`dlm_bench.kv_cache`) is built in: `past_key_values` takes an object whose
+`update(k, v, layer)` returns the keys and values to attend to (after rotary embedding). For a pass
+over a window of the sequence, `attention_mask` then covers every key (it is longer than the input)
+and `position_ids` give the window's positions.
 """
 from __future__ import annotations
 
@@ -73,12 +78,14 @@ class Block(nn.Module):
         self.gate_up = nn.Linear(d, 2 * cfg.intermediate_size, bias=False)
         self.down = nn.Linear(cfg.intermediate_size, d, bias=False)
 
-    def forward(self, x, cos, sin, attn_bias):
+    def forward(self, x, cos, sin, attn_bias, cache=None, layer_idx=0):
         b, n, d = x.shape
         q, k, v = self.qkv(self.attn_norm(x)).view(b, n, 3, self.n_heads, self.head_dim).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # b h n hd
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
+        if cache is not None:  # store these keys, or attend to the stored ones with these spliced in
+            k, v = cache.update(k, v, layer_idx)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)  # bidirectional
         x = x + self.out(a.transpose(1, 2).reshape(b, n, d))
         gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
@@ -119,11 +126,14 @@ class TinyDLMModel(TinyDLMPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed = value
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, **_):
         b, n = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = attention_mask.to(torch.bool)
+        window = attention_mask.shape[1] != n   # a cached pass: the mask covers all keys, not the input
+        if window and (past_key_values is None or position_ids is None):
+            raise ValueError("an attention mask longer than the input needs past_key_values and position_ids")
         if position_ids is None:  # left padding must not shift positions
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         x = self.embed(input_ids)
@@ -137,13 +147,16 @@ class TinyDLMModel(TinyDLMPreTrainedModel):
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         # Keys that are padding are never attended; padded queries still attend somewhere (all keys
         # of a fully padded row would give NaN), so they attend to themselves only.
-        keep = attention_mask[:, None, None, :] | torch.eye(n, dtype=torch.bool, device=x.device)
+        # (A cached window holds no padding: its queries are answer tokens, so the key mask suffices.)
+        keep = attention_mask[:, None, None, :]
+        if not window:
+            keep = keep | torch.eye(n, dtype=torch.bool, device=x.device)
         attn_bias = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, float("-inf"))
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:
                 x = self._gradient_checkpointing_func(layer.__call__, x, cos, sin, attn_bias)
             else:
-                x = layer(x, cos, sin, attn_bias)
+                x = layer(x, cos, sin, attn_bias, past_key_values, i)
         return self.norm(x)
 
 
@@ -165,8 +178,10 @@ class TinyDLMForMaskedLM(TinyDLMPreTrainedModel):
     def get_output_embeddings(self):
         return self.lm_head
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False, **_):
-        h = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    def forward(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False,
+                past_key_values=None, **_):
+        h = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       past_key_values=past_key_values)
         logits = self.lm_head(h)
         # The mask and pad tokens are never valid outputs.
         banned = [t for t in (self.config.mask_token_id, self.config.pad_token_id) if t is not None]
