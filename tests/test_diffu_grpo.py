@@ -140,7 +140,7 @@ DEMO = dict(lr=1e-4, group_size=8, batch_prompts=4, temperature=1.0, gen_length=
             lora_r=0, lr_schedule="constant", warmup_ratio=0.0)
 
 
-def testbed_run(method: str, tmp_path, rollout_steps: int, inner: int, **extra) -> dict:
+def run_on_testbed(method: str, tmp_path, rollout_steps: int, inner: int, **extra) -> dict:
     """`rollout_steps` x `inner` optimizer updates of `method` on the testbed from the committed base;
     returns the per-step rewards and the reward of the same sampling before and after (8 train
     prompts x 8 samples, fixed seeds, T = 1)."""
@@ -172,7 +172,7 @@ def testbed_run(method: str, tmp_path, rollout_steps: int, inner: int, **extra) 
 def test_twenty_updates_on_the_testbed(tmp_path):
     """5 rollout batches x mu 4 = 20 updates at the demo's CPU settings. The reward is the fraction
     of correct answers of the same 64 seeded samples before and after."""
-    res = testbed_run("diffu_grpo", tmp_path, rollout_steps=5, inner=4)
+    res = run_on_testbed("diffu_grpo", tmp_path, rollout_steps=5, inner=4)
     print(f"\ndiffu_grpo testbed: before {res['before']:.3f} after {res['after']:.3f} "
           f"step rewards {res['step_rewards']}")
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in res["rows"])
