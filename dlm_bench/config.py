@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from dlm_bench.errors import UserError
 
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
-MASK_SCHEMES = ("paired", "independent", "espo")
+MASK_SCHEMES = ("paired", "independent", "espo", "stratified", "stratified_paired")
 
 
 def knob(default, help: str, *, source: str = "", choices: tuple | None = None,

@@ -55,7 +55,7 @@ class MaskDraw:
     coupled: bool                 # draws come in pairs (2j, 2j+1)
 
 
-SCHEMES = ("paired", "independent", "espo")
+SCHEMES = ("paired", "independent", "espo", "stratified", "stratified_paired")
 
 
 def draw_masks(valid: torch.Tensor, n: int, gen: torch.Generator, scheme: str = "paired") -> MaskDraw:
@@ -69,15 +69,39 @@ def draw_masks(valid: torch.Tensor, n: int, gen: torch.Generator, scheme: str = 
     - "espo": ESPO's exact complement: l ~ U{0..L} with weight (L+1)/l, the complement with weight
       (L+1)/(L-l). Faithful to ML-GSAI/ESPO; at short L its l = 0 and l = L draws make it far noisier
       (measured in docs/likelihood.md).
+    - "stratified": the n sizes of a row spread evenly over {1..L}, as LLaDA's reference spreads
+      them over its MC batch, but without its rounding: one u ~ U[0, 1) per row and
+      l_k = floor(L (u + k) / n) + 1 for k = 0..n-1; each l_k has its own uniform subset, weight L/l_k.
+      Draw k alone is not uniform, but the n draws together are: averaged over k, P(l_k = l) = 1/L
+      for every l and any n (the reference's torch.round gives unequal counts when L/n is not an
+      integer), so their mean is unbiased; any n >= 1, not coupled.
+    - "stratified_paired": the same n stratified sizes, drawn as n/2 position-coupled pairs: pair k
+      masks the first l_k and the last l_{k+n/2} positions of one random order (disjoint whenever
+      l_k + l_{k+n/2} <= L). Each mask is marginally a uniform subset of its size, so the mean is
+      unbiased; with n = 2 and even L it has the distribution of "paired".
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown mask scheme {scheme!r}; choose from {SCHEMES}")
-    if scheme != "independent" and n % 2:
+    if scheme in ("paired", "espo", "stratified_paired") and n % 2:
         raise ValueError(f"scheme {scheme!r} draws pairs: n must be even")
     L = valid.sum(-1).to(torch.float64)
     Li = valid.sum(-1).long().cpu()
     Lc = Li.clamp(min=1)
     masks, weights = [], []
+    if scheme in ("stratified", "stratified_paired"):
+        u = torch.rand(Li.shape, generator=gen, dtype=torch.float64)      # one offset per row
+        sizes = [(torch.floor(Lc.to(torch.float64) * (u + k) / n).long() + 1).clamp(max=Lc) for k in range(n)]
+        paired = scheme == "stratified_paired"
+        for k in range(n // 2 if paired else n):
+            keys = torch.rand(valid.shape, generator=gen, device="cpu").to(valid.device)
+            ranks = keys.masked_fill(~valid, 2.0).argsort(-1).argsort(-1)
+            masks.append(ranks < sizes[k].to(valid.device)[:, None])
+            weights.append(L / sizes[k].to(L.device, torch.float64))
+            if paired:
+                l2 = sizes[k + n // 2]
+                masks.append((ranks >= (Li - l2).to(valid.device)[:, None]) & valid)
+                weights.append(L / l2.to(L.device, torch.float64))
+        return MaskDraw(torch.stack(masks), torch.stack(weights), paired)
     for _ in range(n if scheme == "independent" else n // 2):
         u = torch.rand(Li.shape, generator=gen, dtype=torch.float64)
         keys = torch.rand(valid.shape, generator=gen, device="cpu").to(valid.device)

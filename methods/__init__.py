@@ -120,7 +120,8 @@ class Method:
         return cls.config_for.__func__ is not Method.config_for.__func__
 
 
-_METHODS = Registry("method", Method, "dlm_bench.methods", ("base", "trafl", "espo", "justgrpo", "tracerl", "tabom"),
+_METHODS = Registry("method", Method, "dlm_bench.methods", ("base", "trafl", "espo", "justgrpo", "tracerl", "tabom",
+                                                          "diffu_grpo", "wd1", "spg"),
                     "dlm_bench.methods")
 register_method = _METHODS.register
 

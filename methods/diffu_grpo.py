@@ -1,0 +1,176 @@
+"""diffu-GRPO, the RL stage of d1 (arXiv 2504.12216, "d1: Scaling Reasoning in Diffusion Large
+Language Models via Reinforcement Learning"; code github.com/dllm-reasoning/d1 @ 837888f,
+`diffu-grpo/diffu_grpo_trainer.py`, recipe `diffu-grpo/slurm_scripts/train.yaml`).
+
+Log-probabilities by the one-step mean-field estimate (`forward_process`, `_get_per_token_logps`):
+every completion position is masked, each real prompt token is masked independently with
+probability p = `p_mask_prompt`, and one forward gives, for every completion position k,
+
+    log pi(y_k | x) ~ log p_theta(y_k | x~, all-mask completion)        (x~: the masked prompt)
+
+Inner update j of a rollout batch draws a fresh prompt mask (d1: a seed per iteration,
+`mask_seeds = randint(0, 2**12, (num_iterations,))`) shared by the current, old and reference
+scores. The loss (`compute_loss`) is token-level GRPO with a k3 KL to the reference:
+
+    rho_k = exp(logp_k - logp_old_k),   A_i = r_i - mean_group(r)   (no std division)
+    l_k = -min(rho_k A_i, clip(rho_k, 1 - eps, 1 + eps) A_i) + beta (exp(d_k) - d_k - 1),  d_k = ref_k - logp_k
+    loss = sum_{i,k in C_i} l_k / sum_i |C_i|
+
+C_i = the completion up to and including its first stop token (d1's `completion_mask`; `positions:
+window` scores the whole window as ESPO/JustGRPO). With one update the old log-probs are the current
+ones detached (ratio 1), as d1 does.
+
+Differences from d1, all deliberate: the reference is frozen (d1 re-syncs it every 64 steps with
+trl's `sync_ref_model`; see shared/reference/methods.md §8.5); the prompt mask covers only real
+prompt tokens (d1 passes no attention mask, so its left padding can be masked too); the seeds derive
+from `rollouts.seed` and j. The token mean runs over the whole rollout batch (d1: over each device's
+micro-batch of 6, then averaged over 2 accumulation steps); `loss_count` keeps that exact under
+micro-batching.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
+from dlm_bench.likelihood import ScoredBatch
+from dlm_bench.methods import Method, Rollouts, register_method
+from dlm_bench.methods.losses import clipped_pg, group_advantages
+
+D1 = "d1 diffu-grpo/slurm_scripts/train.yaml"
+
+
+def completion_positions(dlm, batch: ScoredBatch, mode: str) -> torch.Tensor:
+    """[N, G] bool: the scored positions. "to_eos": up to and including the first stop token (d1's
+    completion_mask, `sequence_indices <= eos_idx`); "window": every valid position."""
+    if mode == "window":
+        return batch.valid
+    stops = torch.tensor(sorted({dlm.eos_id, *dlm.stop_ids}), device=batch.completion.device)
+    is_stop = torch.isin(batch.completion, stops) & batch.valid
+    G = batch.completion.shape[1]
+    first = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), torch.full_like(batch.lengths, G))
+    return (torch.arange(G, device=first.device)[None, :] <= first[:, None]) & batch.valid
+
+
+def prompt_masks(batch: ScoredBatch, p: float, seed: int, draws: int = 1) -> torch.Tensor:
+    """[draws, N, P] bool: each real prompt token masked independently with probability p (CPU
+    generator seeded by `seed`, so the masks do not depend on device or batching)."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand((draws, *batch.prompt_ids.shape), generator=gen).to(batch.prompt_ids.device)
+    return (u < p) & batch.prompt_mask.bool()[None]
+
+
+def masked_logprobs(dlm, batch: ScoredBatch, prompt_mask: torch.Tensor, comp_mask: torch.Tensor,
+                    chunk: int = 64) -> torch.Tensor:
+    """log p(y_k | x with `prompt_mask` masked, y with `comp_mask` masked) at every completion
+    position: masks [K, N, P] and [K, N, G] in, [K, N, G] out (not zeroed where unmasked)."""
+    K, N, G = comp_mask.shape
+    ids = torch.where(prompt_mask.reshape(K * N, -1), dlm.mask_id, batch.prompt_ids.repeat(K, 1))
+    comp = torch.where(comp_mask.reshape(K * N, G), dlm.mask_id, batch.completion.repeat(K, 1))
+    x = torch.cat([ids, comp], 1)
+    att = torch.cat([batch.prompt_mask.repeat(K, 1), torch.ones_like(comp, dtype=batch.prompt_mask.dtype)], 1)
+    P, target = ids.shape[1], batch.completion.repeat(K, 1)
+    out = []
+    for s in range(0, K * N, chunk):
+        logits = dlm.logits(x[s:s + chunk], att[s:s + chunk])[:, P:]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        out.append(torch.gather(F.log_softmax(logits, -1), -1, target[s:s + chunk, :, None]).squeeze(-1))
+    return torch.cat(out).reshape(K, N, G)
+
+
+def one_step_logprobs(dlm, batch: ScoredBatch, prompt_mask: torch.Tensor) -> torch.Tensor:
+    """d1's mean-field estimate [N, G]: the whole completion masked, the prompt masked by `prompt_mask` [N, P]."""
+    comp = torch.ones_like(batch.completion, dtype=torch.bool)[None]
+    return masked_logprobs(dlm, batch, prompt_mask[None], comp)[0]
+
+
+def k3(logp: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
+    d = ref - logp
+    return torch.exp(d) - d - 1
+
+
+@dataclass
+class DiffuGRPOConfig(MethodConfig):
+    """d1's recipe (slurm_scripts/train.yaml over diffu_grpo_config.py defaults)."""
+    optim: OptimConfig = block(
+        OptimConfig,
+        lr=(3e-6, f"{D1}:34 learning_rate"),
+        lr_schedule=("constant_with_warmup", f"{D1}:35 lr_scheduler_type"),
+        warmup_ratio=(0.0001, f"{D1}:32 warmup_ratio"),
+        weight_decay=(0.1, f"{D1}:25 weight_decay"),
+        adam_betas=((0.9, 0.99), f"{D1}:23-24 adam_beta1/2"),
+        max_grad_norm=(0.2, f"{D1}:26 max_grad_norm"),
+        train_steps=(None, f"{D1}:38 num_train_epochs 10, stopped early (d1 issues #11, #25); here one pass"),
+        inner_updates=(12, f"{D1}:70 num_iterations 12 (mu)"))
+    rollout: RolloutConfig = block(
+        RolloutConfig,
+        group_size=(6, f"{D1}:37 num_generations"),
+        batch_prompts=(16, f"{D1}:41-42 6 completions/device x grad-accum 2 x 8 GPUs / G 6"),
+        temperature=(0.9, "d1 diffu_grpo_config.py:193 temperature default 0.9 (not set in train.yaml)"),
+        gen_length=(256, f"{D1}:60 max_completion_length"),
+        steps=(128, f"{D1}:63 diffusion_steps"),
+        block_length=(32, f"{D1}:62 block_length"))
+    lora: LoraConfig = block(
+        LoraConfig,
+        r=(128, f"{D1}:10 lora_r (4-bit base not reproduced)"),
+        alpha=(64, f"{D1}:11 lora_alpha"),
+        dropout=(0.05, f"{D1}:12 lora_dropout"))
+    beta: float = knob(0.04, "k3 KL coefficient (0: no reference forward)", source=f"{D1}:68 beta", low=0.0)
+    epsilon: float = knob(0.5, "symmetric token-level PPO clip", source=f"{D1}:69 epsilon", low=0.0)
+    p_mask_prompt: float = knob(0.15, "probability of masking each prompt token in the one-step estimate",
+                                source=f"{D1}:67 p_mask_prompt", low=0.0, high=1.0)
+    positions: str = knob("to_eos", "scored positions: 'to_eos' (through the first stop token) | 'window'",
+                          choices=("to_eos", "window"),
+                          source="d1 diffu_grpo_trainer.py:441-445 completion_mask up to the first EOS")
+
+
+@register_method
+class DiffuGRPO(Method):
+    name = "diffu_grpo"
+    Config = DiffuGRPOConfig
+    needs_reference = True
+
+    def _positions(self, rollouts: Rollouts, dlm) -> torch.Tensor:
+        c = rollouts.cache
+        if "positions" not in c:
+            c["positions"] = completion_positions(dlm, rollouts.batch, self.config.positions)
+        return c["positions"]
+
+    def prepare(self, rollouts: Rollouts, policy, ref) -> None:
+        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
+        c["adv"] = group_advantages(rollouts.rewards, rollouts.groups, "center")
+        self._positions(rollouts, policy)
+        mu = max(1, cfg.inner_updates)
+        c["prompt_masks"] = [prompt_masks(batch, cfg.p_mask_prompt, mask_seed(rollouts.seed, j))[0] for j in range(mu)]
+        with torch.no_grad():
+            if mu > 1:
+                c["old_logp"] = [one_step_logprobs(policy, batch, m).detach() for m in c["prompt_masks"]]
+            if cfg.beta != 0.0:
+                c["ref_logp"] = [one_step_logprobs(ref, batch, m).detach() for m in c["prompt_masks"]]
+        c["iter"] = 0
+
+    def loss_count(self, rollouts: Rollouts) -> float:
+        """d1's loss is a token mean: its terms are the scored positions of these rows."""
+        return float(rollouts.cache["positions"].sum()) if "positions" in rollouts.cache else \
+            float(rollouts.batch.valid.sum())
+
+    def loss(self, rollouts: Rollouts, policy, ref):
+        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
+        j = self.next_update(rollouts, policy, ref, "prompt_masks")
+        pos = self._positions(rollouts, policy)
+        logp = one_step_logprobs(policy, batch, c["prompt_masks"][j])
+        old = c["old_logp"][j] if "old_logp" in c else logp.detach()
+        adv = c["adv"].to(logp.device, logp.dtype)
+        loss, stats = clipped_pg(logp, old.to(logp.dtype), adv, cfg.epsilon, cfg.epsilon, valid=pos,
+                                 reduce="token_mean")
+        n = pos.sum().clamp(min=1)
+        if "ref_logp" in c:
+            kl = (k3(logp, c["ref_logp"][j].to(logp.dtype)) * pos).sum() / n
+            loss = loss + cfg.beta * kl
+            stats["kl_k3"] = float(kl.detach())
+        stats.update(loss=float(loss.detach()), inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()),
+                     logp_per_token=float((logp.detach() * pos).sum() / n))
+        return loss, stats
