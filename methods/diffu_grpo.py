@@ -104,7 +104,8 @@ class DiffuGRPOConfig(MethodConfig):
         adam_betas=((0.9, 0.99), f"{D1}:23-24 adam_beta1/2"),
         max_grad_norm=(0.2, f"{D1}:26 max_grad_norm"),
         train_steps=(None, f"{D1}:38 num_train_epochs 10, stopped early (d1 issues #11, #25); here one pass"),
-        inner_updates=(12, f"{D1}:70 num_iterations 12 (mu)"))
+        inner_updates=(12, f"{D1}:70 num_iterations 12 (mu)"),
+        minibatches=(1, "d1 (trl GRPOTrainer): one optimizer step per generation batch"))
     rollout: RolloutConfig = block(
         RolloutConfig,
         group_size=(6, f"{D1}:37 num_generations"),
@@ -146,7 +147,7 @@ class DiffuGRPO(Method):
         mu = max(1, cfg.inner_updates)
         c["prompt_masks"] = [prompt_masks(batch, cfg.p_mask_prompt, mask_seed(rollouts.seed, j))[0] for j in range(mu)]
         with torch.no_grad():
-            if mu > 1:
+            if self.updates_per_batch > 1:     # the policy moves within the batch: keep the rollout-time scores
                 c["old_logp"] = [one_step_logprobs(policy, batch, m).detach() for m in c["prompt_masks"]]
             if cfg.beta != 0.0:
                 c["ref_logp"] = [one_step_logprobs(ref, batch, m).detach() for m in c["prompt_masks"]]

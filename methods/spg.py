@@ -115,7 +115,8 @@ class SPGConfig(MethodConfig):
         adam_betas=((0.9, 0.99), f"{Y}:23-24 adam_beta1/2"),
         max_grad_norm=(0.2, f"{Y}:26 max_grad_norm"),
         train_steps=(None, "paper: 6000 steps (GSM8K); here one pass unless set"),
-        inner_updates=(4, f"{SB}:28 NUM_ITER=4"))
+        inner_updates=(4, f"{SB}:28 NUM_ITER=4"),
+        minibatches=(1, "SPG (trl GRPOTrainer base): one optimizer step per generation batch"))
     rollout: RolloutConfig = block(
         RolloutConfig,
         group_size=(6, f"{SB}:44 --num_generations 6"),

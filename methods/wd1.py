@@ -67,7 +67,8 @@ class WD1Config(MethodConfig):
         adam_betas=((0.9, 0.99), f"{W}:23-24 adam_beta1/2"),
         max_grad_norm=(0.2, f"{W}:26 max_grad_norm"),
         train_steps=(None, f"{W} num_train_epochs 10; here one pass"),
-        inner_updates=(12, "wd1 run/wll_NP_gsm8k.sh:22 NUM_ITER=12"))
+        inner_updates=(12, "wd1 run/wll_NP_gsm8k.sh:22 NUM_ITER=12"),
+        minibatches=(1, "wd1 (trl GRPOTrainer base): one optimizer step per generation batch"))
     rollout: RolloutConfig = block(
         RolloutConfig,
         group_size=(6, f"{W}:37 num_generations"),
