@@ -56,7 +56,14 @@ def test_tracerl_defaults_match_its_llada_config():
     assert (c.batch_prompts, c.group_size) == (prompts, group)
     assert c.temperature == _num(t["rollout temperature"]) and c.block_length == _num(t["block size"])
     assert c.shrink == _num(t["shrink s"]) and (c.epsilon, c.beta) == (eps, beta)
-    assert c.lr == float(lr) and c.lr_schedule == schedule
+    assert c.lr == float(lr) and schedule == "cosine"
+    # the config's cosine has min_lr_scale 1.0 (issue 17's audit of rl_llada.yaml): a constant LR
+    assert c.lr_schedule == "constant" and "min_lr_scale 1.0" in describe_source(c, "optim.lr_schedule")
+
+
+def describe_source(cfg, path: str) -> str:
+    from dlm_bench.config import describe
+    return {p: src for p, _, _, src in describe(type(cfg))}[path]
 
 
 def test_tabom_defaults_within_the_published_settings():
