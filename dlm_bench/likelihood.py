@@ -116,14 +116,26 @@ def masked_input(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion
 def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: int = 64,
                           entropy: bool = False):
     """log p(y_i | x, y with `masks` masked) at every position: [K, B, G] (zero where unmasked).
-    With `entropy`, also the predictive entropy at every masked position: ([K, B, G], [K, B, G])."""
+    With `entropy`, also the predictive entropy at every masked position: ([K, B, G], [K, B, G]).
+
+    Forward passes take `chunk` rows at a time. Where the model allows (`dlm.logits_head()`), the head
+    is applied only at the masked positions (`_head_scores`); otherwise each chunk's full logits are
+    upcast for the log-softmax (the tiny model's default, bit-identical to earlier releases)."""
     K, B, G = masks.shape
+    flat = masks.reshape(K * B, G)
     x, att = masked_input(batch.prompt_ids.repeat(K, 1), batch.prompt_mask.repeat(K, 1),
-                          batch.completion.repeat(K, 1), masks.reshape(K * B, G), dlm.mask_id)
+                          batch.completion.repeat(K, 1), flat, dlm.mask_id)
     P = batch.prompt_ids.shape[1]
     targets = batch.completion.repeat(K, 1)
+    head = dlm.logits_head()
     out, ents = [], []
     for s in range(0, K * B, chunk):
+        if head is not None:
+            lp, ent = _gathered(dlm, head, x[s:s + chunk], att[s:s + chunk], flat[s:s + chunk],
+                                targets[s:s + chunk], P, entropy)
+            out.append(lp)
+            ents.append(ent)
+            continue
         logits = dlm.logits(x[s:s + chunk], att[s:s + chunk])[:, P:]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))   # bf16 up, float64 kept
         logp = F.log_softmax(logits, -1)
@@ -132,6 +144,41 @@ def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: i
             ents.append(-(logp.exp() * logp).sum(-1))
     lp = torch.cat(out).reshape(K, B, G) * masks
     return (lp, torch.cat(ents).reshape(K, B, G) * masks) if entropy else lp
+
+
+HEAD_CHUNK = 512    # positions per head application: 512 x 126k fp32 logits = 260 MB, recomputed in backward
+
+
+def _gathered(dlm, head, x, att, mask, targets, P: int, entropy: bool):
+    """Log-probs (and entropies) [n, G] of the masked positions of one forward chunk, from the last
+    hidden states at those positions only (a shifted model scores token i from state i - 1)."""
+    h = dlm.hidden(x, att)
+    rows, cols = mask.nonzero(as_tuple=True)
+    src = (P + cols - 1).clamp(min=0) if dlm.shift_logits else P + cols
+    states, tgt = h[rows, src], targets[rows, cols]
+    parts = [_head_scores(head, states[i:i + HEAD_CHUNK], tgt[i:i + HEAD_CHUNK], entropy)
+             for i in range(0, len(tgt), HEAD_CHUNK)]
+    dtype = torch.promote_types(h.dtype, torch.float32)
+    lp_vals = torch.cat([p[0] for p in parts]) if parts else h.new_zeros(0, dtype=dtype)
+    lp = torch.zeros(mask.shape, dtype=dtype, device=h.device).index_put((rows, cols), lp_vals)
+    if not entropy:
+        return lp, None
+    ent_vals = torch.cat([p[1] for p in parts]) if parts else h.new_zeros(0, dtype=dtype)
+    return lp, torch.zeros(mask.shape, dtype=dtype, device=h.device).index_put((rows, cols), ent_vals)
+
+
+def _head_scores(head, states, tgt, entropy: bool):
+    """Head + log-softmax on [n, H] states. Under autograd the [n, V] logits are recomputed in the
+    backward pass (torch checkpoint), so only the states are kept between forward and backward."""
+    def score(st):
+        logits = head(st)
+        logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+        lp = torch.gather(logp, -1, tgt[:, None]).squeeze(-1)
+        return (lp, -(logp.exp() * logp).sum(-1)) if entropy else (lp, lp)
+    if torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint
+        return checkpoint(score, states, use_reentrant=False)
+    return score(states)
 
 
 def elbo_samples(dlm, batch: ScoredBatch, draw: MaskDraw, chunk: int = 64) -> torch.Tensor:

@@ -68,6 +68,7 @@ class TrainConfig:
     micro_prompts: int = 1                # prompts (whole groups) per rollout/prepare micro-batch
     micro_batch_size: int = 4             # completions (each with all its mask draws) per backward
     minutes: float | None = None          # stop (and save) after this much wall-clock time
+    gradient_checkpointing: bool | None = None   # None: on for models other than the built-in tiny one
 
     def validate(self) -> "TrainConfig":
         if not self.model and self.method != "base":
@@ -289,7 +290,8 @@ def _reference(cfg: TrainConfig, policy, lora: bool, resumed: bool):
 def _identity(config: dict) -> dict:
     """Settings a resumed run must share (its length, budget, checkpointing and device may change)."""
     return {k: v for k, v in config.items()
-            if k not in ("train_steps", "save_every", "minutes", "device", "rollout_chunk", "out")}
+            if k not in ("train_steps", "save_every", "minutes", "device", "rollout_chunk", "out",
+                         "gradient_checkpointing")}
 
 
 def _flat(config: dict) -> dict:
@@ -388,6 +390,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         raise UserError(f"{out} holds a run with other settings ({diff}); use a new --out or the same settings")
 
     dlm, lora = _load_policy(cfg, mcfg, device, resumed[0] if resumed else None)
+    dlm.set_gradient_checkpointing(cfg.gradient_checkpointing)      # memory only: the same update
     torch.manual_seed(derive_seed(cfg.seed, 0x2E7))       # method modules: same init on every rank
     method = cls(mcfg, policy=dlm)
     # The instance decides: some methods need a reference only for some settings (TraceRL's KL anchor).

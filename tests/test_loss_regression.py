@@ -29,6 +29,8 @@ def _rollouts(dlm, seed=0, prompts=2, group=3, width=6):
     from dlm_bench.methods import Rollouts
     g = torch.Generator().manual_seed(seed)
     vocab = [dlm.tokenizer.convert_tokens_to_ids(c) for c in "0123456789+-= ab"]
+    if None in vocab or dlm.tokenizer.unk_token_id in vocab:      # a real tokenizer: plain ids
+        vocab = list(range(1000, 1016))
     p_ids = [dlm.prompt_ids(q) for q in ("1+2=", "three plus four is")][:prompts]
     comps, steps = [], []
     for _ in range(prompts * group):
