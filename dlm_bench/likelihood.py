@@ -127,6 +127,7 @@ def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: i
                           batch.completion.repeat(K, 1), flat, dlm.mask_id)
     P = batch.prompt_ids.shape[1]
     targets = batch.completion.repeat(K, 1)
+    chunk = min(chunk, dlm.score_rows) if dlm.score_rows else chunk
     head = dlm.logits_head()
     out, ents = [], []
     for s in range(0, K * B, chunk):
@@ -146,7 +147,7 @@ def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: i
     return (lp, torch.cat(ents).reshape(K, B, G) * masks) if entropy else lp
 
 
-HEAD_CHUNK = 512    # positions per head application: 512 x 126k fp32 logits = 260 MB, recomputed in backward
+HEAD_CHUNK_BYTES = 64 * 2 ** 20   # fp32 logits per head application (126k vocab: 132 positions), recomputed in backward
 
 
 def _gathered(dlm, head, x, att, mask, targets, P: int, entropy: bool):
@@ -156,8 +157,8 @@ def _gathered(dlm, head, x, att, mask, targets, P: int, entropy: bool):
     rows, cols = mask.nonzero(as_tuple=True)
     src = (P + cols - 1).clamp(min=0) if dlm.shift_logits else P + cols
     states, tgt = h[rows, src], targets[rows, cols]
-    parts = [_head_scores(head, states[i:i + HEAD_CHUNK], tgt[i:i + HEAD_CHUNK], entropy)
-             for i in range(0, len(tgt), HEAD_CHUNK)]
+    n = max(1, HEAD_CHUNK_BYTES // (4 * dlm.model.get_output_embeddings().weight.shape[0]))
+    parts = [_head_scores(head, states[i:i + n], tgt[i:i + n], entropy) for i in range(0, len(tgt), n)]
     dtype = torch.promote_types(h.dtype, torch.float32)
     lp_vals = torch.cat([p[0] for p in parts]) if parts else h.new_zeros(0, dtype=dtype)
     lp = torch.zeros(mask.shape, dtype=dtype, device=h.device).index_put((rows, cols), lp_vals)

@@ -390,7 +390,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         raise UserError(f"{out} holds a run with other settings ({diff}); use a new --out or the same settings")
 
     dlm, lora = _load_policy(cfg, mcfg, device, resumed[0] if resumed else None)
-    dlm.set_gradient_checkpointing(cfg.gradient_checkpointing)      # memory only: the same update
+    dlm.bound_memory(cfg.gradient_checkpointing, cfg.micro_batch_size)     # memory only (docs/memory.md)
     torch.manual_seed(derive_seed(cfg.seed, 0x2E7))       # method modules: same init on every rank
     method = cls(mcfg, policy=dlm)
     # The instance decides: some methods need a reference only for some settings (TraceRL's KL anchor).

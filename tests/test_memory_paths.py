@@ -53,7 +53,7 @@ def test_hidden_without_the_head_is_the_last_hidden_state(name, real_dirs):
         assert torch.equal(dlm.hidden(x, att), dlm._forward(x, att, hidden=True))
 
 
-def _update(model_dir, method, gc, lora_dropout=0.1, steps=2, start=None):
+def _update(model_dir, method, gc, lora_dropout=0.1, steps=2, start=None, mbs=None):
     """`steps` updates of one method on fixed rollouts, as the loop makes them (dropout seeded per loss)."""
     torch.manual_seed(0)                                     # the same fresh adapter
     dlm = load_model(model_dir, device="cpu", dtype="float64",
@@ -76,11 +76,18 @@ def _update(model_dir, method, gc, lora_dropout=0.1, steps=2, start=None):
     params = [p for p in dlm.model.parameters() if p.requires_grad] + list(m.extra_modules.parameters())
     opt = torch.optim.AdamW(params, lr=1e-2)
     dlm.model.train()
+    from dlm_bench.train import loss_count, row_chunks
+    if mbs is not None:
+        dlm.bound_memory(gc, mbs)                        # also bounds the scoring rows, as the loop does
+        assert dlm.score_rows == mbs
+    parts = [ro] if mbs is None else row_chunks(m, ro, mbs)
+    counts = [loss_count(m, p) for p in parts]
     for j in range(steps):
         opt.zero_grad()
-        torch.manual_seed(100 + j)
-        loss, _ = m.loss(ro, dlm, ref)
-        loss.backward()
+        for k, (p, c) in enumerate(zip(parts, counts)):
+            torch.manual_seed(100 + j + 1000 * k)
+            loss, _ = m.loss(p, dlm, ref)
+            (loss * (c / sum(counts))).backward()
         opt.step()
     return {n: p.detach().clone() for n, p in dlm.model.named_parameters() if p.requires_grad}
 
@@ -94,6 +101,17 @@ def test_checkpointing_gives_the_same_lora_update(name, method, real_dirs):
     for k in a:
         assert float((a[k] - start[k]).norm()) > 0, k              # the update moved every adapter weight
         assert float((a[k] - b[k]).norm()) <= 1e-10 * float((a[k] - start[k]).norm()), k
+
+
+@pytest.mark.parametrize("method", ["trafl", "espo"])
+def test_micro_batches_with_bounded_scoring_give_the_same_update(method, real_dirs):
+    """Tiny real LLaDA, defaults (checkpointing, gathered head, scoring rows = micro_batch_size): one
+    completion per backward gives the whole batch's update, in float64."""
+    start = {}
+    whole = _update(real_dirs[LLADA_FIX], method, True, lora_dropout=0.0, start=start)
+    one = _update(real_dirs[LLADA_FIX], method, True, lora_dropout=0.0, mbs=1)
+    for k in whole:
+        assert float((one[k] - whole[k]).norm()) <= 1e-8 * float((whole[k] - start[k]).norm()), k
 
 
 def test_checkpointing_defaults(tiny_dir, real_dirs):

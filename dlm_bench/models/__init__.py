@@ -25,6 +25,7 @@ class DLM:
     honours_padding: bool = True       # False: the model ignores the attention mask (pre-Oct-2025 LLaDA)
     stop_ids: tuple[int, ...] = ()     # ids that end a completion (EOS, end-of-turn); default: eos, eot
     gather_logits: bool = False        # scores apply the head at masked positions only (models/output_head.py)
+    score_rows: int | None = None      # most rows per scoring forward (None: the caller's chunk, 64)
     path: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -94,13 +95,24 @@ class DLM:
         from dlm_bench.models import output_head
         return output_head.head(self) if self.gather_logits else None
 
+    def bound_memory(self, checkpointing: bool | None, micro_batch_size: int) -> None:
+        """Training memory bounds (docs/memory.md): gradient checkpointing, and for models other than
+        the built-in tiny one (whose results stay bit-identical) scoring forwards of at most
+        `micro_batch_size` rows, so `prepare`'s no-grad scoring is bounded like the backward chunks."""
+        self.set_gradient_checkpointing(checkpointing)
+        if self._memory_bounds_default():
+            self.score_rows = micro_batch_size
+
+    def _memory_bounds_default(self) -> bool:
+        from dlm_bench.models.tiny import MODEL_TYPE
+        return self.extra.get("model_type") not in (None, "", MODEL_TYPE)
+
     def set_gradient_checkpointing(self, on: bool | None = None) -> bool:
         """Checkpoint the transformer blocks in training (models/checkpointing.py). None: on for models
         loaded from a model directory other than the built-in tiny model. Returns whether it is on."""
         from dlm_bench.models import checkpointing
-        from dlm_bench.models.tiny import MODEL_TYPE
         if on is None:
-            on = self.extra.get("model_type") not in (None, "", MODEL_TYPE)
+            on = self._memory_bounds_default()
         if on:
             self.extra["gradient_checkpointing"] = checkpointing.enable(self.model)
         elif self.extra.pop("gradient_checkpointing", None):
