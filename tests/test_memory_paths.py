@@ -111,7 +111,8 @@ def test_micro_batches_with_bounded_scoring_give_the_same_update(method, real_di
     whole = _update(real_dirs[LLADA_FIX], method, True, lora_dropout=0.0, start=start)
     one = _update(real_dirs[LLADA_FIX], method, True, lora_dropout=0.0, mbs=1)
     for k in whole:
-        assert float((one[k] - whole[k]).norm()) <= 1e-8 * float((whole[k] - start[k]).norm()), k
+        # 1e-6: float64, but Adam (lr 1e-2) divides near-zero gradient entries by their own size
+        assert float((one[k] - whole[k]).norm()) <= 1e-6 * float((whole[k] - start[k]).norm()), k
 
 
 def test_checkpointing_defaults(tiny_dir, real_dirs):
