@@ -1,16 +1,19 @@
-"""Sequence-level scores of completions y given prompts x under a masked diffusion LM.
+"""Every score the methods put into a loss, and the one function that builds a masked input.
 
-- `elbo`: Monte-Carlo ELBO of log p(y|x) with the random-order estimator (l ~ U{1..L} positions
-  masked, weight L/l; LLaDA `get_log_likelihood.py`), from independent or coupled mask draws
-  (`draw_masks`).
-- `normalized_logprob`: the per-token surrogate ELBO/L (for independent draws this is exactly the
-  1/l-weighted mean of the masked log-probabilities).
-- `left_to_right_logprob`: the exact log-probability of decoding y one token at a time, in order.
-- `trajectory_logprobs`: per-token log-probabilities along a recorded decoding trajectory (TraceRL).
+Inputs: `masked_input` is the only place a model input "prompt + completion window with a mask
+applied" is built (ELBO draws, TraceRL's trace steps, TaBoM's time-delay cuts, pre-training).
 
-Masks are drawn once by `draw_masks` and passed in, so policy, old policy and reference score the
-same masked inputs (common random numbers). Scores carry gradients; wrap reference calls in
-`torch.no_grad()`.
+Scores (which method uses which: docs/likelihood.md):
+- `elbo` / `elbo_samples`: Monte-Carlo ELBO of log p(y|x) with the random-order estimator (l ~ U{1..L}
+  positions masked, weight L/l; LLaDA `get_log_likelihood.py`), from the mask draws of `draw_masks`;
+- `normalized_logprob`: the per-token surrogate ELBO/L;
+- `left_to_right_logprob`: the exact log-probability of decoding y one token at a time, in order;
+- `trace_logprobs`: per-token log-probs of each (trajectory, trace step) sample of `trace_samples`;
+- `masked_token_logprobs` (optionally with entropies): the per-position log-probs all of the above
+  sum, and TaBoM's cross-entropy on its time-delay masks (`draw_cuts`, `td_masks`).
+
+Masks are drawn once and passed in, so policy, old policy and reference score the same masked inputs
+(common random numbers). Scores carry gradients; wrap reference calls in `torch.no_grad()`.
 """
 from __future__ import annotations
 
@@ -124,21 +127,83 @@ def draw_masks(valid: torch.Tensor, n: int, gen: torch.Generator, scheme: str = 
     return MaskDraw(torch.stack(masks), torch.stack(weights), scheme != "independent")
 
 
-def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """log p(y_i | x, y with `masks` masked) at every position: [K, B, G] (zero where unmasked)."""
+def masked_input(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion: torch.Tensor,
+                 mask: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model input for prompts [N, P] (left-padded) followed by completion windows [N, G] with the
+    positions in `mask` [N, G] replaced by the mask token; the prompt is never masked.
+    Returns (input ids [N, P + G], attention mask [N, P + G])."""
+    x = torch.cat([prompt_ids, torch.where(mask.to(completion.device), mask_id, completion)], dim=1)
+    att = torch.cat([prompt_mask, torch.ones(completion.shape, dtype=prompt_mask.dtype, device=x.device)], dim=1)
+    return x, att
+
+
+def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: int = 64,
+                          entropy: bool = False):
+    """log p(y_i | x, y with `masks` masked) at every position: [K, B, G] (zero where unmasked).
+    With `entropy`, also the predictive entropy at every masked position: ([K, B, G], [K, B, G]).
+
+    Forward passes take `chunk` rows at a time. Where the model allows (`dlm.logits_head()`), the head
+    is applied only at the masked positions (`_head_scores`); otherwise each chunk's full logits are
+    upcast for the log-softmax (the tiny model's default, bit-identical to earlier releases)."""
     K, B, G = masks.shape
-    x = torch.cat([batch.prompt_ids.repeat(K, 1),
-                   torch.where(masks.reshape(K * B, G), dlm.mask_id, batch.completion.repeat(K, 1))], dim=1)
-    att = torch.cat([batch.prompt_mask.repeat(K, 1), torch.ones((K * B, G), dtype=batch.prompt_mask.dtype,
-                                                                device=x.device)], dim=1)
+    flat = masks.reshape(K * B, G)
+    x, att = masked_input(batch.prompt_ids.repeat(K, 1), batch.prompt_mask.repeat(K, 1),
+                          batch.completion.repeat(K, 1), flat, dlm.mask_id)
     P = batch.prompt_ids.shape[1]
-    out = []
+    targets = batch.completion.repeat(K, 1)
+    chunk = min(chunk, dlm.score_rows) if dlm.score_rows else chunk
+    head = dlm.logits_head()
+    out, ents = [], []
     for s in range(0, K * B, chunk):
+        if head is not None:
+            lp, ent = _gathered(dlm, head, x[s:s + chunk], att[s:s + chunk], flat[s:s + chunk],
+                                targets[s:s + chunk], P, entropy)
+            out.append(lp)
+            ents.append(ent)
+            continue
         logits = dlm.logits(x[s:s + chunk], att[s:s + chunk])[:, P:]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))   # bf16 up, float64 kept
-        lp = torch.gather(F.log_softmax(logits, -1), -1, batch.completion.repeat(K, 1)[s:s + chunk, :, None])
-        out.append(lp.squeeze(-1))
-    return torch.cat(out).reshape(K, B, G) * masks
+        logp = F.log_softmax(logits, -1)
+        out.append(torch.gather(logp, -1, targets[s:s + chunk, :, None]).squeeze(-1))
+        if entropy:
+            ents.append(-(logp.exp() * logp).sum(-1))
+    lp = torch.cat(out).reshape(K, B, G) * masks
+    return (lp, torch.cat(ents).reshape(K, B, G) * masks) if entropy else lp
+
+
+HEAD_CHUNK_BYTES = 64 * 2 ** 20   # fp32 logits per head application (126k vocab: 132 positions), recomputed in backward
+
+
+def _gathered(dlm, head, x, att, mask, targets, P: int, entropy: bool):
+    """Log-probs (and entropies) [n, G] of the masked positions of one forward chunk, from the last
+    hidden states at those positions only (a shifted model scores token i from state i - 1)."""
+    h = dlm.hidden(x, att)
+    rows, cols = mask.nonzero(as_tuple=True)
+    src = (P + cols - 1).clamp(min=0) if dlm.shift_logits else P + cols
+    states, tgt = h[rows, src], targets[rows, cols]
+    n = max(1, HEAD_CHUNK_BYTES // (4 * dlm.model.get_output_embeddings().weight.shape[0]))
+    parts = [_head_scores(head, states[i:i + n], tgt[i:i + n], entropy) for i in range(0, len(tgt), n)]
+    dtype = torch.promote_types(h.dtype, torch.float32)
+    lp_vals = torch.cat([p[0] for p in parts]) if parts else h.new_zeros(0, dtype=dtype)
+    lp = torch.zeros(mask.shape, dtype=dtype, device=h.device).index_put((rows, cols), lp_vals)
+    if not entropy:
+        return lp, None
+    ent_vals = torch.cat([p[1] for p in parts]) if parts else h.new_zeros(0, dtype=dtype)
+    return lp, torch.zeros(mask.shape, dtype=dtype, device=h.device).index_put((rows, cols), ent_vals)
+
+
+def _head_scores(head, states, tgt, entropy: bool):
+    """Head + log-softmax on [n, H] states. Under autograd the [n, V] logits are recomputed in the
+    backward pass (torch checkpoint), so only the states are kept between forward and backward."""
+    def score(st):
+        logits = head(st)
+        logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+        lp = torch.gather(logp, -1, tgt[:, None]).squeeze(-1)
+        return (lp, -(logp.exp() * logp).sum(-1)) if entropy else (lp, lp)
+    if torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint
+        return checkpoint(score, states, use_reentrant=False)
+    return score(states)
 
 
 def elbo_samples(dlm, batch: ScoredBatch, draw: MaskDraw, chunk: int = 64) -> torch.Tensor:
@@ -153,8 +218,9 @@ def elbo(dlm, batch: ScoredBatch, draw: MaskDraw, chunk: int = 64) -> torch.Tens
 
 
 def normalized_logprob(dlm, batch: ScoredBatch, draw: MaskDraw, chunk: int = 64) -> torch.Tensor:
-    """Per-token surrogate ELBO / L per row: [B]."""
-    return elbo(dlm, batch, draw, chunk) / batch.lengths.clamp(min=1).to(torch.float32)
+    """Per-token surrogate ELBO / L per row: [B] (TraFL's default score)."""
+    e = elbo(dlm, batch, draw, chunk)
+    return e / batch.lengths.clamp(min=1).to(e.dtype)
 
 
 def left_to_right_logprob(dlm, batch: ScoredBatch, chunk: int = 64, per_token: bool = False) -> torch.Tensor:
@@ -169,9 +235,22 @@ def left_to_right_logprob(dlm, batch: ScoredBatch, chunk: int = 64, per_token: b
     return token_lp if per_token else token_lp.sum(-1)
 
 
-def trace_steps(step_map: torch.Tensor, shrink: int = 1) -> torch.Tensor:
-    """Merge every `shrink` consecutive decoding steps into one trace step (TraceRL's shrinkage s)."""
-    return torch.div(step_map, shrink, rounding_mode="floor")
+# ----------------------------------------------------------------------------- decoding trajectories
+
+def collapse_steps(step_map: torch.Tensor, valid: torch.Tensor, shrink: int = 1) -> torch.Tensor:
+    """Trace step of every token: the dense rank of its decoding step among the row's distinct steps,
+    // shrink (TraceRL's shrinkage s; dLLM-RL `collapse_k_unique`). Trace steps of a row are 0..K-1;
+    -1 where not valid or never decoded (step < 0)."""
+    if shrink < 1:
+        raise ValueError(f"shrink must be >= 1, got {shrink}")
+    ok = valid.bool() & (step_map >= 0)
+    out = torch.full_like(step_map, -1)
+    for b in range(step_map.shape[0]):
+        if ok[b].any():
+            uniq = torch.unique(step_map[b][ok[b]])
+            rank = torch.searchsorted(uniq, step_map[b].contiguous())
+            out[b] = torch.where(ok[b], torch.div(rank, shrink, rounding_mode="floor"), out[b])
+    return out
 
 
 def trajectory_inputs(trace: torch.Tensor, valid: torch.Tensor):
@@ -188,12 +267,39 @@ def trajectory_inputs(trace: torch.Tensor, valid: torch.Tensor):
     return torch.tensor(rows, dtype=torch.long), torch.stack(masks), torch.stack(targets)
 
 
-def trajectory_logprobs(dlm, batch: ScoredBatch, step_map: torch.Tensor, shrink: int = 1,
-                        chunk: int = 64) -> torch.Tensor:
-    """Per-token log-probs [B, G], each token scored at its own trace step's input."""
-    trace = trace_steps(step_map.to(batch.completion.device), shrink)
-    rows, masks, targets = trajectory_inputs(trace, batch.valid)
-    sub = batch.index(rows.to(batch.completion.device))
-    lp = masked_token_logprobs(dlm, sub, masks[None].to(batch.valid.device), chunk)[0] * targets
-    out = torch.zeros(batch.completion.shape, dtype=lp.dtype, device=lp.device)
-    return out.index_add(0, rows.to(lp.device), lp)
+def trace_samples(step_map: torch.Tensor, valid: torch.Tensor, shrink: int):
+    """TraceRL's (trajectory, trace step) samples: (rows [R], step index k [R], masks [R, G], targets [R, G]).
+    masks: tokens of trace step >= k (the input masks them again); targets: tokens of step k."""
+    trace = collapse_steps(step_map, valid, shrink)
+    ok = trace >= 0
+    rows, masks, targets = trajectory_inputs(trace, ok)
+    k = torch.stack([trace[r][t].max() for r, t in zip(rows.tolist(), targets)]) if len(rows) else rows
+    return rows, k, masks, targets
+
+
+def trace_logprobs(dlm, batch: ScoredBatch, rows: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor,
+                   chunk: int = 64) -> torch.Tensor:
+    """Log-probs [R, G] of each sample's target tokens (zero elsewhere), given its own masked input:
+    sample r is row rows[r] of `batch` with masks[r] masked."""
+    sub = batch.index(rows)
+    return masked_token_logprobs(dlm, sub, masks[None], chunk)[0] * targets
+
+
+# ----------------------------------------------------------------------------- time-delay masks (TaBoM)
+
+def draw_cuts(step_map: torch.Tensor, valid: torch.Tensor, window: int, gen: torch.Generator) -> torch.Tensor:
+    """c ~ U{0 .. max(s_max - window, 0)} per row (TaBoM train_tabom.py `random.randint(0, s_max - M)`)."""
+    ok = valid.bool() & (step_map >= 0)
+    s_max = torch.where(ok, step_map, torch.full_like(step_map, -1)).max(-1).values.clamp(min=0)
+    upper = (s_max - window).clamp(min=0).cpu()
+    u = torch.rand(upper.shape, generator=gen, dtype=torch.float64)
+    return torch.floor(u * (upper + 1)).long().clamp(max=upper).to(step_map.device)
+
+
+def td_masks(step_map: torch.Tensor, valid: torch.Tensor, cut: torch.Tensor, window: int):
+    """The time-delay masks for cuts [B]: (input masks = decoded at step >= cut, supervised = masked
+    and decoded before cut + window; window 0 = every masked token)."""
+    ok = valid.bool() & (step_map >= 0)
+    masked = ok & (step_map >= cut[:, None])
+    sup = masked & (step_map < cut[:, None] + window) if window > 0 else masked
+    return masked, sup

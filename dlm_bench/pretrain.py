@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from dlm_bench.config import mask_seed
 from dlm_bench import checkpoint
 from dlm_bench.errors import UserError
+from dlm_bench.likelihood import masked_input
 
 EPS = 1e-3  # LLaDA GUIDELINES.md: p_mask = (1 - eps) t + eps
 
@@ -119,8 +120,7 @@ def masked_diffusion_loss(dlm, prompts, prompt_mask, answers, gen: torch.Generat
     t = torch.rand(B, generator=gen)
     p = ((1 - EPS) * t + EPS)[:, None].expand(B, G).to(answers.device)
     masked = torch.rand((B, G), generator=gen).to(answers.device) < p
-    x = torch.cat([prompts, torch.where(masked, dlm.mask_id, answers)], dim=1)
-    att = torch.cat([prompt_mask, torch.ones_like(answers)], dim=1)
+    x, att = masked_input(prompts, prompt_mask, answers, masked, dlm.mask_id)
     logits = dlm.logits(x, att)[:, prompts.shape[1]:].float()
     ce = F.cross_entropy(logits.reshape(B * G, -1), answers.reshape(-1), reduction="none").view(B, G)
     return ((ce / p) * masked).sum(-1).div(G).mean()

@@ -75,6 +75,7 @@ class TrainConfig:
     micro_prompts: int = 1                # prompts (whole groups) per rollout/prepare micro-batch
     micro_batch_size: int = 4             # completions (each with all its mask draws) per backward
     minutes: float | None = None          # stop (and save) after this much wall-clock time
+    gradient_checkpointing: bool | None = None   # None: on for models other than the built-in tiny one
     parallel: str = "auto"                # >1 process: "ddp" | "fsdp" | "auto" (fsdp for full fine-tuning, ddp for LoRA)
 
     def validate(self) -> "TrainConfig":
@@ -144,7 +145,8 @@ def row_chunks(method, rollouts, size: int) -> list:
 def _identity(config: dict) -> dict:
     """Settings a resumed run must share (its length, budget, checkpointing and device may change)."""
     return {k: v for k, v in config.items()
-            if k not in ("train_steps", "save_every", "minutes", "device", "rollout_chunk", "out", "parallel")}
+            if k not in ("train_steps", "save_every", "minutes", "device", "rollout_chunk", "out", "parallel",
+                         "gradient_checkpointing")}
 
 
 def _flat(config: dict) -> dict:
@@ -275,6 +277,7 @@ def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
     from dlm_bench.policy import frozen_reference, load_policy
     cfg, mcfg, resumed = p.cfg, p.mcfg, ckpt is not None
     dlm, lora = load_policy(cfg.model, mcfg.lora, cfg.seed, cfg.dtype, device, ckpt)
+    dlm.bound_memory(cfg.gradient_checkpointing, cfg.micro_batch_size)     # memory only (docs/memory.md)
     torch.manual_seed(derive_seed(cfg.seed, 0x2E7))
     method = p.cls(mcfg, policy=dlm)
     # The instance decides: some methods need a reference only for some settings (TraceRL's KL anchor).

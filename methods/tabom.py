@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
+from dlm_bench.likelihood import draw_cuts, masked_token_logprobs, td_masks  # noqa: F401  (re-exported)
 from dlm_bench.methods import Method, Rollouts, register_method
 
 
@@ -89,24 +90,6 @@ def entropy_ranking_loss(entropies: torch.Tensor, step_map: torch.Tensor, window
     return per_row[has].mean(), rows
 
 
-def td_masks(step_map: torch.Tensor, valid: torch.Tensor, cut: torch.Tensor, window: int):
-    """The time-delay masks for cuts [B]: (input masks = decoded at step >= cut, supervised = masked
-    and decoded before cut + window; window 0 = every masked token)."""
-    ok = valid.bool() & (step_map >= 0)
-    masked = ok & (step_map >= cut[:, None])
-    sup = masked & (step_map < cut[:, None] + window) if window > 0 else masked
-    return masked, sup
-
-
-def draw_cuts(step_map: torch.Tensor, valid: torch.Tensor, window: int, gen: torch.Generator) -> torch.Tensor:
-    """c ~ U{0 .. max(s_max - window, 0)} per row (train_tabom.py `random.randint(0, s_max - M)`)."""
-    ok = valid.bool() & (step_map >= 0)
-    s_max = torch.where(ok, step_map, torch.full_like(step_map, -1)).max(-1).values.clamp(min=0)
-    upper = (s_max - window).clamp(min=0).cpu()
-    u = torch.rand(upper.shape, generator=gen, dtype=torch.float64)
-    return torch.floor(u * (upper + 1)).long().clamp(max=upper).to(step_map.device)
-
-
 @register_method
 class TABOM(Method):
     name = "tabom"
@@ -147,12 +130,11 @@ class TABOM(Method):
         masked, sup, cut = c["masked"][j][rows], c["sup"][j][rows], c["cut"][j][rows]
         sub = batch.index(rows)
         steps = rollouts.step_map.to(sub.completion.device)[rows]
-        x = torch.cat([sub.prompt_ids, torch.where(masked, policy.mask_id, sub.completion)], 1)
-        att = torch.cat([sub.prompt_mask, torch.ones_like(sub.completion, dtype=sub.prompt_mask.dtype)], 1)
-        logits = policy.logits(x, att)[:, sub.prompt_ids.shape[1]:]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))   # bf16 up, float64 kept
-        logp = F.log_softmax(logits, -1)
-        ce = -torch.gather(logp, -1, sub.completion[..., None]).squeeze(-1)       # [B, G]
+        # One forward over the whole chunk (chunk = rows); log-probs (and entropies) at the masked positions.
+        ranked = cfg.rank_weight != 0.0
+        scores = masked_token_logprobs(policy, sub, masked[None], chunk=max(1, len(rows)), entropy=ranked)
+        lp, ent = scores if ranked else (scores, None)
+        ce = -lp[0]                                                               # [B, G]
         supf = sup.to(ce.dtype)
         if cfg.ce_weighting == "token_mean":
             ce_loss = (ce * supf).sum() / supf.sum().clamp(min=1)
@@ -160,8 +142,8 @@ class TABOM(Method):
             ce_loss = ((ce * supf).sum(-1) / masked.sum(-1).clamp(min=1).to(ce.dtype)).mean()
         loss, stats = ce_loss, {"ce_loss": float(ce_loss.detach())}
         if cfg.rank_weight != 0.0:
-            ent = -(logp.exp() * logp).sum(-1)                                       # [B, G]
             in_rank = sup & (steps < cut[:, None] + cfg.rank_window)
+            ent = ent[0]
             rank, n_rows = entropy_ranking_loss(ent, steps, cfg.rank_window, cfg.rank_margin, in_rank)
             loss = loss + cfg.rank_weight * rank
             stats.update(rank_loss=float(rank.detach()), rank_rows=float(n_rows),

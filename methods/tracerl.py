@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
-from dlm_bench.likelihood import ScoredBatch, masked_token_logprobs, trajectory_inputs
+from dlm_bench.likelihood import ScoredBatch, collapse_steps, masked_input, trace_logprobs, trace_samples  # noqa: F401
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.heads import ScalarHead
 from dlm_bench.methods.losses import clipped_pg, group_mean
@@ -103,32 +103,6 @@ class TraceRLConfig(MethodConfig):
 
 
 # ----------------------------------------------------------------------------- pure functions
-
-def collapse_steps(step_map: torch.Tensor, valid: torch.Tensor, shrink: int = 1) -> torch.Tensor:
-    """Trace step of every token: the dense rank of its decoding step among the row's distinct steps,
-    // shrink (dLLM-RL `collapse_k_unique`). Trace steps of a row are 0..K-1; -1 where not valid or
-    never decoded (step < 0). For contiguous steps 0..n-1 this equals `likelihood.trace_steps`."""
-    if shrink < 1:
-        raise ValueError(f"shrink must be >= 1, got {shrink}")
-    ok = valid.bool() & (step_map >= 0)
-    out = torch.full_like(step_map, -1)
-    for b in range(step_map.shape[0]):
-        if ok[b].any():
-            uniq = torch.unique(step_map[b][ok[b]])
-            rank = torch.searchsorted(uniq, step_map[b].contiguous())
-            out[b] = torch.where(ok[b], torch.div(rank, shrink, rounding_mode="floor"), out[b])
-    return out
-
-
-def trace_samples(step_map: torch.Tensor, valid: torch.Tensor, shrink: int):
-    """The (trajectory, trace step) samples: (rows [R], step index k [R], masks [R, G], targets [R, G]).
-    masks: tokens of trace step >= k (the input masks them again); targets: tokens of step k."""
-    trace = collapse_steps(step_map, valid, shrink)
-    ok = trace >= 0
-    rows, masks, targets = trajectory_inputs(trace, ok)
-    k = torch.stack([trace[r][t].max() for r, t in zip(rows.tolist(), targets)]) if len(rows) else rows
-    return rows, k, masks, targets
-
 
 def answer_positions(batch: ScoredBatch, stops: set[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """([N] has an end-of-text token, [N, G] positions up to and including the first one): what a
@@ -221,16 +195,11 @@ def clipped_value_loss(v: torch.Tensor, v_old: torch.Tensor, returns: torch.Tens
 # ----------------------------------------------------------------------------- value head
 
 
-def _sample_inputs(batch: ScoredBatch, rows, masks, mask_id):
-    sub = batch.index(rows.to(batch.completion.device))
-    x = torch.cat([sub.prompt_ids, torch.where(masks.to(sub.completion.device), mask_id, sub.completion)], 1)
-    att = torch.cat([sub.prompt_mask, torch.ones_like(sub.completion, dtype=sub.prompt_mask.dtype)], 1)
-    return x, att, sub.prompt_ids.shape[1]
-
-
 def _completion_hidden(dlm, batch, rows, masks, mask_id, chunk: int = 64) -> torch.Tensor:
     """Hidden states [R, G, H] at the completion positions of each sample's masked input."""
-    x, att, P = _sample_inputs(batch, rows, masks, mask_id)
+    sub = batch.index(rows.to(batch.completion.device))
+    x, att = masked_input(sub.prompt_ids, sub.prompt_mask, sub.completion, masks, mask_id)
+    P = sub.prompt_ids.shape[1]
     return torch.cat([dlm.hidden(x[s:s + chunk], att[s:s + chunk])[:, P:] for s in range(0, len(x), chunk)])
 
 
@@ -312,8 +281,7 @@ class TraceRL(Method):
 
     def _logp(self, dlm, rollouts: Rollouts) -> torch.Tensor:
         c = rollouts.cache
-        sub = rollouts.batch.index(c["rows"])
-        return masked_token_logprobs(dlm, sub, c["masks"][None])[0] * c["targets"]
+        return trace_logprobs(dlm, rollouts.batch, c["rows"], c["masks"], c["targets"])
 
     def _token_values(self, rollouts: Rollouts, policy, ref, grad: bool) -> torch.Tensor:
         """Token values [R, G] of every sample's input (each token valued at its own trace step)."""

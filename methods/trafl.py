@@ -38,7 +38,7 @@ from torch import nn
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, ScoreConfig, block, knob
 from dlm_bench.errors import UserError
-from dlm_bench.likelihood import elbo
+from dlm_bench.likelihood import elbo, normalized_logprob
 from dlm_bench.methods import Method, Rollouts, register_method, slice_rows
 from dlm_bench.methods.espo import iteration_draws
 from dlm_bench.methods.heads import ScalarHead
@@ -139,8 +139,7 @@ class TraFL(Method):
                  "weight_decay": 0.0}]
 
     def _score(self, dlm, batch, draw) -> torch.Tensor:
-        e = elbo(dlm, batch, draw)
-        return e / batch.lengths.clamp(min=1).to(e.dtype) if self.config.score == "per_token" else e
+        return normalized_logprob(dlm, batch, draw) if self.config.score == "per_token" else elbo(dlm, batch, draw)
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
         cfg, c, batch = self.config, rollouts.cache, rollouts.batch

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from dlm_bench.likelihood import (ScoredBatch, draw_masks, elbo, elbo_samples, left_to_right_logprob,
-                                  masked_token_logprobs, normalized_logprob, trace_steps, trajectory_inputs,
-                                  trajectory_logprobs)
+from dlm_bench.likelihood import (ScoredBatch, collapse_steps, draw_masks, elbo, elbo_samples,
+                                  left_to_right_logprob, masked_input, masked_token_logprobs, normalized_logprob,
+                                  trace_logprobs, trace_samples, trajectory_inputs)
 
 
 @pytest.fixture(scope="module")
@@ -109,23 +109,32 @@ def test_left_to_right_equals_the_identity_order(setup):
 def test_trace_step_slicing_by_hand():
     step_map = torch.tensor([[0, 3, 1, 2, 1, 0]])
     valid = torch.ones_like(step_map, dtype=torch.bool)
-    rows, masks, targets = trajectory_inputs(trace_steps(step_map, 1), valid)
+    rows, masks, targets = trajectory_inputs(collapse_steps(step_map, valid, 1), valid)
     assert rows.tolist() == [0, 0, 0, 0]
     assert masks.int().tolist() == [[1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0], [0, 1, 0, 1, 0, 0], [0, 1, 0, 0, 0, 0]]
     assert targets.int().tolist() == [[1, 0, 0, 0, 0, 1], [0, 0, 1, 0, 1, 0], [0, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 0]]
-    rows, masks, targets = trajectory_inputs(trace_steps(step_map, 2), valid)   # steps {0,1} and {2,3}
+    rows, masks, targets = trajectory_inputs(collapse_steps(step_map, valid, 2), valid)   # steps {0,1} and {2,3}
     assert masks.int().tolist() == [[1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 0, 0]]
     assert targets.int().tolist() == [[1, 0, 1, 0, 1, 1], [0, 1, 0, 1, 0, 0]]
-    rows, masks, targets = trajectory_inputs(trace_steps(step_map, 8), valid)   # one trace step
+    rows, masks, targets = trajectory_inputs(collapse_steps(step_map, valid, 8), valid)   # one trace step
     assert masks.int().tolist() == [[1] * 6] and targets.int().tolist() == [[1] * 6]
 
 
-def test_trajectory_logprobs_of_a_left_to_right_path_are_exact(setup):
+def test_trace_logprobs_of_a_left_to_right_path_are_exact(setup):
+    """TraceRL's samples of a one-token-per-step left-to-right trajectory score every token exactly as
+    the left-to-right estimator does."""
     dlm, batch = setup
-    step_map = torch.arange(4)[None]
+    rows, _, masks, targets = trace_samples(torch.arange(4)[None], batch.valid, 1)
     with torch.no_grad():
-        per_token = trajectory_logprobs(dlm, batch, step_map)
+        per_sample = trace_logprobs(dlm, batch, rows, masks, targets)
+        per_token = torch.zeros_like(per_sample[:1]).index_add(0, rows, per_sample)
         assert torch.allclose(per_token, left_to_right_logprob(dlm, batch, per_token=True), atol=1e-5)
+
+
+def test_masked_input_masks_only_the_completion():
+    x, att = masked_input(torch.tensor([[0, 5, 6]]), torch.tensor([[0, 1, 1]]), torch.tensor([[7, 8, 9]]),
+                          torch.tensor([[True, False, True]]), mask_id=99)
+    assert x.tolist() == [[0, 5, 6, 99, 8, 99]] and att.tolist() == [[0, 1, 1, 1, 1, 1]]
 
 
 def test_padding_and_batching_do_not_change_scores(tiny):

@@ -24,6 +24,8 @@ class DLM:
     four_d_mask: bool = False          # Dream expects a 4-D boolean attention mask + position ids
     honours_padding: bool = True       # False: the model ignores the attention mask (pre-Oct-2025 LLaDA)
     stop_ids: tuple[int, ...] = ()     # ids that end a completion (EOS, end-of-turn); default: eos, eot
+    gather_logits: bool = False        # scores apply the head at masked positions only (models/output_head.py)
+    score_rows: int | None = None      # most rows per scoring forward (None: the caller's chunk, 64)
     path: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -84,8 +86,42 @@ class DLM:
         return logits
 
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T, H] last-layer hidden states."""
+        """[B, T, H] last-layer hidden states (after the final norm: the output head's input)."""
+        from dlm_bench.models import output_head
+        if output_head.swappable(self):     # without computing the [B, T, vocab] head at all
+            with output_head.without_head(self.model):
+                return self._forward(input_ids, attention_mask)
         return self._forward(input_ids, attention_mask, hidden=True)
+
+    def logits_head(self):
+        """The output head as a function hidden [..., H] -> logits [..., V] when scores may gather
+        (`gather_logits`), else None (scores then take full logits)."""
+        from dlm_bench.models import output_head
+        return output_head.head(self) if self.gather_logits else None
+
+    def bound_memory(self, checkpointing: bool | None, micro_batch_size: int) -> None:
+        """Training memory bounds (docs/memory.md): gradient checkpointing, and for models other than
+        the built-in tiny one (whose results stay bit-identical) scoring forwards of at most
+        `micro_batch_size` rows, so `prepare`'s no-grad scoring is bounded like the backward chunks."""
+        self.set_gradient_checkpointing(checkpointing)
+        if self._memory_bounds_default():
+            self.score_rows = micro_batch_size
+
+    def _memory_bounds_default(self) -> bool:
+        from dlm_bench.models.tiny import MODEL_TYPE
+        return self.extra.get("model_type") not in (None, "", MODEL_TYPE)
+
+    def set_gradient_checkpointing(self, on: bool | None = None) -> bool:
+        """Checkpoint the transformer blocks in training (models/checkpointing.py). None: on for models
+        loaded from a model directory other than the built-in tiny model. Returns whether it is on."""
+        from dlm_bench.models import checkpointing
+        if on is None:
+            on = self._memory_bounds_default()
+        if on:
+            self.extra["gradient_checkpointing"] = checkpointing.enable(self.model)
+        elif self.extra.pop("gradient_checkpointing", None):
+            checkpointing.disable(self.model)
+        return bool(on)
 
     def prompt_ids(self, prompt) -> list[int]:
         """Token ids for one prompt: a string, or chat messages rendered with the chat template."""

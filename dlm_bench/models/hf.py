@@ -101,7 +101,7 @@ def load_model(path: str, *, lora: LoraSpec | None = None, dtype: torch.dtype | 
 def _load_plain(p: Path, dtype, device, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
-    import dlm_bench.models.tiny  # noqa: F401  (registers the tiny model with the Auto classes)
+    from dlm_bench.models.tiny import MODEL_TYPE as tiny_type   # (the import registers the tiny model)
     from dlm_bench.models import DLM
     config = _read_config(p)
     try:
@@ -129,6 +129,9 @@ def _load_plain(p: Path, dtype, device, trust_remote_code: bool):
               path=str(p), extra={"model_type": model_type})
     dlm.stop_ids = tuple(sorted({int(eos_id), *turn_ends, *_generation_eos(p)}))
     dlm.honours_padding = probe_padding(dlm)
+    if model_type != tiny_type:           # the tiny model keeps full logits: its demo records are bit-exact
+        from dlm_bench.models import output_head
+        dlm.gather_logits = output_head.probe(dlm)
     if not dlm.honours_padding:
         print(f"note: {p} ignores the attention mask (left padding changes its logits); dlm-bench runs rows "
               f"with different prompt lengths separately, so results do not depend on batch composition",

@@ -182,13 +182,17 @@ class TinyDLMForMaskedLM(TinyDLMPreTrainedModel):
                 past_key_values=None, **_):
         h = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
                        past_key_values=past_key_values)
+        return MaskedLMOutput(logits=self.head(h), hidden_states=(h,) if output_hidden_states else None)
+
+    def head(self, h):
+        """Logits from last hidden states [..., H] (any leading shape)."""
         logits = self.lm_head(h)
         # The mask and pad tokens are never valid outputs.
         banned = [t for t in (self.config.mask_token_id, self.config.pad_token_id) if t is not None]
         if banned:
             logits = logits.clone()
             logits[..., banned] = torch.finfo(logits.dtype).min
-        return MaskedLMOutput(logits=logits, hidden_states=(h,) if output_hidden_states else None)
+        return logits
 
 
 AutoConfig.register(MODEL_TYPE, TinyDLMConfig)
