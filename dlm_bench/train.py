@@ -38,6 +38,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,11 @@ def plan(cfg: TrainConfig) -> Plan | None:
         raise UserError(f"task {cfg.task!r} split {split!r}: {e}") from e
     if not problems:
         raise UserError(f"task {cfg.task!r} split {split!r} is empty")
+    n_micro = math.ceil(mcfg.rollout.batch_prompts / cfg.micro_prompts)
+    if mcfg.optim.minibatches > n_micro:     # a minibatch is at least one micro-batch of whole groups
+        print(f"note: {cfg.method}: {mcfg.optim.minibatches} minibatches requested, a batch has {n_micro} "
+              f"micro-batches (batch_prompts / micro_prompts): using {n_micro}", file=sys.stderr, flush=True)
+        mcfg.optim.minibatches = n_micro
     steps = cfg.train_steps or mcfg.optim.train_steps or max(1, math.ceil(len(problems) / mcfg.rollout.batch_prompts))
     scfg = _sampler_config(cfg, mcfg.rollout, cls.rollout_order)
     return Plan(cfg, cls, mcfg, task, problems, int(steps), scfg)

@@ -16,7 +16,7 @@ CASES = {
     "trafl-ref-feats": dict(z_features="reference"),
     "justgrpo": dict(loss_norm="justgrpo"),                          # fixed-window / #nonzero-advantage normaliser
     "justgrpo-token-mean": dict(loss_norm="token_mean"),
-    "tracerl": dict(group_filter=None),
+    "tracerl": dict(group_filter=None, truncated_reward=None),   # the random model never ends its answers
     "tabom": dict(),
 }
 
