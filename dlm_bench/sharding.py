@@ -132,6 +132,9 @@ class SavesState:
     def __init__(self, dlm, state: dict):
         self.dlm, self.state = dlm, state
 
+    def __getattr__(self, name):          # device, model, ...: the policy's
+        return getattr(self.dlm, name)
+
     def save(self, path: str) -> None:
         self.dlm.model.save_pretrained(path, state_dict=self.state)
         self.dlm.tokenizer.save_pretrained(path)
