@@ -350,12 +350,12 @@ def rollout(run: Run) -> Batch:
     out = Batch([], [], [], 0)
     with gathered(run.dlm.model):       # FSDP: sampling and `prepare` run with local forward passes
         for m in shard(math.ceil(p.mcfg.rollout.batch_prompts / cfg.micro_prompts), run.d):
-            out.micro.append((m, _rollout_micro(run, m, idx, out)))
+            _rollout_micro(run, m, idx, out)
     return out
 
 
-def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch):
-    """Micro-batch m: its prompts' G completions, rewards and the prepared `Rollouts`."""
+def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
+    """Micro-batch m into `out`: its prompts' G completions, rewards and the prepared `Rollouts`."""
     from dlm_bench.likelihood import ScoredBatch
     from dlm_bench.methods import Rollouts
     p, cfg, dlm, step = run.plan, run.cfg, run.dlm, run.step
@@ -376,10 +376,10 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch):
                   seed=derive_seed(cfg.seed, step, m, 0x5EED))
     with torch.no_grad():
         run.method.prepare(ro, dlm, run.ref)
+    out.micro.append((m, ro))
     out.texts.append(texts)
     out.rewards.append(rewards)
     out.nfe += sum(c.nfe for c in comps)
-    return ro
 
 
 # ----------------------------------------------------------------------------- stage: update
