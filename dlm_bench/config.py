@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from dlm_bench.errors import UserError
 
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
-MASK_SCHEMES = ("paired", "independent", "espo", "stratified", "stratified_paired")
+MASK_SCHEMES = ("paired", "independent", "espo", "espo_independent", "stratified", "stratified_paired")
 
 
 def knob(default, help: str, *, source: str = "", choices: tuple | None = None,
@@ -73,11 +73,16 @@ class OptimConfig:
     weight_decay: float = knob(0.0, "AdamW decoupled weight decay", low=0.0)
     adam_betas: tuple[float, float] = knob((0.9, 0.999), "AdamW (beta1, beta2)")
     max_grad_norm: float | None = knob(1.0, "clip the global gradient norm to this (None or 0: no clipping)", low=0.0)
-    train_steps: int | None = knob(None, "rollout batches to train on (None: one pass over the train split)",
+    train_steps: int | None = knob(None, "rollout batches to train on (None: `epochs` passes over the train split)",
                                    low=1)
+    epochs: int = knob(1, "passes over the train split when train_steps is unset", low=1,
+                       source="shared default: one pass, unless the method's recipe says otherwise")
     inner_updates: int = knob(1, "passes over each rollout batch (mu); each pass is `minibatches` updates", low=1)
     minibatches: int = knob(1, "optimizer updates per pass: the batch's prompt groups split into this many "
                                "minibatches (PPO-style), all against the rollout-time policy", low=1)
+    reset_each_step: bool = knob(False, "a fresh AdamW (moments reset) at every rollout batch, as a "
+                                        "recipe that launches one training job per RL step",
+                                 source="shared default: one optimizer for the run, as trl-style trainers")
 
 
 @dataclass
@@ -89,6 +94,10 @@ class RolloutConfig:
     gen_length: int = knob(256, "completion window in tokens", low=1)
     steps: int = knob(256, "denoising steps over the whole window", low=1)
     block_length: int = knob(32, "semi-autoregressive block length", low=1)
+    source: str = knob("online", "'online': sampled from the current policy every step | 'offline': sampled "
+                                 "once from the base model before training, reused every epoch "
+                                 "(dlm_bench.trajectories)", choices=("online", "offline"),
+                    source="shared default: on-policy rollouts, as every RL recipe")
 
 
 @dataclass
@@ -97,13 +106,17 @@ class LoraConfig:
     r: int = knob(0, "LoRA rank (0: full fine-tuning)", low=0)
     alpha: int = knob(0, "LoRA alpha (scale alpha / r)", low=0)
     dropout: float = knob(0.0, "LoRA dropout", low=0.0, high=1.0)
+    targets: str = knob("all-linear", "modules that get adapters: 'all-linear', or comma-separated names; "
+                                      "q,k,v,o,gate,up,down map to each architecture's own module names "
+                                      "(dlm_bench.models.lora_targets), other names are literal module names")
 
 
 @dataclass
 class ScoreConfig:
     """Monte-Carlo likelihood estimates (`dlm_bench.likelihood`): how many masked forwards, drawn how."""
     num_masks: int = knob(4, "masked forward passes per likelihood estimate", low=1)
-    mask_scheme: str = knob("paired", "how mask sizes are drawn (docs/likelihood.md)", choices=MASK_SCHEMES)
+    mask_scheme: str = knob("stratified_paired", "how mask sizes are drawn (docs/likelihood.md: the lowest-variance "
+                                                 "unbiased scheme is the default)", choices=MASK_SCHEMES)
 
 
 # flat names accepted since before the blocks existed -> dotted paths
@@ -282,7 +295,7 @@ def describe(cls) -> list[tuple[str, Any, str, str]]:
             sources = f.metadata.get("sources", {})
             for bf in dataclasses.fields(f.metadata["block"]):
                 rows.append((f"{f.name}.{bf.name}", getattr(getattr(default, f.name), bf.name),
-                             bf.metadata.get("help", ""), sources.get(bf.name, "")))
+                             bf.metadata.get("help", ""), sources.get(bf.name, bf.metadata.get("source", ""))))
         else:
             rows.append((f.name, getattr(default, f.name), f.metadata.get("help", ""), f.metadata.get("source", "")))
     return rows

@@ -58,34 +58,37 @@ class MaskDraw:
     coupled: bool                 # draws come in pairs (2j, 2j+1)
 
 
-SCHEMES = ("paired", "independent", "espo", "stratified", "stratified_paired")
+SCHEMES = ("paired", "independent", "espo", "espo_independent", "stratified", "stratified_paired")
 
 
-def draw_masks(valid: torch.Tensor, n: int, gen: torch.Generator, scheme: str = "paired") -> MaskDraw:
+def draw_masks(valid: torch.Tensor, n: int, gen: torch.Generator, scheme: str = "stratified_paired") -> MaskDraw:
     """n mask draws per row. Every scheme is unbiased for the same ELBO.
 
     - "independent": l ~ U{1..L}, a uniform subset of size l, weight L/l (LLaDA).
-    - "paired" (default): n/2 coupled pairs. Sizes are stratified (l and l + L/2 mod L, as LLaDA's
+    - "paired": n/2 coupled pairs. Sizes are stratified (l and l + L/2 mod L, as LLaDA's
       systematic draw) and positions complementary: the first l of one random order, then the last
       l' of the same order (an exact complement when l + l' = L). Each half is marginally an
       independent-scheme draw, so the pair is unbiased and negatively correlated.
     - "espo": ESPO's exact complement: l ~ U{0..L} with weight (L+1)/l, the complement with weight
-      (L+1)/(L-l). Faithful to ML-GSAI/ESPO; at short L its l = 0 and l = L draws make it far noisier
-      (measured in docs/likelihood.md).
+      (L+1)/(L-l). Faithful to ML-GSAI/ESPO: the sizes are stratified across the rows (one offset u per
+      draw, row i of b gets floor((L+1) frac(u + i/b)), ESPO's `linspace` from a random offset, which
+      rounds; the floor keeps each row's size exactly uniform). At short L its l = 0 and l = L draws
+      make it far noisier (measured in docs/likelihood.md). "espo_independent": the same with an
+      offset of its own per row (this harness's "espo" before it followed the recipe).
     - "stratified": the n sizes of a row spread evenly over {1..L}, as LLaDA's reference spreads
       them over its MC batch, but without its rounding: one u ~ U[0, 1) per row and
       l_k = floor(L (u + k) / n) + 1 for k = 0..n-1; each l_k has its own uniform subset, weight L/l_k.
       Draw k alone is not uniform, but the n draws together are: averaged over k, P(l_k = l) = 1/L
       for every l and any n (the reference's torch.round gives unequal counts when L/n is not an
       integer), so their mean is unbiased; any n >= 1, not coupled.
-    - "stratified_paired": the same n stratified sizes, drawn as n/2 position-coupled pairs: pair k
+    - "stratified_paired" (default: the lowest variance, docs/likelihood.md): the same n stratified sizes, drawn as n/2 position-coupled pairs: pair k
       masks the first l_k and the last l_{k+n/2} positions of one random order (disjoint whenever
       l_k + l_{k+n/2} <= L). Each mask is marginally a uniform subset of its size, so the mean is
       unbiased; with n = 2 and even L it has the distribution of "paired".
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown mask scheme {scheme!r}; choose from {SCHEMES}")
-    if scheme in ("paired", "espo", "stratified_paired") and n % 2:
+    if scheme in ("paired", "espo", "espo_independent", "stratified_paired") and n % 2:
         raise ValueError(f"scheme {scheme!r} draws pairs: n must be even")
     L = valid.sum(-1).to(torch.float64)
     Li = valid.sum(-1).long().cpu()
@@ -106,10 +109,14 @@ def draw_masks(valid: torch.Tensor, n: int, gen: torch.Generator, scheme: str = 
                 weights.append(L / l2.to(L.device, torch.float64))
         return MaskDraw(torch.stack(masks), torch.stack(weights), paired)
     for _ in range(n if scheme == "independent" else n // 2):
-        u = torch.rand(Li.shape, generator=gen, dtype=torch.float64)
+        if scheme == "espo":        # one offset per draw, spread over the rows (ESPO's linspace over the batch)
+            u0 = torch.rand(1, generator=gen, dtype=torch.float64)
+            u = torch.frac(u0 + torch.arange(len(Li), dtype=torch.float64) / max(1, len(Li)))
+        else:
+            u = torch.rand(Li.shape, generator=gen, dtype=torch.float64)
         keys = torch.rand(valid.shape, generator=gen, device="cpu").to(valid.device)
         ranks = keys.masked_fill(~valid, 2.0).argsort(-1).argsort(-1)  # a random order of valid positions
-        if scheme == "espo":
+        if scheme in ("espo", "espo_independent"):
             l = torch.floor(u * (Li + 1)).long().clamp(max=Li)             # U{0..L}
             m = ranks < l.to(valid.device)[:, None]
             lf = l.to(L.device, torch.float64)

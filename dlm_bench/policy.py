@@ -36,7 +36,8 @@ def lora_spec(lora_cfg):
     r = int(lora_cfg.r or 0)
     if r <= 0:
         return None
-    return LoraSpec(r=r, alpha=int(lora_cfg.alpha or r), dropout=float(lora_cfg.dropout or 0.0))
+    return LoraSpec(r=r, alpha=int(lora_cfg.alpha or r), dropout=float(lora_cfg.dropout or 0.0),
+                    target_modules=getattr(lora_cfg, "targets", "all-linear"))
 
 
 def load_policy(model: str, lora_cfg, seed: int, dtype, device, ckpt: Path | None):

@@ -38,9 +38,12 @@ GEN_FIELDS = ("method", "task", "temperature", "gen_length", "problem_id", "samp
               "prompt_hash", "text", "tokens", "nfe", "length", "seconds")
 SCORE_FIELDS = GEN_FIELDS + ("correct", "extracted", "reason", "isolation")  # isolation: code tasks
 KEY = ("method", "config_hash", "problem_id", "sample")
-KINDS = {"generations": GEN_FIELDS, "scores": SCORE_FIELDS}
+# offline training trajectories (`dlm_bench.trajectories`): problem_id is the problem's index in the split
+TRAJ_FIELDS = ("method", "task", "temperature", "gen_length", "problem_id", "sample", "seed", "config_hash",
+               "text", "tokens", "step_map", "reward", "nfe")
+KINDS = {"generations": GEN_FIELDS, "scores": SCORE_FIELDS, "trajectories": TRAJ_FIELDS}
 RESULTS = "results.json"
-_SHARD = re.compile(r"^(generations|scores)\.rank(\d+)\.jsonl$")
+_SHARD = re.compile(r"^(generations|scores|trajectories)\.rank(\d+)\.jsonl$")
 
 
 def record_key(rec: dict) -> tuple:

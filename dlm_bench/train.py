@@ -175,13 +175,15 @@ class Plan:
     scfg: object                     # the rollout SamplerConfig
 
 
-def _sampler_config(cfg: TrainConfig, rollout, rollout_order: str):
+def _sampler_config(cfg: TrainConfig, rollout, cls):
     from dlm_bench.checks import finite
     from dlm_bench.sampler import SamplerConfig
     finite([rollout.temperature], "temperature")
-    order = "left_to_right" if rollout_order == "left_to_right" else "diffusion"
+    order = "left_to_right" if cls.rollout_order == "left_to_right" else "diffusion"
+    # a loss that orders pads by their decoding step needs each decoded at its own step, as the reference
+    pads = {"stop_at_eos": False} if cls.pad_steps else {}
     scfg = SamplerConfig(gen_length=rollout.gen_length, block_length=rollout.block_length, steps=rollout.steps,
-                         temperature=rollout.temperature, order=order, **cfg.sampler)
+                         temperature=rollout.temperature, order=order, **{**pads, **cfg.sampler})
     scfg.resolved()                      # validate now, not at the first rollout
     return scfg
 
@@ -208,8 +210,9 @@ def plan(cfg: TrainConfig) -> Plan | None:
         print(f"note: {cfg.method}: {mcfg.optim.minibatches} minibatches requested, a batch has {n_micro} "
               f"micro-batches (batch_prompts / micro_prompts): using {n_micro}", file=sys.stderr, flush=True)
         mcfg.optim.minibatches = n_micro
-    steps = cfg.train_steps or mcfg.optim.train_steps or max(1, math.ceil(len(problems) / mcfg.rollout.batch_prompts))
-    scfg = _sampler_config(cfg, mcfg.rollout, cls.rollout_order)
+    steps = cfg.train_steps or mcfg.optim.train_steps or \
+        max(1, mcfg.optim.epochs * math.ceil(len(problems) / mcfg.rollout.batch_prompts))
+    scfg = _sampler_config(cfg, mcfg.rollout, cls)
     return Plan(cfg, cls, mcfg, task, problems, int(steps), scfg)
 
 
@@ -263,6 +266,7 @@ class Run:
     step: int
     opt_step: int
     prompt_cache: dict = field(default_factory=dict)
+    trajectories: dict | None = None      # (problem, sample) -> Trajectory, for offline rollouts
 
     @property
     def cfg(self) -> TrainConfig:
@@ -366,9 +370,13 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
         if idx[i] not in run.prompt_cache:
             run.prompt_cache[idx[i]] = dlm.prompt_ids(p.task.prompt(p.problems[idx[i]]))
     pids = [run.prompt_cache[idx[i]] for i in gidx]
-    comps = _sample(dlm, pids, p.scfg, cfg, step, gidx, G)
-    texts = [c.text for c in comps]
-    rewards = p.task.rewards([q for q in probs for _ in range(G)], texts)
+    if run.trajectories is not None:    # offline: the base model's stored decodes of these problems
+        comps = [run.trajectories[(idx[i], j)] for i in gidx for j in range(G)]
+        texts, rewards = [c.text for c in comps], [c.reward for c in comps]
+    else:
+        comps = _sample(dlm, pids, p.scfg, cfg, step, gidx, G)
+        texts = [c.text for c in comps]
+        rewards = p.task.rewards([q for q in probs for _ in range(G)], texts)
     batch = ScoredBatch.build(dlm, [q for q in pids for _ in range(G)], [c.tokens for c in comps])
     ro = Rollouts(batch=batch, rewards=torch.tensor(rewards, dtype=torch.float32),
                   groups=torch.tensor([i for i in gidx for _ in range(G)], dtype=torch.long),
@@ -396,6 +404,8 @@ def update(run: Run, batch: Batch) -> tuple[dict[str, float], float]:
     method.extra_modules.train()
     stat_sums: dict[str, float] = {}
     norm = 0.0
+    if o.reset_each_step:       # as a recipe whose every RL step is a new training job
+        run.opt.state.clear()
     for j in range(o.inner_updates):
         for parts, weights, stat_w in plans:
             run.opt.zero_grad(set_to_none=True)
@@ -543,6 +553,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     with (folder_lock(cfg.out, what="training folder") if d.main else _nothing()):
         ckpt, state = resume(cfg, d)
         run = build(p, d, device, ckpt, state)
+        if p.mcfg.rollout.source == "offline":
+            from dlm_bench.trajectories import collect
+            run.trajectories = collect(run)
         log = open_log(run) if d.main else None
         bar = tqdm(total=p.steps, initial=run.step, desc=f"train {cfg.method}", unit="step",
                    disable=not (progress and d.main))

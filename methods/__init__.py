@@ -64,6 +64,7 @@ class Method:
     needs_reference: ClassVar[bool] = False     # the loop provides a frozen reference model
     rollout_order: ClassVar[str] = "diffusion"  # or "left_to_right"
     needs_trajectory: ClassVar[bool] = False    # uses Rollouts.step_map
+    pad_steps: ClassVar[bool] = False           # rollouts decode each end-of-text pad at its own step
     trains: ClassVar[bool] = True               # False for `base`
 
     def __init__(self, config=None, policy=None):
@@ -114,6 +115,12 @@ class Method:
         """The config for training on `task`: the defaults (a method with per-task recipes overrides
         this), then `overrides`; validated before any model is loaded."""
         return make_config(cls, overrides)
+
+    @classmethod
+    def target(cls, config) -> str | None:
+        """One line on the distribution the objective drives the policy to under `config`, where the
+        method has a closed form (printed by `dlm-bench methods -v`); None otherwise."""
+        return None
 
     @classmethod
     def has_task_recipes(cls) -> bool:

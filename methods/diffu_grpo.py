@@ -118,7 +118,9 @@ class DiffuGRPOConfig(MethodConfig):
         LoraConfig,
         r=(128, f"{D1}:10 lora_r (4-bit base not reproduced)"),
         alpha=(64, f"{D1}:11 lora_alpha"),
-        dropout=(0.05, f"{D1}:12 lora_dropout"))
+        dropout=(0.05, f"{D1}:12 lora_dropout"),
+        targets=("q,k,v,o,gate,up,down", "diffu_grpo_train.py:95 target_modules q_proj..gate_proj, mapped per architecture "
+                       "(the literal names match only q,k,v,up on LLaDA: lora_targets.py)"))
     beta: float = knob(0.04, "k3 KL coefficient (0: no reference forward)", source=f"{D1}:68 beta", low=0.0)
     epsilon: float = knob(0.5, "symmetric token-level PPO clip", source=f"{D1}:69 epsilon", low=0.0)
     p_mask_prompt: float = knob(0.15, "probability of masking each prompt token in the one-step estimate",

@@ -62,7 +62,9 @@ class ESPOConfig(MethodConfig):
         LoraConfig,
         r=(128, "train.yaml lora_r (0 = full fine-tuning, as the code recipe)"),
         alpha=(64, "train.yaml lora_alpha"),
-        dropout=(0.05, "train.yaml lora_dropout"))
+        dropout=(0.05, "train.yaml lora_dropout"),
+        targets=("q,k,v,o,gate,up,down", "train.yaml lora_target_modules q,k,v,o,up,down,gate (_proj), mapped per "
+                       "architecture (the literal names match only q,k,v,up on LLaDA: lora_targets.py)"))
     scoring: ScoreConfig = block(
         ScoreConfig,
         num_masks=(4, "--num_mc 2: two coupled pairs per ELBO, 4 masked forwards"),

@@ -129,7 +129,8 @@ class SPGConfig(MethodConfig):
         LoraConfig,
         r=(128, f"{Y}:10 lora_r (4-bit base not reproduced)"),
         alpha=(64, f"{Y}:11 lora_alpha"),
-        dropout=(0.05, f"{Y}:12 lora_dropout"))
+        dropout=(0.05, f"{Y}:12 lora_dropout"),
+        targets=("q,k,v,o,gate,up,down", "not checked; d1's q_proj..gate_proj, whose trainer SPG builds on"))
     negative_bound: str = knob("mix", "bound for A <= 0 rows: 'mix' | 'eubo' | 'elbo' | 'zero'",
                                choices=("mix", "eubo", "elbo", "zero"), source=f"{SB}:48 --logp_estimation mix")
     eubo_beta: float = knob(1.5, "Renyi order beta of the EUBO (>= 1)", source=f"{SB}:50 --eubo_beta 1.5",

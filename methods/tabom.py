@@ -3,9 +3,12 @@ github.com/tonyckc/TABOM, `dream_post/train_tabom.py` with `--mask_schedule td -
 recipes in `dream_post/run_tabom_examples.sh`). A supervised method: no reward in the objective.
 
 Data: the base model's own confidence-guided decodes of the training prompts, with their decoding
-order (self-distilled trajectories). Here the shared loop produces them as rollouts (`step_map`);
-`filter_correct` keeps only rows with reward > 0. Starting from the base model each step, the loop's
-rollouts come from the current policy; `group_size` 1 = one trajectory per prompt.
+order (self-distilled trajectories), sampled once before training (`rollout.source` "offline",
+`dlm_bench.trajectories`: stored in OUT/trajectories/, resumable) and reused for 5 epochs, every end-of-
+text pad decoded at its own step as in the reference's decodes (`pad_steps`); "online" samples from the
+current policy each step instead. `filter_correct` keeps only rows with reward > 0; `group_size` 1 =
+one trajectory per prompt. Recipes (`run_tabom_examples.sh`; `TABOM.config_for`): margin 0.2 / 0.3
+for LLaDA on math / code, 0.1 for Dream, lambda 2 and lr 1e-4 for Dream on code.
 
 Loss on one trajectory (the code's "td" time-delay schedule):
 - draw a cut step c ~ U{0 .. max(s_max - M, 0)} (s_max = the row's last decoding step);
@@ -44,7 +47,8 @@ class TABOMConfig(MethodConfig):
         weight_decay=(0.01, "train_tabom.py --weight_decay 0.01"),
         adam_betas=((0.9, 0.999), "train_tabom.py torch AdamW defaults"),
         max_grad_norm=(1.0, "train_tabom.py --max_grad_norm 1.0"),
-        train_steps=(None, "one pass over the split (paper: 5 epochs; code default 3)"),
+        train_steps=(None, "set by epochs"),
+        epochs=(5, "paper; run_tabom_examples.sh EPOCHS_DEF=5 (train_tabom.py default 3)"),
         inner_updates=(1, "supervised: one update per batch"),
         minibatches=(1, "supervised: one update per batch"))
     rollout: RolloutConfig = block(
@@ -54,9 +58,11 @@ class TABOMConfig(MethodConfig):
         temperature=(1.0, "train_tabom.py --temperature 1.0 ('otherwise very short responses')"),
         gen_length=(256, "train_tabom.py --max_new_tokens 256"),
         steps=(128, "train_tabom.py --gen_steps 128"),
-        block_length=(32, "not found; LLaDA's usual block 32"))
+        block_length=(32, "not found; LLaDA's usual block 32"),
+        source=("offline", "paper: self-distilled trajectories of the base model, decoded once"))
     lora: LoraConfig = block(LoraConfig, r=(16, "paper and train_tabom.py --lora_rank 16"),
-                             alpha=(16, "train_tabom.py --lora_alpha 16"), dropout=(0.0, "not found; peft default 0.0"))
+                             alpha=(16, "train_tabom.py --lora_alpha 16"), dropout=(0.0, "not found; peft default 0.0"),
+                             targets=("q,v", "train_tabom.py --lora_target_modules q_proj v_proj"))
     filter_correct: bool = knob(False, "keep only trajectories with reward > 0", source="the paper keeps all")
     supervision_window: int = knob(32, "M: tokens after the cut that are supervised (0: CE on all masked)",
                                    source="train_tabom.py --td_supervision_window 32", low=0)
@@ -66,8 +72,8 @@ class TABOMConfig(MethodConfig):
                               source="paper {1, 2}; prm12k recipe 1 (ling_coder 2)", low=0.0)
     rank_window: int = knob(32, "W: step distance within which tokens are ranked",
                             source="paper/code --entropy_rank_window 32", low=1)
-    rank_margin: float = knob(0.2, "gamma: hinge margin", source="paper {0.1, 0.2, 0.3} (ling_coder recipe 0.1)",
-                              low=0.0)
+    rank_margin: float = knob(0.2, "gamma: hinge margin", low=0.0,
+                              source="run_tabom_examples.sh llada_prm12k ENT_MARGIN=0.2 (code tasks: 0.3)")
 
 
 def entropy_ranking_loss(entropies: torch.Tensor, step_map: torch.Tensor, window: int, margin: float,
@@ -90,11 +96,24 @@ def entropy_ranking_loss(entropies: torch.Tensor, step_map: torch.Tensor, window
     return per_row[has].mean(), rows
 
 
+# run_tabom_examples.sh's LLaDA recipes by task kind (the defaults are llada_prm12k's, for math); the
+# Dream recipes (margin 0.1; ling_coder: lr 1e-4, lambda 2) are reachable with --set
+RECIPES = {"code": {"rank_margin": 0.3}}        # llada_ling_coder ENT_MARGIN=0.3
+
+
 @register_method
 class TABOM(Method):
     name = "tabom"
     Config = TABOMConfig
     needs_trajectory = True
+    pad_steps = True
+
+    @classmethod
+    def config_for(cls, task: str, overrides: dict | None = None):
+        from dlm_bench.methods import make_config
+        from dlm_bench.tasks import answer_kind
+        recipe = RECIPES.get(answer_kind(task) or "", {})
+        return make_config(cls, {**recipe, **(overrides or {})})
 
     def loss_count(self, rollouts: Rollouts) -> float:
         c = rollouts.cache

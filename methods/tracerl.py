@@ -29,9 +29,9 @@ As in the code: several optimizer steps per rollout batch against the fixed roll
 end-of-text fill after a completion's first end-of-text is not trained (`exclude_pads`; the first one
 is, as the decision to stop); a completion with no end-of-text counts as incorrect
 (`truncated_reward`); the KL is summed over each step's tokens (`kl_sum`); constant LR 1e-6 (the
-config's cosine with min_lr_scale 1.0).
-Not reproduced: a fresh AdamW per RL step (the shared loop keeps one optimizer for the run), and
-`post_num` (a number of trailing pads that stay trainable).
+config's cosine with min_lr_scale 1.0); a fresh AdamW per RL step (`optim.reset_each_step`: the
+reference launches one accelerate job per step, so the Adam moments start at zero every step).
+Not reproduced: `post_num` (a number of trailing pads that stay trainable).
 """
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ class TraceRLConfig(MethodConfig):
         train_steps=(50, "rl_llada.yaml total RL steps 50"),
         inner_updates=(1, "rl_llada.py: one pass over each rollout batch's samples"),
         minibatches=(32, "rl_llada.py: many optimizer steps per rollout batch (grad accum 128 x batch 2 "
-                         "samples, ~64 steps); here one per prompt group (32)"))
+                         "samples, ~64 steps); here one per prompt group (32)"),
+        reset_each_step=(True, "rl_llada.py: each RL step is a new train job with a new AdamW"))
     rollout: RolloutConfig = block(
         RolloutConfig,
         group_size=(8, "rl_llada.yaml num_response_per_task 8"),

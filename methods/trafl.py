@@ -13,8 +13,12 @@ on-policy samples the expected semi-gradient is that of KL(pi_theta || p*), so p
 Every choice below is a config option; the defaults and where each comes from:
 - S: "per_token" = ELBO/L, the mean masked-token log-prob (the third-party port
   SDogya/automatic-eureka, which cites it as the paper's Eq. 4); "sequence" = the ELBO itself.
-- K = 4 masks as 2 coupled pairs, the same masks for policy and reference (the port's notes: "the
-  paper uses 4 as two complementary pairs"); scheme "paired" (`draw_masks`), redrawn per inner update.
+- K = 4 masks, the same for policy and reference (the port's notes: "the paper uses 4 as two
+  complementary pairs"). The default scheme "stratified_paired" (`draw_masks`) draws 2 position-coupled
+  pairs with the 4 sizes spread evenly over {1..L}: the second mask of a pair takes the last positions
+  of the first one's random order, so it is disjoint from the first but an exact complement only when
+  the two sizes add to L. It is the lowest-variance unbiased scheme measured (docs/likelihood.md);
+  redrawn per inner update.
 - tilt in per-token units, beta r~ / L, when S is per-token (the port's "beta / u"), so beta is a
   sequence-level tilt; with `tilt_per_token=False` it is the literal beta r~ (FlowRL's usage).
   Per-token scores with a prompt-only log Z move the fixed point when lengths vary within a prompt.
@@ -25,7 +29,10 @@ Every choice below is a config option; the defaults and where each comes from:
   `.detach()` is commented out), trained at its own higher learning rate (10x, the port). Options:
   reference features, detached features, or "vargrad": the per-group mean residual, detached
   (the profiled optimum of log Z for the batch).
-- beta = 15: FlowRL's hard-coded value, also the port's runs (`trafl_b15`). The paper's is unknown.
+- beta = 15: the number is FlowRL's hard-coded value and the port's runs (`trafl_b15`); the paper's
+  is unknown. The scale is not FlowRL's: FlowRL multiplies a z-scored advantage by 15 at every token
+  (about 15 L z per sequence), here the sequence is tilted by 15 x the centred reward (15 r~ / L per
+  token), a far gentler target. `dlm-bench methods -v trafl` prints the tilt a config applies.
 - Optimiser, LoRA, group size, batch, lr: not found; matched to the d1/ESPO LoRA recipe it compares
   against so that only the objective differs. Rollout temperature 0.6: the port's note on the paper.
 """
@@ -71,11 +78,12 @@ class TraFLConfig(MethodConfig):
         LoraConfig,
         r=(128, "not found; d1/ESPO LoRA r 128"),
         alpha=(64, "not found; d1/ESPO alpha 64"),
-        dropout=(0.05, "not found; d1/ESPO"))
+        dropout=(0.05, "not found; d1/ESPO"),
+        targets=("q,k,v,o,gate,up,down", "not found; d1/ESPO projections, mapped per architecture"))
     scoring: ScoreConfig = block(
         ScoreConfig,
         num_masks=(4, "port: '4 as two complementary pairs'"),
-        mask_scheme=("paired", "coupled pairs; 'independent' / 'espo' also accepted"))
+        mask_scheme=("stratified_paired", "not found; the lowest-variance unbiased scheme (docs/likelihood.md)"))
     z_lr: float = knob(3e-5, "learning rate of the log Z head", low=0.0, low_open=True,
                        source="10x lr, as the port's separate Adam (1e-2 vs 1e-3)")
     beta: float = knob(15.0, "reward tilt of the target p* ~ pi_ref exp(beta r)",
@@ -122,6 +130,20 @@ class TraFL(Method):
     name = "trafl"
     Config = TraFLConfig
     needs_reference = True
+
+    @classmethod
+    def target(cls, config) -> str:
+        """The tilt the defaults apply: exp(b r) at the sequence level, b = beta (1 - 1/G) when rewards
+        are centred over a group of G (on-policy, exact scores: the group mean's share of r cancels)."""
+        beta, G = config.beta, config.rollout.group_size
+        b = beta * (1 - 1 / G) if config.reward_centering == "group" else beta
+        how = (f"beta (1 - 1/G) = {beta:g} x (1 - 1/{G}), rewards centred over the group"
+               if config.reward_centering == "group" else "beta, raw rewards")
+        if config.score == "per_token" and not config.tilt_per_token:
+            return (f"p*(y|x) ~ pi_ref(y|x) exp({b:.4g} L r): the per-token score is tilted by the whole "
+                    f"{how}, so the sequence tilt grows with the length L")
+        per_token = " (applied per token as b r~ / L)" if config.score == "per_token" else ""
+        return f"p*(y|x) ~ pi_ref(y|x) exp({b:.4g} r){per_token}: b = {how}"
 
     def __init__(self, config=None, policy=None):
         super().__init__(config, policy)

@@ -81,7 +81,8 @@ class WD1Config(MethodConfig):
         LoraConfig,
         r=(128, f"{W}:10 lora_r (4-bit base not reproduced)"),
         alpha=(64, f"{W}:11 lora_alpha"),
-        dropout=(0.05, f"{W}:12 lora_dropout"))
+        dropout=(0.05, f"{W}:12 lora_dropout"),
+        targets=("q,k,v,o,gate,up,down", "not checked; d1's q_proj..gate_proj, whose trainer wd1 builds on"))
     p_mask_prompt: float = knob(0.15, "probability of masking each prompt token in the one-step estimate",
                                 source=f"{W}:69 p_mask_prompt", low=0.0, high=1.0)
     positions: str = knob("to_eos", "scored positions: 'to_eos' (through the first stop token) | 'window'",

@@ -82,9 +82,9 @@ def test_every_setting_is_documented_with_its_source(name):
     full_ft = get_method(name).Config().lora.r == 0
     assert not [path for path, _, help_, _ in rows if not help_]
     # every default says where it comes from ("not found; ..." counts: it says so), except the LoRA
-    # scale and dropout of a method that trains without LoRA
+    # scale, dropout and targets of a method that trains without LoRA
     unsourced = [path for path, _, _, src in rows if not src]
-    assert not [p for p in unsourced if not (full_ft and p in ("lora.alpha", "lora.dropout"))]
+    assert not [p for p in unsourced if not (full_ft and p in ("lora.alpha", "lora.dropout", "lora.targets"))]
 
 
 def test_methods_verbose_prints_defaults_help_and_source():

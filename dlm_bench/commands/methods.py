@@ -58,6 +58,9 @@ def markdown(names: list[str] | None = None) -> str:
         import sys
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0]
         out += [f"## {name}", "", " ".join(doc.split()), "", "; ".join(flags), ""]
+        target = cls.target(cls.Config())
+        if target:
+            out += [f"Target at these defaults: {target}.", ""]
         rows = describe(cls.Config)
         if not rows:
             out += ["(no settings)", ""]
@@ -71,7 +74,7 @@ def markdown(names: list[str] | None = None) -> str:
 
 def run(args) -> int:
     from dlm_bench.errors import UserError
-    from dlm_bench.methods import method_names
+    from dlm_bench.methods import get_method, method_names
     names = args.names or method_names()
     unknown = [n for n in names if n not in method_names()]
     if unknown:
@@ -88,5 +91,9 @@ def run(args) -> int:
         for name in names:
             lines = settings_table(name)
             print(f"\n{name}:" + ("" if lines else " (no settings)"))
+            cls = get_method(name)
+            target = cls.target(cls.Config())
+            if target:
+                print(f"  target: {target}")
             print("\n".join(lines))
     return 0

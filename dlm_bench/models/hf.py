@@ -91,8 +91,15 @@ def load_model(path: str, *, lora: LoraSpec | None = None, dtype: torch.dtype | 
         dlm = _load_plain(p, dtype, device, trust_remote_code)
     if lora is not None:
         from peft import LoraConfig, get_peft_model
+        from dlm_bench.models.lora_targets import resolve
+        targets = lora.target_modules
+        if isinstance(targets, str):        # 'all-linear' or the names of a `lora.targets` setting
+            try:
+                targets = resolve(targets, str(getattr(dlm.model.config, "model_type", "")))
+            except ValueError as e:
+                raise UserError(str(e)) from e
         dlm.model = get_peft_model(dlm.model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                         target_modules=lora.target_modules))
+                                                         target_modules=targets))
         # The saved adapter names its base by absolute path, so `passk` etc. can load it from anywhere.
         dlm.model.peft_config["default"].base_model_name_or_path = str(p.resolve())
     return dlm
