@@ -14,7 +14,7 @@ ARCHITECTURES = {
                                      "gate": "ff_proj", "up": "up_proj", "down": "ff_out"}),
     "dream": (r".*\.layers\.\d+\.(self_attn|mlp)\.", {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
                                                       "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}),
-    "dlm-bench-tiny": (r".*\.blocks\.\d+\.", {"q": "qkv", "k": "qkv", "v": "qkv", "o": "out",
+    "dlm-bench-tiny": (r".*\.layers\.\d+\.", {"q": "qkv", "k": "qkv", "v": "qkv", "o": "out",
                                               "gate": "gate_up", "up": "gate_up", "down": "down"}),
 }
 
