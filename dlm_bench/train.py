@@ -292,6 +292,9 @@ def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
     method = p.cls(mcfg, policy=dlm)
     # The instance decides: some methods need a reference only for some settings (TraceRL's KL anchor).
     ref = frozen_reference(cfg.model, dlm, lora, resumed, cfg.dtype) if method.needs_reference else None
+    if resumed and state.get("reference") is not None:
+        ref.model.load_state_dict(state["reference"])
+        method.reference_moved = True
     method.extra_modules.to(device)
     if next(dlm.model.parameters()).dtype == torch.float64:     # an exact-arithmetic run: heads too
         method.extra_modules.double()
@@ -420,6 +423,7 @@ def update(run: Run, batch: Batch) -> tuple[dict[str, float], float]:
                             stat_sums[key] = stat_sums.get(key, 0.0) + stat_w[k] * float(v)
             norm = _optimizer_step(run)
             run.opt_step += 1
+            method.after_update(run.opt_step, run.dlm, run.ref)
     return stat_sums, norm
 
 
@@ -504,6 +508,8 @@ def save(run: Run) -> None:
             "step": run.step, "opt_step": run.opt_step, "optimizer_by_name": optimizer is not None,
             "optimizer": run.opt.state_dict() if optimizer is None else optimizer,
             "extra_modules": run.method.extra_modules.state_dict(), "config": dataclasses.asdict(cfg),
+            # a reference the method has moved (ESPO's sync) cannot be re-made from the base model
+            "reference": run.ref.model.state_dict() if run.method.reference_moved else None,
             "method_config": dataclasses.asdict(run.plan.mcfg), "base_model": cfg.model, "lora": run.lora})
         rec = {"method": cfg.method, "task": cfg.task, "base_model": str(Path(cfg.model).resolve()),
                "checkpoint": str((out / "checkpoint").resolve()), "lora": run.lora, "step": run.step,

@@ -100,6 +100,12 @@ class Method:
         o = getattr(self.config, "optim", None)
         return 1 if o is None else o.inner_updates * o.minibatches
 
+    def after_update(self, opt_step: int, policy, ref) -> None:
+        """Called after every optimizer update (`opt_step` counts them from 1), e.g. to move the
+        reference; a method that changes `ref` sets `self.reference_moved` so checkpoints keep it."""
+
+    reference_moved: bool = False
+
     def param_groups(self) -> list[dict]:
         """Optimizer groups for the method's own modules (the loop adds the policy's)."""
         return []

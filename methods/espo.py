@@ -77,6 +77,12 @@ class ESPOConfig(MethodConfig):
                                source="train.yaml scale_rewards: false (RLOO without std)")
 
     # ESPO's recipe counts coupled pairs: --set num_mc=N means N pairs = 2N masked forwards
+    ref_sync_every: int = knob(64, "full fine-tuning: every N optimizer updates the reference moves to "
+                                   "alpha x policy + (1 - alpha) x reference (0: frozen; under LoRA the reference "
+                                   "is the adapter-disabled base and never moves, as in trl)", low=0,
+                               source="train.yaml sync_ref_model True, ref_model_sync_steps 64")
+    ref_sync_alpha: float = knob(0.6, "mixing weight of the policy in a reference sync", low=0.0, high=1.0,
+                                 source="trl GRPOConfig ref_model_mixup_alpha default 0.6 (train.yaml does not set it)")
     ALIASES = {"num_mc": ("scoring.num_masks", 2)}
 
 
@@ -105,6 +111,22 @@ class ESPO(Method):
         """ESPO's recipe for `task` (GSM8K's for tasks it has none for), then `overrides`."""
         recipe = RECIPES.get(TASK_RECIPE.get(task, task), {})
         return make_config(cls, {**recipe, **(overrides or {})})
+
+    def after_update(self, opt_step: int, policy, ref) -> None:
+        """trl's SyncRefModelCallback: a soft copy of the policy into a full-copy reference."""
+        from dlm_bench.errors import UserError
+        from dlm_bench.policy import AdapterDisabled
+        from dlm_bench.sharding import is_sharded
+        every, a = self.config.ref_sync_every, self.config.ref_sync_alpha
+        if not every or opt_step % every or ref is None or isinstance(ref, AdapterDisabled):
+            return
+        if is_sharded(policy.model):
+            raise UserError("espo: the reference sync is not implemented under FSDP; use --set parallel=ddp "
+                            "or ref_sync_every=0")
+        with torch.no_grad():
+            for r, p in zip(ref.model.parameters(), policy.model.parameters()):
+                r.mul_(1.0 - a).add_(p.detach().to(r.dtype), alpha=a)
+        self.reference_moved = True
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
         cfg, c, batch = self.config, rollouts.cache, rollouts.batch

@@ -197,3 +197,50 @@ def test_trafl_reports_the_tilt_it_applies(capsys):
     assert "grows with the length" in trafl.target(make_config(trafl, {"tilt_per_token": False}))
     assert main(["methods", "-v", "trafl"]) == 0
     assert "target: p*(y|x) ~ pi_ref(y|x) exp(12.5 r)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- ESPO's reference sync
+
+def _state(out: Path):
+    from dlm_bench import checkpoint
+    return checkpoint.load_state(out)[1]
+
+
+def test_espo_soft_syncs_a_full_copy_reference_and_resumes_it(tiny_dir, tmp_path, varied_rewards):
+    """Full fine-tuning with ref_sync_every 1, alpha 0.5: after one update the reference is the mean of
+    the base and the updated policy (trl's mixup); killed after step 1 and resumed, two steps end with
+    the same policy and reference as two steps in one go."""
+    from safetensors.torch import load_file
+    from dlm_bench.models import load_model
+    over = dict(TINY, lora_r=0, lora_alpha=0, lora_dropout=0.0, ref_sync_every=1, ref_sync_alpha=0.5,
+                inner_updates=1, beta=0.1, lr=1e-2, lr_schedule="constant")
+    cfg = dict(method="espo", model=tiny_dir, overrides=over, device="cpu")
+    train(TrainConfig(out=str(tmp_path / "one"), train_steps=1, **cfg), progress=False)
+    base = load_model(tiny_dir, device="cpu").model.state_dict()
+    policy = load_file(str(tmp_path / "one" / "checkpoint" / "model.safetensors"))
+    ref = _state(tmp_path / "one")["reference"]
+    moved = 0
+    assert set(policy) <= set(ref)
+    for name, r in ref.items():
+        if name in policy and r.is_floating_point():
+            assert torch.allclose(r, 0.5 * base[name] + 0.5 * policy[name], atol=1e-6), name
+            moved += int(not torch.equal(policy[name], base[name]))
+    assert moved > 0
+    train(TrainConfig(out=str(tmp_path / "one"), train_steps=2, **cfg), progress=False)
+    train(TrainConfig(out=str(tmp_path / "two"), train_steps=2, **cfg), progress=False)
+    a, b = _state(tmp_path / "one")["reference"], _state(tmp_path / "two")["reference"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pa = load_file(str(tmp_path / "one" / "checkpoint" / "model.safetensors"))
+    pb = load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_espo_reference_stays_frozen_under_lora_and_when_off(tiny_dir, tmp_path, varied_rewards):
+    over = dict(TINY, ref_sync_every=1, inner_updates=1, beta=0.1, lora_r=4, lora_alpha=4)
+    train(TrainConfig(method="espo", model=tiny_dir, out=str(tmp_path / "lora"), train_steps=1, overrides=over,
+                      device="cpu"), progress=False)
+    assert _state(tmp_path / "lora")["reference"] is None
+    over = dict(TINY, ref_sync_every=0, inner_updates=1, beta=0.1, lora_r=0, lora_alpha=0, lora_dropout=0.0)
+    train(TrainConfig(method="espo", model=tiny_dir, out=str(tmp_path / "off"), train_steps=1, overrides=over,
+                      device="cpu"), progress=False)
+    assert _state(tmp_path / "off")["reference"] is None
