@@ -144,6 +144,29 @@ def masked_input(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion
     return x, att
 
 
+class Guided:
+    """A model with unsupervised classifier-free guidance on its logits, for likelihoods (LLaDA's
+    `get_log_likelihood.py`, `get_logits`): the unconditional copy masks the first `prompt_len`
+    columns' real prompt tokens, and logits = uncond + (scale + 1) (cond - uncond). The head-only
+    scoring path is off: guidance needs the full logits of both passes."""
+
+    def __init__(self, dlm, prompt_len: int, scale: float):
+        self._dlm, self._P, self._scale = dlm, int(prompt_len), float(scale)
+
+    def __getattr__(self, name):
+        return getattr(self._dlm, name)
+
+    def logits_head(self):
+        return None
+
+    def logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        att = torch.ones_like(x) if attention_mask is None else attention_mask
+        un = x.clone()
+        un[:, :self._P][att[:, :self._P].bool()] = self._dlm.mask_id
+        cond, uncond = self._dlm.logits(torch.cat([x, un]), torch.cat([att, att])).chunk(2)
+        return uncond + (self._scale + 1) * (cond - uncond)
+
+
 def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: int = 64,
                           entropy: bool = False):
     """log p(y_i | x, y with `masks` masked) at every position: [K, B, G] (zero where unmasked).

@@ -218,7 +218,7 @@ class DLMEvalHarness(_LMBase):
 
     @torch.no_grad()
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        from dlm_bench.likelihood import ScoredBatch, draw_masks, elbo
+        from dlm_bench.likelihood import Guided, ScoredBatch, draw_masks, elbo
 
         out = []
         for req in requests:
@@ -229,8 +229,10 @@ class DLMEvalHarness(_LMBase):
                 continue
             batch = ScoredBatch.build(self.dlm, [ctx], [cont])
             gen = torch.Generator().manual_seed(derive_seed(self.seed, "ll", context, continuation))
-            draw = draw_masks(batch.valid, self.mc_num, gen, "paired")
-            ll = float(elbo(self.dlm, batch, draw, chunk=self.mc_chunk)[0])
+            draw = draw_masks(batch.valid, self.mc_num, gen, "stratified_paired")
+            # cfg_scale > 0: LLaDA's multiple-choice evaluations score with guided logits (cfg 0.5-2.0)
+            model = Guided(self.dlm, batch.prompt_ids.shape[1], self.cfg_scale) if self.cfg_scale > 0 else self.dlm
+            ll = float(elbo(model, batch, draw, chunk=self.mc_chunk)[0])
             greedy = self._is_greedy(ctx, cont) if self.greedy_check else False
             out.append((ll, greedy))
             self.cache_hook.add_partial("loglikelihood", req.args, (ll, greedy))
@@ -242,7 +244,7 @@ class DLMEvalHarness(_LMBase):
 
         L = len(cont)
         cfg = SamplerConfig(gen_length=L, block_length=L, steps=L, temperature=0.0,
-                            remasking="low_confidence", stop_at_eos=False)
+                            remasking="low_confidence", stop_at_eos=False, cfg_scale=self.cfg_scale)
         comp = sample(self.dlm, [ctx], cfg, make_generators([0], self.dlm.device))[0]
         return list(comp.tokens) == list(cont)
 

@@ -208,3 +208,35 @@ def test_lm_eval_argv_and_greedy_warning(tiny, capsys):
     assert lm._temperature({"do_sample": False, "temperature": 0.6}) == 0.0
     assert capsys.readouterr().err.count("do_sample=false") == 1       # said once, not per request
     assert lm._temperature({"do_sample": True, "temperature": 0.6}) == 0.6
+
+
+def test_loglikelihood_honours_cfg_scale(tiny):
+    """cfg_scale > 0 scores with LLaDA's guided logits (get_log_likelihood.py get_logits): recomputed
+    here from two plain forward passes on the adapter's own mask draw; cfg 0 is the plain ELBO."""
+    import torch
+    from dlm_bench.config import text_seed
+    from dlm_bench.likelihood import ScoredBatch, draw_masks, masked_input
+    ctx_text, cont_text = "Q: 1+1=", " 2 ok"
+    req = [Instance("loglikelihood", {}, (ctx_text, cont_text), 0, metadata=("toy", 0, 1))]
+    plain = _lm(tiny).loglikelihood(req)[0][0]
+    lm = _lm(tiny)
+    lm.cfg_scale = 1.5
+    guided = lm.loglikelihood(req)[0][0]
+    ctx, cont = lm._split(ctx_text, cont_text)
+    batch = ScoredBatch.build(tiny, [ctx], [cont])
+    draw = draw_masks(batch.valid, lm.mc_num, torch.Generator().manual_seed(text_seed(lm.seed, "ll", ctx_text, cont_text)),
+                      "stratified_paired")
+    L, P = len(cont), len(ctx)
+    total = 0.0
+    for k in range(draw.masks.shape[0]):
+        m = draw.masks[k]
+        x, att = masked_input(batch.prompt_ids, batch.prompt_mask, batch.completion, m, tiny.mask_id)
+        un = x.clone()
+        un[0, :P] = tiny.mask_id
+        with torch.no_grad():
+            cond, uncond = tiny.logits(x, att).double(), tiny.logits(un, att).double()
+        logp = torch.log_softmax(uncond + 2.5 * (cond - uncond), -1)[0, P:]
+        lp = logp.gather(-1, batch.completion[0, :, None]).squeeze(-1)
+        total += float((lp * m[0]).sum() * draw.weights[k, 0])
+    assert guided == pytest.approx(total / draw.masks.shape[0], rel=1e-5)
+    assert abs(guided - plain) > 1e-3
