@@ -70,6 +70,8 @@ class OptimConfig:
     lr_schedule: str = knob("constant", "learning-rate schedule (Hugging Face get_scheduler semantics)",
                             choices=SCHEDULES)
     warmup_ratio: float = knob(0.0, "fraction of all optimizer updates spent in linear warm-up", low=0.0, high=1.0)
+    warmup_steps: int | None = knob(None, "linear warm-up over this many optimizer updates (overrides warmup_ratio)",
+                                    low=0, source="shared default: unset, warmup_ratio decides")
     weight_decay: float = knob(0.0, "AdamW decoupled weight decay", low=0.0)
     adam_betas: tuple[float, float] = knob((0.9, 0.999), "AdamW (beta1, beta2)")
     max_grad_norm: float | None = knob(1.0, "clip the global gradient norm to this (None or 0: no clipping)", low=0.0)

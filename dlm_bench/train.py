@@ -465,7 +465,7 @@ def _optimizer_step(run: Run) -> float:
             norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in with_grad])))
         else:
             norm = 0.0
-    warmup = math.ceil(o.warmup_ratio * run.total_updates)
+    warmup = o.warmup_steps if o.warmup_steps is not None else math.ceil(o.warmup_ratio * run.total_updates)
     mult = lr_multiplier(o.lr_schedule, run.opt_step, run.total_updates, warmup)
     for g in run.opt.param_groups:
         g["lr"] = g["base_lr"] * mult

@@ -65,6 +65,7 @@ class Method:
     rollout_order: ClassVar[str] = "diffusion"  # or "left_to_right"
     needs_trajectory: ClassVar[bool] = False    # uses Rollouts.step_map
     pad_steps: ClassVar[bool] = False           # rollouts decode each end-of-text pad at its own step
+    fidelity: ClassVar[tuple] = ()              # Deviation rows: where the recipe and this code differ
     trains: ClassVar[bool] = True               # False for `base`
 
     def __init__(self, config=None, policy=None):

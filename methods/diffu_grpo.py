@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
 from dlm_bench.likelihood import ScoredBatch
 from dlm_bench.methods import Method, Rollouts, register_method
-from dlm_bench.methods.losses import clipped_pg, group_advantages
+from dlm_bench.methods.losses import clipped_pg, group_advantages, k3
 
 D1 = "d1 diffu-grpo/slurm_scripts/train.yaml"
 
@@ -84,12 +84,6 @@ def one_step_logprobs(dlm, batch: ScoredBatch, prompt_mask: torch.Tensor) -> tor
     """d1's mean-field estimate [N, G]: the whole completion masked, the prompt masked by `prompt_mask` [N, P]."""
     comp = torch.ones_like(batch.completion, dtype=torch.bool)[None]
     return masked_logprobs(dlm, batch, prompt_mask[None], comp)[0]
-
-
-def k3(logp: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
-    d = ref - logp
-    return torch.exp(d) - d - 1
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, ScoreConfig, block, knob, mask_seed
 from dlm_bench.likelihood import MaskDraw, draw_masks, elbo
+from dlm_bench.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, make_config, register_method
 from dlm_bench.methods.losses import espo_loss, group_advantages
 
@@ -104,6 +105,14 @@ TASK_RECIPE = {"math500": "math", "minerva": "math", "humaneval": "code", "mbpp"
 class ESPO(Method):
     name = "espo"
     Config = ESPOConfig
+    fidelity = (
+        Deviation("mask sizes stratified across the batch rows (linspace from one random offset, rounded)",
+                  "scheme 'espo': one offset per draw spread over the rows, floored (each row exactly uniform); "
+                  "'espo_independent' kept", "option", "tests/test_recipes.py::test_espo_sizes_are_stratified_across_rows"),
+        Deviation("full fine-tuning soft-syncs the reference every 64 steps (trl, alpha 0.6)",
+                  "ref_sync_every 64, ref_sync_alpha 0.6; the moved reference is checkpointed", "fixed",
+                  "tests/test_recipes.py::test_espo_soft_syncs_a_full_copy_reference_and_resumes_it"),
+    )
     needs_reference = True
 
     @classmethod

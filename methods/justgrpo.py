@@ -24,6 +24,7 @@ import torch
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
 from dlm_bench.likelihood import left_to_right_logprob
+from dlm_bench.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.losses import clipped_pg, group_advantages
 
@@ -64,6 +65,13 @@ class JustGRPOConfig(MethodConfig):
 class JustGRPO(Method):
     name = "justgrpo"
     Config = JustGRPOConfig
+    fidelity = (
+        Deviation("per accumulation step: sum / (gen_length x #nonzero-advantage samples of the step), 8 steps "
+                  "summed without dividing by 8", "one normaliser over the whole batch: the reference's gradient "
+                  "is this one times the number of informative prompts per window, a per-batch factor that "
+                  "meets the 1.0 clip and Adam's running moments", "kept",
+                  "tests/test_recipes.py::test_justgrpo_normaliser_is_a_per_batch_factor"),
+    )
     rollout_order = "left_to_right"
 
     def _advantages(self, rollouts: Rollouts) -> torch.Tensor:

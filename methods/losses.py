@@ -154,3 +154,10 @@ def tb_loss(delta: torch.Tensor, log_z: torch.Tensor | None = None,
     if s_theta is not None and s_ref is not None:
         stats["kl_est"] = float((s_theta.detach() - s_ref).float().mean())
     return loss, stats
+
+
+def k3(logp: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi_theta || pi_anchor): exp(d) - d - 1 >= 0, d = log pi_anchor - log pi_theta
+    (Schulman's estimator; d1's and TraceRL's KL term)."""
+    d = anchor_logp - logp
+    return torch.exp(d) - d - 1

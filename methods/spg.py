@@ -37,6 +37,7 @@ import torch
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
 from dlm_bench.likelihood import ScoredBatch
+from dlm_bench.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, make_config, register_method
 from dlm_bench.methods.diffu_grpo import completion_positions, masked_logprobs
 from dlm_bench.methods.losses import group_advantages
@@ -159,6 +160,10 @@ RECIPES = {"sudoku": dict(eubo_beta=1.0, temperature=0.3)}   # sudoku_new_base_s
 class SPG(Method):
     name = "spg"
     Config = SPGConfig
+    fidelity = (
+        Deviation("num_t mask blocks per window", "capped at the window's block count on short windows", "kept",
+                  "tests/test_spg.py::test_block_random_masks"),
+    )
 
     @classmethod
     def config_for(cls, task: str, overrides: dict | None = None) -> SPGConfig:

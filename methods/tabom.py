@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
 from dlm_bench.likelihood import draw_cuts, masked_token_logprobs, td_masks  # noqa: F401  (re-exported)
+from dlm_bench.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method
 
 
@@ -43,7 +44,8 @@ class TABOMConfig(MethodConfig):
         OptimConfig,
         lr=(2e-5, "paper; train_tabom.py --learning_rate 2e-5 (ling_coder recipe: 1e-4)"),
         lr_schedule=("cosine", "paper; train_tabom.py get_cosine_schedule_with_warmup"),
-        warmup_ratio=(0.01, "paper/code: 50 warm-up steps (--warmup_steps 50); a ratio here"),
+        warmup_ratio=(0.0, "unused: warmup_steps is set"),
+        warmup_steps=(50, "paper; train_tabom.py --warmup_steps 50"),
         weight_decay=(0.01, "train_tabom.py --weight_decay 0.01"),
         adam_betas=((0.9, 0.999), "train_tabom.py torch AdamW defaults"),
         max_grad_norm=(1.0, "train_tabom.py --max_grad_norm 1.0"),
@@ -107,6 +109,22 @@ class TABOM(Method):
     Config = TABOMConfig
     needs_trajectory = True
     pad_steps = True
+    fidelity = (
+        Deviation("trains on trajectories the base model decoded once", "rollout.source offline "
+                  "(dlm_bench.trajectories; resumable; 'online' kept as an option)", "option",
+                  "tests/test_recipes.py::test_offline_trajectories_come_from_the_base_model_once"),
+        Deviation("5 epochs over the data", "optim.epochs 5 when train_steps is unset", "fixed",
+                  "tests/test_recipes.py::test_epochs_set_the_number_of_steps"),
+        Deviation("LoRA on q_proj, v_proj; 50 warm-up steps; margin 0.3 in the LLaDA code recipe",
+                  "lora.targets q,v; optim.warmup_steps 50; rank_margin 0.3 on code tasks (0.2 otherwise)",
+                  "fixed", "tests/test_recipes.py::test_tabom_recipe_defaults_and_code_margin"),
+        Deviation("each end-of-text pad decoded at its own step", "pad_steps: rollouts run with stop_at_eos off",
+                  "fixed", "tests/test_recipes.py::test_offline_trajectories_come_from_the_base_model_once"),
+        Deviation("rows shorter than the window M skip the CE", "such rows get cut 0", "kept",
+                  "tests/test_tracerl_tabom.py::test_td_cut_masks_by_hand"),
+        Deviation("pairs decoded at the same step ranked in argsort order", "not ranked", "kept",
+                  "tests/test_tracerl_tabom.py::test_entropy_ranking_loss_by_hand"),
+    )
 
     @classmethod
     def config_for(cls, task: str, overrides: dict | None = None):

@@ -44,9 +44,10 @@ from torch import nn
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
 from dlm_bench.likelihood import ScoredBatch, collapse_steps, masked_input, trace_logprobs, trace_samples  # noqa: F401
+from dlm_bench.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.heads import ScalarHead
-from dlm_bench.methods.losses import clipped_pg, group_mean
+from dlm_bench.methods.losses import clipped_pg, group_mean, k3
 from dlm_bench.methods.trafl import _hidden_size
 
 
@@ -150,12 +151,6 @@ def gae(rewards_per_step: torch.Tensor, values_per_step: torch.Tensor, gamma: fl
     return adv, (adv + v) * m
 
 
-def k3(logp: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(pi_theta || pi_anchor): exp(d) - d - 1, d = log pi_anchor - log pi_theta."""
-    d = anchor_logp - logp
-    return torch.exp(d) - d - 1
-
-
 def tracerl_loss(logp: torch.Tensor, old_logp: torch.Tensor, anchor_logp: torch.Tensor | None,
                  adv: torch.Tensor, targets: torch.Tensor, beta: float, eps: float,
                  weight: torch.Tensor | None = None, kl_sum: bool = False) -> tuple[torch.Tensor, dict]:
@@ -210,6 +205,23 @@ def _completion_hidden(dlm, batch, rows, masks, mask_id, chunk: int = 64) -> tor
 class TraceRL(Method):
     name = "tracerl"
     Config = TraceRLConfig
+    fidelity = (
+        Deviation("several optimizer steps per rollout batch against the fixed rollout policy", "optim.minibatches "
+                  "32 against cached rollout-time scores: the clip and the KL act from the second step", "fixed",
+                  "tests/test_tracerl_tabom.py::test_ppo_clip_and_kl_act_after_the_first_update"),
+        Deviation("steps every 128 x 2 (trajectory, step) samples (~64 per batch)", "one step per prompt group, "
+                  "capped at the micro-batches of a batch", "kept",
+                  "tests/test_tracerl_tabom.py::test_ppo_clip_and_kl_act_after_the_first_update"),
+        Deviation("end-of-text pads after the first are not trained (post_num pads stay trainable); a completion "
+                  "with no end-of-text is incorrect", "exclude_pads (post_num 0), truncated_reward 0", "fixed",
+                  "tests/test_tracerl_tabom.py::test_pads_after_the_first_end_of_text_are_not_trained_and_truncation_fails"),
+        Deviation("k3 KL summed over each step's tokens", "kl_sum True (False: the mean, ~L x weaker)", "fixed",
+                  "tests/test_recipes.py::test_tracerl_kl_is_summed_over_each_steps_tokens"),
+        Deviation("cosine schedule with min_lr_scale 1.0", "constant 1e-6", "fixed",
+                  "tests/test_paper_defaults.py::test_tracerl_defaults_match_its_llada_config"),
+        Deviation("a new training job, so a new AdamW, per RL step", "optim.reset_each_step True", "fixed",
+                  "tests/test_recipes.py::test_fresh_adamw_per_rl_step"),
+    )
     needs_reference = False            # class default ("old" anchor); instances: per `kl_anchor`
     needs_trajectory = True
 

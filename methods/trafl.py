@@ -46,6 +46,7 @@ from torch import nn
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, ScoreConfig, block, knob
 from dlm_bench.errors import UserError
 from dlm_bench.likelihood import elbo, normalized_logprob
+from dlm_bench.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method, slice_rows
 from dlm_bench.methods.espo import iteration_draws
 from dlm_bench.methods.heads import ScalarHead
@@ -129,6 +130,15 @@ def prompt_features(dlm, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor
 class TraFL(Method):
     name = "trafl"
     Config = TraFLConfig
+    fidelity = (
+        Deviation("FlowRL: beta 15 x a z-scored advantage at every token (~15 L z per sequence)",
+                  "beta 15 x the centred reward per sequence (b r~ / L per token); the applied tilt "
+                  "b = beta (1 - 1/G) is printed by `methods -v trafl`", "kept",
+                  "tests/test_recipes.py::test_trafl_reports_the_tilt_it_applies"),
+        Deviation("the port: 4 masks 'as two complementary pairs'", "stratified_paired: pairs disjoint, exact "
+                  "complements only when the two sizes add to L (docstring says so)", "kept",
+                  "tests/test_mask_schemes.py::test_stratified_paired_couples_positions_and_schemes_are_registered"),
+    )
     needs_reference = True
 
     @classmethod

@@ -100,6 +100,7 @@ def test_tabom_recipe_defaults_and_code_margin():
     tabom = get_method("tabom")
     c = tabom.Config()
     assert (c.rollout.source, c.optim.epochs, c.lora.targets, c.rank_margin) == ("offline", 5, "q,v", 0.2)
+    assert c.optim.warmup_steps == 50
     assert tabom.pad_steps
     assert tabom.config_for("humaneval").rank_margin == 0.3
     assert tabom.config_for("gsm8k").rank_margin == 0.2
@@ -244,3 +245,52 @@ def test_espo_reference_stays_frozen_under_lora_and_when_off(tiny_dir, tmp_path,
     train(TrainConfig(method="espo", model=tiny_dir, out=str(tmp_path / "off"), train_steps=1, overrides=over,
                       device="cpu"), progress=False)
     assert _state(tmp_path / "off")["reference"] is None
+
+
+# ----------------------------------------------------------------------------- TraceRL's KL, JustGRPO's normaliser
+
+def test_tracerl_kl_is_summed_over_each_steps_tokens():
+    """Two samples with 1 and 3 loss positions: the summed KL is each sample's k3 total (weighted mean
+    over samples), the averaged one divides each by its count."""
+    from dlm_bench.methods.tracerl import tracerl_loss
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -1.1]])
+    anchor = torch.tensor([[-1.2, -1.0, -0.1], [-0.2, -0.9, -1.5]])
+    t = torch.tensor([[True, False, False], [True, True, True]])
+    d = anchor - logp
+    per = ((torch.exp(d) - d - 1) * t).sum(-1)                 # k3, written out
+    adv = torch.zeros(2)
+    _, summed = tracerl_loss(logp, logp.detach(), anchor, adv, t, 1.0, 0.2, kl_sum=True)
+    _, mean = tracerl_loss(logp, logp.detach(), anchor, adv, t, 1.0, 0.2, kl_sum=False)
+    assert summed["kl_k3"] == pytest.approx(float(per.mean()))
+    assert mean["kl_k3"] == pytest.approx(float((per / torch.tensor([1.0, 3.0])).mean()))
+    from dlm_bench.methods import get_method
+    assert get_method("tracerl").Config().kl_sum is True
+
+
+def test_justgrpo_normaliser_is_a_per_batch_factor(tiny):
+    """The reference normalises each accumulation step (one prompt's group) by its own count and sums
+    the steps; here one normaliser covers the batch. With binary rewards both informative groups count
+    all their samples, so the reference's loss is m = 2 times this one; a constant group adds nothing."""
+    from dlm_bench.likelihood import ScoredBatch
+    from dlm_bench.methods import Rollouts, get_method, make_config
+    cls = get_method("justgrpo")
+    m = cls(make_config(cls, {"group_size": 2}), policy=tiny)
+    p = [tiny.prompt_ids("1+2=")] * 6
+    comps = [[tiny.tokenizer.convert_tokens_to_ids(c) for c in s] for s in ("3", "4", "12", "33", "1", "2")]
+    batch = ScoredBatch.build(tiny, p, comps, lengths=[len(c) for c in comps])
+    ro = Rollouts(batch=batch, rewards=torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0]),
+                  groups=torch.tensor([0, 0, 1, 1, 2, 2]), step_map=torch.zeros(6, batch.completion.shape[1]),
+                  seed=0)
+    with torch.no_grad():
+        m.prepare(ro, tiny, None)
+        whole, _ = m.loss(ro, tiny, None)
+        per_step = sum(m.loss(m.select(ro, torch.tensor(ix)), tiny, None)[0] for ix in ([0, 1], [2, 3]))
+        constant, _ = m.loss(m.select(ro, torch.tensor([4, 5])), tiny, None)
+    assert float(constant) == 0.0
+    assert float(per_step) == pytest.approx(2 * float(whole), rel=1e-5)
+
+
+def test_policy_weights_are_not_quantised(tiny_dir):
+    from dlm_bench.models import LoraSpec, load_model
+    dlm = load_model(tiny_dir, device="cpu", lora=LoraSpec(r=2, alpha=2, target_modules="q,k,v,o,gate,up,down"))
+    assert {p.dtype for p in dlm.model.parameters()} == {torch.float32}

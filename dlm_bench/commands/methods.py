@@ -69,7 +69,21 @@ def markdown(names: list[str] | None = None) -> str:
         for path, default, help_, source in rows:
             out.append(f"| `{path}` | `{_cell(repr(default))}` | {_cell(help_)} | {_cell(source) if source else '*reconstructed*'} |")
         out.append("")
+        out += _fidelity_table(f"Where {name} differs from its reference", cls.fidelity)
+    from dlm_bench.fidelity import ENGINE
+    out += ["## Shared machinery", ""] + _fidelity_table("Where the shared code differs from the references", ENGINE)
     return "\n".join(out)
+
+
+def _fidelity_table(title: str, rows) -> list[str]:
+    """The `Deviation` rows (dlm_bench.fidelity) as a table; status fixed | option | kept."""
+    if not rows:
+        return []
+    out = [f"{title} (fixed: the recipe's behaviour is the default; option: one setting away; kept: a "
+           "documented difference), each pinned by a test:", "",
+           "| reference | dlm-bench | status | test |", "|---|---|---|---|"]
+    out += [f"| {_cell(d.reference)} | {_cell(d.here)} | {d.status} | `{d.test}` |" for d in rows]
+    return out + [""]
 
 
 def run(args) -> int:
