@@ -80,7 +80,9 @@ class Task:
         """Training reward. Default: 1.0 for a correct grade, else 0.0."""
         return float(self.grade(problem, completion).correct)
 
-    def rewards(self, problems: list[Problem], completions: list[str]) -> list[float]:
+    def rewards(self, problems: list[Problem], completions: list[str], kind: str = "binary") -> list[float]:
+        """Training rewards of one of `reward_kinds` (UserError for another)."""
+        self.check_reward_kind(kind)
         return [self.reward(p, c) for p, c in zip(problems, completions)]
 
     def check_reward_kind(self, kind: str) -> None:
