@@ -12,6 +12,15 @@ define the same reward, with different test runners:
   summed by espo_trainer.py:691 with trl's default unit reward_weights; JustGRPO code.py:76-80).
 So the maximum is 2.0. Binary correctness stays the evaluation grade; these are training rewards only.
 
+Choices where the references are odd or silent:
+- The format rule reads the completion only. JustGRPO decodes prompt + completion (grpo.py:17, its
+  generate returns the whole sequence), so any prompt holding a fence (ours all do) would score 0
+  forever; ESPO scores the completion alone (espo_trainer.py:642-647). We follow ESPO for both.
+- ESPO's per-case `python3 -c` and JustGRPO's exec both count "ran without an exception" as a pass;
+  here a case passes as the task's grader decides (check mode: the asserts ran to the end in the
+  harness; LiveCodeBench: output or return value equal), one sandbox run per case.
+- Not modelled: the E2B sandbox's 30 s budget for a whole script (code_providers.py:134).
+
 What a "test case" is per task is the task's `test_cases` (MBPP: one assert of test_list; HumanEval:
 one assert-bearing statement of check(); LiveCodeBench: one input/output pair).
 """

@@ -199,3 +199,11 @@ def test_methods_select_their_recipe_reward_on_code_tasks():
         get_method("espo").config_for("mbpp", {"code_reward": "partial"})
     with pytest.raises(UserError, match="training reward"):
         gsm8k.rewards([], [], kind="espo")
+
+
+def test_training_plan_asks_for_the_method_reward(tmp_path):
+    from dlm_bench.train import TrainConfig, plan
+    kinds = {(m, t): plan(TrainConfig(method=m, task=t, model=str(tmp_path))).reward_kind
+             for m in ("espo", "justgrpo", "wd1") for t in ("mbpp", "gsm8k")}
+    assert kinds == {("espo", "mbpp"): "espo", ("justgrpo", "mbpp"): "justgrpo", ("wd1", "mbpp"): "binary",
+                     ("espo", "gsm8k"): "binary", ("justgrpo", "gsm8k"): "binary", ("wd1", "gsm8k"): "binary"}
