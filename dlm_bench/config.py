@@ -33,6 +33,11 @@ from typing import Any, ClassVar
 from dlm_bench.errors import UserError
 
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+# Training rewards of code tasks (tasks/_code_reward.py KINDS, plus the binary grade)
+CODE_REWARDS = ("binary", "espo", "justgrpo")
+CODE_REWARD_HELP = ("training reward on code tasks: 'binary' (1 if every test passes) | 'espo' / 'justgrpo' "
+                    "(that recipe's format score 0/0.5/1 + test pass rate, tasks/_code_reward.py); other "
+                    "tasks always use their own reward; evaluation always grades binary")
 MASK_SCHEMES = ("paired", "independent", "espo", "espo_independent", "stratified", "stratified_paired")
 
 
@@ -131,6 +136,8 @@ class MethodConfig:
     optim: OptimConfig = block(OptimConfig)
     rollout: RolloutConfig = block(RolloutConfig)
     lora: LoraConfig = block(LoraConfig)
+    code_reward: str = knob("binary", CODE_REWARD_HELP, choices=CODE_REWARDS,
+                            source="shared default: the evaluation grade as the reward")
 
     # method-specific aliases: flat name -> (dotted path, factor); e.g. ESPO's pairs -> masks
     ALIASES: ClassVar[dict[str, tuple[str, int]]] = {}

@@ -173,6 +173,7 @@ class Plan:
     problems: list
     steps: int
     scfg: object                     # the rollout SamplerConfig
+    reward_kind: str = "binary"      # what task.rewards is asked for (tasks.reward_kind)
 
 
 def _sampler_config(cfg: TrainConfig, rollout, cls):
@@ -191,13 +192,14 @@ def _sampler_config(cfg: TrainConfig, rollout, cls):
 def plan(cfg: TrainConfig) -> Plan | None:
     """Validate every setting and load the prompts; None for a method that does not train."""
     from dlm_bench.methods import get_method
-    from dlm_bench.tasks import get_task
+    from dlm_bench.tasks import get_task, reward_kind
     cfg.validate()
     cls = get_method(cfg.method)
     mcfg = cls.config_for(cfg.task, dict(cfg.overrides))
     task = get_task(cfg.task, data_dir=cfg.data_dir)
     if not cls.trains:
         return None
+    kind = reward_kind(task, getattr(mcfg, "code_reward", "binary"))  # a kind the task lacks fails here
     split = cfg.split or getattr(task, "train_split", None) or "train"
     try:
         problems = task.load(split)
@@ -213,7 +215,7 @@ def plan(cfg: TrainConfig) -> Plan | None:
     steps = cfg.train_steps or mcfg.optim.train_steps or \
         max(1, mcfg.optim.epochs * math.ceil(len(problems) / mcfg.rollout.batch_prompts))
     scfg = _sampler_config(cfg, mcfg.rollout, cls)
-    return Plan(cfg, cls, mcfg, task, problems, int(steps), scfg)
+    return Plan(cfg, cls, mcfg, task, problems, int(steps), scfg, kind)
 
 
 def _record_base(cfg: TrainConfig) -> Path:
@@ -365,6 +367,7 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
     """Micro-batch m into `out`: its prompts' G completions, rewards and the prepared `Rollouts`."""
     from dlm_bench.likelihood import ScoredBatch
     from dlm_bench.methods import Rollouts
+    from dlm_bench.tasks import training_rewards
     p, cfg, dlm, step = run.plan, run.cfg, run.dlm, run.step
     P, G = p.mcfg.rollout.batch_prompts, p.mcfg.rollout.group_size
     gidx = list(range(m * cfg.micro_prompts, min(P, (m + 1) * cfg.micro_prompts)))
@@ -379,7 +382,7 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
     else:
         comps = _sample(dlm, pids, p.scfg, cfg, step, gidx, G)
         texts = [c.text for c in comps]
-        rewards = p.task.rewards([q for q in probs for _ in range(G)], texts)
+        rewards = training_rewards(p.task, [q for q in probs for _ in range(G)], texts, p.reward_kind)
     batch = ScoredBatch.build(dlm, [q for q in pids for _ in range(G)], [c.tokens for c in comps])
     ro = Rollouts(batch=batch, rewards=torch.tensor(rewards, dtype=torch.float32),
                   groups=torch.tensor([i for i in gidx for _ in range(G)], dtype=torch.long),

@@ -43,13 +43,17 @@ def problems_visited(n_problems: int, batch: int, seed: int, steps: int) -> list
 
 def _identity(run) -> str:
     p, cfg = run.plan, run.cfg
-    return stable_hash({"model": str(Path(cfg.model).resolve()), "seed": cfg.seed, "task": cfg.task,
-                        "rollout": dataclasses.asdict(p.mcfg.rollout), "sampler": dict(cfg.sampler)})
+    ident = {"model": str(Path(cfg.model).resolve()), "seed": cfg.seed, "task": cfg.task,
+             "rollout": dataclasses.asdict(p.mcfg.rollout), "sampler": dict(cfg.sampler)}
+    if p.reward_kind != "binary":  # stored rewards depend on it; binary keeps the hashes of older runs
+        ident["reward"] = p.reward_kind
+    return stable_hash(ident)
 
 
 def collect(run) -> dict[tuple[int, int], Trajectory]:
     """Sample (or finish sampling) the run's offline trajectories; returns them by (problem, sample)."""
     from dlm_bench.sampler import make_generators, sample
+    from dlm_bench.tasks import training_rewards
     from dlm_bench.sharding import gathered
     p, cfg, d = run.plan, run.cfg, run.d
     r, G = p.mcfg.rollout, p.mcfg.rollout.group_size
@@ -74,7 +78,8 @@ def collect(run) -> dict[tuple[int, int], Trajectory]:
                 seeds = [derive_seed(cfg.seed, 0x7AB, i, j) for i, j in chunk]
                 comps = sample(run.dlm, [run.prompt_cache[i] for i, _ in chunk], p.scfg,
                                make_generators(seeds, run.dlm.device))
-                rewards = p.task.rewards([p.problems[i] for i, _ in chunk], [c.text for c in comps])
+                rewards = training_rewards(p.task, [p.problems[i] for i, _ in chunk], [c.text for c in comps],
+                                           p.reward_kind)
                 store.append("trajectories", [
                     {"method": cfg.method, "task": cfg.task, "temperature": r.temperature,
                      "gen_length": r.gen_length, "problem_id": str(i), "sample": j, "seed": sd,

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, ScoreConfig, block, knob, mask_seed
+from dlm_bench.config import (CODE_REWARD_HELP, CODE_REWARDS, LoraConfig, MethodConfig, OptimConfig, RolloutConfig,
+                              ScoreConfig, block, knob, mask_seed)
 from dlm_bench.likelihood import MaskDraw, draw_masks, elbo
 from dlm_bench.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, make_config, register_method
@@ -70,6 +71,9 @@ class ESPOConfig(MethodConfig):
         ScoreConfig,
         num_masks=(4, "--num_mc 2: two coupled pairs per ELBO, 4 masked forwards"),
         mask_scheme=("espo", "_get_elbo(reduce_var=True): l ~ U{0..L} + exact complement"))
+    code_reward: str = knob("espo", CODE_REWARD_HELP, choices=CODE_REWARDS,
+                            source="run_code_llada.sh --dataset_name code: espo/rewards.py:422-431 code_format_reward "
+                                   "+ code_reward, summed with unit weights (espo_trainer.py:691)")
     beta: float = knob(1e-3, "k2 KL coefficient", source="--beta 1e-3 (GSM8K)", low=0.0)
     epsilon_low: float = knob(0.2, "lower PPO clip of the sequence ratio",
                               source="train.yaml epsilon", low=0.0)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
+from dlm_bench.config import CODE_REWARD_HELP, CODE_REWARDS, LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
 from dlm_bench.likelihood import left_to_right_logprob
 from dlm_bench.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method
@@ -53,6 +53,9 @@ class JustGRPOConfig(MethodConfig):
         block_length=(1, "grpo.py: block_length=1, pure left-to-right rollout"))
     lora: LoraConfig = block(LoraConfig, r=(0, "full-parameter fine-tuning (Table 3)"),
                              alpha=(0, "unused without LoRA"), dropout=(0.0, "unused without LoRA"))
+    code_reward: str = knob("justgrpo", CODE_REWARD_HELP, choices=CODE_REWARDS,
+                            source="train.py:98-106 --dataset code: data/code.py:61-81 reward_code, format "
+                                   "reward + pass rate (local_sandbox.py)")
     epsilon: float = knob(0.2, "symmetric PPO clip", source="grpo.py logprob_loss(eps=0.2)", low=0.0)
     adv_eps: float = knob(1e-4, "added to the group std of the advantages",
                           source="grpo.py compute_group_advantages: std + 1e-4", low=0.0)

@@ -44,6 +44,8 @@ class Task:
     answer_kind: ClassVar[str] = "number"
     # "flexible": any answer form the grader can read; "strict": only the form the prompt asks for.
     answer_modes: ClassVar[tuple[str, ...]] = ("flexible",)
+    # Training rewards `rewards(kind=...)` accepts; "binary" is the grade (code tasks add the recipes').
+    reward_kinds: ClassVar[tuple[str, ...]] = ("binary",)
 
     answer_mode: str = "flexible"
 
@@ -78,8 +80,14 @@ class Task:
         """Training reward. Default: 1.0 for a correct grade, else 0.0."""
         return float(self.grade(problem, completion).correct)
 
-    def rewards(self, problems: list[Problem], completions: list[str]) -> list[float]:
+    def rewards(self, problems: list[Problem], completions: list[str], kind: str = "binary") -> list[float]:
+        """Training rewards of one of `reward_kinds` (UserError for another)."""
+        self.check_reward_kind(kind)
         return [self.reward(p, c) for p, c in zip(problems, completions)]
+
+    def check_reward_kind(self, kind: str) -> None:
+        if kind not in self.reward_kinds:
+            raise UserError(f"task {self.name!r} has no {kind!r} training reward; it has: {', '.join(self.reward_kinds)}")
 
     def sft_target(self, problem: Problem) -> str | None:
         """A reference completion for supervised pre-training (None when the task has none)."""
@@ -102,6 +110,21 @@ def answer_kind(name: str) -> str | None:
         return _TASKS.get(name).answer_kind
     except UserError:
         return None
+
+
+def reward_kind(task: Task, code_reward: str) -> str:
+    """The training reward a method's `code_reward` setting selects on `task`: that kind on a code task
+    (UserError if the task lacks it), the binary grade on every other task."""
+    kind = code_reward if task.answer_kind == "code" else "binary"
+    task.check_reward_kind(kind)
+    return kind
+
+
+def training_rewards(task: Task, problems: list[Problem], completions: list[str], kind: str) -> list[float]:
+    """`task.rewards` of that kind; binary is asked for the old way, so tasks that predate kinds work."""
+    if kind == "binary":
+        return task.rewards(problems, completions)
+    return task.rewards(problems, completions, kind=kind)
 
 
 def get_task(name: str, data_dir: str | None = None, answer_mode: str = "flexible") -> Task:

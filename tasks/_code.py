@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from dlm_bench import sandbox
 
 from . import Grade, Problem, Task
+from . import _code_reward as code_reward
 
 @dataclass(frozen=True)
 class CodeGrade(Grade):
@@ -62,9 +63,15 @@ def defines(code: str, name: str) -> bool:
 
 
 class SandboxTask(Task):
-    """A task whose completions are programs: `program(problem, completion)` builds the sandbox run."""
+    """A task whose completions are programs: `program(problem, completion)` builds the sandbox run,
+    `test_cases(problem, code, timeout)` one run per test case (for the recipe rewards)."""
+
+    reward_kinds = ("binary", *code_reward.KINDS)
 
     def program(self, problem: Problem, completion: str):
+        raise NotImplementedError
+
+    def test_cases(self, problem: Problem, code: str, timeout: float) -> list[code_reward.Case]:
         raise NotImplementedError
 
     def grade(self, problem: Problem, completion: str) -> Grade:
@@ -74,9 +81,18 @@ class SandboxTask(Task):
         sandbox.isolation()  # no sandbox and no explicit opt-out: UserError before any row is graded
         return grade_programs([self.program(p, c) for p, c in zip(problems, completions)])
 
-    def rewards(self, problems: list[Problem], completions: list[str]) -> list[float]:
-        """Correctness, graded in parallel (the default would grade one at a time)."""
+    def rewards(self, problems: list[Problem], completions: list[str], kind: str = "binary") -> list[float]:
+        """Binary: correctness, graded in parallel (the default would grade one at a time). Else the
+        recipe's format score + pass rate (tasks/_code_reward.py)."""
+        self.check_reward_kind(kind)
+        if kind != "binary":
+            return code_reward.recipe_rewards(self, problems, completions, kind)
         return [float(g.correct) for g in self.grade_many(problems, completions)]
+
+
+def passed(result: sandbox.RunResult) -> bool:
+    """A check-mode case's verdict: the harness ran its asserts to the end."""
+    return result.passed
 
 
 def grade_programs(built: list[tuple[str | None, sandbox.Program | None]]) -> list[CodeGrade]:

@@ -4,16 +4,20 @@
 
 The helpers the code tasks share live in `tasks/_code.py`.
 
-Reward: correctness only (1.0 if every test passes, else 0.0); no format term.
+Reward: correctness (1.0 if every test passes, else 0.0), or a recipe's format score + the fraction
+of check()'s test cases passed (tasks/_code_reward.py). check() is one function, so a test case is
+one statement of its body that holds a non-trivial assert (an assert, or a loop of asserts); its
+other statements (imports, assignments, `assert True`) run in every case (`check_cases`).
 """
 from __future__ import annotations
 
+import ast
 
 from dlm_bench import sandbox
 from dlm_bench.errors import UserError
 
 from . import Problem, register_task
-from ._code import SandboxTask, defines, extract_code
+from ._code import SandboxTask, defines, extract_code, passed
 from dlm_bench.data import load_rows
 
 
@@ -61,14 +65,43 @@ class HumanEval(SandboxTask):
         code = extract_code(completion, f"def {entry}(")
         if code is None:
             return None, None
-        prompt = problem.meta["prompt"]
+        return code, self._check(problem, code, problem.answer["test"], self.timeout)
+
+    def test_cases(self, problem: Problem, code: str, timeout: float) -> list:
+        return [(self._check(problem, code, t, timeout), passed) for t in check_cases(problem.answer["test"])]
+
+    def _check(self, problem: Problem, code: str, test: str, timeout: float) -> sandbox.Program:
+        entry, prompt = problem.meta["entry_point"], problem.meta["prompt"]
         source = prompt + "\n" + code if defines(code, entry) else prompt + code
-        tests = problem.answer["test"] + f"\n\ncheck({entry})\n"
         # the prompt runs again in the tests' namespace, so helpers the tests call (poly, encode_cyclic)
         # are the originals, not whatever the solution redefined
-        return code, sandbox.Program(source, mode="check", setup=prompt, tests=tests, expose=(entry,),
-                                     timeout=self.timeout, memory_mb=self.memory_mb)
+        return sandbox.Program(source, mode="check", setup=prompt, tests=test + f"\n\ncheck({entry})\n",
+                               expose=(entry,), timeout=timeout, memory_mb=self.memory_mb)
 
     def sft_target(self, problem: Problem) -> str | None:
         full = problem.meta["prompt"] + problem.meta["canonical_solution"]
         return f"```python\n{full.rstrip()}\n```"
+
+
+def _is_case(stmt: ast.stmt) -> bool:
+    """Does the statement hold an assert that can fail (not `assert True, "..."`)?"""
+    return any(isinstance(n, ast.Assert) and not isinstance(n.test, ast.Constant) for n in ast.walk(stmt))
+
+
+def check_cases(test: str) -> list[str]:
+    """The test source once per test case of check(): its body keeps every statement that is not a
+    case plus that one case, in order. The whole source when check() has no such case."""
+    tree = ast.parse(test)
+    check = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
+    if check is None:
+        return [test]
+    body = check.body
+    cases = [s for s in body if _is_case(s)]
+    if not cases:
+        return [test]
+    out = []
+    for case in cases:
+        check.body = [s for s in body if s is case or not _is_case(s)]
+        out.append(ast.unparse(tree))
+    check.body = body
+    return out

@@ -15,7 +15,8 @@ expected outputs never enter it (compared here):
   the input; each result comes back as plain data and is compared here as LCB's JSON round trip
   sees it (a tuple counts as a list). A fresh Solution() per test.
 Both get LCB's import prelude. Copies without private tests are accepted and every problem and grade
-is marked `public_tests_only`. Reward: correctness only.
+is marked `public_tests_only`. Reward: correctness (binary), or a recipe's format score + the
+fraction of tests passed, every test run on its own (tasks/_code_reward.py; `test_cases`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from dlm_bench.data import find_file, hub_dataset
 from dlm_bench.errors import UserError
 
 from . import Grade, Problem, Task, register_task
+from . import _code_reward as code_reward
 from ._code import CodeGrade, extract_code, no_answer, to_grade
 
 RELEASE_FILES = ["test.jsonl"] + [f"test{i}.jsonl" for i in range(2, 10)]  # release_vN = first N
@@ -257,6 +259,8 @@ class LiveCodeBench(Task):
         return [{"role": "system", "content": self.system_prompt},
                 {"role": "user", "content": self.prompt_template.format(question=problem.question, format=fmt)}]
 
+    reward_kinds = ("binary", *code_reward.KINDS)
+
     def grade(self, problem: Problem, completion: str) -> Grade:
         return self.grade_many([problem], [completion])[0]
 
@@ -268,9 +272,27 @@ class LiveCodeBench(Task):
         with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
             return list(pool.map(lambda job: self._grade_one(*job), jobs))
 
-    def rewards(self, problems: list[Problem], completions: list[str]) -> list[float]:
-        """Correctness, graded in parallel (the default would grade one at a time)."""
+    def rewards(self, problems: list[Problem], completions: list[str], kind: str = "binary") -> list[float]:
+        """Binary: correctness, graded in parallel (the default would grade one at a time). Else the
+        recipe's format score + pass rate (tasks/_code_reward.py)."""
+        self.check_reward_kind(kind)
+        if kind != "binary":
+            return code_reward.recipe_rewards(self, problems, completions, kind)
         return [float(g.correct) for g in self.grade_many(problems, completions)]
+
+    def test_cases(self, problem: Problem, code: str, timeout: float) -> list[code_reward.Case]:
+        """One run per test: a fresh process per stdin test, or one call of a fresh Solution()."""
+        src, a = PRELUDE + code, problem.answer
+        if a["func_name"]:
+            return [(sandbox.Program(src, mode="call", cls="Solution", func=a["func_name"], inputs=(call,),
+                                     per_call=timeout, timeout=timeout, memory_mb=self.memory_mb,
+                                     max_output=64 << 20),
+                     lambda r, want=want: r.passed and len(r.values) == 1 and _as_json(r.values[0]) == want)
+                    for call, want in zip(a["calls"], a["expected"])]
+        return [(sandbox.Program(src, stdin=inp, timeout=timeout, memory_mb=self.memory_mb,
+                                 max_output=max(4 << 20, 2 * len(want.encode()) + 4096)),
+                 lambda r, want=want: r.passed and stdout_matches(r.stdout, want))
+                for inp, want in zip(a["inputs"], a["outputs"])]
 
     def _grade_one(self, problem: Problem, completion: str) -> CodeGrade:
         public_only = problem.meta["public_tests_only"]

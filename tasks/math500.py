@@ -111,7 +111,8 @@ class Math500(Task):
             grades[i] = result_to_grade(r)
         return grades  # type: ignore[return-value]
 
-    def rewards(self, problems: list[Problem], completions: list[str]) -> list[float]:
+    def rewards(self, problems: list[Problem], completions: list[str], kind: str = "binary") -> list[float]:
+        self.check_reward_kind(kind)
         return [float(g.correct) for g in self.grade_many(problems, completions)]
 
     def sft_target(self, problem: Problem) -> str | None:

@@ -5,7 +5,8 @@ problems with three assert tests each. Splits by task_id, as in the MBPP README:
 Grading loads the solution in the sandbox, then runs `test_setup_code` and the `test_list` asserts
 (in that order, as the original evaluation concatenates them) in the harness against proxies of the
 solution's functions (docs/sandbox.md). `challenge_test_list` is not used (standard).
-Reward: correctness only; no format term.
+Reward: correctness (binary), or a recipe's format score + fraction of the `test_list` asserts
+passed, each assert run on its own (tasks/_code_reward.py).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dlm_bench.errors import UserError
 
 from . import Problem, register_task
 from dlm_bench.data import load_rows
-from ._code import SandboxTask, extract_code
+from ._code import SandboxTask, extract_code, passed
 
 SPLIT_IDS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
 
@@ -96,6 +97,13 @@ class MBPP(SandboxTask):
                                      tests="\n".join(problem.answer["test_list"]) + "\n",
                                      expose=tuple(problem.meta["functions"]),
                                      timeout=self.timeout, memory_mb=self.memory_mb)
+
+    def test_cases(self, problem: Problem, code: str, timeout: float) -> list:
+        """One check run per assert of test_list (the setup code before each)."""
+        return [(sandbox.Program(code, mode="check", setup=problem.answer["test_setup_code"], tests=t + "\n",
+                                 expose=tuple(problem.meta["functions"]), timeout=timeout,
+                                 memory_mb=self.memory_mb), passed)
+                for t in problem.answer["test_list"]]
 
     def sft_target(self, problem: Problem) -> str | None:
         code = problem.meta["code"].replace("\r\n", "\n").strip()

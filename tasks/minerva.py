@@ -262,7 +262,8 @@ class Minerva(Task):
         results = grade_in_pool(grade_minerva, items, self.timeout_s, self.hard_deadline_s, self.retry_factor)
         return [result_to_grade(r) for r in results]
 
-    def rewards(self, problems: list[Problem], completions: list[str]) -> list[float]:
+    def rewards(self, problems: list[Problem], completions: list[str], kind: str = "binary") -> list[float]:
+        self.check_reward_kind(kind)
         return [float(g.correct) for g in self.grade_many(problems, completions)]
 
     def sft_target(self, problem: Problem) -> str | None:
