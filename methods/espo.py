@@ -116,6 +116,10 @@ class ESPO(Method):
         Deviation("full fine-tuning soft-syncs the reference every 64 steps (trl, alpha 0.6)",
                   "ref_sync_every 64, ref_sync_alpha 0.6; the moved reference is checkpointed", "fixed",
                   "tests/test_recipes.py::test_espo_soft_syncs_a_full_copy_reference_and_resumes_it"),
+        Deviation("code reward: format score (1 / 0.5 / 0) + fraction of test cases passed (rewards.py)",
+                  "code_reward 'espo' on code tasks (binary everywhere else, and for evaluation); a pass is "
+                  "the harness's verdict per test case, not 'ran without an exception'", "fixed",
+                  "tests/test_code_rewards.py::test_mbpp_partial_pass_rate"),
     )
     needs_reference = True
 

@@ -74,6 +74,10 @@ class JustGRPO(Method):
                   "is this one times the number of informative prompts per window, a per-batch factor that "
                   "meets the 1.0 clip and Adam's running moments", "kept",
                   "tests/test_recipes.py::test_justgrpo_normaliser_is_a_per_batch_factor"),
+        Deviation("code reward: format score + pass rate, 1 s per case, blocklisted imports score 0; the format "
+                  "is checked on prompt + completion", "code_reward 'justgrpo' on code tasks, the format checked "
+                  "on the completion (our prompts contain a fence, which would always score 0)", "fixed",
+                  "tests/test_code_rewards.py::test_recipe_differences_blocklist_and_timeouts"),
     )
     rollout_order = "left_to_right"
 
