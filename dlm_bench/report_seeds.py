@@ -2,8 +2,9 @@
 
 Figure `fig_seeds` shows, per task × length at the single-temperature T, each seed's Pass@k curve
 thin, the mean over seeds thick, and the sampling CI of that mean as a band, so the between-seed
-spread sits next to the interval that ignores it. The table gives the seed-level comparison of
-every method with base at the primary k.
+spread sits next to the interval that ignores it. The tables give the seed-level comparison of
+every method with base at the primary k, and the offline diversity of correct answers per seed (the
+quantity trajectory locking is about: how many distinct solutions a model still finds).
 """
 from __future__ import annotations
 
@@ -57,6 +58,41 @@ def _figure(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: floa
           "compare it with the thin lines' spread)." + (f" {note}." if note else ""))
 
 
+def diversity_across_seeds(seeded: pd.DataFrame) -> pd.DataFrame:
+    """Per method and cell: the mean over training seeds of each seed's mean distinct correct
+    solutions per solved problem (`diversity.diversity_table`: canonical expression trees on
+    expression tasks, else normalised answers), with its min and max over seeds, and the mean solved
+    share."""
+    from dlm_bench.diversity import diversity_table
+    per = diversity_table(seeded, by=("method", "train_seed", *metrics.CELL))
+    measure = "distinct_trees" if per["distinct_trees"].notna().any() else "distinct_answers"
+    rows = []
+    for key, g in per.groupby(["method", *metrics.CELL], sort=True):
+        v = g[measure].dropna()
+        rows.append(dict(zip(["method", *metrics.CELL], key), measure=measure, n_seeds=len(g),
+                         mean=float(v.mean()) if len(v) else np.nan, low=float(v.min()) if len(v) else np.nan,
+                         high=float(v.max()) if len(v) else np.nan,
+                         solved=float((g["n_solved"] / g["n_problems"]).mean())))
+    return pd.DataFrame(rows)
+
+
+def _diversity(rep: _Report, seeded: pd.DataFrame, methods: list[str]) -> None:
+    from dlm_bench.metrics import _md_table
+    try:
+        table = diversity_across_seeds(seeded)
+    except (UserError, KeyError) as e:
+        return rep.skip("Diversity across seeds", str(e))
+    what = "expression trees" if table["measure"].iloc[0] == "distinct_trees" else "answers"
+    rows = [[r["method"], str(r["task"]), str(r["gen_length"]), _t(r["temperature"]), str(r["n_seeds"]),
+             f"{r['mean']:.2f}", f"{r['low']:.2f}–{r['high']:.2f}", f"{100 * r['solved']:.0f}%"]
+            for m in methods for r in table[table["method"] == m].to_dict("records")]
+    rep.add(f"**Distinct correct {what} per solved problem, across training seeds** (each seed's mean over "
+            "its solved problems; mean and range over seeds; solved: share of problems with a correct sample)", "")
+    rep.add(*_md_table(["Method", "Task", "Length", "Temp.", "Seeds", "Mean", "Seed range", "Solved"], rows,
+                       right={2, 3, 4, 5, 6, 7}), "")
+    table.to_csv(rep.out / "tables" / "diversity_seeds.csv", index=False)
+
+
 def seed_section(rep: _Report, seeded: pd.DataFrame, methods: list[str], t_star: float) -> None:
     """Add the training-seed figure and the seed-level comparison with base to the report."""
     cfg = rep.cfg
@@ -75,3 +111,4 @@ def seed_section(rep: _Report, seeded: pd.DataFrame, methods: list[str], t_star:
             continue
         rep.add(seeds.seed_markdown(table), "")
         table.to_csv(rep.out / "tables" / f"seeds_{m}_vs_{cfg.base}.csv", index=False)
+    _diversity(rep, seeded, methods)

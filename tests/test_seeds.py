@@ -3,6 +3,7 @@ false-positive rate and power of the seed-level test, and the exact permutation 
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats
 
@@ -128,3 +129,22 @@ def test_report_has_a_seed_section(tmp_path):
     ax = rep.figures["fig_seeds"].axes[0]
     assert len(ax.lines) == 3 + 1 + 1 + 1  # a: three thin seeds + mean; base: one seed + mean
     assert (tmp_path / "out" / "tables" / "seeds_a_vs_base.csv").is_file()
+    # diversity per seed: these records have no answers, so every seed counts 0 distinct answers
+    div = pd.read_csv(tmp_path / "out" / "tables" / "diversity_seeds.csv")
+    assert sorted(zip(div["method"], div["n_seeds"])) == [("a", 3), ("base", 1)]
+    assert "Distinct correct answers per solved problem, across training seeds" in text
+
+
+def test_diversity_across_seeds_by_hand():
+    """Two seeds of one method: seed 0 finds 2 distinct correct answers on its one solved problem,
+    seed 1 finds 1 on each of two: mean over seeds (2 + 1) / 2, range 1-2, solved 1/2 and 2/2."""
+    from dlm_bench.report_seeds import diversity_across_seeds
+    rows = []
+    for seed, answers in ((0, {"p0": ["4", "5", None], "p1": [None, None, None]}),
+                          (1, {"p0": ["4", "4", None], "p1": ["7", None, None]})):
+        for pid, ans in answers.items():
+            for s, a in enumerate(ans):
+                rows.append({"method": "a", "train_seed": seed, "task": "gsm8k", "gen_length": 8, "temperature": 0.6,
+                             "problem_id": pid, "sample": s, "correct": a is not None, "extracted": a})
+    t = diversity_across_seeds(pd.DataFrame(rows)).iloc[0]
+    assert (t["mean"], t["low"], t["high"], t["solved"], t["n_seeds"]) == (1.5, 1.0, 2.0, 0.75, 2)
