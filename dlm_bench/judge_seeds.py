@@ -11,6 +11,7 @@ well cannot pass for a method effect the way it does in a bootstrap over pooled 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -67,6 +68,11 @@ def judge_by_seed(df: pd.DataFrame, method_a: str, method_b: str, judge, pairs, 
 
 # --------------------------------------------------------------------------- seed-level statistics
 
+@functools.lru_cache(maxsize=None)
+def _all_signs(s: int) -> np.ndarray:
+    return np.array(list(itertools.product((1.0, -1.0), repeat=s)))
+
+
 def sign_flip_p(d, n_resamples: int = 20_000, rng=None) -> tuple[float, str]:
     """Two-sided p for mean(d) = 0, flipping the sign of each pair's difference (symmetric under
     the null: A and B exchangeable within a pair). Exact over all 2^S assignments when S is small."""
@@ -74,7 +80,7 @@ def sign_flip_p(d, n_resamples: int = 20_000, rng=None) -> tuple[float, str]:
     obs = abs(d.mean())
     tol = 1e-12 * max(1.0, np.abs(d).sum())
     if d.size <= EXACT_FLIPS_MAX_PAIRS:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
+        signs = _all_signs(d.size)
         return float(np.mean(np.abs(signs @ d) / d.size >= obs - tol)), "exact"
     rng = np.random.default_rng(rng)
     signs = rng.choice((1.0, -1.0), size=(n_resamples, d.size))
@@ -117,14 +123,18 @@ def problem_scores(judgments: pd.DataFrame, cells) -> pd.DataFrame:
                          "loss": done["_loss"] / done["_n"]}).reset_index()
 
 
-def _cell_row(probs: pd.DataFrame, confidence: float, alpha: float) -> dict:
-    per_pair = probs.groupby("seed_pair", sort=True)[["win", "tie", "loss"]].mean()
-    d = per_pair["win"] - per_pair["loss"]
-    n = probs.groupby("seed_pair").size()
-    return dict(n_pairs=len(d), problems_min=int(n.min()), problems_max=int(n.max()),
-                win=float(per_pair["win"].mean()), tie=float(per_pair["tie"].mean()),
-                loss=float(per_pair["loss"].mean()), pair_diffs=dict(d.astype(float)),
-                **seed_level(d.to_numpy(), confidence, alpha))
+def _pair_rates(probs: pd.DataFrame, keys) -> pd.DataFrame:
+    """Per (keys, seed pair): the mean win / tie / loss share over its problems, and their count."""
+    g = probs.groupby(list(keys) + ["seed_pair"], sort=True)
+    return g[["win", "tie", "loss"]].mean().assign(n=g.size()).reset_index()
+
+
+def _cell_row(pairs: pd.DataFrame, confidence: float, alpha: float) -> dict:
+    d = (pairs["win"] - pairs["loss"]).to_numpy(float)
+    return dict(n_pairs=len(d), problems_min=int(pairs["n"].min()), problems_max=int(pairs["n"].max()),
+                win=float(pairs["win"].mean()), tie=float(pairs["tie"].mean()),
+                loss=float(pairs["loss"].mean()), pair_diffs=dict(zip(pairs["seed_pair"], d.tolist())),
+                **seed_level(d, confidence, alpha))
 
 
 def seed_win_rates(judgments: pd.DataFrame, cells=CELL, confidence: float = 0.95,
@@ -140,9 +150,9 @@ def seed_win_rates(judgments: pd.DataFrame, cells=CELL, confidence: float = 0.95
     if probs.empty:
         raise UserError("no problem was judged in every order: no seed-level table")
     rows = [dict(zip(cells, key if isinstance(key, tuple) else (key,)), **_cell_row(grp, confidence, alpha))
-            for key, grp in probs.groupby(cells, sort=True)]
+            for key, grp in _pair_rates(probs, cells).groupby(cells, sort=True)]
     if len(rows) > 1:  # over all cells: each pair's mean over every cell's problems
-        rows.append(dict({c: "all" for c in cells}, **_cell_row(probs, confidence, alpha)))
+        rows.append(dict({c: "all" for c in cells}, **_cell_row(_pair_rates(probs, []), confidence, alpha)))
     table = pd.DataFrame(rows)
     table.attrs.update(method_a=judgments["method_a"].iloc[0], method_b=judgments["method_b"].iloc[0],
                        confidence=confidence,
