@@ -2,6 +2,7 @@
 checked by hand (mean, t-interval from scipy, sign-flip p by brute force), and a null simulation
 where the seed pairs, not the problems, carry the variance."""
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import scipy.special
 import scipy.stats
 
 from dlm_bench import judge_seeds as J
+from dlm_bench import seeds
 from dlm_bench.errors import UserError
 from dlm_bench.metrics import bootstrap_ci
 
@@ -120,3 +122,89 @@ def test_seed_level_null_false_positive_rate():
 
     eight = J.seed_win_rates(_null_judgments(rng, n, 8, 20, pair_sd=1.0), cells=("study",)).iloc[:n]
     assert float(np.mean(eight["p_seed"] < 0.05)) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / n)
+
+
+# --------------------------------------------------------------------------- the command, on seed folders
+
+def _store_run(folder, method, tag, n_problems=3, temps=(0.6,)):
+    """One run folder of stored samples whose text names the method and the training seed `tag`."""
+    from dlm_bench.store import Store
+    rows = [dict(method=method, task="testbed", temperature=t, gen_length=12, problem_id=f"p{i}",
+                 sample=s, seed=s, config_hash=f"{method}-{tag}-{t}", prompt_hash="ph",
+                 text=f"p{i} {method} {tag} try {s}", tokens=[1], nfe=12, length=5, seconds=0.0,
+                 correct=True, extracted="1", reason="")
+            for t in temps for i in range(n_problems) for s in range(2)]
+    Store(folder).append("scores", rows)
+
+
+def _shown_tags(body):
+    """(method, seed tag) of every solution in each of the two sets the judge was shown."""
+    user = body["messages"][-1]["content"]
+    first, second = user.split("=== Set A")[1].split("=== Set B")
+    tags = lambda text: set(re.findall(r"p\d+ (\w+) (\w+) try", text))  # noqa: E731
+    return tags(first), tags(second)
+
+
+def _seed_judge(body):
+    """Prefers A's samples in seed pair 0 and B's in seed pair 1, whatever order they are shown in."""
+    from test_judge import _verdict
+    first, second = _shown_tags(body)
+    (m1, tag), = first
+    want = "A" if tag == "seed0" else "B"
+    return 200, _verdict("A" if m1 == want else "B")
+
+
+def test_judge_cli_pairs_training_seeds(tmp_path, capsys):
+    from dlm_bench.cli import main
+    from fake_openai import FakeServer
+    runs = tmp_path / "runs"
+    for k in range(3):                      # A has a third seed that B lacks: left out, with a note
+        _store_run(runs / "A" / f"seed-{k}" / "run", "A", f"seed{k}")
+    for k in range(2):
+        _store_run(runs / "B" / f"seed-{k}" / "run", "B", f"seed{k}")
+    _store_run(runs / "base" / "run", "base", "single")
+    srv = FakeServer(_seed_judge)
+    try:
+        flags = ["--runs", str(runs), "--judge-url", srv.url, "--judge-model", "fake", "--retries", "0",
+                 "--no-problems", "--resamples", "200", "--save", str(tmp_path / "j.csv")]
+        assert main(["judge", "A", "B"] + flags) == 0
+        out, err = capsys.readouterr()
+        assert len(srv.requests) == 2 * 3 * 2   # seed pairs x problems x both orders
+        for body in srv.requests:               # every request shows one seed of A against the same seed of B
+            first, second = _shown_tags(body)
+            assert len(first) == len(second) == 1
+            assert {t for _, t in first} == {t for _, t in second}
+            assert {m for m, _ in first | second} == {"A", "B"}
+        assert {_shown_tags(b)[0].pop()[1] for b in srv.requests} == {"seed0", "seed1"}
+        assert "3 training seeds of A and 2 of B: pairing the first 2" in err
+        assert "across training seeds: A (A) vs B (B)" in out and seeds.SAMPLING_ONLY not in out
+        # pair 0: A wins in both orders (+100 pp); pair 1: B does (-100): mean 0, sign-flip p = 1
+        assert re.search(r"\| testbed \| 12 \| 0.6 \| 2 \| 3 \| 50 \| 0 \| 50 \| A0-B0 \+100, A1-B1 -100 \| "
+                         r"\+0 \| \[-100, \+100\] \| 1.000 \|", out), out
+        assert "2/2^2 = 0.5, so no seed-level claim at 0.05" in out and "Problem level" in out
+        saved = pd.read_csv(tmp_path / "j.csv")
+        assert set(zip(saved["seed_a"], saved["seed_b"])) == {(0, 0), (1, 1)}
+
+        srv.requests.clear()
+        assert main(["judge", "A", "base"] + flags) == 0   # the base's one run against every seed of A
+        out, err = capsys.readouterr()
+        assert len(srv.requests) == 3 * 3 * 2 and "pairing the first" not in err
+        assert "A0-B*" in out and "A2-B*" in out and "base: one run" in out
+    finally:
+        srv.close()
+
+
+def test_judge_cli_without_seed_folders_says_sampling_only(tmp_path, capsys):
+    from dlm_bench.cli import main
+    from fake_openai import FakeServer
+    from test_judge import _verdict
+    for m in ("A", "B"):
+        _store_run(tmp_path / m / "run", m, "single", n_problems=2)
+    srv = FakeServer(lambda body: (200, _verdict("TIE")))
+    try:
+        assert main(["judge", "A", "B", "--runs", str(tmp_path), "--judge-url", srv.url, "--judge-model",
+                     "fake", "--retries", "0", "--no-problems", "--resamples", "200"]) == 0
+    finally:
+        srv.close()
+    out = capsys.readouterr().out
+    assert seeds.SAMPLING_ONLY in out and "across training seeds" not in out and len(srv.requests) == 4
