@@ -142,18 +142,19 @@ def seed_win_rates(judgments: pd.DataFrame, cells=CELL, confidence: float = 0.95
     """Per cell (and over all cells, the last row, when there are several), from A's side: the win
     rates of A, of B (`loss`) and ties, each the mean over seed pairs of the pair's share over its
     problems; each pair's A-minus-B difference (`pair_diffs`); their mean with a t-interval and an
-    exact sign-flip p over the pairs. Needs a `seed_pair` column (`judge_by_seed`)."""
+    exact sign-flip p over the pairs. Needs a `seed_pair` column (`judge_by_seed`). No rows when
+    no problem was judged in every order."""
     if judgments.empty or "seed_pair" not in judgments:
         raise UserError("no seed-pair judgments to tally")
     cells = [c for c in cells if c in judgments.columns]
     probs = problem_scores(judgments, cells)
-    if probs.empty:
-        raise UserError("no problem was judged in every order: no seed-level table")
-    rows = [dict(zip(cells, key if isinstance(key, tuple) else (key,)), **_cell_row(grp, confidence, alpha))
-            for key, grp in _pair_rates(probs, cells).groupby(cells, sort=True)]
+    rows = []
+    for key, grp in ([] if probs.empty else _pair_rates(probs, cells).groupby(cells, sort=True)):
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append(dict(zip(cells, key), **_cell_row(grp, confidence, alpha)))
     if len(rows) > 1:  # over all cells: each pair's mean over every cell's problems
         rows.append(dict({c: "all" for c in cells}, **_cell_row(_pair_rates(probs, []), confidence, alpha)))
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows)  # empty when no problem was judged in every order (judge down)
     table.attrs.update(method_a=judgments["method_a"].iloc[0], method_b=judgments["method_b"].iloc[0],
                        confidence=confidence,
                        single_a=bool((judgments["seed_a"] == SINGLE).all()) if "seed_a" in judgments else False,
@@ -169,6 +170,9 @@ def seed_win_rates_markdown(table: pd.DataFrame, digits: int = 0) -> str:
     """A `seed_win_rates` table as Markdown (rates in %, differences in percentage points)."""
     from dlm_bench.metrics import _fmt_p, _md_table
     at = table.attrs
+    title = f"**Path diversity across training seeds: {at.get('method_a')} (A) vs {at.get('method_b')} (B)**"
+    if table.empty:
+        return f"{title}\n\nNo problem of any seed pair was judged in every order: no seed-level table."
     cells = [c for c in CELL if c in table.columns]
     header = cells + ["Seed pairs", "Problems / pair", "Win A", "Tie", "Win B", "Per pair A − B (pp)",
                       "A − B (pp)", "CI (pp)", "p (seeds)"]
@@ -183,7 +187,7 @@ def seed_win_rates_markdown(table: pd.DataFrame, digits: int = 0) -> str:
             f"{100 * r['loss']:.{digits}f}",
             ", ".join(f"{k} {_pp(v, digits)}" for k, v in r["pair_diffs"].items()),
             _pp(r["diff"], digits), ci, _fmt_p(r["p_seed"])])
-    lines = [f"**Path diversity across training seeds: {at.get('method_a')} (A) vs {at.get('method_b')} (B)**", ""]
+    lines = [title, ""]
     lines += _md_table(header, rows, right=set(range(len(cells), len(header))))
     single = [m for m, s in ((at.get("method_a"), at.get("single_a")), (at.get("method_b"), at.get("single_b"))) if s]
     lines += ["", "Each seed pair (A<seed>-B<seed>; * = the one run outside seed folders) was judged on its "

@@ -208,3 +208,19 @@ def test_judge_cli_without_seed_folders_says_sampling_only(tmp_path, capsys):
         srv.close()
     out = capsys.readouterr().out
     assert seeds.SAMPLING_ONLY in out and "across training seeds" not in out and len(srv.requests) == 4
+
+
+def test_judge_cli_on_seed_folders_with_the_judge_down(tmp_path, capsys):
+    import socket
+    from dlm_bench.cli import main
+    for m in ("A", "B"):
+        for k in range(2):
+            _store_run(tmp_path / m / f"seed-{k}" / "run", m, f"seed{k}", n_problems=1)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["judge", "A", "B", "--runs", str(tmp_path), "--judge-url", f"http://127.0.0.1:{port}/v1",
+                 "--judge-model", "none", "--retries", "0", "--no-problems", "--resamples", "200"]) == 1
+    out, err = capsys.readouterr()
+    assert "no seed-level table" in out and "judge: 0 of 4 requests judged" in out
+    assert "only 0% of requests got a verdict" in err
