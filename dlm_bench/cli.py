@@ -26,7 +26,9 @@ COMMANDS = {
     "demo": ("dlm_bench.commands.demo", "the whole protocol on the CPU testbed: base, post-training, sweeps, report"),
     "runs": ("dlm_bench.commands.runs",
              "list Pass@k run folders (label, model, records, completeness) and prune stale ones"),
-    "judge": ("dlm_bench.commands.judge", "LLM path-diversity judge of two methods' samples (win/tie/loss)"),
+    "judge": ("dlm_bench.commands.judge",
+              "LLM path-diversity judge of two methods' samples (win/tie/loss; by training-seed pair "
+              "with seed-K folders)"),
     "lm-eval": ("dlm_bench.commands.lm_eval",
                 "lm-evaluation-harness with the `dlm` model registered; every flag goes to lm-eval"),
 }

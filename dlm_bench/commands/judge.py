@@ -1,4 +1,10 @@
-"""`dlm-bench judge A B --runs DIR --judge-url URL --judge-model NAME`: TraFL path-diversity judge, A vs B."""
+"""`dlm-bench judge A B --runs DIR --judge-url URL --judge-model NAME`: TraFL path-diversity judge, A vs B.
+
+Several training seeds per method (DIR/METHOD/seed-K/<run dirs>): A's K-th seed folder is judged
+against B's K-th only (a method with one run, such as the base, against every seed of the other),
+and a seed-level table treats the seed pairs as the units of replication (dlm_bench.judge_seeds):
+per-pair A-minus-B win-rate differences, a t-interval and an exact sign-flip p over the pairs.
+Without seed-K folders the table is problem-level and says it covers sampling variance only."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +16,10 @@ from dlm_bench.metrics import N_RESAMPLES
 def add_arguments(p) -> None:
     p.add_argument("method_a", metavar="A", help="method label A")
     p.add_argument("method_b", metavar="B", help="method label B")
-    p.add_argument("--runs", default="results/passk", help="folder searched for run directories")
+    p.add_argument("--runs", default="results/passk",
+                   help="folder searched for run directories; with DIR/METHOD/seed-K/ folders, A's K-th "
+                        "training seed is judged against B's K-th (a single run, e.g. the base, against "
+                        "every seed) and a seed-level table treats the seed pairs as replicates")
     p.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
     p.add_argument("--judge-model", required=True, help="model name served at --judge-url")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",
@@ -69,24 +78,16 @@ def _check(args) -> None:
 
 
 def run(args) -> int:
-    from dlm_bench.commands.compare import stored_samples
+    from dlm_bench import seeds
     from dlm_bench.judge import Judge, JudgeConfig
-    from dlm_bench.judge_pairs import judge_methods, summary, win_rates, win_rates_markdown
+    from dlm_bench.judge_pairs import summary
 
     _check(args)
     judge = Judge(JudgeConfig(model=args.judge_model, base_url=args.judge_url, api_key_env=args.api_key_env,
                               timeout=args.timeout, max_retries=args.retries, backoff=args.backoff,
                               cache_dir=args.cache, prompt_file=args.prompt_file))
-    df = stored_samples(args, "samples")
-    problems = None if args.no_problems else _problem_statements(sorted(df["task"].unique()), args.data_dir)
-    judgments = judge_methods(df, args.method_a, args.method_b, judge, problems=problems,
-                              only_correct=args.only_correct, max_samples=args.max_samples,
-                              seed=args.seed, workers=args.workers, orders=args.orders, progress=True)
-    if judgments.empty:
-        raise UserError(f"no problem has samples from both {args.method_a!r} and {args.method_b!r}")
-    if args.save:
-        judgments.to_csv(args.save, index=False)
-    print(win_rates_markdown(win_rates(judgments, n_resamples=args.resamples, seed=args.seed)))
+    seeded = seeds.read_seeded_scores(args.runs)
+    judgments = _judge_seeds(args, judge, seeded) if seeded is not None else _judge_pooled(args, judge)
     line, rate = summary(judgments, judge.n_requests)
     print(f"\n{line}; prompt: {judge.template.source}; failed requests count as missing, not as ties.")
     if rate < args.min_success:
@@ -94,3 +95,52 @@ def run(args) -> int:
               f"{args.min_success:g}); the table above is not reliable", file=sys.stderr)
         return 1
     return 0
+
+
+def _judge_kwargs(args, df) -> dict:
+    problems = None if args.no_problems else _problem_statements(sorted(df["task"].unique()), args.data_dir)
+    return dict(problems=problems, only_correct=args.only_correct, max_samples=args.max_samples,
+                seed=args.seed, workers=args.workers, orders=args.orders, progress=True)
+
+
+def _save(judgments, args) -> None:
+    if judgments.empty:
+        raise UserError(f"no problem has samples from both {args.method_a!r} and {args.method_b!r}")
+    if args.save:
+        try:
+            judgments.to_csv(args.save, index=False)
+        except OSError as e:
+            raise UserError(f"cannot write the judgments: {e}") from None
+
+
+def _judge_pooled(args, judge):
+    """One seed per method: the problem-level table, which covers sampling variance only."""
+    from dlm_bench import seeds
+    from dlm_bench.commands.compare import stored_samples
+    from dlm_bench.judge_pairs import judge_methods, win_rates, win_rates_markdown
+    df = stored_samples(args, "samples")
+    judgments = judge_methods(df, args.method_a, args.method_b, judge, **_judge_kwargs(args, df))
+    _save(judgments, args)
+    print(win_rates_markdown(win_rates(judgments, n_resamples=args.resamples, seed=args.seed)))
+    print(f"\nNote: {seeds.SAMPLING_ONLY} (lay runs out as DIR/METHOD/seed-K/ for seed-level statistics).")
+    return judgments
+
+
+def _judge_seeds(args, judge, seeded):
+    """Judged within seed pairs; the seed-level table, then the problem-level one over every
+    (seed pair, problem)."""
+    from dlm_bench import judge_seeds as S
+    from dlm_bench.commands.compare import _filtered
+    from dlm_bench.judge_pairs import win_rates, win_rates_markdown
+    df = _filtered(seeded, args, "samples")
+    pairs, note = S.pair_seeds(S.method_seeds(df, args.method_a), S.method_seeds(df, args.method_b))
+    if note:
+        print(f"dlm-bench judge: {note}", file=sys.stderr)
+    judgments = S.judge_by_seed(df, args.method_a, args.method_b, judge, pairs, **_judge_kwargs(args, df))
+    _save(judgments, args)
+    print(S.seed_win_rates_markdown(S.seed_win_rates(judgments)))
+    pooled = win_rates(S.pooled_problems(judgments), n_resamples=args.resamples, seed=args.seed)
+    print("\n**Problem level, every (seed pair, problem) as one problem** (sampling and judge noise "
+          "only, not retraining: read the seed-level table above for claims about the methods)\n")
+    print(win_rates_markdown(pooled))
+    return judgments
