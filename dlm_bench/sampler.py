@@ -15,6 +15,10 @@ Differences from the reference, none of which changes a completion's text:
   `stop_at_eos=False` reproduces the reference's tokens after end-of-text too.
 - Each completion records the step at which every token was unmasked and its number of forward
   passes (NFE).
+- With more steps per block than the block has tokens, the reference's last steps of each block
+  reveal nothing. Their forward pass is skipped, but their random draws (which depend only on the
+  logits' shape) are still made, so the next block sees the reference's random stream
+  (`_idle_draws`). Such steps count no NFE and no step in the step map.
 
 `cache="prefix"|"dual"` (Fast-dLLM's block KV cache, `dlm_bench/kv_cache.py`) changes completions:
 a block's first step is a full pass, exactly as without the cache; its other steps run the model
@@ -155,6 +159,7 @@ def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
     blocks = G // cfg.block_length
     steps_per_block = cfg.steps // blocks
     total = 0
+    vocab = None    # the logits' last dimension, known after the first forward pass
     cache = None
     if cfg.cache != "none":
         from dlm_bench.kv_cache import BlockCache
@@ -166,6 +171,10 @@ def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
         while cfg.threshold is not None or s < steps_per_block:
             rows = (~done & (x[:, lo:hi] == mask_id).any(-1)).nonzero().flatten()
             if rows.numel() == 0:
+                if cache is None and cfg.threshold is None and vocab is not None:
+                    idle = (~done).nonzero().flatten().tolist()
+                    _idle_draws([pad[i] for i in idle], [gens[i] for i in idle], P + G, vocab,
+                                steps_per_block - s, cfg, device)
                 break
             if cache is None:
                 blk = _logits(dlm, x[rows], att[rows], P, cfg)[:, lo:hi]
@@ -175,6 +184,7 @@ def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
             else:           # rows only ever drop out of a block, so they are a subset of `started`
                 blk = _no_eos(cache.block_logits(x[rows], att[rows], torch.searchsorted(started, rows)),
                               dlm, cfg)
+            vocab = blk.shape[-1]
             nfe[rows] += 2 if cfg.cfg_scale > 0 else 1
             k = schedule[s] if cfg.threshold is None else None
             _step(dlm, x, rows, blk, [pad[i] for i in rows.tolist()], lo, hi, P + G, k, cfg,
@@ -252,6 +262,26 @@ def _step(dlm, x, rows, blk, pads, lo, hi, width, k, cfg: SamplerConfig, gens, s
     sm = step_map[rows, lo - (width - step_map.shape[1]):hi - (width - step_map.shape[1])]
     step_map[rows, lo - (width - step_map.shape[1]):hi - (width - step_map.shape[1])] = torch.where(
         transfer, row_step[rows, None], sm)
+
+
+def _idle_draws(pads, gens, width, vocab, n_steps, cfg: SamplerConfig, device):
+    """The random numbers of `n_steps` steps that reveal nothing, discarded.
+
+    With more steps per block than the block has tokens, the reference's last steps of a block
+    reveal 0 tokens (its schedule puts the remainder first), yet each still draws its Gumbel noise
+    (`torch.rand_like` over the [B, L, V] logits, at T > 0) and, for random remasking, its [B, L]
+    scores. Neither draw depends on the logits' values, only on their shape, so a row reproduces the
+    reference's random stream by drawing the same shapes in the same order, without the forward pass
+    (no NFE, no step in the step map). The next block then starts from the reference's state.
+    """
+    if cfg.temperature == 0 and cfg.remasking != "random":
+        return
+    for p, g in zip(pads, gens):
+        for _ in range(n_steps):
+            if cfg.temperature > 0:
+                torch.rand((width - p, vocab), generator=g, dtype=torch.float64, device=device)
+            if cfg.remasking == "random":
+                torch.rand(width - p, generator=g, device=device)
 
 
 def _finished(windows: torch.Tensor, eos_id: int, mask_id: int) -> torch.Tensor:

@@ -1,4 +1,6 @@
 """The sampler against a literal re-implementation of LLaDA's published generate()."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -111,3 +113,36 @@ def test_threshold_decoding_commits_several_tokens_per_step(tiny):
 def test_bad_settings_are_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
         SamplerConfig(**kwargs).resolved()
+
+
+# ------------------------------------------------------------ more steps per block than tokens
+
+@pytest.mark.parametrize("temperature, remasking", [(0.8, "low_confidence"), (0.0, "random"), (1.2, "random")])
+@pytest.mark.parametrize("blocks, factor", [(1, 2), (2, 2), (2, 3), (3, 2), (3, 3)])
+def test_steps_beyond_block_length_match_reference(tiny, temperature, remasking, blocks, factor):
+    """The reference's last steps of a block reveal nothing but still draw random numbers; the next
+    block must start from the same random state (and a no-op step costs no forward pass here)."""
+    cfg = SamplerConfig(gen_length=4 * blocks, block_length=4, steps=4 * blocks * factor,
+                        temperature=temperature, remasking=remasking, stop_at_eos=False)
+    for seed, q in enumerate(QUESTIONS[:2]):
+        prompt = tiny.prompt_ids(q)
+        ours = sample(tiny, [prompt], cfg, make_generators([seed], "cpu"))[0]
+        want = _reference(tiny, prompt, seed, cfg)
+        assert ours.tokens == want
+        assert ours.nfe == cfg.gen_length and sorted(set(ours.step_map)) == list(range(cfg.gen_length))
+        early = sample(tiny, [prompt], dataclasses.replace(cfg, stop_at_eos=True), make_generators([seed], "cpu"))[0]
+        assert early.text == tiny.completion_text(want)
+
+
+def test_steps_beyond_block_length_are_batch_invariant_and_stop_early_correctly(tiny):
+    tiny = _EosBiased(**vars(tiny))
+    cfg = SamplerConfig(gen_length=12, block_length=4, steps=24, temperature=1.5, remasking="random")
+    prompts = [tiny.prompt_ids(q) for q in QUESTIONS[:8]]
+    seeds = list(range(20, 28))
+    batched = sample(tiny, prompts, cfg, make_generators(seeds, "cpu"))
+    alone = [sample(tiny, [p], cfg, make_generators([s], "cpu"))[0] for p, s in zip(prompts, seeds)]
+    assert [c.tokens for c in batched] == [c.tokens for c in alone]
+    assert [c.step_map for c in batched] == [c.step_map for c in alone]
+    want = [tiny.completion_text(_reference(tiny, p, s, cfg)) for p, s in zip(prompts, seeds)]
+    assert [c.text for c in batched] == want
+    assert any(c.nfe < cfg.gen_length for c in batched), "no row stopped early; the test needs end-of-text"
