@@ -49,7 +49,7 @@ class SamplerConfig:
     cfg_scale: float = 0.0            # unsupervised classifier-free guidance (prompt masked)
     threshold: float | None = None    # parallel decoding: commit every token above this confidence
     logits_eos_inf: bool = False      # never sample end-of-text (LLaDA HumanEval setting)
-    confidence_eos_eot_inf: bool = False  # LLaDA's flag; as in its code, only end-of-turn is suppressed
+    confidence_eos_eot_inf: bool = False  # LLaDA's flag, as its code behaves: see _suppressed_ids
     stop_at_eos: bool = True
     cache: str = "none"               # block KV cache (Fast-dLLM): "prefix" or "dual"; see kv_cache.py
 
@@ -241,9 +241,9 @@ def _step(dlm, x, rows, blk, pads, lo, hi, width, k, cfg: SamplerConfig, gens, s
         x0 = torch.argmax(blk, dim=-1)
     if cfg.remasking == "low_confidence":
         conf_logits = blk
-        if cfg.confidence_eos_eot_inf:  # the reference's effective behaviour (see module docstring)
+        if cfg.confidence_eos_eot_inf:
             conf_logits = blk.clone()
-            conf_logits[..., dlm.eot_id if dlm.eot_id is not None else dlm.eos_id] = -torch.inf
+            conf_logits[..., _suppressed_ids(dlm, cfg)] = -torch.inf
         score = torch.gather(F.softmax(conf_logits, dim=-1), -1, x0[..., None]).squeeze(-1)
     else:
         score = torch.stack([torch.rand(width - p, generator=g, device=blk.device)[lo - p:hi - p]
@@ -256,12 +256,48 @@ def _step(dlm, x, rows, blk, pads, lo, hi, width, k, cfg: SamplerConfig, gens, s
         transfer[torch.arange(n, device=blk.device), conf.argmax(-1)] = True
     else:
         transfer = torch.zeros_like(masked)
-        if k > 0:
+        if k > 0 and cfg.confidence_eos_eot_inf:  # many exact ties (zeros): break them as the reference
+            transfer = _topk_as_reference(conf, k, pads, lo, width)
+        elif k > 0:
             transfer.scatter_(1, torch.topk(conf, k=k, dim=-1).indices, True)
     x[rows, lo:hi] = torch.where(transfer, x0, current)
     sm = step_map[rows, lo - (width - step_map.shape[1]):hi - (width - step_map.shape[1])]
     step_map[rows, lo - (width - step_map.shape[1]):hi - (width - step_map.shape[1])] = torch.where(
         transfer, row_step[rows, None], sm)
+
+
+def _topk_as_reference(conf, k: int, pads, lo: int, width: int) -> torch.Tensor:
+    """The top-k of each row's block confidences, ties broken exactly as the reference breaks them.
+
+    torch.topk's choice among equal values depends on the layout of the row it searches, and the
+    reference searches the whole sequence (-inf outside the current block's masked positions), not
+    the block. With `confidence_eos_eot_inf` every end-of-text/end-of-turn candidate scores exactly
+    0, so such ties are common; this runs topk on the row laid out as the reference lays it out
+    (the row alone, without its left padding: at batch 1 that is the reference's row).
+    """
+    n, bl = conf.shape
+    transfer = torch.zeros((n, bl), dtype=torch.bool, device=conf.device)
+    for i, p in enumerate(pads):
+        row = torch.full((width - p,), -torch.inf, dtype=conf.dtype, device=conf.device)
+        row[lo - p:lo - p + bl] = conf[i]
+        idx = torch.topk(row, k=k).indices - (lo - p)
+        transfer[i, idx[(idx >= 0) & (idx < bl)]] = True
+    return transfer
+
+
+def _suppressed_ids(dlm, cfg: SamplerConfig) -> list[int]:
+    """Tokens whose confidence `confidence_eos_eot_inf` zeroes, exactly as ML-GSAI/LLaDA generate.py
+    (b7e6c35) lines 94-101 behave: after x0 is drawn, the chained assignment
+    `logits_with_noise[:, :, EOS] = logits[:, :, EoT] = -inf` runs, and the confidence is
+    softmax(logits). At T > 0 `logits_with_noise` is a new tensor, so only end-of-turn is
+    suppressed; at T = 0 `add_gumbel_noise` returns `logits` itself, so end-of-text is suppressed
+    too. (This is the setting of LLaDA's OpenCompass evals, which decode at T = 0.) x0 itself is
+    unchanged: an end-of-text or end-of-turn candidate can still be committed, but only last.
+    A model without an end-of-turn token has its end-of-text suppressed in its place."""
+    ids = [dlm.eot_id if dlm.eot_id is not None else dlm.eos_id]
+    if cfg.temperature == 0:
+        ids.append(dlm.eos_id)
+    return sorted(set(ids))
 
 
 def _idle_draws(pads, gens, width, vocab, n_steps, cfg: SamplerConfig, device):

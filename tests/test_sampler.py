@@ -146,3 +146,69 @@ def test_steps_beyond_block_length_are_batch_invariant_and_stop_early_correctly(
     want = [tiny.completion_text(_reference(tiny, p, s, cfg)) for p, s in zip(prompts, seeds)]
     assert [c.text for c in batched] == want
     assert any(c.nfe < cfg.gen_length for c in batched), "no row stopped early; the test needs end-of-text"
+
+
+# ------------------------------------------------------------ end-of-text / end-of-turn flags
+
+class _EndBiased(DLM):
+    """The tiny model with end-of-text and end-of-turn made likely, so that the flags matter."""
+    eos_bias, eot_bias = 4.0, 3.0
+
+    def logits(self, input_ids, attention_mask=None):
+        out = super().logits(input_ids, attention_mask)
+        out[..., self.eos_id] += self.eos_bias
+        if self.eot_id is not None:
+            out[..., self.eot_id] += self.eot_bias
+        return out
+
+
+class _SlightlyEndBiased(_EndBiased):
+    """Likely enough to be chosen at some positions only (with a strong bias, all are end-of-text)."""
+    eos_bias, eot_bias = 0.5, -0.5
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+@pytest.mark.parametrize("with_eot", [True, False])
+@pytest.mark.parametrize("logits_eos_inf", [False, True])
+def test_confidence_eos_eot_inf_matches_reference(tiny, temperature, with_eot, logits_eos_inf):
+    """LLaDA's chained assignment zeroes the end-of-turn confidence, and at T = 0 (where the noised
+    logits are the logits themselves) the end-of-text confidence too. Without an end-of-turn token
+    the sampler suppresses end-of-text in its place, i.e. the reference with eot_id = eos_id."""
+    eot = tiny.tokenizer.convert_tokens_to_ids("<|eot|>")
+    dlm = _EndBiased(**{**vars(tiny), "eot_id": eot if with_eot else None})
+    cfg = SamplerConfig(gen_length=12, block_length=4, steps=12, temperature=temperature,
+                        confidence_eos_eot_inf=True, logits_eos_inf=logits_eos_inf, stop_at_eos=False)
+    special = {dlm.eos_id, eot if with_eot else dlm.eos_id}
+    for seed, q in enumerate(QUESTIONS[:3]):
+        prompt = dlm.prompt_ids(q)
+        ours = sample(dlm, [prompt], cfg, make_generators([seed], "cpu"))[0]
+        torch.manual_seed(seed)
+        want = ref.generate(lambda x, am: dlm.logits(x, am), torch.tensor([prompt]), steps=cfg.steps,
+                            gen_length=cfg.gen_length, block_length=cfg.block_length, temperature=temperature,
+                            mask_id=dlm.mask_id, logits_eos_inf=logits_eos_inf, confidence_eos_eot_inf=True,
+                            eos_id=dlm.eos_id, eot_id=eot if with_eot else dlm.eos_id)
+        assert ours.tokens == want[0, len(prompt):].tolist()
+        if temperature == 0:  # both have zero confidence, so in each block they are committed last
+            for lo in range(0, cfg.gen_length, cfg.block_length):
+                toks, steps = ours.tokens[lo:lo + 4], ours.step_map[lo:lo + 4]
+                ends = [s for t, s in zip(toks, steps) if t in special]
+                rest = [s for t, s in zip(toks, steps) if t not in special]
+                assert not ends or not rest or max(rest) <= min(ends)
+
+
+def test_confidence_eos_eot_inf_at_zero_temperature_suppresses_end_of_text(tiny):
+    """Non-vacuous: at T = 0, suppressing only end-of-turn (the old behaviour; the reference with
+    its end-of-text id pointed at end-of-turn) decodes differently from the published code."""
+    eot = tiny.tokenizer.convert_tokens_to_ids("<|eot|>")
+    dlm = _SlightlyEndBiased(**{**vars(tiny), "eot_id": eot})
+    cfg = SamplerConfig(gen_length=8, block_length=8, steps=8, confidence_eos_eot_inf=True, stop_at_eos=False)
+    differs = 0
+    for q in QUESTIONS[:8]:
+        prompt = dlm.prompt_ids(q)
+        ours = sample(dlm, [prompt], cfg, make_generators([0], "cpu"))[0].tokens
+        run = {e: ref.generate(lambda x, am: dlm.logits(x, am), torch.tensor([prompt]), steps=8, gen_length=8,
+                               block_length=8, mask_id=dlm.mask_id, confidence_eos_eot_inf=True, eos_id=e,
+                               eot_id=eot)[0, len(prompt):].tolist() for e in (dlm.eos_id, eot)}
+        assert ours == run[dlm.eos_id]
+        differs += run[eot] != run[dlm.eos_id]
+    assert differs, "suppressing end-of-text changed nothing; the test needs a likelier end-of-text"
