@@ -5,6 +5,8 @@ equally by the blocks and each step reveals a precomputed number of tokens (as e
 remainder first). A step predicts every position, samples candidates by Gumbel-max at temperature T
 in float64 (T = 0: argmax), and commits the most confident masked positions of the current block
 (`low_confidence`: untempered probability of the sampled token; `random`: uniform scores).
+`noise_dtype="bfloat16"` (or "float32") instead draws the noise and computes that softmax in that
+dtype, as ESPO's rollouts do in the model's bf16 (see `_step`); float64 stays the default.
 
 Differences from the reference, none of which changes a completion's text:
 - Every row has its own `torch.Generator` and draws noise over exactly the positions it would have
@@ -36,6 +38,7 @@ from dlm_bench.errors import UserError
 REMASKING = ("low_confidence", "random")
 ORDERS = ("diffusion", "left_to_right")
 CACHES = ("none", "prefix", "dual")
+NOISE_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,17 @@ class SamplerConfig:
     confidence_eos_eot_inf: bool = False  # LLaDA's flag, as its code behaves: see _suppressed_ids
     stop_at_eos: bool = True
     cache: str = "none"               # block KV cache (Fast-dLLM): "prefix" or "dual"; see kv_cache.py
+    noise_dtype: str = "float64"      # Gumbel noise (+ confidence softmax unless float64); see _step
 
     def hashed(self) -> dict:
-        """The fields as they enter a config hash. `cache` is left out while it is "none", so every
-        hash (and so every sweep seed) from before the cache existed stays what it was."""
+        """The fields as they enter a config hash. `cache` is left out while it is "none", and
+        `noise_dtype` while it is "float64", so every hash (and so every sweep seed) from before
+        either existed stays what it was."""
         out = asdict(self)
         if out["cache"] == "none":
             del out["cache"]
+        if out["noise_dtype"] == "float64":
+            del out["noise_dtype"]
         return out
 
     def resolved(self) -> "SamplerConfig":
@@ -75,6 +82,8 @@ class SamplerConfig:
             raise UserError(f"order must be one of {ORDERS}, got {self.order!r}")
         if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
             raise UserError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.noise_dtype not in NOISE_DTYPES:
+            raise UserError(f"noise_dtype must be one of {tuple(NOISE_DTYPES)}, got {self.noise_dtype!r}")
         if self.cache not in CACHES:
             raise UserError(f"cache must be one of {CACHES}, got {self.cache!r}")
         if self.cache != "none" and self.cfg_scale > 0:
@@ -232,17 +241,24 @@ def _step(dlm, x, rows, blk, pads, lo, hi, width, k, cfg: SamplerConfig, gens, s
     left-padded row; only the random draws are per row, over the positions the row has alone.
     """
     n, bl, V = blk.shape
+    dtype = NOISE_DTYPES[cfg.noise_dtype]
     if cfg.temperature > 0:
         # Same draw as the reference's rand_like over the whole row; only the block is used.
-        u = torch.stack([torch.rand((width - p, V), generator=g, dtype=torch.float64, device=blk.device)
+        u = torch.stack([torch.rand((width - p, V), generator=g, dtype=dtype, device=blk.device)
                          [lo - p:hi - p] for p, g in zip(pads, gens)])
-        x0 = torch.argmax(blk.to(torch.float64).exp() / (-torch.log(u)) ** cfg.temperature, dim=-1)
+        x0 = torch.argmax(blk.to(dtype).exp() / (-torch.log(u)) ** cfg.temperature, dim=-1)
     else:
         x0 = torch.argmax(blk, dim=-1)
     if cfg.remasking == "low_confidence":
-        conf_logits = blk
+        # float64 (the default) is LLaDA's generate.py: the softmax runs on the logits as the model
+        # returns them. Any other dtype is ESPO's rollout sampler (ML-GSAI/ESPO b5f2dac,
+        # espo/espo_trainer.py), where dtype = model.dtype (:284): add_gumbel_noise casts the logits,
+        # draws rand_like and computes (-log u)^T, exp and the division all in that dtype (:240-245),
+        # argmax at T = 0 is on the raw logits (:241, :331), and the confidence is
+        # softmax(logits.to(dtype)) (:335); the surrounding autocast is off under bf16 (:313).
+        conf_logits = blk if cfg.noise_dtype == "float64" else blk.to(dtype)
         if cfg.confidence_eos_eot_inf:
-            conf_logits = blk.clone()
+            conf_logits = conf_logits.clone()
             conf_logits[..., _suppressed_ids(dlm, cfg)] = -torch.inf
         score = torch.gather(F.softmax(conf_logits, dim=-1), -1, x0[..., None]).squeeze(-1)
     else:
@@ -256,7 +272,8 @@ def _step(dlm, x, rows, blk, pads, lo, hi, width, k, cfg: SamplerConfig, gens, s
         transfer[torch.arange(n, device=blk.device), conf.argmax(-1)] = True
     else:
         transfer = torch.zeros_like(masked)
-        if k > 0 and cfg.confidence_eos_eot_inf:  # many exact ties (zeros): break them as the reference
+        if k > 0 and (cfg.confidence_eos_eot_inf or cfg.noise_dtype != "float64"):
+            # many exact ties (zeros; bf16 probabilities): break them as the reference does
             transfer = _topk_as_reference(conf, k, pads, lo, width)
         elif k > 0:
             transfer.scatter_(1, torch.topk(conf, k=k, dim=-1).indices, True)
@@ -272,8 +289,10 @@ def _topk_as_reference(conf, k: int, pads, lo: int, width: int) -> torch.Tensor:
     torch.topk's choice among equal values depends on the layout of the row it searches, and the
     reference searches the whole sequence (-inf outside the current block's masked positions), not
     the block. With `confidence_eos_eot_inf` every end-of-text/end-of-turn candidate scores exactly
-    0, so such ties are common; this runs topk on the row laid out as the reference lays it out
-    (the row alone, without its left padding: at batch 1 that is the reference's row).
+    0, and a bf16 softmax (`noise_dtype`) rounds many probabilities to the same value, so such ties
+    are common; this runs topk on the row laid out as the reference lays it out (the row alone,
+    without its left padding: at batch 1 that is the reference's row). The default path keeps the
+    block-only topk, which agrees with it wherever the top k are not tied.
     """
     n, bl = conf.shape
     transfer = torch.zeros((n, bl), dtype=torch.bool, device=conf.device)
@@ -315,7 +334,7 @@ def _idle_draws(pads, gens, width, vocab, n_steps, cfg: SamplerConfig, device):
     for p, g in zip(pads, gens):
         for _ in range(n_steps):
             if cfg.temperature > 0:
-                torch.rand((width - p, vocab), generator=g, dtype=torch.float64, device=device)
+                torch.rand((width - p, vocab), generator=g, dtype=NOISE_DTYPES[cfg.noise_dtype], device=device)
             if cfg.remasking == "random":
                 torch.rand(width - p, generator=g, device=device)
 

@@ -1,8 +1,10 @@
 """The sampler against a literal re-implementation of LLaDA's published generate()."""
+import copy
 import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import llada_reference as ref
 from dlm_bench.errors import UserError
@@ -212,3 +214,90 @@ def test_confidence_eos_eot_inf_at_zero_temperature_suppresses_end_of_text(tiny)
         assert ours == run[dlm.eos_id]
         differs += run[eot] != run[dlm.eos_id]
     assert differs, "suppressing end-of-text changed nothing; the test needs a likelier end-of-text"
+
+
+# ------------------------------------------------------------ rollout noise precision (ESPO)
+
+def _espo_generate(model, prompt, steps, gen_length, block_length, temperature, dtype, mask_id,
+                   remasking="low_confidence"):
+    """ESPO's rollout sampler (ML-GSAI/ESPO b5f2dac, espo/espo_trainer.py: generate and
+    add_gumbel_noise, dtype = model.dtype), written out plainly for one row on the global RNG."""
+    P = prompt.shape[1]
+    x = torch.full((1, P + gen_length), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    per_block = max(1, steps // (gen_length // block_length))
+    for end in range(P + block_length, P + gen_length + 1, block_length):
+        n = int((x[:, end - block_length:end] == mask_id).sum())
+        counts = [n // per_block + (1 if i < n % per_block else 0) for i in range(per_block)]
+        for count in counts:
+            masked = x == mask_id
+            logits = model(x, None)
+            if temperature == 0.0:
+                noised = logits
+            else:
+                cast = logits.to(dtype)
+                gumbel = (-torch.log(torch.rand_like(cast, dtype=dtype))) ** temperature
+                noised = cast.exp() / gumbel
+            x0 = torch.argmax(noised, dim=-1)
+            if remasking == "low_confidence":
+                x0_p = torch.gather(F.softmax(logits.to(dtype), dim=-1), -1, x0[..., None]).squeeze(-1)
+            else:
+                x0_p = torch.rand(x0.shape)
+            x0_p[:, end:] = -float("inf")
+            x0 = torch.where(masked, x0, x)
+            confidence = torch.where(masked, x0_p, -float("inf"))
+            if count > 0:
+                chosen = torch.topk(confidence[0], k=count).indices
+                x[0, chosen] = x0[0, chosen]
+    return x[0, P:].tolist()
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16(tiny):
+    return DLM(**{**vars(tiny), "model": copy.deepcopy(tiny.model).to(torch.bfloat16)})
+
+
+@pytest.mark.parametrize("model_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("noise_dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_noise_dtype_matches_espo(tiny, tiny_bf16, model_dtype, noise_dtype, temperature):
+    dlm = tiny_bf16 if model_dtype == "bfloat16" else tiny
+    cfg = SamplerConfig(gen_length=8, block_length=4, steps=8, temperature=temperature,
+                        noise_dtype=noise_dtype, stop_at_eos=False)
+    for seed, q in enumerate(QUESTIONS[:3]):
+        prompt = dlm.prompt_ids(q)
+        ours = sample(dlm, [prompt], cfg, make_generators([seed], "cpu"))[0].tokens
+        torch.manual_seed(seed)
+        want = _espo_generate(lambda x, am: dlm.logits(x, am), torch.tensor([prompt]), cfg.steps, cfg.gen_length,
+                              cfg.block_length, temperature, getattr(torch, noise_dtype), dlm.mask_id)
+        assert ours == want
+
+
+def test_noise_dtype_with_steps_beyond_block_length_matches_espo(tiny):
+    cfg = SamplerConfig(gen_length=8, block_length=4, steps=16, temperature=0.9, noise_dtype="bfloat16",
+                        stop_at_eos=False)
+    for seed, q in enumerate(QUESTIONS[:2]):
+        prompt = tiny.prompt_ids(q)
+        ours = sample(tiny, [prompt], cfg, make_generators([seed], "cpu"))[0].tokens
+        torch.manual_seed(seed)
+        assert ours == _espo_generate(lambda x, am: tiny.logits(x, am), torch.tensor([prompt]), 16, 8, 4, 0.9,
+                                      torch.bfloat16, tiny.mask_id)
+
+
+def test_bfloat16_noise_changes_completions_and_is_batch_invariant(tiny):
+    cfg = SamplerConfig(gen_length=16, block_length=8, steps=16, temperature=1.0)
+    low = dataclasses.replace(cfg, noise_dtype="bfloat16")
+    prompts = [tiny.prompt_ids(q) for q in QUESTIONS[:8]]
+    seeds = list(range(8))
+    default = sample(tiny, prompts, cfg, make_generators(seeds, "cpu"))
+    batched = sample(tiny, prompts, low, make_generators(seeds, "cpu"))
+    assert [c.tokens for c in batched] != [c.tokens for c in default]   # a different random stream
+    alone = [sample(tiny, [p], low, make_generators([s], "cpu"))[0] for p, s in zip(prompts, seeds)]
+    assert [c.tokens for c in batched] == [c.tokens for c in alone]
+
+
+def test_noise_dtype_is_validated_and_hashed_only_when_set():
+    assert "noise_dtype" not in SamplerConfig().hashed()
+    assert SamplerConfig(noise_dtype="bfloat16").hashed()["noise_dtype"] == "bfloat16"
+    with pytest.raises(UserError, match="noise_dtype"):
+        SamplerConfig(noise_dtype="float16").resolved()
