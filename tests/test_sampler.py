@@ -301,3 +301,20 @@ def test_noise_dtype_is_validated_and_hashed_only_when_set():
     assert SamplerConfig(noise_dtype="bfloat16").hashed()["noise_dtype"] == "bfloat16"
     with pytest.raises(UserError, match="noise_dtype"):
         SamplerConfig(noise_dtype="float16").resolved()
+
+
+def test_sweep_noise_dtype_enters_the_cell_hash_only_when_set():
+    from types import SimpleNamespace
+    from dlm_bench.commands.passk import add_decoding_arguments
+    from dlm_bench.evaluate import SweepConfig, cell_config, sampling_hash
+    import argparse
+    task = SimpleNamespace(name="testbed", prompt_template="v1", grader_id=lambda: "g1")
+    cells = {d: cell_config(SweepConfig(model="m", method="base", task="testbed", noise_dtype=d), task, "test",
+                            {"name": "m", "hash": "abc"}, 0.6, 256) for d in ("float64", "bfloat16")}
+    assert "noise_dtype" not in cells["float64"]["sampler"]
+    assert cells["bfloat16"]["sampler"]["noise_dtype"] == "bfloat16"
+    assert sampling_hash(cells["bfloat16"]) != sampling_hash(cells["float64"])
+    p = argparse.ArgumentParser()
+    add_decoding_arguments(p)
+    assert p.parse_args([]).noise_dtype == "float64"
+    assert p.parse_args(["--noise-dtype", "bfloat16"]).noise_dtype == "bfloat16"
