@@ -54,6 +54,7 @@ class SweepConfig:
     answer_mode: str = "flexible"               # "strict": only the answer form the prompt asks for
     threshold: float | None = None              # parallel decoding threshold (None: the fixed schedule)
     cache: str = "none"                         # block KV cache: none | prefix | dual
+    noise_dtype: str = "float64"                # Gumbel noise precision (hashed only when not float64)
 
     def validated(self) -> "SweepConfig":
         ks = tuple(sorted({int(k) for k in self.ks}))
@@ -87,7 +88,7 @@ class SweepConfig:
         steps = self.steps if self.steps is not None else max(1, round(self.steps_per_token * gen_length))
         cfg = SamplerConfig(gen_length=gen_length, block_length=min(self.block_length, gen_length),
                             steps=steps, temperature=float(temperature), remasking=self.remasking,
-                            threshold=self.threshold, cache=self.cache)
+                            threshold=self.threshold, cache=self.cache, noise_dtype=self.noise_dtype)
         return cfg.resolved()
 
 

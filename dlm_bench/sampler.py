@@ -5,6 +5,8 @@ equally by the blocks and each step reveals a precomputed number of tokens (as e
 remainder first). A step predicts every position, samples candidates by Gumbel-max at temperature T
 in float64 (T = 0: argmax), and commits the most confident masked positions of the current block
 (`low_confidence`: untempered probability of the sampled token; `random`: uniform scores).
+`noise_dtype="bfloat16"` (or "float32") instead draws the noise and computes that softmax in that
+dtype, as ESPO's rollouts do in the model's bf16 (see `_step`); float64 stays the default.
 
 Differences from the reference, none of which changes a completion's text:
 - Every row has its own `torch.Generator` and draws noise over exactly the positions it would have
@@ -15,6 +17,10 @@ Differences from the reference, none of which changes a completion's text:
   `stop_at_eos=False` reproduces the reference's tokens after end-of-text too.
 - Each completion records the step at which every token was unmasked and its number of forward
   passes (NFE).
+- With more steps per block than the block has tokens, the reference's last steps of each block
+  reveal nothing. Their forward pass is skipped, but their random draws (which depend only on the
+  logits' shape) are still made, so the next block sees the reference's random stream
+  (`_idle_draws`). Such steps count no NFE and no step in the step map.
 
 `cache="prefix"|"dual"` (Fast-dLLM's block KV cache, `dlm_bench/kv_cache.py`) changes completions:
 a block's first step is a full pass, exactly as without the cache; its other steps run the model
@@ -32,6 +38,7 @@ from dlm_bench.errors import UserError
 REMASKING = ("low_confidence", "random")
 ORDERS = ("diffusion", "left_to_right")
 CACHES = ("none", "prefix", "dual")
+NOISE_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -45,16 +52,20 @@ class SamplerConfig:
     cfg_scale: float = 0.0            # unsupervised classifier-free guidance (prompt masked)
     threshold: float | None = None    # parallel decoding: commit every token above this confidence
     logits_eos_inf: bool = False      # never sample end-of-text (LLaDA HumanEval setting)
-    confidence_eos_eot_inf: bool = False  # LLaDA's flag; as in its code, only end-of-turn is suppressed
+    confidence_eos_eot_inf: bool = False  # LLaDA's flag, as its code behaves: see _suppressed_ids
     stop_at_eos: bool = True
     cache: str = "none"               # block KV cache (Fast-dLLM): "prefix" or "dual"; see kv_cache.py
+    noise_dtype: str = "float64"      # Gumbel noise (+ confidence softmax unless float64); see _step
 
     def hashed(self) -> dict:
-        """The fields as they enter a config hash. `cache` is left out while it is "none", so every
-        hash (and so every sweep seed) from before the cache existed stays what it was."""
+        """The fields as they enter a config hash. `cache` is left out while it is "none", and
+        `noise_dtype` while it is "float64", so every hash (and so every sweep seed) from before
+        either existed stays what it was."""
         out = asdict(self)
         if out["cache"] == "none":
             del out["cache"]
+        if out["noise_dtype"] == "float64":
+            del out["noise_dtype"]
         return out
 
     def resolved(self) -> "SamplerConfig":
@@ -71,6 +82,8 @@ class SamplerConfig:
             raise UserError(f"order must be one of {ORDERS}, got {self.order!r}")
         if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
             raise UserError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.noise_dtype not in NOISE_DTYPES:
+            raise UserError(f"noise_dtype must be one of {tuple(NOISE_DTYPES)}, got {self.noise_dtype!r}")
         if self.cache not in CACHES:
             raise UserError(f"cache must be one of {CACHES}, got {self.cache!r}")
         if self.cache != "none" and self.cfg_scale > 0:
@@ -155,6 +168,7 @@ def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
     blocks = G // cfg.block_length
     steps_per_block = cfg.steps // blocks
     total = 0
+    vocab = None    # the logits' last dimension, known after the first forward pass
     cache = None
     if cfg.cache != "none":
         from dlm_bench.kv_cache import BlockCache
@@ -166,6 +180,10 @@ def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
         while cfg.threshold is not None or s < steps_per_block:
             rows = (~done & (x[:, lo:hi] == mask_id).any(-1)).nonzero().flatten()
             if rows.numel() == 0:
+                if cache is None and cfg.threshold is None and vocab is not None:
+                    idle = (~done).nonzero().flatten().tolist()
+                    _idle_draws([pad[i] for i in idle], [gens[i] for i in idle], P + G, vocab,
+                                steps_per_block - s, cfg, device)
                 break
             if cache is None:
                 blk = _logits(dlm, x[rows], att[rows], P, cfg)[:, lo:hi]
@@ -175,6 +193,7 @@ def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
             else:           # rows only ever drop out of a block, so they are a subset of `started`
                 blk = _no_eos(cache.block_logits(x[rows], att[rows], torch.searchsorted(started, rows)),
                               dlm, cfg)
+            vocab = blk.shape[-1]
             nfe[rows] += 2 if cfg.cfg_scale > 0 else 1
             k = schedule[s] if cfg.threshold is None else None
             _step(dlm, x, rows, blk, [pad[i] for i in rows.tolist()], lo, hi, P + G, k, cfg,
@@ -222,18 +241,25 @@ def _step(dlm, x, rows, blk, pads, lo, hi, width, k, cfg: SamplerConfig, gens, s
     left-padded row; only the random draws are per row, over the positions the row has alone.
     """
     n, bl, V = blk.shape
+    dtype = NOISE_DTYPES[cfg.noise_dtype]
     if cfg.temperature > 0:
         # Same draw as the reference's rand_like over the whole row; only the block is used.
-        u = torch.stack([torch.rand((width - p, V), generator=g, dtype=torch.float64, device=blk.device)
+        u = torch.stack([torch.rand((width - p, V), generator=g, dtype=dtype, device=blk.device)
                          [lo - p:hi - p] for p, g in zip(pads, gens)])
-        x0 = torch.argmax(blk.to(torch.float64).exp() / (-torch.log(u)) ** cfg.temperature, dim=-1)
+        x0 = torch.argmax(blk.to(dtype).exp() / (-torch.log(u)) ** cfg.temperature, dim=-1)
     else:
         x0 = torch.argmax(blk, dim=-1)
     if cfg.remasking == "low_confidence":
-        conf_logits = blk
-        if cfg.confidence_eos_eot_inf:  # the reference's effective behaviour (see module docstring)
-            conf_logits = blk.clone()
-            conf_logits[..., dlm.eot_id if dlm.eot_id is not None else dlm.eos_id] = -torch.inf
+        # float64 (the default) is LLaDA's generate.py: the softmax runs on the logits as the model
+        # returns them. Any other dtype is ESPO's rollout sampler (ML-GSAI/ESPO b5f2dac,
+        # espo/espo_trainer.py), where dtype = model.dtype (:284): add_gumbel_noise casts the logits,
+        # draws rand_like and computes (-log u)^T, exp and the division all in that dtype (:240-245),
+        # argmax at T = 0 is on the raw logits (:241, :331), and the confidence is
+        # softmax(logits.to(dtype)) (:335); the surrounding autocast is off under bf16 (:313).
+        conf_logits = blk if cfg.noise_dtype == "float64" else blk.to(dtype)
+        if cfg.confidence_eos_eot_inf:
+            conf_logits = conf_logits.clone()
+            conf_logits[..., _suppressed_ids(dlm, cfg)] = -torch.inf
         score = torch.gather(F.softmax(conf_logits, dim=-1), -1, x0[..., None]).squeeze(-1)
     else:
         score = torch.stack([torch.rand(width - p, generator=g, device=blk.device)[lo - p:hi - p]
@@ -246,12 +272,71 @@ def _step(dlm, x, rows, blk, pads, lo, hi, width, k, cfg: SamplerConfig, gens, s
         transfer[torch.arange(n, device=blk.device), conf.argmax(-1)] = True
     else:
         transfer = torch.zeros_like(masked)
-        if k > 0:
+        if k > 0 and (cfg.confidence_eos_eot_inf or cfg.noise_dtype != "float64"):
+            # many exact ties (zeros; bf16 probabilities): break them as the reference does
+            transfer = _topk_as_reference(conf, k, pads, lo, width)
+        elif k > 0:
             transfer.scatter_(1, torch.topk(conf, k=k, dim=-1).indices, True)
     x[rows, lo:hi] = torch.where(transfer, x0, current)
     sm = step_map[rows, lo - (width - step_map.shape[1]):hi - (width - step_map.shape[1])]
     step_map[rows, lo - (width - step_map.shape[1]):hi - (width - step_map.shape[1])] = torch.where(
         transfer, row_step[rows, None], sm)
+
+
+def _topk_as_reference(conf, k: int, pads, lo: int, width: int) -> torch.Tensor:
+    """The top-k of each row's block confidences, ties broken exactly as the reference breaks them.
+
+    torch.topk's choice among equal values depends on the layout of the row it searches, and the
+    reference searches the whole sequence (-inf outside the current block's masked positions), not
+    the block. With `confidence_eos_eot_inf` every end-of-text/end-of-turn candidate scores exactly
+    0, and a bf16 softmax (`noise_dtype`) rounds many probabilities to the same value, so such ties
+    are common; this runs topk on the row laid out as the reference lays it out (the row alone,
+    without its left padding: at batch 1 that is the reference's row). The default path keeps the
+    block-only topk, which agrees with it wherever the top k are not tied.
+    """
+    n, bl = conf.shape
+    transfer = torch.zeros((n, bl), dtype=torch.bool, device=conf.device)
+    for i, p in enumerate(pads):
+        row = torch.full((width - p,), -torch.inf, dtype=conf.dtype, device=conf.device)
+        row[lo - p:lo - p + bl] = conf[i]
+        idx = torch.topk(row, k=k).indices - (lo - p)
+        transfer[i, idx[(idx >= 0) & (idx < bl)]] = True
+    return transfer
+
+
+def _suppressed_ids(dlm, cfg: SamplerConfig) -> list[int]:
+    """Tokens whose confidence `confidence_eos_eot_inf` zeroes, exactly as ML-GSAI/LLaDA generate.py
+    (b7e6c35) lines 94-101 behave: after x0 is drawn, the chained assignment
+    `logits_with_noise[:, :, EOS] = logits[:, :, EoT] = -inf` runs, and the confidence is
+    softmax(logits). At T > 0 `logits_with_noise` is a new tensor, so only end-of-turn is
+    suppressed; at T = 0 `add_gumbel_noise` returns `logits` itself, so end-of-text is suppressed
+    too. (This is the setting of LLaDA's OpenCompass evals, which decode at T = 0.) x0 itself is
+    unchanged: an end-of-text or end-of-turn candidate can still be committed, but only last.
+    A model without an end-of-turn token has its end-of-text suppressed in its place."""
+    ids = [dlm.eot_id if dlm.eot_id is not None else dlm.eos_id]
+    if cfg.temperature == 0:
+        ids.append(dlm.eos_id)
+    return sorted(set(ids))
+
+
+def _idle_draws(pads, gens, width, vocab, n_steps, cfg: SamplerConfig, device):
+    """The random numbers of `n_steps` steps that reveal nothing, discarded.
+
+    With more steps per block than the block has tokens, the reference's last steps of a block
+    reveal 0 tokens (its schedule puts the remainder first), yet each still draws its Gumbel noise
+    (`torch.rand_like` over the [B, L, V] logits, at T > 0) and, for random remasking, its [B, L]
+    scores. Neither draw depends on the logits' values, only on their shape, so a row reproduces the
+    reference's random stream by drawing the same shapes in the same order, without the forward pass
+    (no NFE, no step in the step map). The next block then starts from the reference's state.
+    """
+    if cfg.temperature == 0 and cfg.remasking != "random":
+        return
+    for p, g in zip(pads, gens):
+        for _ in range(n_steps):
+            if cfg.temperature > 0:
+                torch.rand((width - p, vocab), generator=g, dtype=NOISE_DTYPES[cfg.noise_dtype], device=device)
+            if cfg.remasking == "random":
+                torch.rand(width - p, generator=g, device=device)
 
 
 def _finished(windows: torch.Tensor, eos_id: int, mask_id: int) -> torch.Tensor:

@@ -14,6 +14,11 @@ seeds (`_get_elbo_by_chunk`), and update j re-scores the policy with the same se
 ref see identical masked inputs. With a single update the old ELBO is the current one detached.
 Here the seeds derive from `rollouts.seed` and j.
 
+Rollout precision: the recipe draws in bf16 (its `generate` casts the logits to `model.dtype`, bf16,
+then draws the Gumbel noise and computes the confidence softmax in it; espo_trainer.py:284, 240-245,
+335); the harness default is float64 (LLaDA's generate.py); set `--set sampler.noise_dtype=bfloat16`
+(`sampler: {noise_dtype: bfloat16}` in YAML) for the recipe's precision (docs/sampler.md).
+
 Not copied: `sync_ref_model` (ESPO refreshes the reference every 64 steps; the benchmark's reference
 is frozen); the prompt is never masked in ESPO either.
 """

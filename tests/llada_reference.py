@@ -2,7 +2,8 @@
 
 Kept deliberately plain: the global RNG, noise over the whole batch and sequence, a full forward
 pass every step. dlm-bench's sampler is tested token-for-token against it and timed against it.
-`model` is any callable (input_ids, attention_mask) -> logits.
+`model` is any callable (input_ids, attention_mask) -> logits. The reference hard-codes LLaDA's
+end-of-text (126081) and end-of-turn (126348) ids; here they are arguments with those defaults.
 """
 import numpy as np
 import torch
@@ -29,7 +30,8 @@ def get_num_transfer_tokens(mask_index, steps):
 
 @torch.no_grad()
 def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128,
-             temperature=0.0, cfg_scale=0.0, remasking="low_confidence", mask_id=126336):
+             temperature=0.0, cfg_scale=0.0, remasking="low_confidence", mask_id=126336,
+             logits_eos_inf=False, confidence_eos_eot_inf=False, eos_id=126081, eot_id=126348):
     x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
     x[:, : prompt.shape[1]] = prompt.clone()
     if attention_mask is not None:
@@ -56,8 +58,12 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
                 logits = un_logits + (cfg_scale + 1) * (logits - un_logits)
             else:
                 logits = model(x, attention_mask)
+            if logits_eos_inf:
+                logits[:, :, eos_id] = -torch.inf
             logits_with_noise = add_gumbel_noise(logits, temperature)
             x0 = torch.argmax(logits_with_noise, dim=-1)
+            if confidence_eos_eot_inf:  # as published: at T = 0 logits_with_noise *is* logits
+                logits_with_noise[:, :, eos_id] = logits[:, :, eot_id] = -torch.inf
             if remasking == "low_confidence":
                 p = F.softmax(logits, dim=-1)
                 x0_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)), -1)

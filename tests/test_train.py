@@ -265,3 +265,14 @@ def test_methods_command(capsys):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
     _worker(*sys.argv[2:])
+
+
+def test_rollout_noise_dtype_setting(tiny_dir):
+    """ESPO's recipe precision: `--set sampler.noise_dtype=bfloat16` reaches the rollout sampler."""
+    from dlm_bench.train import plan
+    cfg = _cli("espo", "--task", "testbed", "--model", tiny_dir, "--set", "sampler.noise_dtype=bfloat16")
+    assert cfg.sampler == {"noise_dtype": "bfloat16"}
+    assert plan(cfg).scfg.noise_dtype == "bfloat16"
+    assert plan(TrainConfig(method="espo", task="testbed", model=tiny_dir)).scfg.noise_dtype == "float64"
+    with pytest.raises(UserError, match="noise_dtype"):
+        plan(TrainConfig(method="espo", task="testbed", model=tiny_dir, sampler={"noise_dtype": "half"}))

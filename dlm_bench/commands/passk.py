@@ -71,11 +71,15 @@ def add_arguments(p) -> None:
 
 
 def add_decoding_arguments(p) -> None:
-    """The fast-decoding options `sample` and `passk` share (Fast-dLLM's cache and threshold)."""
+    """The decoding options `sample` and `passk` share (Fast-dLLM's cache and threshold, the noise
+    precision)."""
     p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
                    help="block KV cache (approximate; default none, the paper's protocol)")
     p.add_argument("--threshold", type=float, default=None,
                    help="parallel decoding: commit every token above this confidence (e.g. 0.9)")
+    p.add_argument("--noise-dtype", default="float64", choices=["float64", "float32", "bfloat16"],
+                   help="Gumbel noise and confidence precision (default float64, LLaDA's; bfloat16: ESPO's "
+                        "rollouts; docs/sampler.md)")
 
 
 def default_out(method: str, task: str, model: str) -> str:
@@ -100,7 +104,8 @@ def config_from_args(args):
                        steps=args.steps, steps_per_token=args.steps_per_token, remasking=args.remasking,
                        batch_size=args.batch_size, seed=args.seed, out=out, data_dir=args.data_dir,
                        limit=args.limit, split=args.split, device=args.device,
-                       answer_mode=args.answer_mode, threshold=args.threshold, cache=args.cache).validated()
+                       answer_mode=args.answer_mode, threshold=args.threshold, cache=args.cache,
+                       noise_dtype=args.noise_dtype).validated()
 
 
 def run(args) -> int:
