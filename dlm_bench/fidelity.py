@@ -37,6 +37,13 @@ ENGINE = (
     Deviation("LLaDA's multiple-choice evaluations score with classifier-free guidance (cfg 0.5-2.0)",
               "the lm-eval adapter's loglikelihood honours cfg_scale", "fixed",
               "tests/test_lm_eval_adapter.py::test_loglikelihood_honours_cfg_scale"),
+    Deviation("LLaDA's generate(): a step that reveals no token (more steps than tokens in a block) still "
+              "draws its Gumbel noise / random scores", "the same draws without the forward pass, so the "
+              "random stream and the completions match the reference", "fixed",
+              "tests/test_sampler.py::test_steps_beyond_block_length_match_reference"),
+    Deviation("confidence_eos_eot_inf: end-of-turn always, and at T = 0 end-of-text too (the noise step "
+              "returns the logits themselves)", "the same (`_suppressed_ids`)", "fixed",
+              "tests/test_sampler.py::test_confidence_eos_eot_inf_at_zero_temperature_suppresses_end_of_text"),
     Deviation("d1, wd1 and SPG load the base model in 4 bits under LoRA (QLoRA)", "the policy keeps its "
               "dtype (bf16 on GPU, fp32 on CPU): no quantised base", "kept",
               "tests/test_recipes.py::test_policy_weights_are_not_quantised"),

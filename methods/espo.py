@@ -115,6 +115,9 @@ class ESPO(Method):
     name = "espo"
     Config = ESPOConfig
     fidelity = (
+        Deviation("rollouts draw the Gumbel noise and the confidence softmax in bf16 (espo_trainer.py)",
+                  "float64 by default (LLaDA's reference); the recipe's precision with "
+                  "--set sampler.noise_dtype=bfloat16", "option", "tests/test_sampler.py::test_noise_dtype_matches_espo"),
         Deviation("mask sizes stratified across the batch rows (linspace from one random offset, rounded)",
                   "scheme 'espo': one offset per draw spread over the rows, floored (each row exactly uniform); "
                   "'espo_independent' kept", "option", "tests/test_recipes.py::test_espo_sizes_are_stratified_across_rows"),
