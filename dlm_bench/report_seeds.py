@@ -93,6 +93,54 @@ def _diversity(rep: _Report, seeded: pd.DataFrame, methods: list[str]) -> None:
     table.to_csv(rep.out / "tables" / "diversity_seeds.csv", index=False)
 
 
+def seed_summary(seeded: pd.DataFrame, methods: list[str], base: str, ks: list[int], seed: int = 0,
+                 confidence: float = 0.95) -> pd.DataFrame:
+    """Every method vs `base` at several k, one row per (method, cell, k): `seeds.seed_table` rows."""
+    frames = []
+    for m in [m for m in methods if m != base]:
+        for k in ks:
+            try:
+                frames.append(seeds.seed_table(seeded, m, base, k, confidence=confidence, seed=seed))
+            except UserError:
+                continue
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _summary(rep: _Report, seeded: pd.DataFrame, counts: pd.DataFrame, methods: list[str]) -> None:
+    """One compact table: the seed-level difference from base (pp, CI) at Pass@1, the primary k and
+    Pass@n, per method and cell; * where the CI excludes 0."""
+    from dlm_bench.metrics import _fmt_num, _md_table
+    cfg = rep.cfg
+    ks = sorted({1, cfg.k, int(counts["n"].min())})
+    table = seed_summary(seeded, methods, cfg.base, ks, cfg.seed, cfg.confidence)
+    if table.empty:
+        return
+    table.to_csv(rep.out / "tables" / "seeds_summary.csv", index=False)
+    cells = [c for c in ("task", "gen_length", "temperature") if c in table.columns]
+
+    def cell(r) -> str:
+        star = "*" if r["ci_low"] > 0 or r["ci_high"] < 0 else ""
+        return (f"{_fmt_num(100 * r['diff'], 1, True)}{star} "
+                f"[{_fmt_num(100 * r['ci_low'], 1, True)}, {_fmt_num(100 * r['ci_high'], 1, True)}]")
+
+    rows = []
+    for m in [m for m in methods if m != cfg.base]:
+        sub = table[table["method_a"] == m]
+        for key, g in sub.groupby(cells, sort=True):
+            key = key if isinstance(key, tuple) else (key,)
+            by_k = {int(r["k"]): r for r in g.to_dict("records")}
+            first = next(iter(by_k.values()))
+            rows.append([m, *[_t(v) if c == "temperature" else str(v) for c, v in zip(cells, key)],
+                         f"{first['n_seeds_a']}/{first['n_seeds_b']}"]
+                        + [cell(by_k[k]) if k in by_k else "n/a" for k in ks])
+    names = {"task": "Task", "gen_length": "Length", "temperature": "Temp."}
+    header = ["Method", *[names[c] for c in cells], "Seeds"] + [f"Δ Pass@{k} (pp) [CI]" for k in ks]
+    rep.add(f"**Every method minus {cfg.base}, across training seeds** ({cfg.confidence:.0%} seed-level "
+            "intervals, `dlm_bench.seeds`; * the interval excludes 0; the per-method tables below add the "
+            "seed-permutation p at the primary k)", "")
+    rep.add(*_md_table(header, rows, right=set(range(len(cells) + 1, len(header)))), "")
+
+
 def seed_section(rep: _Report, seeded: pd.DataFrame, methods: list[str], t_star: float) -> None:
     """Add the training-seed figure and the seed-level comparison with base to the report."""
     cfg = rep.cfg
@@ -103,6 +151,7 @@ def seed_section(rep: _Report, seeded: pd.DataFrame, methods: list[str], t_star:
     rep.add("Training seeds per method: " + ", ".join(f"{m} {int(spread.get(m, 0))}" for m in methods)
             + " (runs outside every seed-K folder count as one seed).", "")
     _figure(rep, counts, methods, t_star)
+    _summary(rep, seeded, counts, methods)
     for m in [m for m in methods if m != cfg.base]:
         try:
             table = seeds.seed_table(seeded, m, cfg.base, cfg.k, confidence=cfg.confidence, seed=cfg.seed)

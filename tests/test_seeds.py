@@ -133,6 +133,9 @@ def test_report_has_a_seed_section(tmp_path):
     div = pd.read_csv(tmp_path / "out" / "tables" / "diversity_seeds.csv")
     assert sorted(zip(div["method"], div["n_seeds"])) == [("a", 3), ("base", 1)]
     assert "Distinct correct answers per solved problem, across training seeds" in text
+    summary = pd.read_csv(tmp_path / "out" / "tables" / "seeds_summary.csv")
+    assert sorted(summary["k"].unique()) == [1, 2, 4]          # Pass@1, the primary k, Pass@n
+    assert "Every method minus base, across training seeds" in text
 
 
 def test_diversity_across_seeds_by_hand():
