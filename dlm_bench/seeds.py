@@ -97,7 +97,8 @@ def seed_compare(ya, yb, confidence=0.95, n_permutations=20_000, seed=0) -> Seed
     se = variance_components_se(ya, yb)
     half = scipy.stats.t.ppf(0.5 + confidence / 2, max(sa + sb - 2, 1)) * se
     pv, how = seed_permutation_p(ya.mean(axis=1), yb.mean(axis=1), n_permutations, rng)
-    floor = 2 / math.comb(sa + sb, sa) if how == "exact" else math.nan
+    # a split and its mirror image give the same |difference| only when the groups have equal sizes
+    floor = (2 if sa == sb else 1) / math.comb(sa + sb, sa) if how == "exact" else math.nan
     note = (f"{sa} vs {sb} training seeds: interval over seeds and problems; seed-level exact "
             f"permutation test, smallest attainable p = {floor:.3g}" if how == "exact" else
             f"{sa} vs {sb} training seeds: interval over seeds and problems; Monte-Carlo seed permutation")

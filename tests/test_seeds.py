@@ -151,3 +151,14 @@ def test_diversity_across_seeds_by_hand():
                              "problem_id": pid, "sample": s, "correct": a is not None, "extracted": a})
     t = diversity_across_seeds(pd.DataFrame(rows)).iloc[0]
     assert (t["mean"], t["low"], t["high"], t["solved"], t["n_seeds"]) == (1.5, 1.0, 2.0, 0.75, 2)
+
+
+def test_smallest_p_with_unequal_seed_counts():
+    """3 trained seeds vs the one untrained base: 4 label splits, each its own |difference|, so an
+    extreme observation has p = 1/4 (the note says so); 2 vs 2: mirror splits pair up, p >= 2/6."""
+    rng = np.random.default_rng(0)
+    ya, yb = rng.random((3, 6)) + 5.0, rng.random((1, 6))
+    r = seeds.seed_compare(ya, yb)
+    assert r.p_seed == pytest.approx(0.25) and "smallest attainable p = 0.25" in r.note
+    r = seeds.seed_compare(rng.random((2, 6)) + 5.0, rng.random((2, 6)))
+    assert r.p_seed == pytest.approx(2 / 6) and "smallest attainable p = 0.333" in r.note
