@@ -15,9 +15,11 @@ import zlib
 
 # Okabe & Ito (2008) without its yellow, which vanishes on white
 METHOD_COLORS = {"base": "#000000", "trafl": "#0072B2", "espo": "#D55E00", "justgrpo": "#009E73",
-                 "tracerl": "#CC79A7", "tabom": "#E69F00"}
+                 "tracerl": "#CC79A7", "tabom": "#E69F00",
+                 # the field's baselines, fixed from Paul Tol's muted set so that no two registered methods share one
+                 "diffu_grpo": "#999933", "wd1": "#882255", "spg": "#332288"}
 # Paul Tol's "muted" set (also colour-blind-safe) for method names not listed above
-OTHER_COLORS = ("#56B4E9", "#882255", "#44AA99", "#999933", "#332288", "#AA4499", "#117733", "#888888")
+OTHER_COLORS = ("#56B4E9", "#44AA99", "#AA4499", "#117733", "#888888")
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v")
 
@@ -66,8 +68,9 @@ def figure_legend(fig, axes, order: list | None = None, title: str | None = None
         labels = sorted(seen, key=lambda m: rank.get(m, len(rank)))
         handles = [seen[m] for m in labels]
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), title=title,
-                   frameon=False)
+        # about 1.4 inches per entry: a one-panel figure wraps the legend instead of clipping it
+        cols = min(len(handles), 6, max(2, int(fig.get_figwidth() // 1.4)))
+        fig.legend(handles=handles, loc="outside lower center", ncol=cols, title=title, frameon=False)
 
 
 def fit_y(axes, label: str, include_zero: bool = False, bounds=(0.0, 100.0)) -> str:

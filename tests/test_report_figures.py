@@ -128,5 +128,8 @@ def test_method_colours_do_not_depend_on_the_report(tmp_path, monkeypatch):
     assert colors["trafl"] == METHOD_COLORS["trafl"].lower() and colors["base"] == METHOD_COLORS["base"]
     assert colors["newmethod"] == method_color("newmethod").lower()
     assert method_color("newmethod") not in METHOD_COLORS.values()
+    from dlm_bench.methods import method_names
+    registered = [method_color(m) for m in method_names()]
+    assert len(set(registered)) == len(registered)          # no two registered methods share a colour
     assert method_color("trafl@gsm8k") == METHOD_COLORS["trafl"]
     assert "#F0E442" not in METHOD_COLORS.values()  # Okabe-Ito yellow is unreadable on white
