@@ -65,7 +65,7 @@ def pytest_runtest_makereport(item, call):
     a failure. Where the data folder exists, nothing is converted."""
     outcome = yield
     rep = outcome.get_result()
-    if rep.when != "call" or not rep.failed or call.excinfo is None:
+    if rep.when not in ("setup", "call") or not rep.failed or call.excinfo is None:   # setup: a data fixture
         return
     from shared_files import DATA_MISSING, REQUIRE_VAR, shared_data_present
     import os
