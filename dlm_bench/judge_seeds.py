@@ -11,8 +11,6 @@ well cannot pass for a method effect the way it does in a bootstrap over pooled 
 """
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 
 import numpy as np
@@ -20,7 +18,7 @@ import pandas as pd
 import scipy.stats
 
 from dlm_bench.errors import UserError
-from dlm_bench.metrics import CELL
+from dlm_bench.metrics import CELL, sign_flip_test
 
 EXACT_FLIPS_MAX_PAIRS = 16   # 2^16 sign assignments: exact up to here, Monte-Carlo above
 SINGLE = -1                  # train_seed of runs outside every seed folder (seeds.read_seeded_scores)
@@ -68,26 +66,6 @@ def judge_by_seed(df: pd.DataFrame, method_a: str, method_b: str, judge, pairs, 
 
 # --------------------------------------------------------------------------- seed-level statistics
 
-@functools.lru_cache(maxsize=None)
-def _all_signs(s: int) -> np.ndarray:
-    return np.array(list(itertools.product((1.0, -1.0), repeat=s)))
-
-
-def sign_flip_p(d, n_resamples: int = 20_000, rng=None) -> tuple[float, str]:
-    """Two-sided p for mean(d) = 0, flipping the sign of each pair's difference (symmetric under
-    the null: A and B exchangeable within a pair). Exact over all 2^S assignments when S is small."""
-    d = np.asarray(d, float)
-    obs = abs(d.mean())
-    tol = 1e-12 * max(1.0, np.abs(d).sum())
-    if d.size <= EXACT_FLIPS_MAX_PAIRS:
-        signs = _all_signs(d.size)
-        return float(np.mean(np.abs(signs @ d) / d.size >= obs - tol)), "exact"
-    rng = np.random.default_rng(rng)
-    signs = rng.choice((1.0, -1.0), size=(n_resamples, d.size))
-    hits = int(np.sum(np.abs(signs @ d) / d.size >= obs - tol))
-    return (1 + hits) / (1 + n_resamples), "monte-carlo"
-
-
 def seed_level(d, confidence: float = 0.95, alpha: float = 0.05) -> dict:
     """Mean of the per-pair differences d, its t-interval over pairs (df S-1) and sign-flip p."""
     d = np.asarray(d, float)
@@ -97,7 +75,7 @@ def seed_level(d, confidence: float = 0.95, alpha: float = 0.05) -> dict:
         return dict(diff=mean, ci_low=math.nan, ci_high=math.nan, p_seed=math.nan, p_method="n/a",
                     note="one seed pair: no seed-level interval or test (see the problem-level table)")
     half = scipy.stats.t.ppf(0.5 + confidence / 2, s - 1) * d.std(ddof=1) / math.sqrt(s)
-    p, how = sign_flip_p(d)
+    p, how = sign_flip_test(d, exact_max=EXACT_FLIPS_MAX_PAIRS)   # seed pairs as the units
     if how == "exact":
         floor = 2 / 2 ** s
         note = f"{s} seed pairs: smallest attainable p = 2/2^{s} = {floor:.3g}"

@@ -13,7 +13,7 @@ import scipy.stats
 from dlm_bench import judge_seeds as J
 from dlm_bench import seeds
 from dlm_bench.errors import UserError
-from dlm_bench.metrics import bootstrap_ci
+from dlm_bench.metrics import bootstrap_ci, sign_flip_test
 
 
 def test_pair_seeds():
@@ -81,7 +81,7 @@ def test_few_and_many_pairs():
     six = J.seed_level([0.1, 0.2, 0.3, 0.1, 0.2, 0.3])
     assert six["p_seed"] == pytest.approx(2 / 64) and "no seed-level claim" not in six["note"]
     d = np.random.default_rng(0).normal(0.05, 0.1, size=20)
-    p, how = J.sign_flip_p(d, rng=1)
+    p, how = sign_flip_test(d, exact_max=J.EXACT_FLIPS_MAX_PAIRS, rng=1)
     assert how == "monte-carlo" and abs(p - scipy.stats.ttest_1samp(d, 0).pvalue) < 0.05
 
 
