@@ -37,7 +37,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from dlm_bench.config import derive_seed
 from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params, init_distributed, lockstep,
                                    not_replicated, replicate, shard, sum_gradients, sum_over_ranks)
 from dlm_bench.errors import UserError
+from dlm_bench.schedule import lr_multiplier, step_prompts, warmup_updates
 from dlm_bench.sharding import grad_norm_and_clip, is_sharded, loss_scale, plain_params
 
 RESULT = "train_result.json"
@@ -106,33 +106,6 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------- pure helpers
 
-def step_prompts(n_problems: int, batch: int, seed: int, step: int) -> list[int]:
-    """Problem indices of `step`: consecutive slices of a per-epoch shuffle seeded by (seed, epoch)."""
-    out, pos = [], step * batch
-    while len(out) < batch:
-        epoch, off = divmod(pos, n_problems)
-        perm = list(range(n_problems))
-        random.Random(derive_seed(seed, epoch, 7)).shuffle(perm)
-        take = min(batch - len(out), n_problems - off)
-        out += perm[off:off + take]
-        pos += take
-    return out
-
-
-def lr_multiplier(schedule: str, step: int, total: int, warmup: int) -> float:
-    """Hugging Face `get_scheduler` semantics at optimizer step `step` (0-based)."""
-    if schedule == "constant":
-        return 1.0
-    if step < warmup:
-        return step / max(1, warmup)
-    if schedule == "constant_with_warmup":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
-
-
 def row_chunks(method, rollouts, size: int) -> list:
     """A prepared micro-batch cut into backward chunks of at most `size` completions (`method.select`).
     Everything the loss normalises by was computed in `prepare` on the whole batch, and
@@ -175,6 +148,15 @@ class Plan:
     scfg: object                     # the rollout SamplerConfig
     reward_kind: str = "binary"      # what task.rewards is asked for (tasks.reward_kind)
 
+    @property
+    def n_micro(self) -> int:
+        return _micro_batches(self.cfg, self.mcfg.rollout)
+
+
+def _micro_batches(cfg: TrainConfig, rollout) -> int:
+    """Micro-batches of whole prompt groups in one rollout batch."""
+    return math.ceil(rollout.batch_prompts / cfg.micro_prompts)
+
 
 def _sampler_config(cfg: TrainConfig, rollout, cls):
     from dlm_bench.checks import finite
@@ -207,7 +189,7 @@ def plan(cfg: TrainConfig) -> Plan | None:
         raise UserError(f"task {cfg.task!r} split {split!r}: {e}") from e
     if not problems:
         raise UserError(f"task {cfg.task!r} split {split!r} is empty")
-    n_micro = math.ceil(mcfg.rollout.batch_prompts / cfg.micro_prompts)
+    n_micro = _micro_batches(cfg, mcfg.rollout)
     if mcfg.optim.minibatches > n_micro:     # a minibatch is at least one micro-batch of whole groups
         print(f"note: {cfg.method}: {mcfg.optim.minibatches} minibatches requested, a batch has {n_micro} "
               f"micro-batches (batch_prompts / micro_prompts): using {n_micro}", file=sys.stderr, flush=True)
@@ -273,6 +255,12 @@ class Run:
     @property
     def cfg(self) -> TrainConfig:
         return self.plan.cfg
+
+    def prompt_ids(self, i: int) -> list[int]:
+        """Token ids of training problem i's prompt, encoded once per run."""
+        if i not in self.prompt_cache:
+            self.prompt_cache[i] = self.dlm.prompt_ids(self.plan.task.prompt(self.plan.problems[i]))
+        return self.prompt_cache[i]
 
     @property
     def params(self) -> list:
@@ -358,7 +346,7 @@ def rollout(run: Run) -> Batch:
     run.method.extra_modules.eval()
     out = Batch([], [], [], 0)
     with gathered(run.dlm.model):       # FSDP: sampling and `prepare` run with local forward passes
-        for m in shard(math.ceil(p.mcfg.rollout.batch_prompts / cfg.micro_prompts), run.d):
+        for m in shard(p.n_micro, run.d):
             _rollout_micro(run, m, idx, out)
     return out
 
@@ -372,10 +360,7 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
     P, G = p.mcfg.rollout.batch_prompts, p.mcfg.rollout.group_size
     gidx = list(range(m * cfg.micro_prompts, min(P, (m + 1) * cfg.micro_prompts)))
     probs = [p.problems[idx[i]] for i in gidx]
-    for i in gidx:
-        if idx[i] not in run.prompt_cache:
-            run.prompt_cache[idx[i]] = dlm.prompt_ids(p.task.prompt(p.problems[idx[i]]))
-    pids = [run.prompt_cache[idx[i]] for i in gidx]
+    pids = [run.prompt_ids(idx[i]) for i in gidx]
     if run.trajectories is not None:    # offline: the base model's stored decodes of these problems
         comps = [run.trajectories[(idx[i], j)] for i in gidx for j in range(G)]
         texts, rewards = [c.text for c in comps], [c.reward for c in comps]
@@ -468,8 +453,7 @@ def _optimizer_step(run: Run) -> float:
             norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in with_grad])))
         else:
             norm = 0.0
-    warmup = o.warmup_steps if o.warmup_steps is not None else math.ceil(o.warmup_ratio * run.total_updates)
-    mult = lr_multiplier(o.lr_schedule, run.opt_step, run.total_updates, warmup)
+    mult = lr_multiplier(o.lr_schedule, run.opt_step, run.total_updates, warmup_updates(o, run.total_updates))
     for g in run.opt.param_groups:
         g["lr"] = g["base_lr"] * mult
     run.opt.step()
@@ -555,7 +539,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if p is None:
         return _record_base(cfg)
     d, device = init_distributed(cfg.device)
-    n_micro = math.ceil(p.mcfg.rollout.batch_prompts / cfg.micro_prompts)
+    n_micro = p.n_micro
     if n_micro < d.world:               # a rank without rows would never join the gradient all-reduce
         raise UserError(f"{d.world} processes need at least {d.world} micro-batches per step; this run has "
                         f"{n_micro} (batch_prompts / micro_prompts): raise batch_prompts or lower micro_prompts")

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from dlm_bench.config import derive_seed, stable_hash
 from dlm_bench.errors import UserError
+from dlm_bench.schedule import problems_visited
 from dlm_bench.store import Store
 
 
@@ -29,16 +30,6 @@ class Trajectory:
     step_map: list
     reward: float
     nfe: int = 0              # replaying costs no forward passes
-
-
-def problems_visited(n_problems: int, batch: int, seed: int, steps: int) -> list[int]:
-    from dlm_bench.train import step_prompts
-    seen: set[int] = set()
-    for s in range(steps):
-        seen.update(step_prompts(n_problems, batch, seed, s))
-        if len(seen) == n_problems:
-            break
-    return sorted(seen)
 
 
 def _identity(run) -> str:
@@ -72,11 +63,8 @@ def collect(run) -> dict[tuple[int, int], Trajectory]:
         with gathered(run.dlm.model):
             for s in range(0, len(todo), cfg.rollout_chunk):
                 chunk = todo[s:s + cfg.rollout_chunk]
-                for i, _ in chunk:
-                    if i not in run.prompt_cache:
-                        run.prompt_cache[i] = run.dlm.prompt_ids(p.task.prompt(p.problems[i]))
                 seeds = [derive_seed(cfg.seed, 0x7AB, i, j) for i, j in chunk]
-                comps = sample(run.dlm, [run.prompt_cache[i] for i, _ in chunk], p.scfg,
+                comps = sample(run.dlm, [run.prompt_ids(i) for i, _ in chunk], p.scfg,
                                make_generators(seeds, run.dlm.device))
                 rewards = training_rewards(p.task, [p.problems[i] for i, _ in chunk], [c.text for c in comps],
                                            p.reward_kind)
