@@ -244,8 +244,8 @@ def _step(dlm, x, rows, blk, pads, lo, hi, width, k, cfg: SamplerConfig, gens, s
     dtype = NOISE_DTYPES[cfg.noise_dtype]
     if cfg.temperature > 0:
         # Same draw as the reference's rand_like over the whole row; only the block is used.
-        u = torch.stack([torch.rand((width - p, V), generator=g, dtype=dtype, device=blk.device)
-                         [lo - p:hi - p] for p, g in zip(pads, gens)])
+        u = torch.stack([_gumbel_uniforms(p, g, width, V, dtype, blk.device)[lo - p:hi - p]
+                         for p, g in zip(pads, gens)])
         x0 = torch.argmax(blk.to(dtype).exp() / (-torch.log(u)) ** cfg.temperature, dim=-1)
     else:
         x0 = torch.argmax(blk, dim=-1)
@@ -262,7 +262,7 @@ def _step(dlm, x, rows, blk, pads, lo, hi, width, k, cfg: SamplerConfig, gens, s
             conf_logits[..., _suppressed_ids(dlm, cfg)] = -torch.inf
         score = torch.gather(F.softmax(conf_logits, dim=-1), -1, x0[..., None]).squeeze(-1)
     else:
-        score = torch.stack([torch.rand(width - p, generator=g, device=blk.device)[lo - p:hi - p]
+        score = torch.stack([_random_scores(p, g, width, blk.device)[lo - p:hi - p]
                              for p, g in zip(pads, gens)])
     current = x[rows, lo:hi]
     masked = current == dlm.mask_id
@@ -334,9 +334,20 @@ def _idle_draws(pads, gens, width, vocab, n_steps, cfg: SamplerConfig, device):
     for p, g in zip(pads, gens):
         for _ in range(n_steps):
             if cfg.temperature > 0:
-                torch.rand((width - p, vocab), generator=g, dtype=NOISE_DTYPES[cfg.noise_dtype], device=device)
+                _gumbel_uniforms(p, g, width, vocab, NOISE_DTYPES[cfg.noise_dtype], device)
             if cfg.remasking == "random":
-                torch.rand(width - p, generator=g, device=device)
+                _random_scores(p, g, width, device)
+
+
+def _gumbel_uniforms(pad: int, gen, width: int, vocab: int, dtype, device) -> torch.Tensor:
+    """A row's uniforms for the Gumbel noise of one step: the reference's rand_like over the row's
+    own positions (its left padding excluded) and the whole vocabulary."""
+    return torch.rand((width - pad, vocab), generator=gen, dtype=dtype, device=device)
+
+
+def _random_scores(pad: int, gen, width: int, device) -> torch.Tensor:
+    """A row's `random` remasking scores of one step, over its own positions."""
+    return torch.rand(width - pad, generator=gen, device=device)
 
 
 def _finished(windows: torch.Tensor, eos_id: int, mask_id: int) -> torch.Tensor:
