@@ -160,11 +160,9 @@ class Guided:
         return None
 
     def logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        from dlm_bench.sampler import guided_logits       # the sampler's CFG, on scoring inputs
         att = torch.ones_like(x) if attention_mask is None else attention_mask
-        un = x.clone()
-        un[:, :self._P][att[:, :self._P].bool()] = self._dlm.mask_id
-        cond, uncond = self._dlm.logits(torch.cat([x, un]), torch.cat([att, att])).chunk(2)
-        return uncond + (self._scale + 1) * (cond - uncond)
+        return guided_logits(self._dlm, x, att, self._P, self._scale)
 
 
 def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: int = 64,

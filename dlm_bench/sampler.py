@@ -217,15 +217,17 @@ def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
 
 
 def _logits(dlm, x, att, P, cfg: SamplerConfig) -> torch.Tensor:
-    if cfg.cfg_scale > 0:  # unconditional copy: the prompt itself is masked
-        un = x.clone()
-        un[:, :P][att[:, :P].bool()] = dlm.mask_id
-        both = dlm.logits(torch.cat([x, un]), torch.cat([att, att]))
-        cond, uncond = both.chunk(2)
-        logits = uncond + (cfg.cfg_scale + 1) * (cond - uncond)
-    else:
-        logits = dlm.logits(x, att)
+    logits = guided_logits(dlm, x, att, P, cfg.cfg_scale) if cfg.cfg_scale > 0 else dlm.logits(x, att)
     return _no_eos(logits, dlm, cfg)
+
+
+def guided_logits(dlm, x, att, P: int, scale: float) -> torch.Tensor:
+    """Unsupervised classifier-free guidance (LLaDA): the unconditional copy masks the real prompt
+    tokens of the first P columns; logits = uncond + (scale + 1) (cond - uncond)."""
+    un = x.clone()
+    un[:, :P][att[:, :P].bool()] = dlm.mask_id
+    cond, uncond = dlm.logits(torch.cat([x, un]), torch.cat([att, att])).chunk(2)
+    return uncond + (scale + 1) * (cond - uncond)
 
 
 def _no_eos(logits, dlm, cfg: SamplerConfig) -> torch.Tensor:
