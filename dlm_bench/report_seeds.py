@@ -93,28 +93,29 @@ def _diversity(rep: _Report, seeded: pd.DataFrame, methods: list[str]) -> None:
     table.to_csv(rep.out / "tables" / "diversity_seeds.csv", index=False)
 
 
-def seed_summary(seeded: pd.DataFrame, methods: list[str], base: str, ks: list[int], seed: int = 0,
-                 confidence: float = 0.95) -> pd.DataFrame:
-    """Every method vs `base` at several k, one row per (method, cell, k): `seeds.seed_table` rows."""
-    frames = []
+def seed_tables(seeded: pd.DataFrame, methods: list[str], base: str, ks: list[int], seed: int = 0,
+                confidence: float = 0.95) -> dict:
+    """`seeds.seed_table` of every method vs `base` at each k, by (method, k); the UserError in place
+    of a table where a method has no cell with seed runs of both."""
+    out = {}
     for m in [m for m in methods if m != base]:
         for k in ks:
             try:
-                frames.append(seeds.seed_table(seeded, m, base, k, confidence=confidence, seed=seed))
-            except UserError:
-                continue
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+                out[m, k] = seeds.seed_table(seeded, m, base, k, confidence=confidence, seed=seed)
+            except UserError as e:
+                out[m, k] = e
+    return out
 
 
-def _summary(rep: _Report, seeded: pd.DataFrame, counts: pd.DataFrame, methods: list[str]) -> None:
+def _summary(rep: _Report, tables: dict, ks: list[int], methods: list[str]) -> None:
     """One compact table: the seed-level difference from base (pp, CI) at Pass@1, the primary k and
     Pass@n, per method and cell; * where the CI excludes 0."""
     from dlm_bench.metrics import _fmt_num, _md_table
     cfg = rep.cfg
-    ks = sorted({1, cfg.k, int(counts["n"].min())})
-    table = seed_summary(seeded, methods, cfg.base, ks, cfg.seed, cfg.confidence)
-    if table.empty:
+    found = [t for t in tables.values() if isinstance(t, pd.DataFrame)]
+    if not found:
         return
+    table = pd.concat(found, ignore_index=True)
     table.to_csv(rep.out / "tables" / "seeds_summary.csv", index=False)
     cells = [c for c in ("task", "gen_length", "temperature") if c in table.columns]
 
@@ -151,12 +152,13 @@ def seed_section(rep: _Report, seeded: pd.DataFrame, methods: list[str], t_star:
     rep.add("Training seeds per method: " + ", ".join(f"{m} {int(spread.get(m, 0))}" for m in methods)
             + " (runs outside every seed-K folder count as one seed).", "")
     _figure(rep, counts, methods, t_star)
-    _summary(rep, seeded, counts, methods)
+    ks = sorted({1, cfg.k, int(counts["n"].min())})
+    tables = seed_tables(seeded, methods, cfg.base, ks, cfg.seed, cfg.confidence)
+    _summary(rep, tables, ks, methods)
     for m in [m for m in methods if m != cfg.base]:
-        try:
-            table = seeds.seed_table(seeded, m, cfg.base, cfg.k, confidence=cfg.confidence, seed=cfg.seed)
-        except UserError as e:
-            rep.add(f"*{m} vs {cfg.base}: not compared across seeds ({e}).*", "")
+        table = tables[m, cfg.k]
+        if isinstance(table, UserError):
+            rep.add(f"*{m} vs {cfg.base}: not compared across seeds ({table}).*", "")
             continue
         rep.add(seeds.seed_markdown(table), "")
         table.to_csv(rep.out / "tables" / f"seeds_{m}_vs_{cfg.base}.csv", index=False)
