@@ -118,10 +118,16 @@ class Method:
         return float(rollouts.rewards.numel())
 
     @classmethod
+    def recipe(cls, task: str) -> dict:
+        """The settings a method's published recipe uses on `task`, over its defaults (none here; a
+        method with per-task recipes overrides this)."""
+        return {}
+
+    @classmethod
     def config_for(cls, task: str, overrides: dict | None = None):
-        """The config for training on `task`: the defaults (a method with per-task recipes overrides
-        this), then `overrides`; validated before any model is loaded."""
-        return make_config(cls, overrides)
+        """The config for training on `task`: the defaults, the task's `recipe`, then `overrides`;
+        validated before any model is loaded."""
+        return make_config(cls, {**cls.recipe(task), **(overrides or {})})
 
     @classmethod
     def target(cls, config) -> str | None:
@@ -131,7 +137,7 @@ class Method:
 
     @classmethod
     def has_task_recipes(cls) -> bool:
-        return cls.config_for.__func__ is not Method.config_for.__func__
+        return cls.recipe.__func__ is not Method.recipe.__func__
 
 
 _METHODS = Registry("method", Method, "dlm_bench.methods", ("base", "trafl", "espo", "justgrpo", "tracerl", "tabom",

@@ -32,7 +32,7 @@ from dlm_bench.config import (CODE_REWARD_HELP, CODE_REWARDS, LoraConfig, Method
                               ScoreConfig, block, knob, mask_seed)
 from dlm_bench.likelihood import MaskDraw, draw_masks, elbo
 from dlm_bench.fidelity import Deviation
-from dlm_bench.methods import Method, Rollouts, make_config, register_method
+from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.losses import espo_loss, group_advantages
 
 
@@ -45,7 +45,7 @@ def iteration_draws(rollouts: Rollouts, j: int, n: int, scheme: str) -> MaskDraw
 @dataclass
 class ESPOConfig(MethodConfig):
     """Defaults are ESPO's GSM8K recipe (recipes/run_gsm8k_llada.sh over recipes/train.yaml);
-    `ESPO.config_for(task)` applies the other tasks' recipes (RECIPES below)."""
+    `ESPO.recipe(task)` gives the other tasks' recipes (RECIPES below)."""
     optim: OptimConfig = block(
         OptimConfig,
         lr=(3e-6, "run_*_llada.sh --learning_rate 3e-6"),
@@ -132,10 +132,9 @@ class ESPO(Method):
     needs_reference = True
 
     @classmethod
-    def config_for(cls, task: str, overrides: dict | None = None) -> ESPOConfig:
-        """ESPO's recipe for `task` (GSM8K's for tasks it has none for), then `overrides`."""
-        recipe = RECIPES.get(TASK_RECIPE.get(task, task), {})
-        return make_config(cls, {**recipe, **(overrides or {})})
+    def recipe(cls, task: str) -> dict:
+        """ESPO's recipe for `task` (GSM8K's for tasks it has none for)."""
+        return RECIPES.get(TASK_RECIPE.get(task, task), {})
 
     def after_update(self, opt_step: int, policy, ref) -> None:
         """trl's SyncRefModelCallback: a soft copy of the policy into a full-copy reference."""

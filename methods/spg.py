@@ -38,7 +38,7 @@ import torch
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
 from dlm_bench.likelihood import ScoredBatch
 from dlm_bench.fidelity import Deviation
-from dlm_bench.methods import Method, Rollouts, make_config, register_method
+from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.diffu_grpo import completion_positions, masked_logprobs
 from dlm_bench.methods.losses import group_advantages
 
@@ -166,8 +166,8 @@ class SPG(Method):
     )
 
     @classmethod
-    def config_for(cls, task: str, overrides: dict | None = None) -> SPGConfig:
-        return make_config(cls, {**RECIPES.get(task, {}), **(overrides or {})})
+    def recipe(cls, task: str) -> dict:
+        return RECIPES.get(task, {})
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
         cfg, c, batch = self.config, rollouts.cache, rollouts.batch

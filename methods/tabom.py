@@ -7,7 +7,7 @@ order (self-distilled trajectories), sampled once before training (`rollout.sour
 `dlm_bench.trajectories`: stored in OUT/trajectories/, resumable) and reused for 5 epochs, every end-of-
 text pad decoded at its own step as in the reference's decodes (`pad_steps`); "online" samples from the
 current policy each step instead. `filter_correct` keeps only rows with reward > 0; `group_size` 1 =
-one trajectory per prompt. Recipes (`run_tabom_examples.sh`; `TABOM.config_for`): margin 0.2 / 0.3
+one trajectory per prompt. Recipes (`run_tabom_examples.sh`; `TABOM.recipe`): margin 0.2 / 0.3
 for LLaDA on math / code, 0.1 for Dream, lambda 2 and lr 1e-4 for Dream on code.
 
 Loss on one trajectory (the code's "td" time-delay schedule):
@@ -127,11 +127,9 @@ class TABOM(Method):
     )
 
     @classmethod
-    def config_for(cls, task: str, overrides: dict | None = None):
-        from dlm_bench.methods import make_config
+    def recipe(cls, task: str) -> dict:
         from dlm_bench.tasks import answer_kind
-        recipe = RECIPES.get(answer_kind(task) or "", {})
-        return make_config(cls, {**recipe, **(overrides or {})})
+        return RECIPES.get(answer_kind(task) or "", {})
 
     def loss_count(self, rollouts: Rollouts) -> float:
         c = rollouts.cache
