@@ -138,11 +138,13 @@ class ESPO(Method):
 
     def after_update(self, opt_step: int, policy, ref) -> None:
         """trl's SyncRefModelCallback: a soft copy of the policy into a full-copy reference."""
+        every, a = self.config.ref_sync_every, self.config.ref_sync_alpha
+        if not every or opt_step % every or ref is None:      # most updates: nothing to do
+            return
         from dlm_bench.errors import UserError
         from dlm_bench.policy import AdapterDisabled
         from dlm_bench.sharding import is_sharded
-        every, a = self.config.ref_sync_every, self.config.ref_sync_alpha
-        if not every or opt_step % every or ref is None or isinstance(ref, AdapterDisabled):
+        if isinstance(ref, AdapterDisabled):                   # LoRA: the base itself, never moved
             return
         if is_sharded(policy.model):
             raise UserError("espo: the reference sync is not implemented under FSDP; use --set parallel=ddp "
