@@ -4,7 +4,7 @@ Every configuration runs in a fresh subprocess (a resident-set high-water mark n
 child loads a tiny random-weight LLaDA/Dream built from the hub snapshots in ../shared/models (their
 real remote code and 126k/152k vocabularies), with a LoRA adapter, builds a fixed rollout batch
 (prompts x G completions of `gen` tokens; rollout sampling is not part of the update), then resets its
-high-water mark (/proc/self/clear_refs) and runs the update as `dlm_bench.train` does: `prepare` under
+high-water mark (/proc/self/clear_refs) and runs the update as `dlm_bench.training.loop` does: `prepare` under
 no_grad, backward over `micro_batch_size` chunks weighted by `loss_count`, one AdamW step. It reports
 the peak resident set (CPU: VmHWM; GPU: torch.cuda.max_memory_allocated) and the peak above the
 resident set before the update, and saves the trainable weights so the parent can check that every
@@ -48,8 +48,8 @@ def child(spec: dict) -> dict:
     from dlm_bench.likelihood import ScoredBatch
     from dlm_bench.methods import Rollouts, get_method, make_config
     from dlm_bench.models import LoraSpec, load_model
-    from dlm_bench.policy import AdapterDisabled
-    from dlm_bench.train import row_chunks
+    from dlm_bench.training.policy import AdapterDisabled
+    from dlm_bench.training.loop import row_chunks
     torch.manual_seed(0)
     cuda = torch.cuda.is_available()            # GPU: bf16 and max_memory_allocated (not yet run on one)
     dlm = load_model(spec["model"], lora=LoraSpec(r=4, alpha=8, dropout=0.0), device="cuda" if cuda else "cpu")

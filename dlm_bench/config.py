@@ -103,7 +103,7 @@ class RolloutConfig:
     block_length: int = knob(32, "semi-autoregressive block length", low=1)
     source: str = knob("online", "'online': sampled from the current policy every step | 'offline': sampled "
                                  "once from the base model before training, reused every epoch "
-                                 "(dlm_bench.trajectories)", choices=("online", "offline"),
+                                 "(dlm_bench.training.trajectories)", choices=("online", "offline"),
                     source="shared default: on-policy rollouts, as every RL recipe")
 
 

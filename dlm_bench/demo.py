@@ -42,7 +42,7 @@ def deterministic_threads(cfg: dict, path: str = "the config") -> int | None:
 
 def base_model(cfg: dict, force: bool = False) -> str:
     """The committed base checkpoint, or pre-train it from the recorded settings."""
-    from dlm_bench.pretrain import PretrainConfig, pretrain
+    from dlm_bench.training.pretrain import PretrainConfig, pretrain
 
     ckpt = Path(cfg["base"]["checkpoint"])
     if (ckpt / "config.json").is_file() and not force:
@@ -77,7 +77,7 @@ def _seeded(folder: Path, seed: int | None) -> Path:
 
 def train_method(cfg: dict, method: str, base: str, seed: int | None = None) -> str:
     from dlm_bench.methods import get_method
-    from dlm_bench.train import TrainConfig, train
+    from dlm_bench.training.loop import TrainConfig, train
 
     t = cfg["train"]
     overrides = {**t.get("overrides", {}), **t.get("per_method", {}).get(method, {})}

@@ -125,7 +125,7 @@ def replicate(dlm, d: Dist, device) -> None:
 
 def accumulating(model, last: bool):
     """Context for one backward chunk: local accumulation unless it is the update's last chunk."""
-    from dlm_bench.sharding import is_sharded
+    from dlm_bench.training.parallel import is_sharded
     if isinstance(model, DistributedDataParallel) and not last:
         return model.no_sync()
     if is_sharded(model):

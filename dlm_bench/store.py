@@ -38,7 +38,7 @@ GEN_FIELDS = ("method", "task", "temperature", "gen_length", "problem_id", "samp
               "prompt_hash", "text", "tokens", "nfe", "length", "seconds")
 SCORE_FIELDS = GEN_FIELDS + ("correct", "extracted", "reason", "isolation")  # isolation: code tasks
 KEY = ("method", "config_hash", "problem_id", "sample")
-# offline training trajectories (`dlm_bench.trajectories`): problem_id is the problem's index in the split
+# offline training trajectories (`dlm_bench.training.trajectories`): problem_id is the problem's index in the split
 TRAJ_FIELDS = ("method", "task", "temperature", "gen_length", "problem_id", "sample", "seed", "config_hash",
                "text", "tokens", "step_map", "reward", "nfe")
 KINDS = {"generations": GEN_FIELDS, "scores": SCORE_FIELDS, "trajectories": TRAJ_FIELDS}

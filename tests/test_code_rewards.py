@@ -202,7 +202,7 @@ def test_methods_select_their_recipe_reward_on_code_tasks():
 
 
 def test_training_plan_asks_for_the_method_reward(tmp_path):
-    from dlm_bench.train import TrainConfig, plan
+    from dlm_bench.training.loop import TrainConfig, plan
     kinds = {(m, t): plan(TrainConfig(method=m, task=t, model=str(tmp_path))).reward_kind
              for m in ("espo", "justgrpo", "wd1") for t in ("mbpp", "gsm8k")}
     assert kinds == {("espo", "mbpp"): "espo", ("justgrpo", "mbpp"): "justgrpo", ("wd1", "mbpp"): "binary",

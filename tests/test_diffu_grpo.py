@@ -147,7 +147,7 @@ def run_on_testbed(method: str, tmp_path, rollout_steps: int, inner: int, **extr
     from dlm_bench.models import load_model
     from dlm_bench.sampler import SamplerConfig, sample
     from dlm_bench.tasks import get_task
-    from dlm_bench.train import TrainConfig, train
+    from dlm_bench.training.loop import TrainConfig, train
     out = tmp_path / method
     ckpt = train(TrainConfig(method=method, model=str(TESTBED_BASE), out=str(out), train_steps=rollout_steps,
                              overrides=dict(DEMO, inner_updates=inner, **extra), device="cpu", save_every=0,

@@ -55,7 +55,7 @@ def _losses(tiny_dir, dtype):
 
     from dlm_bench.methods import get_method, make_config
     from dlm_bench.models import load_model
-    from dlm_bench.pretrain import masked_diffusion_loss
+    from dlm_bench.training.pretrain import masked_diffusion_loss
     base = load_model(tiny_dir, device="cpu", dtype=dtype)
     out = {}
     for case, (name, over) in CASES.items():

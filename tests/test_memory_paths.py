@@ -61,7 +61,7 @@ def _update(model_dir, method, gc, lora_dropout=0.1, steps=2, start=None, mbs=No
     assert dlm.set_gradient_checkpointing(gc) == gc
     ref = dlm if lora_dropout is None else None
     if ref is None:
-        from dlm_bench.policy import AdapterDisabled
+        from dlm_bench.training.policy import AdapterDisabled
         ref = AdapterDisabled(dlm)
     torch.manual_seed(5)
     cls = get_method(method)
@@ -76,7 +76,7 @@ def _update(model_dir, method, gc, lora_dropout=0.1, steps=2, start=None, mbs=No
     params = [p for p in dlm.model.parameters() if p.requires_grad] + list(m.extra_modules.parameters())
     opt = torch.optim.AdamW(params, lr=1e-2)
     dlm.model.train()
-    from dlm_bench.train import row_chunks
+    from dlm_bench.training.loop import row_chunks
     if mbs is not None:
         dlm.bound_memory(gc, mbs)                        # also bounds the scoring rows, as the loop does
         assert dlm.score_rows == mbs

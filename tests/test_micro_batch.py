@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dlm_bench.errors import UserError
-from dlm_bench.train import TrainConfig, train
+from dlm_bench.training.loop import TrainConfig, train
 from test_train import TINY, weights
 
 CASES = {

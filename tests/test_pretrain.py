@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from dlm_bench.errors import UserError
-from dlm_bench.pretrain import PretrainConfig, pretrain
+from dlm_bench.training.pretrain import PretrainConfig, pretrain
 
 SMALL = dict(task="testbed", init="tiny:1m", batch_size=8, answer_length=12, lr=3e-3, warmup=2, save_every=2)
 

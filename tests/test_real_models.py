@@ -130,7 +130,7 @@ def test_stop_tokens_end_completions(real):
 
 
 def _train(method, model, out, **over):
-    from dlm_bench.train import TrainConfig, train
+    from dlm_bench.training.loop import TrainConfig, train
     return train(TrainConfig(method=method, model=model, out=str(out), train_steps=2, task="testbed",
                              overrides={**TINY_TRAIN, **over}, device="cpu"), progress=False)
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from dlm_bench.errors import UserError
-from dlm_bench.train import TrainConfig, train
+from dlm_bench.training.loop import TrainConfig, train
 
 TINY = dict(group_size=2, batch_prompts=2, gen_length=8, steps=8, block_length=8, lr=1e-3)
 
 
 def _adam_steps(out: Path) -> set[int]:
-    from dlm_bench import checkpoint
+    from dlm_bench.training import checkpoint
     _, state = checkpoint.load_state(out)
     return {int(s["step"]) for s in state["optimizer"]["state"].values()}
 
@@ -108,7 +108,7 @@ def test_tabom_recipe_defaults_and_code_margin():
 
 
 def test_epochs_set_the_number_of_steps(monkeypatch):
-    from dlm_bench.train import plan
+    from dlm_bench.training.loop import plan
     _two_problems(monkeypatch)
     p = plan(TrainConfig(method="tabom", model="unused", out="unused", overrides=dict(TINY, batch_prompts=1)))
     assert p.steps == 5 * 2                     # 5 epochs of 2 one-prompt steps
@@ -203,7 +203,7 @@ def test_trafl_reports_the_tilt_it_applies(capsys):
 # ----------------------------------------------------------------------------- ESPO's reference sync
 
 def _state(out: Path):
-    from dlm_bench import checkpoint
+    from dlm_bench.training import checkpoint
     return checkpoint.load_state(out)[1]
 
 

@@ -235,7 +235,7 @@ def test_ppo_clip_and_kl_act_after_the_first_update(schedule, tiny_dir, tmp_path
     """One rollout batch, several optimizer steps against the rollout policy: from the second step on
     the ratio leaves 1 and the KL to the old policy is positive; a second pass over the same rows
     (inner_updates 2) makes the clip bind. With a single update both stay exactly 0."""
-    from dlm_bench.train import TrainConfig, train
+    from dlm_bench.training.loop import TrainConfig, train
     import json
     over = dict(group_size=4, batch_prompts=2, gen_length=8, steps=8, block_length=8, lr=5e-2, group_filter=None,
                 truncated_reward=None, max_grad_norm=None, **schedule)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import fake_rewards
 from dlm_bench.errors import UserError
 from dlm_bench.methods import get_method, method_names
-from dlm_bench.train import TrainConfig, lr_multiplier, shard, step_prompts, train, Dist
+from dlm_bench.training.loop import TrainConfig, lr_multiplier, shard, step_prompts, train, Dist
 
 TINY = dict(group_size=4, batch_prompts=2, gen_length=8, steps=8, block_length=8, lora_r=0,
             lr_schedule="constant")
@@ -272,7 +272,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
 
 def test_rollout_noise_dtype_setting(tiny_dir):
     """ESPO's recipe precision: `--set sampler.noise_dtype=bfloat16` reaches the rollout sampler."""
-    from dlm_bench.train import plan
+    from dlm_bench.training.loop import plan
     cfg = _cli("espo", "--task", "testbed", "--model", tiny_dir, "--set", "sampler.noise_dtype=bfloat16")
     assert cfg.sampler == {"noise_dtype": "bfloat16"}
     assert plan(cfg).scfg.noise_dtype == "bfloat16"

@@ -1,7 +1,7 @@
 """`dlm-bench pretrain`: masked-diffusion pre-training / SFT on a task's reference answers (resumable)."""
 import dataclasses
 
-from dlm_bench.pretrain import PretrainConfig, pretrain
+from dlm_bench.training.pretrain import PretrainConfig, pretrain
 
 
 def add_arguments(p):

@@ -64,7 +64,7 @@ def _route(key: str, value, method_fields: set, train_fields: set, cfg: dict) ->
 
 def build_config(args):
     from dlm_bench.methods import get_method
-    from dlm_bench.train import TrainConfig
+    from dlm_bench.training.loop import TrainConfig
 
     cls = get_method(args.method)
     from dlm_bench.config import known_settings
@@ -118,7 +118,7 @@ def build_config(args):
 
 def run(args) -> int:
     from dlm_bench.checks import model_weights, writable_dir
-    from dlm_bench.train import train
+    from dlm_bench.training.loop import train
     cfg = build_config(args)
     writable_dir(cfg.out)            # cheap checks first: the model is loaded only after them
     model_weights(cfg.model)

@@ -1,6 +1,6 @@
 """Post-training methods behind one interface. One file per method; `@register_method` adds it.
 
-The shared loop (`dlm_bench.train`) does everything that is not method-specific: rollouts from the
+The shared loop (`dlm_bench.training.loop`) does everything that is not method-specific: rollouts from the
 sampler (in the method's `rollout_order`, G per prompt), rewards from the task, the optimizer, LoRA,
 the frozen reference, rollout reuse, checkpoints and distribution. A method says what it needs
 (flags below) and turns a `Rollouts` batch into a loss:

@@ -142,8 +142,8 @@ class ESPO(Method):
         if not every or opt_step % every or ref is None:      # most updates: nothing to do
             return
         from dlm_bench.errors import UserError
-        from dlm_bench.policy import AdapterDisabled
-        from dlm_bench.sharding import is_sharded
+        from dlm_bench.training.policy import AdapterDisabled
+        from dlm_bench.training.parallel import is_sharded
         if isinstance(ref, AdapterDisabled):                   # LoRA: the base itself, never moved
             return
         if is_sharded(policy.model):

@@ -4,7 +4,7 @@ recipes in `dream_post/run_tabom_examples.sh`). A supervised method: no reward i
 
 Data: the base model's own confidence-guided decodes of the training prompts, with their decoding
 order (self-distilled trajectories), sampled once before training (`rollout.source` "offline",
-`dlm_bench.trajectories`: stored in OUT/trajectories/, resumable) and reused for 5 epochs, every end-of-
+`dlm_bench.training.trajectories`: stored in OUT/trajectories/, resumable) and reused for 5 epochs, every end-of-
 text pad decoded at its own step as in the reference's decodes (`pad_steps`); "online" samples from the
 current policy each step instead. `filter_correct` keeps only rows with reward > 0; `group_size` 1 =
 one trajectory per prompt. Recipes (`run_tabom_examples.sh`; `TABOM.recipe`): margin 0.2 / 0.3
@@ -111,7 +111,7 @@ class TABOM(Method):
     pad_steps = True
     fidelity = (
         Deviation("trains on trajectories the base model decoded once", "rollout.source offline "
-                  "(dlm_bench.trajectories; resumable; 'online' kept as an option)", "option",
+                  "(dlm_bench.training.trajectories; resumable; 'online' kept as an option)", "option",
                   "tests/test_recipes.py::test_offline_trajectories_come_from_the_base_model_once"),
         Deviation("5 epochs over the data", "optim.epochs 5 when train_steps is unset", "fixed",
                   "tests/test_recipes.py::test_epochs_set_the_number_of_steps"),

@@ -6,7 +6,7 @@ answer position with probability p = (1 - eps) t + eps, and scores the masked po
 cross-entropy weighted 1/p, divided by the window length; the prompt is never masked.
 
 Every step's randomness derives from (seed, step), so a resumed run continues exactly where an
-uninterrupted one would be. Checkpoints are atomic (`dlm_bench.checkpoint`).
+uninterrupted one would be. Checkpoints are atomic (`dlm_bench.training.checkpoint`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dlm_bench.config import mask_seed
-from dlm_bench import checkpoint
+from dlm_bench.training import checkpoint
 from dlm_bench.errors import UserError
 from dlm_bench.likelihood import masked_input
 

@@ -27,7 +27,7 @@ The stages, in the order `train` runs them: `plan` (every check that needs no mo
 `build` (policy, reference, method, optimizer), then per step `rollout`, `update`, `step_metrics`,
 and `save`.
 
-Checkpoints are atomic (`dlm_bench.checkpoint`) and hold the model (the adapter under LoRA), the
+Checkpoints are atomic (`dlm_bench.training.checkpoint`) and hold the model (the adapter under LoRA), the
 optimizer, the method's own modules and the step; all randomness derives from (seed, step, ...), so a
 resumed run continues exactly as an uninterrupted one. Ctrl-C saves unless it lands inside an update.
 """
@@ -45,13 +45,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dlm_bench import checkpoint
+from dlm_bench.training import checkpoint
 from dlm_bench.config import derive_seed
 from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params, init_distributed, lockstep,
                                    not_replicated, replicate, shard, sum_gradients, sum_over_ranks)
 from dlm_bench.errors import UserError
-from dlm_bench.schedule import lr_multiplier, step_prompts, warmup_updates
-from dlm_bench.sharding import grad_norm_and_clip, is_sharded, loss_scale, plain_params
+from dlm_bench.training.schedule import lr_multiplier, step_prompts, warmup_updates
+from dlm_bench.training.parallel import grad_norm_and_clip, is_sharded, loss_scale, plain_params
 
 RESULT = "train_result.json"
 __all__ = ["TrainConfig", "train", "derive_seed", "step_prompts", "lr_multiplier", "shard", "Dist"]
@@ -274,7 +274,7 @@ class Run:
 
 def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
     """Policy (+ adapter), method (its own modules seeded alike on every rank), reference, AdamW."""
-    from dlm_bench.policy import frozen_reference, load_policy
+    from dlm_bench.training.policy import frozen_reference, load_policy
     cfg, mcfg, resumed = p.cfg, p.mcfg, ckpt is not None
     dlm, lora = load_policy(cfg.model, mcfg.lora, cfg.seed, cfg.dtype, device, ckpt)
     dlm.bound_memory(cfg.gradient_checkpointing, cfg.micro_batch_size)     # memory only (docs/memory.md)
@@ -294,7 +294,7 @@ def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
         broadcast_params(list(dlm.model.parameters()) + list(method.extra_modules.parameters()), d)
     fsdp = d.world > 1 and (cfg.parallel == "fsdp" or (cfg.parallel == "auto" and not lora))
     if fsdp:                            # after the reference copy: only the policy is sharded
-        from dlm_bench.sharding import shard_model
+        from dlm_bench.training.parallel import shard_model
         shard_model(dlm, d.world, device)
     o = mcfg.optim
     groups = [{"params": [q for q in dlm.model.parameters() if q.requires_grad], "lr": o.lr,
@@ -306,7 +306,7 @@ def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
         raise UserError(f"{cfg.out} was checkpointed {'with' if state.get('optimizer_by_name') else 'without'} "
                         f"FSDP; resume it with the same parallel mode (--set parallel=...)")
     if resumed and fsdp:
-        from dlm_bench.sharding import load_optimizer_state
+        from dlm_bench.training.parallel import load_optimizer_state
         load_optimizer_state(dlm.model, method.extra_modules, opt, state["optimizer"])
     elif resumed:
         opt.load_state_dict(state["optimizer"])
@@ -339,7 +339,7 @@ def _sample(dlm, prompts_ids, scfg, cfg: TrainConfig, step: int, global_idx: lis
 
 def rollout(run: Run) -> Batch:
     """This rank's micro-batches of the current step: sample, reward, build, `prepare` (no grad)."""
-    from dlm_bench.sharding import gathered
+    from dlm_bench.training.parallel import gathered
     p, cfg = run.plan, run.cfg
     idx = step_prompts(len(p.problems), p.mcfg.rollout.batch_prompts, cfg.seed, run.step)
     run.dlm.model.eval()
@@ -488,7 +488,7 @@ def save(run: Run) -> None:
     out = Path(cfg.out)
     model, optimizer = run.dlm, None
     if is_sharded(run.dlm.model):      # every rank takes part in gathering the whole state
-        from dlm_bench.sharding import SavesState, full_optimizer_state, full_state
+        from dlm_bench.training.parallel import SavesState, full_optimizer_state, full_state
         model, optimizer = SavesState(run.dlm, full_state(run.dlm.model)), full_optimizer_state(run.dlm.model, run.method.extra_modules, run.opt)
     if run.d.main:
         checkpoint.save(out, model, {
@@ -547,7 +547,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         ckpt, state = resume(cfg, d)
         run = build(p, d, device, ckpt, state)
         if p.mcfg.rollout.source == "offline":
-            from dlm_bench.trajectories import collect
+            from dlm_bench.training.trajectories import collect
             run.trajectories = collect(run)
         log = open_log(run) if d.main else None
         bar = tqdm(total=p.steps, initial=run.step, desc=f"train {cfg.method}", unit="step",

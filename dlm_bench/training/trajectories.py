@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from dlm_bench.config import derive_seed, stable_hash
 from dlm_bench.errors import UserError
-from dlm_bench.schedule import problems_visited
+from dlm_bench.training.schedule import problems_visited
 from dlm_bench.store import Store
 
 
@@ -45,7 +45,7 @@ def collect(run) -> dict[tuple[int, int], Trajectory]:
     """Sample (or finish sampling) the run's offline trajectories; returns them by (problem, sample)."""
     from dlm_bench.sampler import make_generators, sample
     from dlm_bench.tasks import training_rewards
-    from dlm_bench.sharding import gathered
+    from dlm_bench.training.parallel import gathered
     p, cfg, d = run.plan, run.cfg, run.d
     r, G = p.mcfg.rollout, p.mcfg.rollout.group_size
     folder = Path(cfg.out) / "trajectories"
