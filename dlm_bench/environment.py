@@ -139,7 +139,7 @@ def note(folder: str | Path, device, dtype=None, **extra) -> dict:
     """Append this process's environment to `folder/environment.jsonl` unless the last line already
     says the same (a resume on the same machine adds nothing); `extra` (e.g. the step) is kept on the
     line but not compared. Returns the environment."""
-    from dlm_bench.store import _append_lines, read_jsonl
+    from dlm_bench.runs.store import _append_lines, read_jsonl
 
     env = environment(device, dtype)
     path = Path(folder) / LOG
@@ -151,5 +151,5 @@ def note(folder: str | Path, device, dtype=None, **extra) -> dict:
 
 def history(folder: str | Path) -> list[dict]:
     """Every environment that wrote to `folder`, oldest first."""
-    from dlm_bench.store import read_jsonl
+    from dlm_bench.runs.store import read_jsonl
     return read_jsonl(Path(folder) / LOG)

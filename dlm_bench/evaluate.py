@@ -5,7 +5,7 @@ template, sampler settings, base seed, grader version and answer mode) whose sta
 record. The seed of sample s of problem p is hash(sampling hash, p, s) -> 63-bit int, where the
 sampling hash leaves the grader out (a grader change re-grades the same samples), so records do not
 depend on batch size, rank
-count or how often the run was killed and resumed. Records go through `dlm_bench.store`; the run ends
+count or how often the run was killed and resumed. Records go through `dlm_bench.runs.store`; the run ends
 with `results.json`: Pass@k per cell (via `dlm_bench.metrics`), mean NFE and completion length.
 
 torchrun: with WORLD_SIZE > 1 rank r takes problems r::world and writes its own shard; after a
@@ -23,9 +23,9 @@ from typing import Callable
 
 from dlm_bench.checks import model_weights
 from dlm_bench.errors import UserError
-from dlm_bench.locks import folder_lock
+from dlm_bench.runs.locks import folder_lock
 from dlm_bench.sampler import SamplerConfig
-from dlm_bench.store import Store
+from dlm_bench.runs.store import Store
 
 HASH_LEN = 16
 _FINGERPRINT_BYTES = 1 << 20
@@ -235,7 +235,7 @@ def run_sweep(cfg: SweepConfig, *, wait: bool = False, rank: int | None = None, 
     cfg, _, _, _, cells = plan(cfg)
     model_weights(cfg.model)        # a truncated weight file fails here, before the folder is made
     with folder_lock(cfg.out, wait=wait):
-        from dlm_bench.run_index import record_cells
+        from dlm_bench.runs.index import record_cells
         record_cells(cfg.out, cfg.method, cells, cfg.model)    # which model each config hash stands for
         return _sweep(cfg, rank=rank, world=world, **kw)
 
@@ -415,7 +415,7 @@ def finalize_run(cfg: SweepConfig, task=None) -> dict:
 
 def sweep_frames(store: Store, cfg: SweepConfig, problems, cells):
     """(scores, generations) DataFrames restricted to this sweep: its method, cells, problems, n."""
-    from dlm_bench.store import read_generations, read_scores
+    from dlm_bench.runs.store import read_generations, read_scores
 
     ids = {p.id for p in problems}
     hashes = {c.hash for c in cells}

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dlm_bench.errors import UserError
-from dlm_bench.file_modes import share_file
+from dlm_bench.runs.files import share_file
 from dlm_bench.judge_prompt import PromptTemplate, load_template
 
 VERDICT_SCHEMA = {

@@ -1,6 +1,6 @@
 """The TraFL figures and a Markdown report, from stored score records only.
 
-`build_report(cfg)` reads every run directory under `cfg.runs` (dlm_bench.store) and writes to `cfg.out`
+`build_report(cfg)` reads every run directory under `cfg.runs` (dlm_bench.runs.store) and writes to `cfg.out`
 (`render(cfg)` does the same and returns the report with its figures, for tests):
 
 - Fig 1a `fig1a_passk_vs_k`: each method's Pass@k vs k, one line style per temperature;
@@ -420,7 +420,7 @@ def build_report(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Path:
 
 def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
     """`build_report`, returning the report with its (closed) figures for inspection."""
-    from dlm_bench.store import read_all_scores, run_dirs
+    from dlm_bench.runs.store import read_all_scores, run_dirs
 
     if cfg.k < 1 or cfg.bar_k < 1:
         raise UserError(f"k must be >= 1, got {min(cfg.k, cfg.bar_k)}")

@@ -147,7 +147,7 @@ SEED_DIR = re.compile(r"^seed-(\d+)$")
 def seed_folders(root) -> dict[tuple[str, int], Path]:
     """Training-seed folders under `root` (layout ROOT/METHOD/seed-K/<run dirs>), keyed by
     (parent folder, K). Empty when there are none."""
-    from dlm_bench.store import run_dirs
+    from dlm_bench.runs.store import run_dirs
     root = Path(root)
     found = {}
     for d in run_dirs(root):
@@ -163,8 +163,8 @@ def read_seeded_scores(root):
     """Scores of every seed folder under `root` with a `train_seed` column, or None without any.
     Each seed folder is read on its own, so one label may hold one model per seed; runs outside
     every seed folder (the untrained base) are read together as one seed, train_seed = -1."""
-    from dlm_bench.run_index import newest_model_per_label
-    from dlm_bench.store import KEY, read_all_scores, read_scores, run_dirs
+    from dlm_bench.runs.index import newest_model_per_label
+    from dlm_bench.runs.store import KEY, read_all_scores, read_scores, run_dirs
     folders = seed_folders(root)
     if not folders:
         return None

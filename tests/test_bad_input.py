@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dlm_bench.cli import main
-from dlm_bench.store import read_jsonl
+from dlm_bench.runs.store import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ["--method", "base", "--task", "testbed", "--k", "1,2", "--n", "2", "--lengths", "8",

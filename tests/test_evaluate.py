@@ -7,7 +7,7 @@ import pytest
 
 from dlm_bench.errors import UserError
 from dlm_bench.evaluate import SweepConfig, finalize_run, run_sweep, sample_seed, sampling_hash
-from dlm_bench.store import Store, read_generations, read_jsonl, read_scores
+from dlm_bench.runs.store import Store, read_generations, read_jsonl, read_scores
 
 LIMIT, N, TEMPS, LENGTHS = 4, 4, (0.5, 1.0), (8,)
 CELLS = len(TEMPS) * len(LENGTHS)

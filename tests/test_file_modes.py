@@ -33,7 +33,7 @@ def _expect(root: Path, mask: int) -> None:
 
 
 def test_sweep_folder_modes(tiny_dir, tmp_path, mask):
-    from dlm_bench.file_modes import umask
+    from dlm_bench.runs.files import umask
     assert umask() == mask
     out = tmp_path / "run"
     assert main(["passk", "--model", tiny_dir, "--method", "m", "--out", str(out), *SWEEP]) == 0

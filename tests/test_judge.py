@@ -272,7 +272,7 @@ def test_prompt_template_default_and_own(server, tmp_path):
 
 def _testbed_runs(root, n_problems=6):
     """A store with two methods on real testbed problems (statements the CLI must load itself)."""
-    from dlm_bench.store import Store
+    from dlm_bench.runs.store import Store
     from dlm_bench.tasks import get_task
     problems = get_task("testbed").load("test")[:n_problems]
     for method in ("trafl", "espo"):

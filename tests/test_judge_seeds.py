@@ -128,7 +128,7 @@ def test_seed_level_null_false_positive_rate():
 
 def _store_run(folder, method, tag, n_problems=3, temps=(0.6,)):
     """One run folder of stored samples whose text names the method and the training seed `tag`."""
-    from dlm_bench.store import Store
+    from dlm_bench.runs.store import Store
     rows = [dict(method=method, task="testbed", temperature=t, gen_length=12, problem_id=f"p{i}",
                  sample=s, seed=s, config_hash=f"{method}-{tag}-{t}", prompt_hash="ph",
                  text=f"p{i} {method} {tag} try {s}", tokens=[1], nfe=12, length=5, seconds=0.0,

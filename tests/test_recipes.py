@@ -46,7 +46,7 @@ def _two_problems(monkeypatch):
 
 
 def _records(out: Path) -> dict:
-    from dlm_bench.store import read_jsonl
+    from dlm_bench.runs.store import read_jsonl
     return {(r["problem_id"], r["sample"]): r for r in read_jsonl(out / "trajectories" / "trajectories.jsonl")}
 
 

@@ -12,7 +12,7 @@ import pytest
 from dlm_bench import metrics
 from dlm_bench.report import build_report
 from dlm_bench.report_common import ReportConfig, closest_temperature, split_label
-from dlm_bench.store import Store, read_all_scores
+from dlm_bench.runs.store import Store, read_all_scores
 
 N = 4
 PROBLEMS = 5

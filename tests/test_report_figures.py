@@ -13,7 +13,7 @@ from matplotlib.colors import to_hex, to_rgba_array
 from dlm_bench.report import render
 from dlm_bench.report_common import ReportConfig
 from dlm_bench.report_style import METHOD_COLORS, method_color
-from dlm_bench.store import Store
+from dlm_bench.runs.store import Store
 from test_report import _records
 
 # TraFL was not run on GSM8K (the case): pooled figures must leave GSM8K out for everyone,

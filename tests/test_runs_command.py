@@ -18,7 +18,7 @@ SWEEP = ["--task", "testbed", "--k", "1,2", "--n", "2", "--temps", "0.5", "--len
 HOLD = """
 import sys, time
 from pathlib import Path
-from dlm_bench.locks import folder_lock
+from dlm_bench.runs.locks import folder_lock
 with folder_lock(sys.argv[1]):
     Path(sys.argv[2]).touch()
     while not Path(sys.argv[3]).exists():

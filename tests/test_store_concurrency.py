@@ -6,15 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dlm_bench.locks import folder_lock
-from dlm_bench.store import Store, read_jsonl
+from dlm_bench.runs.locks import folder_lock
+from dlm_bench.runs.store import Store, read_jsonl
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
 
 _APPENDER = """
 import sys
-from dlm_bench.store import Store
+from dlm_bench.runs.store import Store
 out, rank, n, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 st = Store(out, rank=None if rank == "main" else int(rank)).open()
 for i in range(0, n, batch):
@@ -26,7 +26,7 @@ for i in range(0, n, batch):
 
 _MERGER = """
 import os, sys
-from dlm_bench.store import Store
+from dlm_bench.runs.store import Store
 out, stop = sys.argv[1], sys.argv[2]
 merges = 0
 while not os.path.exists(stop) or merges < 3:

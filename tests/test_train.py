@@ -209,7 +209,7 @@ def _worker(model: str, out: str, run: str, steps: str = "1") -> None:
 
 def test_a_second_writer_to_a_training_folder_is_refused(tiny_dir, tmp_path):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom dlm_bench.locks import folder_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom dlm_bench.runs.locks import folder_lock\n"
                                "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)",
                                str(out)], stdout=subprocess.PIPE, text=True)
     try:

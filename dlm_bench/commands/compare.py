@@ -75,7 +75,7 @@ def _write(table, args) -> int:
 
 def stored_samples(args, noun: str):
     """Stored rows of the two methods under --runs, filtered by --task/--temps/--lengths."""
-    from dlm_bench.store import read_all_scores
+    from dlm_bench.runs.store import read_all_scores
     return _filtered(read_all_scores(args.runs), args, noun)
 
 

@@ -20,6 +20,6 @@ def run(args):
         raise UserError(f"{str(out)!r} exists and is not an empty directory")
     dlm = load_model(str(src), device="cpu", dtype=args.dtype)
     dlm.save(str(out))
-    from dlm_bench.file_modes import share_tree
+    from dlm_bench.runs.files import share_tree
     share_tree(out)                  # save_pretrained writes the weights 0600
     print(f"merged {src} into its base {dlm.extra['base_model']}: {out}")

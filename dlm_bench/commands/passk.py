@@ -111,7 +111,7 @@ def config_from_args(args):
 def run(args) -> int:
     from dlm_bench import metrics
     from dlm_bench.evaluate import run_sweep
-    from dlm_bench.store import read_scores
+    from dlm_bench.runs.store import read_scores
 
     cfg = config_from_args(args)
     results = run_sweep(cfg, progress=not args.no_progress, wait=args.wait)

@@ -57,7 +57,7 @@ def _lines(path: Path) -> int:
 
 
 def _read(d: Path) -> Run:
-    from dlm_bench.run_index import read_index
+    from dlm_bench.runs.index import read_index
     index = read_index(d)
     results = json.loads((d / "results.json").read_text()) if (d / "results.json").is_file() else None
     models: dict[str, dict] = {}
@@ -112,7 +112,7 @@ def _model_status(run: Run) -> None:
 
 def survey(root: str | Path) -> list[Run]:
     """Every run folder under `root` with its status (see the module docstring)."""
-    from dlm_bench.locks import holder
+    from dlm_bench.runs.locks import holder
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"runs directory {str(root)!r} does not exist")
@@ -161,7 +161,7 @@ def _table(runs: list[Run], root: Path | None) -> str:
 
 
 def _remove(runs: list[Run], yes: bool) -> int:
-    from dlm_bench.locks import folder_lock, holder
+    from dlm_bench.runs.locks import folder_lock, holder
     if not runs:
         print("nothing to remove")
         return 0

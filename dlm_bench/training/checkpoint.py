@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dlm_bench.file_modes import share_tree
+from dlm_bench.runs.files import share_tree
 
 STATE = "trainer_state.pt"
 

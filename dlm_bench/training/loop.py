@@ -534,7 +534,7 @@ def open_log(run: Run):
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Run (or resume) training; returns the final checkpoint directory (the base model for `base`)."""
-    from dlm_bench.locks import folder_lock
+    from dlm_bench.runs.locks import folder_lock
     p = plan(cfg)
     if p is None:
         return _record_base(cfg)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from dlm_bench.config import derive_seed, stable_hash
 from dlm_bench.errors import UserError
 from dlm_bench.training.schedule import problems_visited
-from dlm_bench.store import Store
+from dlm_bench.runs.store import Store
 
 
 @dataclass

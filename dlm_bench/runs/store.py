@@ -15,7 +15,7 @@ Under torchrun each rank appends to its own shard (`generations.rank{r}.jsonl`, 
 and N ranks (or a killed-and-resumed run) end with byte-identical files apart from timings.
 
 Concurrency: appends hold the folder's I/O lock shared, merges and repairs hold it exclusive
-(`dlm_bench.locks`), so a merge cannot drop a line another process is appending. A failed write
+(`dlm_bench.runs.locks`), so a merge cannot drop a line another process is appending. A failed write
 (disk full, file-size limit) is cut back to the last whole batch and reported as a UserError.
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ import pandas as pd
 
 from dlm_bench.errors import UserError
 from dlm_bench.checks import writable_dir
-from dlm_bench.file_modes import share_file
-from dlm_bench.locks import io_lock
+from dlm_bench.runs.files import share_file
+from dlm_bench.runs.locks import io_lock
 
 GEN_FIELDS = ("method", "task", "temperature", "gen_length", "problem_id", "sample", "seed", "config_hash",
               "prompt_hash", "text", "tokens", "nfe", "length", "seconds")
@@ -315,7 +315,7 @@ def run_dirs(root: str | Path) -> list[Path]:
 def read_all_scores(root: str | Path) -> pd.DataFrame:
     """Scores of every run under `root`, concatenated (a record present in two runs is kept once);
     a method label that covers several models keeps only the newest model's records, with a warning."""
-    from dlm_bench.run_index import newest_model_per_label
+    from dlm_bench.runs.index import newest_model_per_label
     dirs = run_dirs(root)
     frames = [f for f in (read_scores(d) for d in dirs) if not f.empty]
     if not frames:

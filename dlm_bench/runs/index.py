@@ -14,20 +14,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from dlm_bench.locks import io_lock
+from dlm_bench.runs.locks import io_lock
 
 INDEX = "configs.jsonl"
 
 
 def read_index(run_dir: str | Path) -> dict[str, dict]:
-    from dlm_bench.store import read_jsonl
+    from dlm_bench.runs.store import read_jsonl
     return {r["config_hash"]: r for r in read_jsonl(Path(run_dir) / INDEX)}
 
 
 def record_cells(run_dir: str | Path, method: str, cells, model_path: str | None = None) -> None:
     """Add the cells of a sweep not yet in the folder's index (the caller holds the folder lock).
     `model_path` (absolute) lets `dlm-bench runs` tell whether the model still exists."""
-    from dlm_bench.store import _append_lines
+    from dlm_bench.runs.store import _append_lines
     known = read_index(run_dir)
     now = round(time.time(), 3)
     path = str(Path(model_path).resolve()) if model_path else None
