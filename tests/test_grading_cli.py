@@ -137,7 +137,7 @@ def _canonical_rows(n=2):
 
 
 def test_code_tasks_refuse_without_bubblewrap(tmp_path, capsys, monkeypatch):
-    from dlm_bench import sandbox as sb
+    from dlm_bench.sandbox import launch as sb
     monkeypatch.setattr(sb, "_bwrap_problem", lambda: "bwrap not found on PATH")
     monkeypatch.setenv(sb.ENV_VAR, "")
     src = _write(tmp_path / "h.jsonl", _canonical_rows())

@@ -1,4 +1,4 @@
-"""Hostile programs against dlm_bench.sandbox: each must fail (or be contained) without harming the
+"""Hostile programs against dlm_bench.sandbox.launch: each must fail (or be contained) without harming the
 harness, the host, or the other results of the same batch."""
 import os
 import socket
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from dlm_bench import sandbox as sb
-from dlm_bench.sandbox_session import Remote
+from dlm_bench.sandbox import launch as sb
+from dlm_bench.sandbox.session import Remote
 
 ISO = sb.isolation()
 needs_bwrap = pytest.mark.skipif(ISO != sb.BWRAP, reason="bubblewrap unavailable here (rlimits-only)")
@@ -213,7 +213,7 @@ def test_no_network():
 
 _BATCH = """
 import json, sys
-from dlm_bench import sandbox as sb
+from dlm_bench.sandbox import launch as sb
 iso = sb.isolation()
 good = "def f(x):\\n    return x + 1  # {}\\n"
 bad = [sb.Program("while True:\\n    pass\\n", timeout=1.0),

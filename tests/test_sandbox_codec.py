@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from dlm_bench import sandbox_codec as codec
+from dlm_bench.sandbox import codec
 
 
 def roundtrip(v, handle=None):

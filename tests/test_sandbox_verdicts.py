@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dlm_bench import sandbox as sb
+from dlm_bench.sandbox import launch as sb
 from dlm_bench.cli import main
 from dlm_bench.tasks import get_task
 
@@ -174,7 +174,7 @@ def test_warm_sandbox_hygiene_after_a_poisoning_program():
 
 
 def _cgroup_here() -> bool:
-    from dlm_bench import sandbox_cgroup
+    from dlm_bench.sandbox import cgroup as sandbox_cgroup
     cg = sb.isolation() == sb.BWRAP and sandbox_cgroup.create()
     if cg:
         cg.remove()

@@ -21,8 +21,8 @@ import signal
 import sys
 import time
 
-from dlm_bench import sandbox
-from dlm_bench.sandbox_session import Gone, Remote, Session
+from dlm_bench.sandbox import launch as sandbox
+from dlm_bench.sandbox.session import Gone, Remote, Session
 
 
 def run(p: sandbox.Program, iso: str) -> sandbox.RunResult:

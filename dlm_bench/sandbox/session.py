@@ -1,6 +1,6 @@
 """The harness's end of a sandboxed call server: send a request, wait (bounded) for its answer.
 
-One Session per program. The program's answers are decoded by `sandbox_codec.loads` into exact
+One Session per program. The program's answers are decoded by `sandbox.codec.loads` into exact
 built-in values or `Remote` handles; nothing the program sends is ever executed or trusted
 beyond that. Any misbehaviour (exit, silence past the deadline, malformed frames, an answer that
 is not plain data) breaks the session: from then on every request raises `Gone`, so test code
@@ -13,7 +13,7 @@ import os
 import selectors
 import time
 
-from dlm_bench import sandbox_codec as codec
+from dlm_bench.sandbox import codec
 
 STDERR_KEEP = 16384
 _GRACE = 0.5  # after the program exits, how long to drain what it wrote
