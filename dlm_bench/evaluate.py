@@ -6,7 +6,7 @@ record. The seed of sample s of problem p is hash(sampling hash, p, s) -> 63-bit
 sampling hash leaves the grader out (a grader change re-grades the same samples), so records do not
 depend on batch size, rank
 count or how often the run was killed and resumed. Records go through `dlm_bench.runs.store`; the run ends
-with `results.json`: Pass@k per cell (via `dlm_bench.metrics`), mean NFE and completion length.
+with `results.json`: Pass@k per cell (via `dlm_bench.stats.metrics`), mean NFE and completion length.
 
 torchrun: with WORLD_SIZE > 1 rank r takes problems r::world and writes its own shard; after a
 barrier rank 0 merges the shards and writes the results.
@@ -429,7 +429,7 @@ def sweep_frames(store: Store, cfg: SweepConfig, problems, cells):
 
 
 def summarize(cfg: SweepConfig, store: Store, problems, cells) -> dict:
-    from dlm_bench import metrics
+    from dlm_bench.stats import metrics
 
     scores, gens = sweep_frames(store, cfg, problems, cells)
     complete = not scores.empty and len(scores) == len(problems) * cfg.n * len(cells)

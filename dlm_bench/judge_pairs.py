@@ -24,7 +24,7 @@ import pandas as pd
 
 from dlm_bench.errors import UserError
 from dlm_bench.judge import Judge, Judgment
-from dlm_bench.metrics import CELL, N_RESAMPLES, bootstrap_ci, cell_tag
+from dlm_bench.stats.metrics import CELL, N_RESAMPLES, bootstrap_ci, cell_tag
 
 ORDERS = ("both", "balanced")
 SCORE = {"win": 1.0, "tie": 0.0, "loss": -1.0}

@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.stats
 
 from dlm_bench.errors import UserError
-from dlm_bench.metrics import CELL, sign_flip_test
+from dlm_bench.stats.metrics import CELL, sign_flip_test
 
 EXACT_FLIPS_MAX_PAIRS = 16   # 2^16 sign assignments: exact up to here, Monte-Carlo above
 SINGLE = -1                  # train_seed of runs outside every seed folder (seeds.read_seeded_scores)
@@ -146,7 +146,7 @@ def _pp(v: float, digits: int) -> str:
 
 def seed_win_rates_markdown(table: pd.DataFrame, digits: int = 0) -> str:
     """A `seed_win_rates` table as Markdown (rates in %, differences in percentage points)."""
-    from dlm_bench.metrics import _fmt_p, _md_table
+    from dlm_bench.stats.metrics import _fmt_p, _md_table
     at = table.attrs
     title = f"**Path diversity across training seeds: {at.get('method_a')} (A) vs {at.get('method_b')} (B)**"
     if table.empty:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dlm_bench import metrics
+from dlm_bench.stats import metrics
 from dlm_bench.errors import UserError
 from dlm_bench.report_common import (_cell_stats, _curve, _is_minerva, _lcb_base, _num, _numeric_cost, _pct,
     _Report, _rng, _save, _t, closest_temperature, common_units, md_table, order_methods, ReportConfig, UNIT)
@@ -346,8 +346,8 @@ def _safe(s: str) -> str:
 
 
 def _diversity(rep: _Report, df: pd.DataFrame, methods: list[str]) -> None:
-    from dlm_bench.diversity import diversity_table, embedding_summary
-    from dlm_bench.embeddings import get_embedder
+    from dlm_bench.stats.diversity import diversity_table, embedding_summary
+    from dlm_bench.stats.embeddings import get_embedder
     rep.add("## Diversity of correct solutions (offline)", "")
     try:
         table = diversity_table(df)
@@ -428,7 +428,7 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
         raise UserError(f"confidence must be in (0, 1), got {cfg.confidence}")
     seeded = None
     if df is None:
-        from dlm_bench.seeds import read_seeded_scores
+        from dlm_bench.stats.seed_level import read_seeded_scores
         seeded = read_seeded_scores(cfg.runs)
         df = read_all_scores(cfg.runs) if seeded is None else _first_seed(seeded)
         n_runs = len(run_dirs(cfg.runs))
@@ -490,7 +490,7 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
         from dlm_bench.report_seeds import seed_section
         seed_section(rep, seeded, methods, t_star)
     else:
-        from dlm_bench.seeds import SAMPLING_ONLY
+        from dlm_bench.stats.seed_level import SAMPLING_ONLY
         rep.add(f"Note: {SAMPLING_ONLY} (runs laid out as RUNS/METHOD/seed-K/ add a training-seed section).", "")
     _diversity(rep, df, methods)
     if rep.skipped:

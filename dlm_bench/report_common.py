@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dlm_bench import metrics
+from dlm_bench.stats import metrics
 
 TARGET_T = 0.6
 FIG_K = 5  # Fig 2 is Pass@5 in the paper

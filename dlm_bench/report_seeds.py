@@ -1,4 +1,4 @@
-"""The report's section on training seeds (runs laid out as RUNS/METHOD/seed-K/, dlm_bench.seeds).
+"""The report's section on training seeds (runs laid out as RUNS/METHOD/seed-K/, dlm_bench.stats.seed_level).
 
 Figure `fig_seeds` shows, per task × length at the single-temperature T, each seed's Pass@k curve
 thin, the mean over seeds thick, and the sampling CI of that mean as a band, so the between-seed
@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dlm_bench import metrics, seeds
+from dlm_bench.stats import metrics
+
+from dlm_bench.stats import seed_level as seeds
 from dlm_bench.errors import UserError
 from dlm_bench.report_common import _Report, _save, _t
 
@@ -63,7 +65,7 @@ def diversity_across_seeds(seeded: pd.DataFrame) -> pd.DataFrame:
     solutions per solved problem (`diversity.diversity_table`: canonical expression trees on
     expression tasks, else normalised answers), with its min and max over seeds, and the mean solved
     share."""
-    from dlm_bench.diversity import diversity_table
+    from dlm_bench.stats.diversity import diversity_table
     per = diversity_table(seeded, by=("method", "train_seed", *metrics.CELL))
     measure = "distinct_trees" if per["distinct_trees"].notna().any() else "distinct_answers"
     rows = []
@@ -77,7 +79,7 @@ def diversity_across_seeds(seeded: pd.DataFrame) -> pd.DataFrame:
 
 
 def _diversity(rep: _Report, seeded: pd.DataFrame, methods: list[str]) -> None:
-    from dlm_bench.metrics import _md_table
+    from dlm_bench.stats.metrics import _md_table
     try:
         table = diversity_across_seeds(seeded)
     except (UserError, KeyError) as e:
@@ -110,7 +112,7 @@ def seed_tables(seeded: pd.DataFrame, methods: list[str], base: str, ks: list[in
 def _summary(rep: _Report, tables: dict, ks: list[int], methods: list[str]) -> None:
     """One compact table: the seed-level difference from base (pp, CI) at Pass@1, the primary k and
     Pass@n, per method and cell; * where the CI excludes 0."""
-    from dlm_bench.metrics import _fmt_num, _md_table
+    from dlm_bench.stats.metrics import _fmt_num, _md_table
     cfg = rep.cfg
     found = [t for t in tables.values() if isinstance(t, pd.DataFrame)]
     if not found:
@@ -137,7 +139,7 @@ def _summary(rep: _Report, tables: dict, ks: list[int], methods: list[str]) -> N
     names = {"task": "Task", "gen_length": "Length", "temperature": "Temp."}
     header = ["Method", *[names[c] for c in cells], "Seeds"] + [f"Δ Pass@{k} (pp) [CI]" for k in ks]
     rep.add(f"**Every method minus {cfg.base}, across training seeds** ({cfg.confidence:.0%} seed-level "
-            "intervals, `dlm_bench.seeds`; * the interval excludes 0; the per-method tables below add the "
+            "intervals, `dlm_bench.stats.seed_level`; * the interval excludes 0; the per-method tables below add the "
             "seed-permutation p at the primary k)", "")
     rep.add(*_md_table(header, rows, right=set(range(len(cells) + 1, len(header)))), "")
 

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from dlm_bench import metrics
+from dlm_bench.stats import metrics
 from dlm_bench.report_common import (_curve, _is_minerva, _lcb_base, _pct, _Report, _rng, _save, _t, _train_name,
     closest_temperature, DIFFICULTIES, md_table, order_methods, split_label)
 from dlm_bench.report_style import dot_panel, figure_legend, fit_y, grid, method_color

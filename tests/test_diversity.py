@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dlm_bench import diversity as D
-from dlm_bench import embeddings as E
+from dlm_bench.stats import diversity as D
+from dlm_bench.stats import embeddings as E
 from dlm_bench.errors import UserError
 
 # --------------------------------------------------------------------------- expression trees

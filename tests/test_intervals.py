@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from dlm_bench import intervals, metrics
+from dlm_bench.stats import intervals
+
+from dlm_bench.stats import metrics
 
 
 def _band(cov, n_studies):

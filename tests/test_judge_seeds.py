@@ -11,9 +11,9 @@ import scipy.special
 import scipy.stats
 
 from dlm_bench import judge_seeds as J
-from dlm_bench import seeds
+from dlm_bench.stats import seed_level as seeds
 from dlm_bench.errors import UserError
-from dlm_bench.metrics import bootstrap_ci, sign_flip_test
+from dlm_bench.stats.metrics import bootstrap_ci, sign_flip_test
 
 
 def test_pair_seeds():

@@ -9,7 +9,7 @@ import pytest
 import scipy.special
 import scipy.stats
 
-from dlm_bench import metrics as M
+from dlm_bench.stats import metrics as M
 from dlm_bench.errors import UserError
 
 

@@ -34,7 +34,7 @@ def test_duplicate_names_and_wrong_kinds_are_refused():
 
 
 def test_every_task_declares_its_answer_kind_and_downstream_uses_it():
-    from dlm_bench.diversity import is_expression_task
+    from dlm_bench.stats.diversity import is_expression_task
     from dlm_bench.tasks import answer_kind
     kinds = {name: answer_kind(name) for name in task_names()}
     assert set(kinds.values()) <= {"number", "math", "expression", "code", "grid"}

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dlm_bench import metrics
+from dlm_bench.stats import metrics
 from dlm_bench.report import build_report
 from dlm_bench.report_common import ReportConfig, closest_temperature, split_label
 from dlm_bench.runs.store import Store, read_all_scores
@@ -196,7 +196,7 @@ def test_compare_cli_agrees_with_report_and_writes_csv_json(report, runs, tmp_pa
 
     from dlm_bench.commands import compare as cmd
     from dlm_bench.commands import report as report_cmd
-    from dlm_bench.metrics import N_RESAMPLES
+    from dlm_bench.stats.metrics import N_RESAMPLES
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)
     assert p.parse_args(["a", "b"]).resamples == N_RESAMPLES == ReportConfig("r", "o").n_resamples

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from dlm_bench import seeds
+from dlm_bench.stats import seed_level as seeds
 
 
 def _in_band(cov, n):

@@ -1,7 +1,7 @@
 """`dlm-bench compare A B --runs DIR [--k 5] [--task T ...] [--csv F] [--json F]`: paired Pass@k comparison.
 
 Several training seeds per method: lay the runs out as DIR/METHOD/seed-K/<run dirs>; then the
-comparison is at the seed level (dlm_bench.seeds). Without seed-K folders it is problem-level and
+comparison is at the seed level (dlm_bench.stats.seed_level). Without seed-K folders it is problem-level and
 says that its interval covers sampling variance only."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import math
 
 from dlm_bench.errors import UserError
-from dlm_bench.metrics import N_RESAMPLES
+from dlm_bench.stats.metrics import N_RESAMPLES
 
 
 def add_arguments(p) -> None:
@@ -38,7 +38,7 @@ def _write_json(table, path: str) -> None:
 
 
 def run(args) -> int:
-    from dlm_bench import metrics
+    from dlm_bench.stats import metrics
 
     if args.k < 1:
         raise UserError(f"--k must be >= 1, got {args.k}")
@@ -46,7 +46,7 @@ def run(args) -> int:
         raise UserError(f"--confidence must be in (0, 1), got {args.confidence}")
     if args.resamples < 100:
         raise UserError(f"--resamples must be >= 100, got {args.resamples}")
-    from dlm_bench import seeds
+    from dlm_bench.stats import seed_level as seeds
     seeded = seeds.read_seeded_scores(args.runs)
     if seeded is not None:
         table = seeds.seed_table(_filtered(seeded, args, "scores"), args.method_a, args.method_b,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from dlm_bench.errors import UserError
-from dlm_bench.metrics import N_RESAMPLES
+from dlm_bench.stats.metrics import N_RESAMPLES
 
 
 def add_arguments(p) -> None:
@@ -78,7 +78,7 @@ def _check(args) -> None:
 
 
 def run(args) -> int:
-    from dlm_bench import seeds
+    from dlm_bench.stats import seed_level as seeds
     from dlm_bench.judge import Judge, JudgeConfig
     from dlm_bench.judge_pairs import summary
 
@@ -115,7 +115,7 @@ def _save(judgments, args) -> None:
 
 def _judge_pooled(args, judge):
     """One seed per method: the problem-level table, which covers sampling variance only."""
-    from dlm_bench import seeds
+    from dlm_bench.stats import seed_level as seeds
     from dlm_bench.commands.compare import stored_samples
     from dlm_bench.judge_pairs import judge_methods, win_rates, win_rates_markdown
     df = stored_samples(args, "samples")

@@ -109,7 +109,7 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    from dlm_bench import metrics
+    from dlm_bench.stats import metrics
     from dlm_bench.evaluate import run_sweep
     from dlm_bench.runs.store import read_scores
 

@@ -84,7 +84,7 @@ def _read(d: Path) -> Run:
 
 
 def _seed_part(path: Path, root: Path) -> str:
-    from dlm_bench.seeds import SEED_DIR
+    from dlm_bench.stats.seed_level import SEED_DIR
     return next((p for p in path.relative_to(root).parts if SEED_DIR.match(p)), "")
 
 

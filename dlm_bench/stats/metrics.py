@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from dlm_bench import intervals
+from dlm_bench.stats import intervals
 from dlm_bench.errors import UserError
 
 CELL = ("task", "gen_length", "temperature")  # one comparison per cell
@@ -147,7 +147,7 @@ class CI:
 def mean_ci(values, confidence: float = 0.95, bounds=(0.0, 1.0)) -> CI:
     """The problem-level CI for a mean of per-problem values: `intervals.DEFAULT` (the t-interval),
     chosen because it covered 93-97% in the coverage simulation where BCa did not (see
-    dlm_bench/intervals.py). Clipped to `bounds` (Pass@k lies in [0, 1], a difference in [-1, 1])."""
+    dlm_bench/stats/intervals.py). Clipped to `bounds` (Pass@k lies in [0, 1], a difference in [-1, 1])."""
     x = np.asarray(values, dtype=float)
     if x.size < 2:
         return CI(math.nan, math.nan, "undefined")

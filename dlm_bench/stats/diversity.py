@@ -3,7 +3,7 @@
 Offline measures (no endpoint): distinct correct final answers, distinct correct completions after
 whitespace/case normalisation, and for Countdown distinct expression trees up to commutativity;
 and embedding diversity (Vendi score, mean cosine distance, clusters) from a local
-sentence-embedding model or a labelled lexical fallback (dlm_bench.embeddings). The TraFL
+sentence-embedding model or a labelled lexical fallback (dlm_bench.stats.embeddings). The TraFL
 LLM-judge comparison of two methods is in dlm_bench.judge_pairs.
 
 All functions take per-sample rows (generations.jsonl, which carries `correct` and `text`).
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from dlm_bench.errors import UserError
-from dlm_bench.metrics import BY, mean_se
+from dlm_bench.stats.metrics import BY, mean_se
 
 # --------------------------------------------------------------------------- normalisation
 
@@ -167,7 +167,7 @@ def diversity_table(df: pd.DataFrame, by=BY, expression_task=is_expression_task)
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------- embeddings (dlm_bench.embeddings)
+# --------------------------------------------------------------------------- embeddings (dlm_bench.stats.embeddings)
 
 def embedding_diversity(emb, threshold: float = 0.9) -> dict:
     """From unit-norm embeddings of one problem's solutions: mean pairwise cosine distance,

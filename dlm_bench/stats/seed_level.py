@@ -84,7 +84,7 @@ def seed_permutation_p(ma, mb, n_resamples=20_000, rng=None) -> tuple[float, str
 
 def seed_compare(ya, yb, confidence=0.95, n_permutations=20_000, seed=0) -> SeedResult:
     """Method A vs B from per-seed, per-problem values ya (S_A, P) and yb (S_B, P)."""
-    from dlm_bench.metrics import paired_ci  # metrics is the problem-level layer
+    from dlm_bench.stats.metrics import paired_ci  # metrics is the problem-level layer
     ya, yb = np.atleast_2d(np.asarray(ya, float)), np.atleast_2d(np.asarray(yb, float))
     if ya.shape[1] != yb.shape[1]:
         raise ValueError(f"A and B need the same problems, got {ya.shape[1]} and {yb.shape[1]}")
@@ -111,7 +111,7 @@ def seed_compare(ya, yb, confidence=0.95, n_permutations=20_000, seed=0) -> Seed
 def simulate_seeds(rng, n_problems, n_seeds, n, k, seed_sd=0.6, shift=0.0, a=0.6, b=1.2):
     """One study: problem difficulty q ~ Beta(a, b); each (method, seed) run moves every problem's
     logit by its own N(0, seed_sd) (a retrain); A also by `shift`. Returns ya, yb: (S, P) Pass@k."""
-    from dlm_bench.metrics import pass_at_k
+    from dlm_bench.stats.metrics import pass_at_k
     logit = scipy.special.logit(np.clip(rng.beta(a, b, size=n_problems), 1e-12, 1 - 1e-12))
     out = []
     for s in (shift, 0.0):
@@ -126,7 +126,7 @@ def null_study(n_studies, n_problems, n_seeds, n, k, seed_sd=0.6, shift=0.0, see
     """Coverage of 0 by the seed-level interval and by the problem-level interval on seed-averaged
     values, and the seed-level test's rejection rate: with shift = 0 the coverages are true
     coverages and the rate is the false-positive rate; with shift != 0 the rate is the power."""
-    from dlm_bench.metrics import paired_ci
+    from dlm_bench.stats.metrics import paired_ci
     rng = np.random.default_rng(seed)
     hier = prob = rej = 0
     for i in range(n_studies):
@@ -181,7 +181,7 @@ def read_seeded_scores(root):
 def seed_table(df, method_a, method_b, k, cells=("task", "gen_length", "temperature"),
                confidence=0.95, seed=0) -> pd.DataFrame:
     """`seed_compare` per cell at `k`, on the problems every seed of both methods has."""
-    from dlm_bench.metrics import _cell_rng, counts_table, pass_at_k
+    from dlm_bench.stats.metrics import _cell_rng, counts_table, pass_at_k
     cells = list(cells)
     counts = counts_table(df, ["method", "train_seed"] + cells)
     rows = []
@@ -203,7 +203,7 @@ def seed_table(df, method_a, method_b, k, cells=("task", "gen_length", "temperat
 
 def seed_markdown(table, digits=1) -> str:
     """A `seed_table` as Markdown, with each row's note on what its interval covers."""
-    from dlm_bench.metrics import _fmt_num, _fmt_p, _md_table
+    from dlm_bench.stats.metrics import _fmt_num, _fmt_p, _md_table
     cells = [c for c in ("task", "gen_length", "temperature") if c in table.columns]
     names = {"task": "Task", "gen_length": "Length", "temperature": "Temp."}
     header = [names[c] for c in cells] + ["Seeds A/B", "Problems", "Diff (pp)", "CI (pp)", "p (seeds)"]

@@ -1,4 +1,4 @@
-"""Text -> unit-norm vectors for the offline embedding diversity measure (dlm_bench.diversity).
+"""Text -> unit-norm vectors for the offline embedding diversity measure (dlm_bench.stats.diversity).
 
 Three sources, each carrying a label that reports print next to the numbers:
 - a sentence-embedding model in a local directory (any Hugging Face encoder, mean-pooled over
