@@ -43,7 +43,7 @@ def test_sweep_folder_modes(tiny_dir, tmp_path, mask):
 
 def test_checkpoint_and_judge_cache_modes(tiny, tmp_path, mask):
     from dlm_bench.training import checkpoint
-    from dlm_bench.judge import JudgeCache
+    from dlm_bench.judge.client import JudgeCache
     checkpoint.save(tmp_path / "train", tiny, {"step": 1})
     assert (tmp_path / "train" / "checkpoint" / "model.safetensors").is_file()
     _expect(tmp_path / "train", mask)

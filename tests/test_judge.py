@@ -10,10 +10,10 @@ import time
 import pandas as pd
 import pytest
 
-from dlm_bench import judge_pairs as P
+from dlm_bench.judge import pairs as P
 from dlm_bench.errors import UserError
-from dlm_bench.judge import Judge, JudgeConfig, parse_verdict
-from dlm_bench.judge_prompt import load_template, parse_template
+from dlm_bench.judge.client import Judge, JudgeConfig, parse_verdict
+from dlm_bench.judge.prompt import load_template, parse_template
 from fake_openai import FakeServer
 
 

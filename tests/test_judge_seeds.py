@@ -10,7 +10,7 @@ import pytest
 import scipy.special
 import scipy.stats
 
-from dlm_bench import judge_seeds as J
+from dlm_bench.judge import seed_pairs as J
 from dlm_bench.stats import seed_level as seeds
 from dlm_bench.errors import UserError
 from dlm_bench.stats.metrics import bootstrap_ci, sign_flip_test

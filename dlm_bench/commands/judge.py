@@ -2,7 +2,7 @@
 
 Several training seeds per method (DIR/METHOD/seed-K/<run dirs>): A's K-th seed folder is judged
 against B's K-th only (a method with one run, such as the base, against every seed of the other),
-and a seed-level table treats the seed pairs as the units of replication (dlm_bench.judge_seeds):
+and a seed-level table treats the seed pairs as the units of replication (dlm_bench.judge.seed_pairs):
 per-pair A-minus-B win-rate differences, a t-interval and an exact sign-flip p over the pairs.
 Without seed-K folders the table is problem-level and says it covers sampling variance only."""
 from __future__ import annotations
@@ -79,8 +79,8 @@ def _check(args) -> None:
 
 def run(args) -> int:
     from dlm_bench.stats import seed_level as seeds
-    from dlm_bench.judge import Judge, JudgeConfig
-    from dlm_bench.judge_pairs import summary
+    from dlm_bench.judge.client import Judge, JudgeConfig
+    from dlm_bench.judge.pairs import summary
 
     _check(args)
     judge = Judge(JudgeConfig(model=args.judge_model, base_url=args.judge_url, api_key_env=args.api_key_env,
@@ -117,7 +117,7 @@ def _judge_pooled(args, judge):
     """One seed per method: the problem-level table, which covers sampling variance only."""
     from dlm_bench.stats import seed_level as seeds
     from dlm_bench.commands.compare import stored_samples
-    from dlm_bench.judge_pairs import judge_methods, win_rates, win_rates_markdown
+    from dlm_bench.judge.pairs import judge_methods, win_rates, win_rates_markdown
     df = stored_samples(args, "samples")
     judgments = judge_methods(df, args.method_a, args.method_b, judge, **_judge_kwargs(args, df))
     _save(judgments, args)
@@ -129,9 +129,9 @@ def _judge_pooled(args, judge):
 def _judge_seeds(args, judge, seeded):
     """Judged within seed pairs; the seed-level table, then the problem-level one over every
     (seed pair, problem)."""
-    from dlm_bench import judge_seeds as S
+    from dlm_bench.judge import seed_pairs as S
     from dlm_bench.commands.compare import _filtered
-    from dlm_bench.judge_pairs import win_rates, win_rates_markdown
+    from dlm_bench.judge.pairs import win_rates, win_rates_markdown
     df = _filtered(seeded, args, "samples")
     pairs, note = S.pair_seeds(S.method_seeds(df, args.method_a), S.method_seeds(df, args.method_b))
     if note:

@@ -4,7 +4,7 @@ Offline measures (no endpoint): distinct correct final answers, distinct correct
 whitespace/case normalisation, and for Countdown distinct expression trees up to commutativity;
 and embedding diversity (Vendi score, mean cosine distance, clusters) from a local
 sentence-embedding model or a labelled lexical fallback (dlm_bench.stats.embeddings). The TraFL
-LLM-judge comparison of two methods is in dlm_bench.judge_pairs.
+LLM-judge comparison of two methods is in dlm_bench.judge.pairs.
 
 All functions take per-sample rows (generations.jsonl, which carries `correct` and `text`).
 """

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from dlm_bench.errors import UserError
-from dlm_bench.judge import Judge, Judgment
+from dlm_bench.judge.client import Judge, Judgment
 from dlm_bench.stats.metrics import CELL, N_RESAMPLES, bootstrap_ci, cell_tag
 
 ORDERS = ("both", "balanced")

@@ -2,11 +2,11 @@
 
 The judge sees two sets of solutions to one problem, lists the distinct approach types in each,
 and says which set is more diverse (A, B or TIE). This module presents one pair and returns one
-`Judgment`; showing each problem in both orders and tallying live in dlm_bench.judge_pairs.
+`Judgment`; showing each problem in both orders and tallying live in dlm_bench.judge.pairs.
 
 A judge that is down, times out, or answers garbage never raises: each request is retried with
 exponential backoff, then the judgment comes back with status "unavailable" or "unparseable" and
-the error, so the rest of a report still renders. The prompt comes from dlm_bench.judge_prompt.
+the error, so the rest of a report still renders. The prompt comes from dlm_bench.judge.prompt.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dlm_bench.errors import UserError
 from dlm_bench.runs.files import share_file
-from dlm_bench.judge_prompt import PromptTemplate, load_template
+from dlm_bench.judge.prompt import PromptTemplate, load_template
 
 VERDICT_SCHEMA = {
     "type": "object",

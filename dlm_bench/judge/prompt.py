@@ -1,4 +1,4 @@
-"""The judge's prompt template: the shipped default (dlm_bench/prompts/path_diversity.txt) or the user's own.
+"""The judge's prompt template: the shipped default (dlm_bench/judge/prompts/path_diversity.txt) or the user's own.
 
 A template file holds an optional `[system]` section and a `[user]` section (a file without section
 lines is all user message). The user message must contain `{set_a}` and `{set_b}`; it may contain
@@ -65,7 +65,7 @@ def parse_template(text: str, source: str) -> PromptTemplate:
 def load_template(path: str | Path | None = None) -> PromptTemplate:
     """The user's template file, or the shipped default when `path` is None."""
     if path is None:
-        text = resources.files("dlm_bench").joinpath("prompts", DEFAULT_NAME).read_text(encoding="utf-8")
+        text = resources.files("dlm_bench.judge").joinpath("prompts", DEFAULT_NAME).read_text(encoding="utf-8")
         return parse_template(text, f"default ({DEFAULT_NAME})")
     p = Path(path)
     try:

@@ -53,7 +53,7 @@ def pair_label(seed_a: int, seed_b: int) -> str:
 
 def judge_by_seed(df: pd.DataFrame, method_a: str, method_b: str, judge, pairs, **kw) -> pd.DataFrame:
     """`judge_methods` on each seed pair's samples, rows tagged seed_a, seed_b, seed_pair."""
-    from dlm_bench.judge_pairs import judge_methods
+    from dlm_bench.judge.pairs import judge_methods
     frames = []
     for sa, sb in pairs:
         mine = df[((df["method"] == method_a) & (df["train_seed"] == sa))
