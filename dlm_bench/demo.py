@@ -122,7 +122,7 @@ def run_demo(path: str, only: str | None = None, methods: str | None = None,
 
 def _run(cfg: dict, only: str | None, methods: str | None, stages: tuple[str, ...]) -> Path | None:
     from dlm_bench.methods import method_names
-    from dlm_bench.report import ReportConfig, build_report
+    from dlm_bench.report.build import ReportConfig, build_report
 
     start = time.monotonic()
     base = base_model(cfg, force=only == "base")

@@ -1,4 +1,4 @@
-"""dlm_bench.report on a small synthetic store: figures written, every method named, missing cells
+"""dlm_bench.report.build on a small synthetic store: figures written, every method named, missing cells
 shown as missing, and table numbers equal to metrics recomputed directly."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from dlm_bench.stats import metrics
-from dlm_bench.report import build_report
-from dlm_bench.report_common import ReportConfig, closest_temperature, split_label
+from dlm_bench.report.build import build_report
+from dlm_bench.report.common import ReportConfig, closest_temperature, split_label
 from dlm_bench.runs.store import Store, read_all_scores
 
 N = 4

@@ -10,9 +10,9 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_hex, to_rgba_array
 
-from dlm_bench.report import render
-from dlm_bench.report_common import ReportConfig
-from dlm_bench.report_style import METHOD_COLORS, method_color
+from dlm_bench.report.build import render
+from dlm_bench.report.common import ReportConfig
+from dlm_bench.report.style import METHOD_COLORS, method_color
 from dlm_bench.runs.store import Store
 from test_report import _records
 

@@ -115,7 +115,7 @@ def test_compare_cli_without_seeds_says_sampling_only(tmp_path, capsys):
 
 
 def test_report_has_a_seed_section(tmp_path):
-    from dlm_bench.report import ReportConfig, render
+    from dlm_bench.report.build import ReportConfig, render
     rng = np.random.default_rng(4)
     rates = rng.random(12)
     runs = tmp_path / "runs"
@@ -141,7 +141,7 @@ def test_report_has_a_seed_section(tmp_path):
 def test_diversity_across_seeds_by_hand():
     """Two seeds of one method: seed 0 finds 2 distinct correct answers on its one solved problem,
     seed 1 finds 1 on each of two: mean over seeds (2 + 1) / 2, range 1-2, solved 1/2 and 2/2."""
-    from dlm_bench.report_seeds import diversity_across_seeds
+    from dlm_bench.report.seed_level import diversity_across_seeds
     rows = []
     for seed, answers in ((0, {"p0": ["4", "5", None], "p1": [None, None, None]}),
                           (1, {"p0": ["4", "4", None], "p1": ["7", None, None]})):

@@ -59,7 +59,7 @@ def load_difficulties(path: str) -> dict:
 
 
 def run(args) -> int:
-    from dlm_bench.report import ReportConfig, build_report
+    from dlm_bench.report.build import ReportConfig, build_report
 
     formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]

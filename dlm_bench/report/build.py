@@ -17,7 +17,7 @@
   the embedding Vendi score), plus `tables/*.csv` with the same numbers unrounded;
 - with runs laid out as RUNS/METHOD/seed-K/, a section across training seeds (report_seeds).
 
-Every figure follows dlm_bench.report_style (fixed colour per method, shared y-axes, one legend from
+Every figure follows dlm_bench.report.style (fixed colour per method, shared y-axes, one legend from
 all series). Nothing is invented: a cell without records is "n/a" in tables and figures, and a
 figure without data is skipped with a line in the report saying why.
 
@@ -37,10 +37,10 @@ import pandas as pd
 
 from dlm_bench.stats import metrics
 from dlm_bench.errors import UserError
-from dlm_bench.report_common import (_cell_stats, _curve, _is_minerva, _lcb_base, _num, _numeric_cost, _pct,
+from dlm_bench.report.common import (_cell_stats, _curve, _is_minerva, _lcb_base, _num, _numeric_cost, _pct,
     _Report, _rng, _save, _t, closest_temperature, common_units, md_table, order_methods, ReportConfig, UNIT)
-from dlm_bench.report_style import dot_panel, figure_legend, fit_y, grid, LINESTYLES, MARKERS, method_color
-from dlm_bench.report_transfer import _fig3a, _fig3b
+from dlm_bench.report.style import dot_panel, figure_legend, fit_y, grid, LINESTYLES, MARKERS, method_color
+from dlm_bench.report.transfer import _fig3a, _fig3b
 
 
 # --------------------------------------------------------------------------- sections
@@ -487,7 +487,7 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
     _fig3b(rep, counts, methods)
     _comparisons(rep, compares, methods)
     if seeded is not None:
-        from dlm_bench.report_seeds import seed_section
+        from dlm_bench.report.seed_level import seed_section
         seed_section(rep, seeded, methods, t_star)
     else:
         from dlm_bench.stats.seed_level import SAMPLING_ONLY

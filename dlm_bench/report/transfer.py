@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 
 from dlm_bench.stats import metrics
-from dlm_bench.report_common import (_curve, _is_minerva, _lcb_base, _pct, _Report, _rng, _save, _t, _train_name,
+from dlm_bench.report.common import (_curve, _is_minerva, _lcb_base, _pct, _Report, _rng, _save, _t, _train_name,
     closest_temperature, DIFFICULTIES, md_table, order_methods, split_label)
-from dlm_bench.report_style import dot_panel, figure_legend, fit_y, grid, method_color
+from dlm_bench.report.style import dot_panel, figure_legend, fit_y, grid, method_color
 
 
 def _fig3a(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float) -> None:

@@ -15,7 +15,7 @@ from dlm_bench.stats import metrics
 
 from dlm_bench.stats import seed_level as seeds
 from dlm_bench.errors import UserError
-from dlm_bench.report_common import _Report, _save, _t
+from dlm_bench.report.common import _Report, _save, _t
 
 
 def _seed_curves(counts: pd.DataFrame, ks: list[int]) -> dict:
@@ -34,7 +34,7 @@ def _seed_curves(counts: pd.DataFrame, ks: list[int]) -> dict:
 
 
 def _figure(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float) -> None:
-    from dlm_bench.report_style import figure_legend, fit_y, grid, method_color
+    from dlm_bench.report.style import figure_legend, fit_y, grid, method_color
     at = counts[np.isclose(counts["temperature"].astype(float), t_star)]
     cells = sorted(at[["task", "gen_length"]].drop_duplicates().itertuples(index=False, name=None))
     if not cells:

@@ -188,7 +188,7 @@ def _numeric_cost(df: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- saving figures
 
 def _save(rep: _Report, fig, name: str, caption: str) -> None:
-    from dlm_bench.report_style import plt
+    from dlm_bench.report.style import plt
     paths = []
     for fmt in rep.cfg.formats:
         p = rep.out / f"{name}.{fmt}"
