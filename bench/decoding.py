@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dlm_bench.cli import main as cli  # noqa: E402
-from dlm_bench.kv_cache import BlockCache  # noqa: E402
+from dlm_bench.models.kv_cache import BlockCache  # noqa: E402
 from dlm_bench.sampler import SamplerConfig, make_generators, sample  # noqa: E402
 
 MODES = [("none", None), ("none", 0.9), ("prefix", None), ("prefix", 0.9), ("dual", None), ("dual", 0.9)]
@@ -54,7 +54,7 @@ def load(name: str, tmp: Path):
         model = build_tiny(tok, name.split(":", 1)[1]).eval()
         return DLM(model=model, tokenizer=tok, mask_id=tok.mask_token_id, eos_id=tok.eos_token_id,
                    pad_id=tok.pad_token_id, extra={"model_type": "dlm-bench-tiny"})
-    from dlm_bench.data import models_dir
+    from dlm_bench.tasks.data import models_dir
     from dlm_bench.models.random_init import build_tiny as build_real
     snap = {"llada": "llada-8b-instruct-maskfix", "dream": "dream-v0-instruct-7b"}[name]
     root = models_dir()

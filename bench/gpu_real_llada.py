@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dlm_bench.data import models_dir
+from dlm_bench.tasks.data import models_dir
 from dlm_bench.models import DLM
 from dlm_bench.models.random_init import TINY, random_model
 from dlm_bench.sampler import SamplerConfig, make_generators, sample

@@ -22,7 +22,7 @@ Differences from the reference, none of which changes a completion's text:
   logits' shape) are still made, so the next block sees the reference's random stream
   (`_idle_draws`). Such steps count no NFE and no step in the step map.
 
-`cache="prefix"|"dual"` (Fast-dLLM's block KV cache, `dlm_bench/kv_cache.py`) changes completions:
+`cache="prefix"|"dual"` (Fast-dLLM's block KV cache, `dlm_bench/models/kv_cache.py`) changes completions:
 a block's first step is a full pass, exactly as without the cache; its other steps run the model
 over a window only (NFE still counts one per step; their FLOPs are in bench/decoding.py).
 """
@@ -171,7 +171,7 @@ def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
     vocab = None    # the logits' last dimension, known after the first forward pass
     cache = None
     if cfg.cache != "none":
-        from dlm_bench.kv_cache import BlockCache
+        from dlm_bench.models.kv_cache import BlockCache
         cache = BlockCache(dlm, cfg.cache)
     for b in range(blocks):
         lo, hi = P + b * cfg.block_length, P + (b + 1) * cfg.block_length

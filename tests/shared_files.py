@@ -18,7 +18,7 @@ def missing(reason: str):
 
 
 def real_model_snapshot(name: str) -> Path:
-    from dlm_bench.data import models_dir
+    from dlm_bench.tasks.data import models_dir
     root = models_dir()
     if root is None or not (root / name / "config.json").is_file():
         missing(f"real-model snapshot {name!r} not found ($DLM_BENCH_MODELS or ../shared/models)")
@@ -26,7 +26,7 @@ def real_model_snapshot(name: str) -> Path:
 
 
 def shared_data_present() -> bool:
-    from dlm_bench.data import candidate_dirs
+    from dlm_bench.tasks.data import candidate_dirs
     return any(d.is_dir() and any(d.iterdir()) for d in candidate_dirs())
 
 

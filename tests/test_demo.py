@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from dlm_bench.demo import load_config, run_demo
+from dlm_bench.protocol import load_config, run_demo
 from dlm_bench.errors import UserError
 
 
@@ -74,7 +74,7 @@ def test_missing_base_without_pretrain_settings_is_a_user_error(tmp_path):
 
 
 def test_cpu_study_config_names_every_method_with_three_seeds():
-    from dlm_bench.demo import training_seeds
+    from dlm_bench.protocol import training_seeds
     from dlm_bench.methods import get_method
     cfg = load_config("configs/cpu-study.yaml")
     assert training_seeds(cfg) == [0, 1, 2]

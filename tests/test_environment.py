@@ -12,7 +12,7 @@ import yaml
 
 from dlm_bench import environment as envm
 from dlm_bench.cli import main
-from dlm_bench.demo import deterministic_threads, load_config
+from dlm_bench.protocol import deterministic_threads, load_config
 from dlm_bench.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,12 +1,12 @@
-"""`dlm-bench grade` / `dlm-bench tasks` and dlm_bench.grading on good and malformed input."""
+"""`dlm-bench grade` / `dlm-bench tasks` and dlm_bench.tasks.grade_file on good and malformed input."""
 import json
 
 import pytest
 
-from dlm_bench import data
+from dlm_bench.tasks import data
 from dlm_bench.cli import main
 from dlm_bench.errors import UserError
-from dlm_bench.grading import MAX_COMPLETION_CHARS, grade_file, tasks_table
+from dlm_bench.tasks.grade_file import MAX_COMPLETION_CHARS, grade_file, tasks_table
 
 
 def _write(path, lines):

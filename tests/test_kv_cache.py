@@ -1,4 +1,4 @@
-"""Block KV cache (dlm_bench/kv_cache.py) on the built-in tiny model: the plumbing is exact where it
+"""Block KV cache (dlm_bench/models/kv_cache.py) on the built-in tiny model: the plumbing is exact where it
 must be (block-start logits; a window pass before anything changed), the approximation stays inside
 blocks, batch invariance holds, and the default leaves every config hash as it was."""
 from types import SimpleNamespace
@@ -8,7 +8,7 @@ import torch
 
 from dlm_bench.errors import UserError
 from dlm_bench.evaluate import SweepConfig, cell_config, sampling_hash, stable_hash
-from dlm_bench.kv_cache import BlockCache, check_model_dir
+from dlm_bench.models.kv_cache import BlockCache, check_model_dir
 from dlm_bench.sampler import SamplerConfig, make_generators, sample
 
 QUESTIONS = ["What is 2+3?", "x", "A longer prompt with several words in it to force padding.", "7*8"]

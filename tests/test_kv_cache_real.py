@@ -4,7 +4,7 @@ past_key_values protocol. Same exactness and batch-invariance checks as on the b
 import pytest
 import torch
 
-from dlm_bench.kv_cache import BlockCache
+from dlm_bench.models.kv_cache import BlockCache
 from dlm_bench.models import load_model
 from dlm_bench.sampler import SamplerConfig, make_generators, sample
 from shared_files import real_model_snapshot

@@ -25,7 +25,7 @@ def test_every_registered_method_and_every_setting_is_in_the_table():
 def test_every_deviation_row_names_a_test_that_exists():
     """docs/methods.md's fidelity tables: no "differs from the reference" row without a test."""
     import re
-    from dlm_bench.fidelity import ENGINE
+    from dlm_bench.methods.fidelity import ENGINE
     from dlm_bench.methods import get_method
     rows = list(ENGINE) + [d for n in method_names() for d in get_method(n).fidelity]
     assert len(rows) >= 20

@@ -1,5 +1,5 @@
 """`dlm-bench demo`: the whole protocol on the CPU testbed (see configs/demo.yaml)."""
-from dlm_bench.demo import run_demo
+from dlm_bench.protocol import run_demo
 
 
 def add_arguments(p):

@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from dlm_bench.grading import grade_file
+    from dlm_bench.tasks.grade_file import grade_file
     if args.unsafe_no_isolation:
         from dlm_bench.sandbox import launch as sandbox
         sandbox.allow_unisolated()

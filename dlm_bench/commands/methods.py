@@ -70,13 +70,13 @@ def markdown(names: list[str] | None = None) -> str:
             out.append(f"| `{path}` | `{_cell(repr(default))}` | {_cell(help_)} | {_cell(source) if source else '*reconstructed*'} |")
         out.append("")
         out += _fidelity_table(f"Where {name} differs from its reference", cls.fidelity)
-    from dlm_bench.fidelity import ENGINE
+    from dlm_bench.methods.fidelity import ENGINE
     out += ["## Shared machinery", ""] + _fidelity_table("Where the shared code differs from the references", ENGINE)
     return "\n".join(out)
 
 
 def _fidelity_table(title: str, rows) -> list[str]:
-    """The `Deviation` rows (dlm_bench.fidelity) as a table; status fixed | option | kept."""
+    """The `Deviation` rows (dlm_bench.methods.fidelity) as a table; status fixed | option | kept."""
     if not rows:
         return []
     out = [f"{title} (fixed: the recipe's behaviour is the default; option: one setting away; kept: a "

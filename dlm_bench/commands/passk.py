@@ -93,7 +93,7 @@ def default_out(method: str, task: str, model: str) -> str:
 def config_from_args(args):
     from dlm_bench.evaluate import SweepConfig
 
-    from dlm_bench.kv_cache import check_model_dir
+    from dlm_bench.models.kv_cache import check_model_dir
     if "/" in args.method or not args.method.strip():
         raise UserError(f"--method must be a plain label, got {args.method!r}")
     check_model_dir(args.model, args.cache)   # refuse an uncacheable architecture before any work

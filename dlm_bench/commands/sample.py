@@ -68,7 +68,7 @@ def run(args):
                         remasking=args.remasking, order=args.order, cfg_scale=args.cfg_scale,
                         threshold=args.threshold, cache=args.cache,
                         noise_dtype=args.noise_dtype).resolved()
-    from dlm_bench.kv_cache import check_model_dir
+    from dlm_bench.models.kv_cache import check_model_dir
     check_model_dir(args.model, cfg.cache)
     rows = _read_prompts(args.prompts)
     if args.out:                          # cheap checks before the model is loaded

@@ -7,7 +7,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from dlm_bench.grading import tasks_table
+    from dlm_bench.tasks.grade_file import tasks_table
     rows = [("task", "splits", "data")] + tasks_table(args.data_dir)
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)

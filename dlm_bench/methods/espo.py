@@ -31,7 +31,7 @@ import torch
 from dlm_bench.config import (CODE_REWARD_HELP, CODE_REWARDS, LoraConfig, MethodConfig, OptimConfig, RolloutConfig,
                               ScoreConfig, block, knob, mask_seed)
 from dlm_bench.likelihood import MaskDraw, draw_masks, elbo
-from dlm_bench.fidelity import Deviation
+from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.losses import espo_loss, group_advantages
 

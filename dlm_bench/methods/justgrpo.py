@@ -24,7 +24,7 @@ import torch
 
 from dlm_bench.config import CODE_REWARD_HELP, CODE_REWARDS, LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
 from dlm_bench.likelihood import left_to_right_logprob
-from dlm_bench.fidelity import Deviation
+from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.losses import clipped_pg, group_advantages
 

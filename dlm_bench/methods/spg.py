@@ -37,7 +37,7 @@ import torch
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
 from dlm_bench.likelihood import ScoredBatch
-from dlm_bench.fidelity import Deviation
+from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.diffu_grpo import completion_positions, masked_logprobs
 from dlm_bench.methods.losses import group_advantages

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
 from dlm_bench.likelihood import draw_cuts, masked_token_logprobs, td_masks  # noqa: F401  (re-exported)
-from dlm_bench.fidelity import Deviation
+from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method
 
 

@@ -44,7 +44,7 @@ from torch import nn
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
 from dlm_bench.likelihood import ScoredBatch, collapse_steps, masked_input, trace_logprobs, trace_samples  # noqa: F401
-from dlm_bench.fidelity import Deviation
+from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.heads import ScalarHead
 from dlm_bench.methods.losses import clipped_pg, group_mean, k3

@@ -46,7 +46,7 @@ from torch import nn
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, ScoreConfig, block, knob
 from dlm_bench.errors import UserError
 from dlm_bench.likelihood import elbo, normalized_logprob
-from dlm_bench.fidelity import Deviation
+from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method, slice_rows
 from dlm_bench.methods.espo import iteration_draws
 from dlm_bench.methods.heads import ScalarHead

@@ -5,7 +5,7 @@ and an 8B run share every code path. Architecture as LLaDA: pre-norm RMSNorm, ro
 embeddings, SwiGLU MLP, no causal mask, a dedicated mask token. Positions come from the attention
 mask, so a left-padded row sees exactly the positions it would see unpadded.
 
-Block KV caching (`dlm_bench.kv_cache`) is built in: `past_key_values` takes an object whose
+Block KV caching (`dlm_bench.models.kv_cache`) is built in: `past_key_values` takes an object whose
 `update(k, v, layer)` returns the keys and values to attend to (after rotary embedding). For a pass
 over a window of the sequence, `attention_mask` then covers every key (it is longer than the input)
 and `position_ids` give the window's positions.

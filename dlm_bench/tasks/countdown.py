@@ -19,7 +19,7 @@ from itertools import combinations
 from dlm_bench.errors import UserError
 
 from . import Grade, Problem, Task, register_task
-from dlm_bench.data import load_rows
+from dlm_bench.tasks.data import load_rows
 
 from ._math import boxed_contents
 
@@ -213,7 +213,7 @@ class Countdown(Task):
 
     def _train_rows(self):
         """(source row index, numbers, target) of the 3-number rows, as d1 filters them."""
-        from dlm_bench import data
+        from dlm_bench.tasks import data
         try:
             path = data.find_file(self.data_files["train"], self.data_dir, hub="Jiayi-Pan/Countdown-Tasks-3to4")
         except UserError as local_err:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from dlm_bench import data  # module attribute look-ups, so tests and callers can swap them
+from dlm_bench.tasks import data  # module attribute look-ups, so tests and callers can swap them
 from dlm_bench.errors import UserError
 
 from . import Grade, Problem, Task, register_task

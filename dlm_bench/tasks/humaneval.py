@@ -18,7 +18,7 @@ from dlm_bench.errors import UserError
 
 from . import Problem, register_task
 from ._code import SandboxTask, defines, extract_code, passed
-from dlm_bench.data import load_rows
+from dlm_bench.tasks.data import load_rows
 
 
 # ---------------------------------------------------------------------------------------------------

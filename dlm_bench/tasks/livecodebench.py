@@ -33,7 +33,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from dlm_bench.sandbox import launch as sandbox
-from dlm_bench.data import find_file, hub_dataset
+from dlm_bench.tasks.data import find_file, hub_dataset
 from dlm_bench.errors import UserError
 
 from . import Grade, Problem, Task, register_task

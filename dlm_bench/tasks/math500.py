@@ -8,7 +8,7 @@ import re
 from dlm_bench.errors import UserError
 
 from . import Grade, Problem, Task, register_task
-from dlm_bench.data import load_rows
+from dlm_bench.tasks.data import load_rows
 
 from ._math import last_boxed
 from ._mathverify import grade_in_pool, result_to_grade, verify_answer
@@ -73,7 +73,7 @@ class Math500(Task):
             rows = load_rows(self.data_files["train"], self.data_dir, None, "train")
         except UserError as local_err:
             try:  # the MATH train split on the hub comes one subject per config
-                from dlm_bench import data
+                from dlm_bench.tasks import data
                 rows = [dict(r, source_file=f"train/{s}/{i}.json")
                         for s in MATH_SUBJECTS for i, r in enumerate(data.hub_dataset("EleutherAI/hendrycks_math",
                                                                                  "train", s))]

@@ -17,7 +17,7 @@ from dlm_bench.sandbox import launch as sandbox
 from dlm_bench.errors import UserError
 
 from . import Problem, register_task
-from dlm_bench.data import load_rows
+from dlm_bench.tasks.data import load_rows
 from ._code import SandboxTask, extract_code, passed
 
 SPLIT_IDS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}

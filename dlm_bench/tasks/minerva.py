@@ -27,7 +27,7 @@ import re
 from dlm_bench.errors import UserError
 
 from . import Grade, Problem, Task, register_task
-from dlm_bench.data import load_rows
+from dlm_bench.tasks.data import load_rows
 
 from ._math import boxed_contents, last_boxed
 from ._mathverify import grade_in_pool, result_to_grade

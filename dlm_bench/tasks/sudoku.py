@@ -15,7 +15,7 @@ import random
 import re
 from functools import lru_cache
 
-from dlm_bench import data
+from dlm_bench.tasks import data
 from dlm_bench.errors import UserError
 
 from . import Grade, Problem, Task, register_task

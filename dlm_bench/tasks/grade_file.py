@@ -188,7 +188,7 @@ def tasks_table(data_dir=None) -> list[tuple[str, str, str]]:
     Tasks that declare `data_files` (split → path under the data folder) are located without loading;
     others are loaded once per split to count rows.
     """
-    from dlm_bench import data
+    from dlm_bench.tasks import data
     from dlm_bench.tasks import get_task, task_names
     rows = []
     for name in task_names():

@@ -10,7 +10,7 @@ from pathlib import Path
 from dlm_bench.errors import UserError
 
 ENV_VAR = "DLM_BENCH_DATA"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
