@@ -54,7 +54,7 @@ class SamplerConfig:
     logits_eos_inf: bool = False      # never sample end-of-text (LLaDA HumanEval setting)
     confidence_eos_eot_inf: bool = False  # LLaDA's flag, as its code behaves: see _suppressed_ids
     stop_at_eos: bool = True
-    cache: str = "none"               # block KV cache (Fast-dLLM): "prefix" or "dual"; see kv_cache.py
+    cache: str = "none"               # block KV cache (Fast-dLLM): "prefix" or "dual"; see models/kv_cache.py
     noise_dtype: str = "float64"      # Gumbel noise (+ confidence softmax unless float64); see _step
 
     def hashed(self) -> dict:
