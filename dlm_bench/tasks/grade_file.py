@@ -183,33 +183,23 @@ def _json_line(row: dict) -> str:
 
 
 def tasks_table(data_dir=None) -> list[tuple[str, str, str]]:
-    """(task, "split=size, ...", data location or "missing") for every registered task.
-
-    Tasks that declare `data_files` (split → path under the data folder) are located without loading;
-    others are loaded once per split to count rows.
-    """
-    from dlm_bench.tasks import data
+    """(task, "split=size, ...", data location or "missing") for every registered task; tasks that
+    declare their data files are located without reading them (`Task.locate`)."""
     from dlm_bench.tasks import get_task, task_names
     rows = []
     for name in task_names():
         task = get_task(name, data_dir=data_dir)
-        files = getattr(task, "data_files", None)
         sizes, where = [], []
         for split, size in task.splits.items():
-            generated = size is None or (files is not None and split not in files)
+            try:
+                found = task.locate(split)
+            except Exception:  # noqa: BLE001 - any failure to find or load means the data is not usable here
+                found = f"{split}: missing"
+            generated = found is None or (size is None and task.data_files is None)
             sizes.append(f"{split}={size if size is not None else 'n'}" + (" (generated)" if generated else ""))
-            if files is not None:
-                if split not in files:
-                    continue  # generated split
-                try:
-                    where.append(str(data.find_file(files[split], data_dir).parent))
-                except UserError:
-                    where.append(f"{split}: missing")
-            else:
-                try:
-                    where.append(f"{split}: {len(task.load(split))} rows")
-                except Exception:  # noqa: BLE001 - any failure to load means the data is not usable here
-                    where.append(f"{split}: missing")
+            if found is not None:
+                where.append(found if task.data_files is not None or found.endswith("missing")
+                             else f"{split}: {found}")
         uniq = list(dict.fromkeys(where))
         rows.append((name, ", ".join(sizes), "; ".join(uniq) if uniq else "generated"))
     return rows
