@@ -112,7 +112,7 @@ class Task:
         return None
 
 
-_TASKS = Registry("task", Task, "dlm_bench.tasks", ("gsm8k", "math500", "minerva", "humaneval", "mbpp",
+_TASKS = Registry("task", Task, "dlm_bench.tasks", ("gsm8k", "math500", "minerva", "aime", "olympiadbench", "humaneval", "mbpp",
                                                  "livecodebench", "countdown", "sudoku", "testbed"),
                   "dlm_bench.tasks")
 register_task = _TASKS.register
