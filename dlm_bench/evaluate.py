@@ -400,6 +400,8 @@ def finalize_run(cfg: SweepConfig, task=None) -> dict:
         results = summarize(cfg, store, problems, cells)
         results["config"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                              "split": split}
+        if task.result_note():            # e.g. LiveCodeBench graded on public tests only
+            results["note"] = task.result_note()
         results["versions"] = versions()
         from dlm_bench.environment import environment, history
         runtime = json.loads((store.dir / "model.json").read_text()) if (store.dir / "model.json").is_file() else {}

@@ -121,9 +121,10 @@ def run(args) -> int:
     hashes = {c["config_hash"] for c in results["cells"]}
     df = df[df["config_hash"].isin(hashes) & (df["method"] == cfg.method) & (df["sample"] < cfg.n)]
     table = metrics.passk_table(df, ks=cfg.ks)
+    note = f"({cfg.task}: {results['note']})\n" if results.get("note") else ""
     for k in cfg.ks:
         print(metrics.passk_markdown(table, k))
-        print()
+        print(note)
     cost = ", ".join(f"T={c['temperature']:g} L={c['gen_length']}: NFE {c['mean_nfe']:.1f}, "
                      f"length {c['mean_length']:.1f}" for c in results["cells"] if c["mean_nfe"] is not None)
     print(f"Denoising cost (mean per sample): {cost}")

@@ -168,7 +168,10 @@ def grade_file(task_name: str, in_path, out_path=None, data_dir=None, answer_mod
         summary["correct_strict"] = strict
     print(f"{task_name}: n={n} correct={correct} accuracy={summary['accuracy']:.4f}"
           + (f" (strict: correct={strict} accuracy={strict / n:.4f})" if differs else "")
-          + (f" bad_input={bad}" if bad else "") + f" -> {out_path}")
+          + (f" bad_input={bad}" if bad else "") + (f" ({task.result_note()})" if task.result_note() else "")
+          + f" -> {out_path}")
+    if task.result_note():
+        summary["note"] = task.result_note()
     return summary
 
 

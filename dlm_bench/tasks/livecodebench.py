@@ -15,7 +15,11 @@ expected outputs never enter it (compared here):
   the input; each result comes back as plain data and is compared here as LCB's JSON round trip
   sees it (a tuple counts as a list). A fresh Solution() per test.
 Both get LCB's import prelude. Copies without private tests are accepted and every problem and grade
-is marked `public_tests_only`. Reward: correctness (binary), or a recipe's format score + the
+is marked `public_tests_only`; where no official file is found, release_latest / release_v5 read the
+data folder's public-tests copy (`PUBLIC_COPY`, 279 problems of 2024-08..2025-01). The test set
+("public", "public+private") is part of the grader id, so of every result's hash, and `result_note`
+prints "public tests only" beside the numbers. Splits: `test` (all) and `easy`/`medium`/`hard`, refused
+where the data carries no difficulty labels. Reward: correctness (binary), or a recipe's format score + the
 fraction of tests passed, every test run on its own (tasks/_code_reward.py; `test_cases`).
 """
 from __future__ import annotations
