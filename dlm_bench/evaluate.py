@@ -105,13 +105,14 @@ def prompt_hash(token_ids: list[int]) -> str:
 
 def model_fingerprint(path: str) -> dict:
     """Identity of a model directory by content, not by path: config and tokenizer files hashed whole,
-    weight files by name, size and hashes of their first and last MiB (cheap on 16 GB checkpoints)."""
+    weight files by name, size and hashes of their first and last MiB (cheap on 16 GB checkpoints).
+    README.md (the model card: documentation, with a version and commit) is left out."""
     p = Path(path)
     if not p.is_dir():
         raise UserError(f"model directory {str(path)!r} does not exist")
     files = {}
     for f in sorted(p.iterdir()):
-        if not f.is_file() or f.name.startswith("."):
+        if not f.is_file() or f.name.startswith(".") or f.name == "README.md":   # a model card is not the model
             continue
         h = hashlib.sha256()
         size = f.stat().st_size

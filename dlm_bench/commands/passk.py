@@ -8,6 +8,7 @@ time (`--wait` queues behind it).
 from __future__ import annotations
 
 from dlm_bench.errors import UserError
+from dlm_bench.runs import tracking
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -66,6 +67,7 @@ def add_arguments(p) -> None:
                    help="strict: only the answer form the prompt asks for (part of the config hash)")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--report-to", default="none", help=tracking.HELP)
     p.add_argument("--wait", action="store_true",
                    help="if another run is writing --out, wait for it instead of exiting with an error")
 
@@ -113,6 +115,7 @@ def run(args) -> int:
     from dlm_bench.evaluate import run_sweep
     from dlm_bench.runs.store import read_scores
 
+    tracking.parse_report_to(args.report_to)        # a missing tracker library fails before the sweep
     cfg = config_from_args(args)
     results = run_sweep(cfg, progress=not args.no_progress, wait=args.wait)
     if results is None:          # a non-zero torchrun rank: rank 0 reports
@@ -129,4 +132,20 @@ def run(args) -> int:
                      f"length {c['mean_length']:.1f}" for c in results["cells"] if c["mean_nfe"] is not None)
     print(f"Denoising cost (mean per sample): {cost}")
     print(f"Records: {cfg.out}/generations.jsonl, scores.jsonl; summary: {cfg.out}/results.json")
+    report_summary(args.report_to, cfg.out, results)
     return 0
+
+
+def report_summary(report_to: str, out: str, results: dict) -> None:
+    """The sweep's Pass@k to the trackers: a curve over k per cell (`passk/T=..,L=../pass_at_k` at step
+    k) and the whole table."""
+    tracker = tracking.Tracker(report_to, out, results["config"])
+    columns = ["temperature", "gen_length", "k", "pass_at_k", "se", "n_problems", "note"]
+    rows = []
+    for c in results["cells"]:
+        for k, v in sorted(c["pass_at_k"].items(), key=lambda kv: int(kv[0])):
+            tracker.log({"pass_at_k": v["mean"]}, int(k), prefix=f"passk/T={c['temperature']:g},L={c['gen_length']}")
+            rows.append([c["temperature"], c["gen_length"], int(k), v["mean"], v["se"], c["n_problems"],
+                         results.get("note", "")])
+    tracker.log_table("passk/summary", columns, rows)
+    tracker.close()

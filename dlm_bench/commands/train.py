@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from dlm_bench.errors import UserError
+from dlm_bench.runs import tracking
 
 
 def add_arguments(parser) -> None:
@@ -29,6 +30,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data-dir", default=None, help="folder holding the benchmark data")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="any method, loop or sampler.* setting; repeatable")
+    parser.add_argument("--report-to", default=None, help=tracking.HELP + " (default: none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -91,8 +93,9 @@ def build_config(args):
         for k, v in data.items():
             _route(str(k), v, method_fields, train_fields, cfg)
     for flag, key in (("task", "task"), ("model", "model"), ("out", "out"), ("train_steps", "train_steps"),
-                      ("seed", "seed"), ("device", "device"), ("data_dir", "data_dir")):
-        v = getattr(args, flag)
+                      ("seed", "seed"), ("device", "device"), ("data_dir", "data_dir"),
+                      ("report_to", "report_to")):
+        v = getattr(args, flag, None)
         if v is not None:
             cfg[key] = v
     for item in args.sets:
