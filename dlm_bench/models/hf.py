@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from dlm_bench.errors import UserError, one_line
+from dlm_bench import library_warnings
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -52,6 +53,7 @@ def _load_weights(p: Path, config: dict, dtype, trust_remote_code: bool):
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     from dlm_bench.models import compat
+    library_warnings.quiet_transformers()
     try:
         if trust_remote_code and "AutoModel" in config.get("auto_map", {}):
             hf_config = AutoConfig.from_pretrained(p, trust_remote_code=True)
