@@ -2,16 +2,18 @@
 
 `tree(ref)` extracts the package at `ref` (git archive) into a temporary folder; `timed(code, tree)`
 runs Python code in a fresh interpreter with that folder first on sys.path (this checkout when tree
-is None) and returns its wall time. Every measurement is a fresh process, so imports are counted.
+is None) and returns its CPU time (user + system, from getrusage): on a shared machine the wall time
+swings with other jobs' load, the CPU a process needs much less. Every measurement is a fresh process,
+so imports are counted.
 """
 from __future__ import annotations
 
 import io
+import resource
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,12 +29,13 @@ def tree(ref: str) -> Path:
 
 
 def timed(code: str, root: Path | None = None, repeats: int = 3) -> float:
-    """Best wall time of `repeats` fresh interpreters running `code` with dlm_bench from `root`."""
+    """Least CPU time of `repeats` fresh interpreters running `code` with dlm_bench from `root`."""
     prelude = f"import sys; sys.path.insert(0, {str(root or REPO)!r})\n"
     check = "import dlm_bench, os; assert os.path.dirname(os.path.dirname(dlm_bench.__file__)) == sys.path[0]\n"
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run([sys.executable, "-c", prelude + check + code], check=True, capture_output=True)
-        best = min(best, time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        best = min(best, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     return best

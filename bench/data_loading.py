@@ -1,5 +1,5 @@
 """Task data loading through `datasets.load_dataset` (issue 27) vs the baseline revision's readers
-(json / csv / pandas; default `main`), measured in one run, best of N:
+(json / csv / pandas; default `main`), measured in one run, least CPU seconds (user + system) of N:
 1. a fresh interpreter that imports the task and loads a split (the `datasets` import counted), as
    `dlm-bench grade` does;
 2. the same after `import torch, pandas`, as in `passk` and `train`, which import both anyway;

@@ -1,5 +1,6 @@
 """Start-up time of `dlm-bench --help`, each command's `--help` and `dlm-bench tasks`: this checkout vs
-a baseline revision (default `main`), each a fresh interpreter, best of N, measured in one run.
+a baseline revision (default `main`), each a fresh interpreter, least CPU seconds (user + system) of N,
+measured in one run.
 
 Usage: .venv/bin/python bench/startup.py [--baseline REF] [--repeats 3] [--all-commands]
 """
@@ -26,7 +27,7 @@ def main() -> None:
     base = tree(args.baseline)
     commands = [c for c in COMMANDS if c != "lm-eval"] if args.all_commands else SLOW_BEFORE
     cases = [["--help"], ["tasks"]] + [[c, "--help"] for c in commands]
-    print(f"{'command':<26} {args.baseline + ' (s)':>12} {'this (s)':>10} {'speed-up':>9}")
+    print(f"{'command':<26} {args.baseline + ' CPU s':>12} {'this CPU s':>10} {'speed-up':>9}")
     for argv in cases:
         before = timed(RUN.format(argv=argv), base, args.repeats)
         after = timed(RUN.format(argv=argv), None, args.repeats)

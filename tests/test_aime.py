@@ -65,3 +65,14 @@ def test_aime_from_a_parquet_copy(tmp_path):
     (tmp_path / "aime24").mkdir()
     pd.read_json(src, lines=True, dtype=False).to_parquet(tmp_path / "aime24" / "test.parquet")
     assert get_task("aime24", data_dir=str(tmp_path)).load("test") == get_task("aime24").load("test")
+
+
+def test_tasks_lists_aime_with_its_data(capsys):
+    from dlm_bench.cli import main
+    from shared_files import missing, shared_data_present
+    if not shared_data_present():
+        missing("benchmark data absent (../shared/data or $DLM_BENCH_DATA)")
+    assert main(["tasks"]) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()[1:]}
+    for name in ("aime24", "aime25", "olympiadbench"):
+        assert "test=" in lines[name] and "missing" not in lines[name] and lines[name].rstrip().endswith(name)
