@@ -30,7 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--orders", choices=("both", "balanced"), default="both",
                    help="both: judge every problem with A first and with B first (default); "
                         "balanced: once each, A first on half the problems of a cell")
-    p.add_argument("--cache", default=None, help="folder caching verdicts (re-runs cost nothing)")
+    p.add_argument("--cache", default=None,
+                   help="folder caching verdicts (re-runs cost nothing, and need no server: the preflight "
+                        "request then waits for the first verdict the cache lacks)")
     p.add_argument("--max-samples", type=int, default=None, help="at most N solutions per set")
     p.add_argument("--only-correct", action="store_true", help="show the judge correct solutions only")
     p.add_argument("--task", action="append", default=None, help="only these tasks (repeatable)")
@@ -48,7 +50,7 @@ def add_arguments(p) -> None:
     p.add_argument("--retry-nudge", type=float, default=0.2,
                    help="temperature added per retry after an unparseable answer (the judge runs at 0)")
     p.add_argument("--min-success", type=float, default=0.9,
-                   help="exit 1 when a smaller share of requests got a verdict (default 0.9)")
+                   help="exit 1 when a smaller share of requests got a verdict")
     p.add_argument("--workers", type=int, default=1, help="concurrent requests")
     p.add_argument("--resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples for the CIs")
     p.add_argument("--save", default=None,
@@ -94,8 +96,10 @@ def run(args) -> int:
     judge = Judge(JudgeConfig(model=args.judge_model, base_url=args.judge_url, api_key_env=args.api_key_env,
                               timeout=args.timeout, max_retries=args.retries, backoff=args.backoff,
                               retry_nudge=args.retry_nudge, cache_dir=args.cache, prompt_file=args.prompt_file))
-    seeded = seeds.read_seeded_scores(args.runs)
     try:
+        if not args.cache:   # fail fast, before reading samples; with a cache, a rerun may need no server
+            judge.preflight()
+        seeded = seeds.read_seeded_scores(args.runs)
         judgments = _judge_seeds(args, judge, seeded) if seeded is not None else _judge_pooled(args, judge)
     except JudgeUnreachable as e:
         print(f"dlm-bench judge: {e}", file=sys.stderr)
