@@ -401,14 +401,22 @@ def test_judge_command_fails_when_the_judge_is_down(server, tmp_path):
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "{set_a}" in res.stderr
 
 
-def test_cached_rerun_needs_no_endpoint(server, tmp_path):
-    """The preflight comes before the first request the cache cannot answer, so a fully cached
-    rerun works with the server gone."""
+def test_cached_rerun_needs_no_endpoint(server, tmp_path, capsys):
+    """With a cache, the preflight comes before the first request the cache cannot answer, so a
+    fully cached rerun works with the server gone (the library, then the command)."""
+    from dlm_bench.cli import main
     srv = server(_marked_wins)
     first = P.judge_methods(_gens(3), "diverse", "narrow", _judge(srv.url, tmp_path))
+    _testbed_runs(tmp_path / "runs", n_problems=2)
+    flags = ["--runs", str(tmp_path / "runs"), "--judge-model", "fake", "--temps", "0.6", "--resamples",
+             "200", "--cache", str(tmp_path / "cache")]
+    assert main(["judge", "trafl", "espo", "--judge-url", srv.url] + flags) == 0
     srv.close()
     again = P.judge_methods(_gens(3), "diverse", "narrow", _judge(srv.url, tmp_path))
     assert again["cached"].all() and list(again["outcome"]) == list(first["outcome"])
+    capsys.readouterr()
+    assert main(["judge", "trafl", "espo", "--judge-url", srv.url] + flags) == 0
+    assert "judge: 4 of 4 requests judged (100%; 4 from the cache, 0 sent" in capsys.readouterr().out
 
 
 def test_save_keeps_raw_answers_of_every_request(server, tmp_path):
