@@ -5,6 +5,7 @@ import argparse
 import importlib
 import sys
 
+from dlm_bench.checks import model_dir
 from dlm_bench.environment import DEFAULT_THREADS
 from dlm_bench.errors import UserError
 
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         _apply_numerics(args)
+        if getattr(args, "model", None):
+            args.model = model_dir(args.model)
         rc = module.run(args)
     except UserError as e:
         print(f"dlm-bench {args.command}: error: {e}", file=sys.stderr)

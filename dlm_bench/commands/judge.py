@@ -96,10 +96,11 @@ def run(args) -> int:
     judge = Judge(JudgeConfig(model=args.judge_model, base_url=args.judge_url, api_key_env=args.api_key_env,
                               timeout=args.timeout, max_retries=args.retries, backoff=args.backoff,
                               retry_nudge=args.retry_nudge, cache_dir=args.cache, prompt_file=args.prompt_file))
+    from dlm_bench.runs.index import read_seeded_scores
     try:
         if not args.cache:   # fail fast, before reading samples; with a cache, a rerun may need no server
             judge.preflight()
-        seeded = seeds.read_seeded_scores(args.runs)
+        seeded = read_seeded_scores(args.runs)
         judgments = _judge_seeds(args, judge, seeded) if seeded is not None else _judge_pooled(args, judge)
     except JudgeUnreachable as e:
         print(f"dlm-bench judge: {e}", file=sys.stderr)
@@ -146,9 +147,9 @@ def _judge_seeds(args, judge, seeded):
     """Judged within seed pairs; the seed-level table, then the problem-level one over every
     (seed pair, problem)."""
     from dlm_bench.judge import seed_pairs as S
-    from dlm_bench.commands.compare import _filtered
+    from dlm_bench.commands.compare import filtered
     from dlm_bench.judge.pairs import win_rates, win_rates_markdown
-    df = _filtered(seeded, args, "samples")
+    df = filtered(seeded, args, "samples")
     pairs, note = S.pair_seeds(S.method_seeds(df, args.method_a), S.method_seeds(df, args.method_b))
     if note:
         print(f"dlm-bench judge: {note}", file=sys.stderr)
