@@ -343,6 +343,8 @@ def test_lm_eval_argv_and_greedy_warning(tiny, capsys):
     assert lm_eval_argv(["--model_args", "model_path=/m,seed=1", "--tasks", "x"]) == \
         ["--model_args", "pretrained=/m,seed=1", "--tasks", "x"]
     assert lm_eval_argv(["--model_args=model_path=/m"]) == ["--model_args=pretrained=/m"]
+    assert lm_eval_argv(["-a", "seed=1", "model_path=/m", "--tasks", "model_path=x"]) == \
+        ["-a", "seed=1", "pretrained=/m", "--tasks", "model_path=x"]   # lm-eval 0.4.9+: several words
     lm = _lm(tiny)
     assert lm._temperature({"do_sample": False, "temperature": 0.6}) == 0.0
     assert lm._temperature({"do_sample": False, "temperature": 0.6}) == 0.0
