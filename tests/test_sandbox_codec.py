@@ -137,3 +137,15 @@ def test_pathological_frames_cost_one_row_and_nothing_more():
     assert all(status == "failed" and "plain data" in detail for status, detail in got.values()), got
     assert all("share one hash" in got[n][1] for n in list(bad)[:3]), got
     assert [r.status for r in results[1::2]] == ["ok"] * len(bad)  # the rows beside them: unharmed
+
+
+def test_what_one_run_returns_is_capped_in_all():
+    """Call mode keeps every returned value to the end of the row: the bytes of all of them count
+    against max_output together (5 tests x 60 MB once took the harness to 443 MB for one row)."""
+    from dlm_bench.sandbox import launch as sb
+    src = "class Solution:\n    def f(self, n):\n        return 'x' * n\n"
+    prog = lambda n: sb.Program(src, mode="call", cls="Solution", func="f", inputs=(f"[{n}]",) * 5,
+                                max_output=1 << 20)
+    under, over = sb.run(prog(150_000)), sb.run(prog(300_000))  # 5 x 150 kB fit in 1 MiB; 5 x 300 kB do not
+    assert under.status == "ok" and len(under.values) == 5
+    assert over.status == "output_limit" and "in all" in over.detail and len(over.values) == 3

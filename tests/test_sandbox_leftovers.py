@@ -141,3 +141,25 @@ def test_nothing_outlives_the_job_as_seen_from_the_host(tmp_path):
     time.sleep(0.5)
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert marker not in ps
+
+
+def test_no_filter_means_no_sandbox(monkeypatch, tmp_path, capsys):
+    """Where the seccomp filter cannot be built (no libseccomp or no bindings), bubblewrap counts
+    as unusable: code tasks stop with one line and exit code 2, as without bubblewrap."""
+    import sys
+    from dlm_bench.cli import main
+    from dlm_bench.sandbox import syscall_filter
+    syscall_filter.bpf.cache_clear()
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # as if not installed
+    with pytest.raises(syscall_filter.FilterUnavailable, match="pyseccomp"):
+        syscall_filter.bpf()
+    monkeypatch.setattr(sb, "_ISO", None)
+    monkeypatch.setenv(sb.ENV_VAR, sb.BWRAP)
+    src = tmp_path / "rows.jsonl"
+    src.write_text(json.dumps({"problem_id": "HumanEval/0", "completion": "```python\nx = 1\n```"}) + "\n")
+    assert main(["grade", "humaneval", str(src), "-o", str(tmp_path / "out.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seccomp" in err[0] and "Traceback" not in err[0], err
+    monkeypatch.undo()
+    syscall_filter.bpf.cache_clear()
+    assert syscall_filter.bpf()  # and back to normal
