@@ -26,6 +26,7 @@ from dlm_bench.errors import UserError
 from dlm_bench.runs.locks import folder_lock
 from dlm_bench.sampler import SamplerConfig
 from dlm_bench.runs.store import Store
+from dlm_bench.runs.files import write_json
 
 HASH_LEN = 16
 _FINGERPRINT_BYTES = 1 << 20
@@ -345,9 +346,7 @@ def _record_model(out: Path, dlm) -> None:
             "honours_padding": dlm.honours_padding, "stop_ids": sorted(dlm.stops()), "dtype": dtype,
             "versions": versions(), "training": training_run(dlm.path)}
     note(out, dlm.device, dtype)        # environment.jsonl: every environment that wrote records here
-    tmp = out / ".model.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, out / "model.json")
+    write_json(out / "model.json", info)
 
 
 def _run_batch(store, dlm, task, cfg, cell, batch, prompt_cache, sample, make_generators) -> None:

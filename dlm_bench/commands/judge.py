@@ -86,7 +86,8 @@ def run(args) -> int:
     judge = Judge(JudgeConfig(model=args.judge_model, base_url=args.judge_url, api_key_env=args.api_key_env,
                               timeout=args.timeout, max_retries=args.retries, backoff=args.backoff,
                               cache_dir=args.cache, prompt_file=args.prompt_file))
-    seeded = seeds.read_seeded_scores(args.runs)
+    from dlm_bench.runs.index import read_seeded_scores
+    seeded = read_seeded_scores(args.runs)
     judgments = _judge_seeds(args, judge, seeded) if seeded is not None else _judge_pooled(args, judge)
     line, rate = summary(judgments, judge.n_requests)
     print(f"\n{line}; prompt: {judge.template.source}; failed requests count as missing, not as ties.")
@@ -130,9 +131,9 @@ def _judge_seeds(args, judge, seeded):
     """Judged within seed pairs; the seed-level table, then the problem-level one over every
     (seed pair, problem)."""
     from dlm_bench.judge import seed_pairs as S
-    from dlm_bench.commands.compare import _filtered
+    from dlm_bench.commands.compare import filtered
     from dlm_bench.judge.pairs import win_rates, win_rates_markdown
-    df = _filtered(seeded, args, "samples")
+    df = filtered(seeded, args, "samples")
     pairs, note = S.pair_seeds(S.method_seeds(df, args.method_a), S.method_seeds(df, args.method_b))
     if note:
         print(f"dlm-bench judge: {note}", file=sys.stderr)

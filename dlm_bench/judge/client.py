@@ -14,14 +14,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dlm_bench.errors import UserError
-from dlm_bench.runs.files import share_file
+from dlm_bench.runs.files import atomic_write
 from dlm_bench.judge.prompt import PromptTemplate, load_template
 
 VERDICT_SCHEMA = {
@@ -155,13 +154,8 @@ class JudgeCache:
 
     def put(self, key: str, value: dict) -> None:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
-            share_file(fd)           # not 0600: a cache shared like the records
-            with os.fdopen(fd, "w") as f:
-                json.dump(value, f)
-            os.replace(tmp, self.dir / f"{key}.json")
-        except OSError:
+            atomic_write(self.dir / f"{key}.json", json.dumps(value))
+        except UserError:
             pass  # a read-only cache only costs a repeat request next time
 
 

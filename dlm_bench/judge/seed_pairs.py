@@ -21,7 +21,7 @@ from dlm_bench.errors import UserError
 from dlm_bench.stats.metrics import CELL, sign_flip_test
 
 EXACT_FLIPS_MAX_PAIRS = 16   # 2^16 sign assignments: exact up to here, Monte-Carlo above
-SINGLE = -1                  # train_seed of runs outside every seed folder (seeds.read_seeded_scores)
+SINGLE = -1                  # train_seed of runs outside every seed folder (runs.index.read_seeded_scores)
 
 
 # --------------------------------------------------------------------------- pairing
@@ -146,7 +146,7 @@ def _pp(v: float, digits: int) -> str:
 
 def seed_win_rates_markdown(table: pd.DataFrame, digits: int = 0) -> str:
     """A `seed_win_rates` table as Markdown (rates in %, differences in percentage points)."""
-    from dlm_bench.stats.metrics import _fmt_p, _md_table
+    from dlm_bench.stats.metrics import fmt_p, markdown_table
     at = table.attrs
     title = f"**Path diversity across training seeds: {at.get('method_a')} (A) vs {at.get('method_b')} (B)**"
     if table.empty:
@@ -164,9 +164,9 @@ def seed_win_rates_markdown(table: pd.DataFrame, digits: int = 0) -> str:
             str(r["n_pairs"]), probs, f"{100 * r['win']:.{digits}f}", f"{100 * r['tie']:.{digits}f}",
             f"{100 * r['loss']:.{digits}f}",
             ", ".join(f"{k} {_pp(v, digits)}" for k, v in r["pair_diffs"].items()),
-            _pp(r["diff"], digits), ci, _fmt_p(r["p_seed"])])
+            _pp(r["diff"], digits), ci, fmt_p(r["p_seed"])])
     lines = [title, ""]
-    lines += _md_table(header, rows, right=set(range(len(cells), len(header))))
+    lines += markdown_table(header, rows, right=set(range(len(cells), len(header))))
     single = [m for m, s in ((at.get("method_a"), at.get("single_a")), (at.get("method_b"), at.get("single_b"))) if s]
     lines += ["", "Each seed pair (A<seed>-B<seed>; * = the one run outside seed folders) was judged on its "
               "own samples. Win A / Tie / Win B: % of judged problems, mean over seed pairs; per pair "
