@@ -18,7 +18,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from dlm_bench.sandbox import launch as sandbox
+from dlm_bench import sandbox
 from dlm_bench.errors import UserError
 from dlm_bench.tasks import get_task
 

@@ -112,7 +112,7 @@ def test_pathological_frames_cost_one_row_and_nothing_more():
     """A 60k-element colliding set held the harness's GIL for over a minute (quadratic), so the rows
     graded beside it missed their deadlines; now it is refused at once, and malformed frames are the
     program's failure, never the harness's (sandbox_error) nor an exception the tests can catch."""
-    from dlm_bench.sandbox import launch as sb
+    from dlm_bench import sandbox as sb
     check = lambda src, tests="assert f(1) == 2\n", timeout=10.0: sb.Program(
         src, mode="check", tests=tests, expose=("f",), timeout=timeout)
     colliding = ",".join(str(k * (2 ** 61 - 1)) for k in range(60000))
@@ -142,7 +142,7 @@ def test_pathological_frames_cost_one_row_and_nothing_more():
 def test_what_one_run_returns_is_capped_in_all():
     """Call mode keeps every returned value to the end of the row: the bytes of all of them count
     against max_output together (5 tests x 60 MB once took the harness to 443 MB for one row)."""
-    from dlm_bench.sandbox import launch as sb
+    from dlm_bench import sandbox as sb
     src = "class Solution:\n    def f(self, n):\n        return 'x' * n\n"
     prog = lambda n: sb.Program(src, mode="call", cls="Solution", func="f", inputs=(f"[{n}]",) * 5,
                                 max_output=1 << 20)

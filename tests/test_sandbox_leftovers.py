@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from dlm_bench.sandbox import launch as sb
+from dlm_bench import sandbox as sb
+from dlm_bench.sandbox import launch
 
 ISO = sb.isolation()
 needs_bwrap = pytest.mark.skipif(ISO != sb.BWRAP, reason="bubblewrap unavailable here (rlimits-only)")
@@ -97,7 +98,7 @@ def _server_pid(server) -> int:
     while todo:
         pid = todo.pop()
         try:
-            if os.readlink(f"/proc/{pid}/exe") == sb.PYTHON:
+            if os.readlink(f"/proc/{pid}/exe") == launch.PYTHON:
                 return pid
         except OSError:  # a process that just ended
             pass
@@ -127,12 +128,12 @@ def _host_view_of(server, tmp_path) -> dict:
                     reason="the host view of a warm sandbox needs a root harness and util-linux")
 def test_nothing_outlives_the_job_as_seen_from_the_host(tmp_path):
     marker = f"h26-{os.getpid()}-{int(time.time()) % 100000}"
-    while not sb._IDLE.empty():  # one fresh warm sandbox, so the host can look into it afterwards
-        sb._IDLE.get().close()
+    while not launch._IDLE.empty():  # one fresh warm sandbox, so the host can look into it afterwards
+        launch._IDLE.get().close()
     got = plant(marker)
     assert got["shm_owner_root"] == got["sem_owner_root"] == got["msg_owner_root"] == 0, got  # planted
-    assert len(sb._IDLE.queue) == 1  # its scrub found nothing left, so it was kept: look inside it
-    view = _host_view_of(sb._IDLE.queue[0], tmp_path)
+    assert len(launch._IDLE.queue) == 1  # its scrub found nothing left, so it was kept: look inside it
+    view = _host_view_of(launch._IDLE.queue[0], tmp_path)
     assert view == {"sysv": {"shm": [], "sem": [], "msg": []}, "mqueues": [], "files": []}, view
     with open("/proc/keys") as f:
         assert marker not in f.read()
@@ -153,7 +154,7 @@ def test_no_filter_means_no_sandbox(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "pyseccomp", None)  # as if not installed
     with pytest.raises(syscall_filter.FilterUnavailable, match="pyseccomp"):
         syscall_filter.bpf()
-    monkeypatch.setattr(sb, "_ISO", None)
+    monkeypatch.setattr(launch, "_ISO", None)
     monkeypatch.setenv(sb.ENV_VAR, sb.BWRAP)
     src = tmp_path / "rows.jsonl"
     src.write_text(json.dumps({"problem_id": "HumanEval/0", "completion": "```python\nx = 1\n```"}) + "\n")

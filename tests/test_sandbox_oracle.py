@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dlm_bench.sandbox import launch as sb
+from dlm_bench import sandbox as sb
 from dlm_bench.sandbox.session import Session
 from dlm_bench.tasks import get_task
 
@@ -41,7 +41,7 @@ def test_a_learning_guesser_does_no_better_than_chance(tmp_path):
     notes = tmp_path / "notes.json"
     code = LEARNER.format(notes=str(notes), entry=p0.meta["entry_point"])
     completion = f"```python\n{code}```"
-    graded = [sb._run(task.program(p0, completion)[1], sb.RLIMITS_ONLY).passed for _ in range(10)]
+    graded = [sb.run_with(task.program(p0, completion)[1], sb.RLIMITS_ONLY).passed for _ in range(10)]
     calls = json.loads(notes.read_text())["calls"]
     assert calls == [7] * 10  # every job is asked every question, right or wrong
     assert sum(graded) == 0  # (all True but two flipping answers: never right; a leaky harness gave 4/10)

@@ -23,13 +23,13 @@ import signal
 import sys
 import time
 
-from dlm_bench.sandbox import launch as sandbox
+from dlm_bench.sandbox import launch
 from dlm_bench.sandbox import no_oracle
 from dlm_bench.sandbox.session import Gone, Remote, Session
 
 
-def run(p: sandbox.Program, iso: str) -> sandbox.RunResult:
-    with sandbox.launch(p, iso, {"mode": "serve"}) as (proc, fds, t0):
+def run(p: launch.Program, iso: str) -> launch.RunResult:
+    with launch.launch(p, iso, {"mode": "serve"}) as (proc, fds, t0):
         per_call = p.per_call if p.mode == "call" else p.timeout  # check: the whole budget, as before
         s = Session(proc, fds, t0, p.timeout, per_call, p.max_output)
         values: list = []
@@ -48,8 +48,8 @@ def run(p: sandbox.Program, iso: str) -> sandbox.RunResult:
             rc = proc.wait(5.0) if rc is None else rc
         if status == "gone":
             status, detail = _why_gone(s, rc, time.monotonic() - t0, p, proc.oom_killed())
-    err = s.err[-sandbox.STDERR_KEEP:].decode("utf-8", "replace")
-    return sandbox.RunResult(status, s.out.decode("utf-8", "replace"), err, rc,
+    err = s.err[-launch.STDERR_KEEP:].decode("utf-8", "replace")
+    return launch.RunResult(status, s.out.decode("utf-8", "replace"), err, rc,
                              round(time.monotonic() - t0, 4), iso, detail[:300], tuple(values))
 
 
@@ -76,7 +76,7 @@ def _load(s: Session) -> tuple[str, str]:
     s.fail("failed", "sent a malformed message while loading")
 
 
-def _check(s: Session, p: sandbox.Program) -> tuple[str, str]:
+def _check(s: Session, p: launch.Program) -> tuple[str, str]:
     """Run setup, then every statement of the tests (no_oracle: the calls the program sees do not
     depend on whether its answers were right); the first failure is the verdict."""
     ns = {"__builtins__": dict(vars(builtins)), "__name__": "__tests__"}  # nothing of the solution's
@@ -110,7 +110,7 @@ def _check(s: Session, p: sandbox.Program) -> tuple[str, str]:
     return "ok", ""
 
 
-def _calls(s: Session, p: sandbox.Program, values: list) -> tuple[str, str]:
+def _calls(s: Session, p: launch.Program, values: list) -> tuple[str, str]:
     for i, raw in enumerate(p.inputs):
         args = json.loads(raw)
         try:
@@ -127,11 +127,11 @@ def _calls(s: Session, p: sandbox.Program, values: list) -> tuple[str, str]:
     return "ok", ""
 
 
-def _why_gone(s: Session, rc, duration: float, p: sandbox.Program, oom: bool) -> tuple[str, str]:
+def _why_gone(s: Session, rc, duration: float, p: launch.Program, oom: bool) -> tuple[str, str]:
     """The program stopped answering: memory, timeout at the CPU limit, or just an exit."""
     if oom:
         return "memory", f"killed at the memory cgroup's limit ({p.memory_mb} MB for the program)"
-    cpu = math.ceil(p.timeout) + 1  # as sandbox._limits
+    cpu = math.ceil(p.timeout) + 1  # as launch.limits
     sig = -rc if rc is not None and rc < 0 else (rc - 128 if rc and rc > 128 else None)
     if sig == signal.SIGXCPU or (sig == signal.SIGKILL and duration >= cpu - 1):
         return "timeout", f"killed by signal {sig} at the CPU limit ({cpu}s)"

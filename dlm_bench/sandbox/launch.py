@@ -25,6 +25,8 @@ Wall-clock timeouts SIGKILL the whole process group (or uid).
 
 Verdicts are never the program's. Check and call programs (mode "check"/"call") only serve calls;
 the tests run in the harness against proxies and see plain data (sandbox/calls.py, docs/sandbox.md).
+This module starts and bounds one process; `dlm_bench.sandbox` (the package) is the entry point that
+picks the protocol by mode.
 Script programs (stdin/stdout) are judged by their stdout in the caller; how they ended comes from
 a private pipe, each line prefixed by a random per-run nonce that is never part of the program text.
 """
@@ -48,7 +50,7 @@ import tempfile
 import threading
 import time
 from array import array
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -111,46 +113,17 @@ class RunResult:
         return self.status == "ok"
 
 
-def run_program(source: str, stdin: str = "", timeout: float = 10.0, memory_mb: int = 2048,
-                max_output: int = 4 << 20) -> RunResult:
-    """Run `source` as a script (`__name__ == "__main__"`) with `stdin`; the caller judges stdout."""
-    return run(Program(source, stdin=stdin, timeout=timeout, memory_mb=memory_mb, max_output=max_output))
-
-
-def run_tests(source: str, tests: str, setup: str = "", expose: tuple[str, ...] = (),
-              timeout: float = 10.0, memory_mb: int = 2048) -> RunResult:
-    """Run a solution, then trusted `setup` + `tests` (asserts); status "ok" only if every test passed."""
-    return run(Program(source, mode="check", tests=tests, setup=setup, expose=tuple(expose),
-                       timeout=timeout, memory_mb=memory_mb))
-
-
-def run_many(programs: list[Program], workers: int | None = None) -> list[RunResult]:
-    """Run programs in parallel (each is its own process); results in input order, never raises."""
-    workers = max(1, workers or os.cpu_count() or 1)
-    if len(programs) <= 1 or workers == 1:
-        return [run(p) for p in programs]
-    with ThreadPoolExecutor(max_workers=min(workers, len(programs))) as pool:
-        return list(pool.map(run, programs))
-
-
-def run(program: Program) -> RunResult:
-    """Run one program. A failure of the harness itself becomes a `sandbox_error` result."""
-    t0 = time.monotonic()
-    try:
-        return _run(program, isolation())
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - one bad run must not take the batch down
-        return RunResult("sandbox_error", "", "", None, time.monotonic() - t0, _ISO or "unknown",
-                         detail=f"{type(e).__name__}: {e}"[:300])
-
-
 # ---------------------------------------------------------------------------------------------------
 # Isolation: self-check and command line
 # ---------------------------------------------------------------------------------------------------
 
 _ISO: str | None = None
 _ISO_LOCK = threading.Lock()
+
+
+def isolation_checked() -> str:
+    """The isolation found by the self-check so far ("unknown" before it ran)."""
+    return _ISO or "unknown"
 
 
 def isolation() -> str:
@@ -207,7 +180,7 @@ def _bwrap_problem() -> str | None:
              "    raise SystemExit('the seccomp filter let a nested user namespace through')\n"
              "print('probe-ok')\n")
     try:
-        r = _run(Program(probe, timeout=30.0), BWRAP)
+        r = run_script(Program(probe, timeout=30.0), BWRAP)
     except Exception as e:  # noqa: BLE001
         return f"{type(e).__name__}: {e}"
     if r.status != "ok" or "probe-ok" not in r.stdout:
@@ -429,12 +402,8 @@ def _spawn(make):
 # One run
 # ---------------------------------------------------------------------------------------------------
 
-def _run(p: Program, iso: str) -> RunResult:
-    if p.mode in ("check", "call"):
-        from dlm_bench.sandbox import calls as sandbox_calls  # the trusted side of the call protocol
-        return sandbox_calls.run(p, iso)
-    if p.mode != "script":
-        raise ValueError(f"unknown mode {p.mode!r}")
+def run_script(p: Program, iso: str) -> RunResult:
+    """A mode "script" program: its stdout for the caller to judge, how it ended from the runner."""
     nonce = secrets.token_hex(16)
     cpu = math.ceil(p.timeout) + 1
     with launch(p, iso, {"nonce": nonce, "mode": "script"}) as (proc, fds, t0):
@@ -446,7 +415,7 @@ def _run(p: Program, iso: str) -> RunResult:
     return _judge(p, iso, nonce, out, err, res, rc, why, time.monotonic() - t0, cpu)
 
 
-def _limits(p: Program) -> dict:
+def limits(p: Program) -> dict:
     cpu, mem = math.ceil(p.timeout) + 1, p.memory_mb << 20
     nproc = p.nproc if os.geteuid() == 0 else _own_tasks() + p.nproc
     return {"RLIMIT_AS": [mem, mem], "RLIMIT_CPU": [cpu, cpu + 1], "RLIMIT_NPROC": [nproc, nproc],
@@ -459,7 +428,7 @@ def launch(p: Program, iso: str, cfg: dict):
     [stdin_w, stdout_r, stderr_r, cfg_w, res_r, framed config bytes]; the caller pops and closes
     every fd it takes (whatever is left in the list is closed here). On exit the process is
     killed if still running and its warm sandbox is put back only if it ended the job cleanly."""
-    cfg = {**cfg, "limits": _limits(p), "source": p.source}
+    cfg = {**cfg, "limits": limits(p), "source": p.source}
     blob = marshal.dumps(cfg)
     zygote = os.geteuid() == 0 and iso == BWRAP
     pipes = [os.pipe() for _ in range(5)]  # stdin, stdout, stderr, config, results

@@ -34,7 +34,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from dlm_bench.sandbox import launch as sandbox
+from dlm_bench import sandbox
 from dlm_bench.tasks.data import find_file, hub_dataset
 from dlm_bench.errors import UserError
 
