@@ -16,6 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from dlm_bench import __version__
+from dlm_bench.config import describe, get_path
+from dlm_bench.environment import versions
+
 CARD = "README.md"
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -46,11 +50,6 @@ def hub_id(model_dir: str) -> str:
     return str(model_dir)
 
 
-def _version() -> str:
-    from dlm_bench import __version__
-    return __version__
-
-
 def render(meta: dict, title: str, sections: list[tuple[str, list[str]]]) -> str:
     """A card: front matter, a title, then `## heading` sections of lines."""
     body = [f"# {title}", ""]
@@ -61,15 +60,13 @@ def render(meta: dict, title: str, sections: list[tuple[str, list[str]]]) -> str
 
 
 def software_lines() -> list[str]:
-    from dlm_bench.environment import versions
     v = versions()
-    return [f"- dlm-bench {_version()}, git commit {git_commit() or 'unknown (not a git checkout)'}",
+    return [f"- dlm-bench {__version__}, git commit {git_commit() or 'unknown (not a git checkout)'}",
             f"- python {v['python']}, torch {v['torch']}, transformers {v['transformers']}"]
 
 
 def recipe_rows(method_cls, mcfg) -> list[str]:
     """A Markdown table: every setting of the method, its value in this run and where it comes from."""
-    from dlm_bench.config import describe, get_path
     rows = ["| setting | value | source |", "|---|---|---|"]
     for key, default, _help, source in describe(method_cls.Config):
         value = get_path(mcfg, key)
