@@ -115,37 +115,33 @@ class _TensorBoard:
         self.writer.close()
 
 
-class _Wandb:
+class _RunAPI:
+    """wandb and Trackio share one run API: run.log(values, step), a Table type, run.finish()."""
+    lib = run = None
+
+    def log(self, values: dict, step: int) -> None:
+        self.run.log(values, step=step)
+
+    def table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        self.run.log({name: self.lib.Table(columns=columns, data=rows)})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class _Wandb(_RunAPI):
     def __init__(self, folder: Path, run_id: str, config: dict, resume_step: int):
         import wandb
-        self.wandb = wandb
+        self.lib = wandb
         name = folder.resolve().name
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), name=name, dir=str(folder),
                               id=re.sub(r"[^\w-]", "-", name)[:40] + "-" + run_id, resume="allow", config=config)
 
-    def log(self, values: dict, step: int) -> None:
-        self.run.log(values, step=step)
 
-    def table(self, name: str, columns: list[str], rows: list[list]) -> None:
-        self.run.log({name: self.wandb.Table(columns=columns, data=rows)})
-
-    def close(self) -> None:
-        self.run.finish()
-
-
-class _Trackio:
+class _Trackio(_RunAPI):
     def __init__(self, folder: Path, run_id: str, config: dict, resume_step: int):
         import trackio
-        self.trackio = trackio
+        self.lib = trackio
         self.run = trackio.init(project=os.environ.get("TRACKIO_PROJECT", PROJECT),
                                 name=f"{folder.resolve().name}-{run_id}", config=config, resume="allow",
                                 embed=False)
-
-    def log(self, values: dict, step: int) -> None:
-        self.run.log(values, step=step)
-
-    def table(self, name: str, columns: list[str], rows: list[list]) -> None:
-        self.run.log({name: self.trackio.Table(columns=columns, data=rows)})
-
-    def close(self) -> None:
-        self.run.finish()
