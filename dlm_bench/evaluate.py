@@ -344,6 +344,8 @@ def _record_model(out: Path, dlm) -> None:
     info = {"path": dlm.path, "base_model": dlm.extra.get("base_model"), "adapter": dlm.extra.get("adapter"),
             "honours_padding": dlm.honours_padding, "stop_ids": sorted(dlm.stops()), "dtype": dtype,
             "versions": versions(), "training": training_run(dlm.path)}
+    if dlm.extra.get("fallbacks"):      # e.g. flash_attn's kernels replaced by plain torch (models/flash_fallback.py)
+        info["fallbacks"] = dlm.extra["fallbacks"]
     note(out, dlm.device, dtype)        # environment.jsonl: every environment that wrote records here
     tmp = out / ".model.json.tmp"
     tmp.write_text(json.dumps(info, indent=2) + "\n")
