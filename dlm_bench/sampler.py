@@ -1,4 +1,6 @@
 """LLaDA decoding (ML-GSAI/LLaDA `generate.py`), re-written for batch invariance and trajectories.
+Block-diffusion models (block-causal attention: SDAR/TraDo, LLaDA2) decode in `block_sampler.py`,
+through the same `sample()`.
 
 The answer window of `gen_length` masks is split into semi-autoregressive blocks; `steps` are shared
 equally by the blocks and each step reveals a precomputed number of tokens (as even as possible,
@@ -33,9 +35,10 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from dlm_bench import block_sampler
 from dlm_bench.errors import UserError
 
-REMASKING = ("low_confidence", "random")
+REMASKING = ("low_confidence", "random", "sequential")   # sequential: block-diffusion models only
 ORDERS = ("diffusion", "left_to_right")
 CACHES = ("none", "prefix", "dual")
 NOISE_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -106,6 +109,7 @@ class Completion:
     step_map: list[int]     # decoding step (0-based, global) at which each window token was unmasked
     nfe: int                # forward passes spent on this row (CFG counts two per step)
     length: int             # tokens before the first end-of-text
+    unknown: int = 0        # ids in the text part that the tokenizer has no token for (left out of `text`)
 
 
 def transfer_schedule(n_masked: int, steps: int) -> list[int]:
@@ -125,13 +129,20 @@ def sample(dlm, prompts: list[list[int]], cfg: SamplerConfig, generators: list[t
     cfg = cfg.resolved()
     if len(generators) != len(prompts):
         raise ValueError("one generator per prompt is required")
-    tokens, steps_map, nfe = _decode_groups(dlm, prompts, cfg, generators, progress)
+    if dlm.family.block_causal:     # SDAR/TraDo, LLaDA2: block_sampler.py
+        block_sampler.check(cfg, dlm.family)
+        tokens, steps_map, nfe = block_sampler.decode(dlm, prompts, cfg, generators, progress)
+    elif cfg.remasking == "sequential":
+        raise UserError("remasking=sequential is block-diffusion decoding (TraDo/SDAR, LLaDA2); this model has "
+                        "full attention: use low_confidence or random")
+    else:
+        tokens, steps_map, nfe = _decode_groups(dlm, prompts, cfg, generators, progress)
     out = []
     for i in range(len(prompts)):
         window = tokens[i].tolist()
-        text = dlm.completion_text(window)
+        text, unknown = dlm.decode_completion(window)
         length = dlm.completion_length(window)
-        out.append(Completion(window, text, steps_map[i].tolist(), int(nfe[i]), length))
+        out.append(Completion(window, text, steps_map[i].tolist(), int(nfe[i]), length, unknown))
     return out
 
 
