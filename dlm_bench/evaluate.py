@@ -369,6 +369,8 @@ def _run_batch(store, dlm, task, cfg, cell, batch, prompt_cache, sample, make_ge
                      "config_hash": cell.hash, "prompt_hash": prompt_hash(prompt), "text": comp.text,
                      "tokens": comp.tokens, "nfe": comp.nfe, "length": comp.length,
                      "seconds": round(seconds, 6)})
+        if comp.unknown:    # ids the tokenizer has no token for, left out of the text (DLM.decode_completion)
+            gens[-1]["unknown_tokens"] = comp.unknown
     store.append("generations", gens)
     _grade_and_store(store, task, [p for _, p, _ in batch], gens)
 
