@@ -48,7 +48,7 @@ def child(spec: dict) -> dict:
     from dlm_bench.likelihood import ScoredBatch
     from dlm_bench.methods import Rollouts, get_method, make_config
     from dlm_bench.models import LoraSpec, load_model
-    from dlm_bench.training.policy import AdapterDisabled
+    from dlm_bench.models.adapter import AdapterDisabled
     from dlm_bench.training.loop import row_chunks
     torch.manual_seed(0)
     cuda = torch.cuda.is_available()            # GPU: bf16 and max_memory_allocated (not yet run on one)

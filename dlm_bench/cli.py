@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from dlm_bench.checks import model_dir
 from dlm_bench.environment import DEFAULT_THREADS
 from dlm_bench.errors import UserError
 
@@ -24,6 +26,7 @@ COMMANDS = {
     "report": ("dlm_bench.commands.report",
                "figures (Pass@k vs k, gap to base, Pass@5 per task x length, transfer) + report.md from stored scores"),
     "demo": ("dlm_bench.commands.demo", "the whole protocol on the CPU testbed: base, post-training, sweeps, report"),
+    "protocol": ("dlm_bench.commands.protocol", "check a protocol YAML (--check) or print it resolved (--show)"),
     "runs": ("dlm_bench.commands.runs",
              "list Pass@k run folders (label, model, records, completeness) and prune stale ones"),
     "judge": ("dlm_bench.commands.judge",
@@ -130,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         _apply_numerics(args)
+        if getattr(args, "model", None):
+            args.model = model_dir(args.model)
         rc = module.run(args)
     except UserError as e:
         print(f"dlm-bench {args.command}: error: {e}", file=sys.stderr)
@@ -137,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dlm-bench {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:              # `dlm-bench runs list | head`: the reader left, not an error of ours
+        sys.stdout = open(os.devnull, "w")
+        return 0
     return int(rc or 0)
 
 

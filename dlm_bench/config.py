@@ -212,7 +212,7 @@ def build_config(cls, overrides: dict | None = None, owner: str = ""):
     for key, value in _flatten(dict(overrides or {})).items():
         if key not in known:
             near = sorted(k for k in known if "." not in k)
-            raise UserError(f"{owner}: unknown setting {key!r}; known: {', '.join(near)} "
+            raise UserError(f"{owner}: unknown setting {key!r}{closest(key, known)}; known: {', '.join(near)} "
                             f"(or BLOCK.FIELD, see `dlm-bench methods -v`)")
         path, factor = known[key]
         *parents, leaf = path.split(".")
@@ -272,6 +272,58 @@ def _coerce(value, hint, what: str):
             raise UserError(f"{what} must be a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, what) for v, a in zip(value, args))
     return value
+
+
+def closest(name: str, known) -> str:
+    """'; did you mean X?' for the nearest of `known`, or '' when none is near."""
+    import difflib
+    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
+def from_mapping(cls, data, where: str, prefix: str = ""):
+    """A dataclass of knobs from a (YAML) mapping, nested dataclass fields from nested mappings: an
+    unknown key (with the closest valid name), a missing required key or a wrong type is a one-line
+    UserError naming the key as `prefix.key`; choices and ranges are then checked by `validate`."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            hint = closest(prefix + str(key), [prefix + f for f in fields])
+            raise UserError(f"{where}: unknown key {prefix + str(key)!r}{hint or '; valid: ' + ', '.join(fields)}")
+    hints, values = typing.get_type_hints(cls), {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise UserError(f"{where}: missing key {prefix + name!r}")
+            continue
+        values[name] = _typed(data[name], hints[name], where, prefix + name)
+    out = cls(**values)
+    validate(out, f"{where}: {prefix.rstrip('.')}" if prefix else where)
+    return out
+
+
+def _typed(value, hint, where: str, key: str):
+    """One value of `from_mapping`: nested sections, lists and mappings, else `_coerce`'s scalars."""
+    options = [a for a in typing.get_args(hint) if a is not type(None)] \
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
+    if value is None and len(options) < len(typing.get_args(hint) or [hint]):
+        return None
+    inner = options[0]
+    if dataclasses.is_dataclass(inner):
+        return from_mapping(inner, value, where, key + ".")
+    origin = typing.get_origin(inner) or inner
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where}: {key} must be a list, got {value!r}")
+        (item,) = typing.get_args(inner) or (Any,)
+        return [v if item is Any else _coerce(v, item, f"{where}: {key}") for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: {key} must be a mapping, got {value!r}")
+        return value
+    return _coerce(value, hint, f"{where}: {key}")
 
 
 def validate(cfg, owner: str = "") -> None:

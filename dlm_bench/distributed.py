@@ -125,7 +125,6 @@ def replicate(dlm, d: Dist, device) -> None:
 
 def accumulating(model, last: bool):
     """Context for one backward chunk: local accumulation unless it is the update's last chunk."""
-    from dlm_bench.training.parallel import is_sharded
     if isinstance(model, DistributedDataParallel) and not last:
         return model.no_sync()
     if is_sharded(model):
@@ -146,3 +145,9 @@ def lockstep(n_chunks: int, d: Dist, device) -> int:
     n = torch.tensor([n_chunks], device=device)
     torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX)
     return int(n) - n_chunks
+
+
+def is_sharded(model) -> bool:
+    """Whether `model` is sharded by FSDP2 (`training.parallel.shard_model`)."""
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dlm_bench.errors import UserError
+from dlm_bench.runs.files import append_lines, read_jsonl
 
 LOG = "environment.jsonl"
 CUBLAS_VAR = "CUBLAS_WORKSPACE_CONFIG"
@@ -139,17 +140,14 @@ def note(folder: str | Path, device, dtype=None, **extra) -> dict:
     """Append this process's environment to `folder/environment.jsonl` unless the last line already
     says the same (a resume on the same machine adds nothing); `extra` (e.g. the step) is kept on the
     line but not compared. Returns the environment."""
-    from dlm_bench.runs.store import _append_lines, read_jsonl
-
     env = environment(device, dtype)
     path = Path(folder) / LOG
     seen = read_jsonl(path)
     if not seen or {k: v for k, v in seen[-1].items() if k in env} != env:
-        _append_lines(path, [json.dumps({**env, **extra, "time": round(time.time(), 3)}, sort_keys=True)])
+        append_lines(path, [json.dumps({**env, **extra, "time": round(time.time(), 3)}, sort_keys=True)])
     return env
 
 
 def history(folder: str | Path) -> list[dict]:
     """Every environment that wrote to `folder`, oldest first."""
-    from dlm_bench.runs.store import read_jsonl
     return read_jsonl(Path(folder) / LOG)

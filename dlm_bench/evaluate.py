@@ -26,6 +26,7 @@ from dlm_bench.errors import UserError
 from dlm_bench.runs.locks import folder_lock
 from dlm_bench.sampler import SamplerConfig
 from dlm_bench.runs.store import Store
+from dlm_bench.runs.files import write_json
 
 HASH_LEN = 16
 _FINGERPRINT_BYTES = 1 << 20
@@ -347,9 +348,7 @@ def _record_model(out: Path, dlm) -> None:
     if dlm.extra.get("fallbacks"):      # e.g. flash_attn's kernels replaced by plain torch (models/flash_fallback.py)
         info["fallbacks"] = dlm.extra["fallbacks"]
     note(out, dlm.device, dtype)        # environment.jsonl: every environment that wrote records here
-    tmp = out / ".model.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, out / "model.json")
+    write_json(out / "model.json", info)
 
 
 def _run_batch(store, dlm, task, cfg, cell, batch, prompt_cache, sample, make_generators) -> None:

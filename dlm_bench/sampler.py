@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from dlm_bench import block_sampler
+from dlm_bench.config import knob
 from dlm_bench.errors import UserError
 
 REMASKING = ("low_confidence", "random", "sequential")   # sequential: block-diffusion models only
@@ -44,21 +45,35 @@ CACHES = ("none", "prefix", "dual")
 NOISE_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+LLADA = "ML-GSAI/LLaDA generate.py"
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
-    gen_length: int = 256
-    block_length: int = 32
-    steps: int = 256
-    temperature: float = 0.0
-    remasking: str = "low_confidence"
-    order: str = "diffusion"          # "left_to_right": one token per step, in order (JustGRPO rollouts)
-    cfg_scale: float = 0.0            # unsupervised classifier-free guidance (prompt masked)
-    threshold: float | None = None    # parallel decoding: commit every token above this confidence
-    logits_eos_inf: bool = False      # never sample end-of-text (LLaDA HumanEval setting)
-    confidence_eos_eot_inf: bool = False  # LLaDA's flag, as its code behaves: see _suppressed_ids
-    stop_at_eos: bool = True
-    cache: str = "none"               # block KV cache (Fast-dLLM): "prefix" or "dual"; see models/kv_cache.py
-    noise_dtype: str = "float64"      # Gumbel noise (+ confidence softmax unless float64); see _step
+    """How completions are decoded (`sampler.NAME` in `--set`; docs/sampler.md)."""
+    gen_length: int = knob(256, "completion window in tokens", source=LLADA, low=1)
+    block_length: int = knob(32, "semi-autoregressive block length (clamped to gen_length)", source=LLADA, low=1)
+    steps: int = knob(256, "denoising steps over the whole window", source=LLADA, low=1)
+    temperature: float = knob(0.0, "Gumbel-max sampling temperature (0: greedy)", source=LLADA, low=0.0)
+    remasking: str = knob("low_confidence", "which masked tokens a step commits ('sequential': block-diffusion "
+                          "models only, TraDo's)", source=LLADA, choices=REMASKING)
+    order: str = knob("diffusion", "'left_to_right': one token per step, in order (JustGRPO rollouts)",
+                      source=LLADA, choices=ORDERS)
+    cfg_scale: float = knob(0.0, "unsupervised classifier-free guidance (prompt masked)", source=LLADA, low=0.0)
+    threshold: float | None = knob(None, "parallel decoding: commit every token above this confidence (block-"
+                                   "diffusion models: at least the schedule's count per step)",
+                                   source="NVlabs/Fast-dLLM", low=0.0, high=1.0)
+    logits_eos_inf: bool = knob(False, "never sample end-of-text (LLaDA's HumanEval setting)", source=LLADA)
+    confidence_eos_eot_inf: bool = knob(False, "LLaDA's flag, as its code behaves (see _suppressed_ids)",
+                                        source=LLADA)
+    stop_at_eos: bool = knob(True, "stop a row once an end-of-text is committed with everything before it "
+                                   "decided, and fill the rest with end-of-text", source="harness default "
+                             "(the text is cut there anyway; False reproduces the reference's later tokens)")
+    cache: str = knob("none", "block KV cache: 'prefix' or 'dual' (approximate; models/kv_cache.py); "
+                      "full attention only: block-diffusion models always cache finished blocks exactly",
+                      source="NVlabs/Fast-dLLM; off: exact decoding", choices=CACHES)
+    noise_dtype: str = knob("float64", "dtype of the Gumbel noise (and of the confidence softmax unless float64)",
+                            source=LLADA + " (float64)", choices=tuple(NOISE_DTYPES))
 
     def hashed(self) -> dict:
         """The fields as they enter a config hash. `cache` is left out while it is "none", and

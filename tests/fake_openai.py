@@ -3,20 +3,28 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from dlm_bench.judge.client import PREFLIGHT_PROMPT
+
 
 class FakeServer:
     """OpenAI-compatible /v1/chat/completions on 127.0.0.1. `reply(body)` returns
-    (http_status, assistant_text); every request body is recorded."""
+    (http_status, assistant_text); every request body is recorded. The judge's preflight request
+    is answered apart: recorded in `preflights`, answered with `preflight_status` ("OK" on 200)."""
 
-    def __init__(self, reply):
-        self.reply, self.requests = reply, []
+    def __init__(self, reply, preflight_status: int = 200):
+        self.reply, self.requests, self.preflights = reply, [], []
+        self.preflight_status = preflight_status
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                status, text = outer.reply(body)
+                if body["messages"][-1]["content"] == PREFLIGHT_PROMPT:
+                    outer.preflights.append(body)
+                    status, text = outer.preflight_status, "OK"
+                else:
+                    outer.requests.append(body)
+                    status, text = outer.reply(body)
                 if status == 200:
                     payload = {"id": "x", "object": "chat.completion", "created": 0,
                                "model": body["model"], "choices": [{

@@ -12,7 +12,7 @@ import yaml
 
 from dlm_bench import environment as envm
 from dlm_bench.cli import main
-from dlm_bench.protocol import deterministic_threads, load_config
+from dlm_bench.protocol import Protocol, deterministic_threads, load_protocol
 from dlm_bench.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,14 +89,16 @@ def test_global_flags(capsys):
 
 
 def test_demo_config_turns_deterministic_mode_on(tmp_path):
-    assert deterministic_threads(load_config("configs/demo.yaml")) == 2
-    assert deterministic_threads({}) is None and deterministic_threads({"deterministic": False}) is None
+    assert deterministic_threads(load_protocol("configs/demo.yaml")) == 2
+    assert deterministic_threads(Protocol()) is None
     cfg = yaml.safe_load(Path("configs/demo.yaml").read_text())
-    for bad in ({"threads": 0}, {"threads": "2"}, True, {"threads": True}):
+    for bad, why in (({"threads": 0}, "threads must be >= 1"), ({"threads": "two"}, "threads must be an integer"),
+                     (True, "deterministic must be a mapping"), ({"threads": True}, "threads must be an integer"),
+                     ({"thread": 2}, "unknown key 'deterministic.thread'; did you mean 'deterministic.threads'")):
         p = tmp_path / "d.yaml"
         p.write_text(yaml.safe_dump({**cfg, "deterministic": bad}))
-        with pytest.raises(UserError, match="deterministic must be a mapping"):
-            load_config(str(p))
+        with pytest.raises(UserError, match=why):
+            load_protocol(str(p))
 
 
 def test_note_adds_a_line_only_when_the_environment_changes(tmp_path):

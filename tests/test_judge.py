@@ -12,7 +12,7 @@ import pytest
 
 from dlm_bench.judge import pairs as P
 from dlm_bench.errors import UserError
-from dlm_bench.judge.client import Judge, JudgeConfig, parse_verdict
+from dlm_bench.judge.client import Judge, JudgeConfig, JudgeUnreachable, parse_verdict
 from dlm_bench.judge.prompt import load_template, parse_template
 from fake_openai import FakeServer
 
@@ -21,8 +21,8 @@ from fake_openai import FakeServer
 def server():
     made = []
 
-    def start(reply):
-        made.append(FakeServer(reply))
+    def start(reply, **kw):
+        made.append(FakeServer(reply, **kw))
         return made[-1]
     yield start
     for s in made:
@@ -119,10 +119,28 @@ def test_constant_judge_is_no_difference_and_fully_position_biased(server):
     assert list(table["task"]) == ["gsm8k", "gsm8k", "all"] and table["n_judged"].tolist() == [20, 20, 40]
     for r in table.to_dict("records"):
         assert r["net"] == 0.0 and r["net_ci_low"] <= 0.0 <= r["net_ci_high"]
-        assert r["win"] == r["loss"] == 0.5 and r["position_bias"] == 1.0 and r["prefers_first"] == 1.0
+        assert r["position_bias"] == 1.0 and r["prefers_first"] == 1.0
+        # every problem's two verdicts followed the position: ties, the raw shares kept beside them
+        assert (r["win"], r["tie"], r["loss"]) == (0.0, 1.0, 0.0)
+        assert (r["raw_win"], r["raw_tie"], r["raw_loss"]) == (0.5, 0.0, 0.5)
     md = P.win_rates_markdown(table)
-    assert re.search(r"\| all \| all \| all \| 40 / 40 \| 50 \[50, 50\] \| 0 \[0, 0\] \| 50 \[50, 50\] \| "
-                     r"0 \[0, 0\] \| 100 \| 100 \|", md), md
+    assert re.search(r"\| all \| all \| all \| 40 / 40 \| 0 \[0, 0\] \| 100 \[100, 100\] \| 0 \[0, 0\] \| "
+                     r"0 \[0, 0\] \| 100 \| 50 / 0 / 50 \| 100 \|", md), md
+
+
+def test_position_following_problems_are_ties_others_as_judged():
+    """By hand: p0 follows the position (A both times: one win, one loss), p1 is two wins, p2 a win
+    and a tie. Win / Tie / Loss count p0 as a tie; the raw shares and net are the verdicts' own."""
+    rows = []
+    for pid, verdicts in (("p0", [("A", "win"), ("A", "loss")]), ("p1", [("A", "win"), ("B", "win")]),
+                          ("p2", [("A", "win"), ("TIE", "tie")])):
+        rows += [dict(task="gsm8k", gen_length=256, temperature=0.6, problem_id=pid, method_a="x",
+                      method_b="y", status="ok", position=pos, outcome=o, n_approaches_a=1,
+                      n_approaches_b=1, judge_model="fake") for pos, o in verdicts]
+    r = P.win_rates(pd.DataFrame(rows), n_resamples=200).iloc[0]
+    assert (r["win"], r["tie"], r["loss"]) == pytest.approx(((0 + 1 + 0.5) / 3, (1 + 0 + 0.5) / 3, 0.0))
+    assert (r["raw_win"], r["raw_tie"], r["raw_loss"]) == pytest.approx((2 / 3, 1 / 6, 1 / 6))
+    assert r["net"] == pytest.approx((0 + 1 + 0.5) / 3) and r["position_bias"] == pytest.approx(1 / 3)
 
 
 def test_garbage_is_unparseable_and_never_raises(server):
@@ -133,7 +151,7 @@ def test_garbage_is_unparseable_and_never_raises(server):
     assert _judge(wrong.url).compare(None, ["a"], ["b"]).status == "unparseable"
 
 
-def test_plain_text_fallback_when_response_format_rejected(server):
+def test_plain_text_fallback_when_response_format_rejected(server, capsys):
     def reply(body):
         if "response_format" in body:
             return 400, "response_format is not supported"
@@ -143,15 +161,52 @@ def test_plain_text_fallback_when_response_format_rejected(server):
     assert judge.compare(None, ["a"], ["b"]).winner == "TIE"
     assert judge.compare(None, ["c"], ["d"]).status == "ok"
     assert ["response_format" in b for b in srv.requests] == [True, False, False]
+    err = capsys.readouterr().err
+    assert err.count("rejected structured output (HTTP 400: ") == 1 and "response_format is not supported" in err
+
+
+def test_unrelated_400_keeps_structured_output(server, capsys):
+    """A 400 that plain text gets too (a prompt too long) is not about the schema: the request fails,
+    nothing is announced, and the next request asks for structured output again."""
+    srv = server(lambda body: (400, "prompt too long"))
+    judge = _judge(srv.url)
+    for _ in range(2):
+        j = judge.compare(None, ["a"], ["b"])
+        assert j.status == "unavailable" and "prompt too long" in j.error
+    assert ["response_format" in b for b in srv.requests] == [True, False, True, False]
+    assert "structured output" not in capsys.readouterr().err
+
+
+def test_retries_vary_seed_and_temperature(server):
+    """An unparseable answer is asked again with the next seed and the temperature nudged up; a
+    server that honours them can answer; one that repeats itself is left after one retry."""
+    def by_seed(body):
+        return (200, _verdict("B")) if body["seed"] == 2 else (200, f"garbage for seed {body['seed']}")
+    srv = server(by_seed)
+    got = _judge(srv.url, max_retries=3, backoff=0).compare(None, ["a"], ["b"])
+    assert got.status == "ok" and got.winner == "B" and got.attempts == 3
+    assert [(b["seed"], b["temperature"]) for b in srv.requests] == [(0, 0.0), (1, 0.2), (2, 0.4)]
+    assert (got.seed, got.temperature) == (2, 0.4) and [t["raw"] for t in got.tries][:2] == [
+        "garbage for seed 0", "garbage for seed 1"]
+    same = server(lambda body: (200, "the same garbage"))
+    got = _judge(same.url, max_retries=3, backoff=0).compare(None, ["a"], ["b"])
+    assert got.status == "unparseable" and got.attempts == 2 and len(same.requests) == 2
+    assert same.requests[0]["seed"] != same.requests[1]["seed"]
 
 
 def test_server_down_or_failing_is_unavailable(server):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    j = _judge(f"http://127.0.0.1:{port}/v1").compare(None, ["a"], ["b"])
+    with pytest.raises(JudgeUnreachable, match="cannot be reached"):   # the preflight says so at once
+        _judge(f"http://127.0.0.1:{port}/v1").compare(None, ["a"], ["b"])
+    j = _judge(f"http://127.0.0.1:{port}/v1", preflight=False).compare(None, ["a"], ["b"])
     assert j.status == "unavailable" and "connection" in j.error
-    srv = server(lambda body: (500, "boom"))
+    wrong_model = server(lambda body: (200, _verdict("A")), preflight_status=404)
+    with pytest.raises(JudgeUnreachable, match="HTTP 404"):
+        _judge(wrong_model.url).compare(None, ["a"], ["b"])
+    assert wrong_model.requests == [] and len(wrong_model.preflights) == 1
+    srv = server(lambda body: (500, "boom"))   # up (the preflight passes), but failing every request
     out = P.judge_methods(_gens(3), "diverse", "narrow", _judge(srv.url))
     assert (out["status"] == "unavailable").all() and out["error"].str.contains("500").all()
     rates = P.win_rates(out, n_resamples=200)
@@ -310,29 +365,89 @@ def test_readme_judge_command_with_problems_and_constant_judge(server, tmp_path)
         user = body["messages"][-1]["content"]
         pid = re.search(r"\[A1\]\n(\S+) ", user).group(1)
         assert f"Problem:\n{statements[pid]}\n" in user
-    assert re.search(r"\| all \| all \| all \| 12 / 12 \| 50 \[50, 50\] \| 0 \[0, 0\] \| 50 \[50, 50\] \| "
-                     r"0 \[0, 0\] \| 100 \| 100 \|", res.stdout), res.stdout
-    assert "judge: 24 of 24 requests judged (100%" in res.stdout
+    assert re.search(r"\| all \| all \| all \| 12 / 12 \| 0 \[0, 0\] \| 100 \[100, 100\] \| 0 \[0, 0\] \| "
+                     r"0 \[0, 0\] \| 100 \| 50 / 0 / 50 \| 100 \|", res.stdout), res.stdout
+    assert "judge: 24 of 24 requests judged (100%; 0 from the cache, 25 sent" in res.stdout
+    assert len(srv.preflights) == 1 and "judge: 100%" in res.stderr     # one preflight; a progress bar
     saved = pd.read_csv(tmp_path / "j.csv")
     assert len(saved) == 24 and (saved["position"] == "A").all()
     assert set(saved.groupby("problem_id")["outcome"].apply(lambda s: tuple(sorted(s)))) == {
         ("loss", "loss", "win", "win")}  # each problem: a win in one order, a loss in the other
 
 
-def test_judge_command_fails_when_the_judge_is_down(tmp_path):
+def test_judge_command_fails_when_the_judge_is_down(server, tmp_path):
+    """A closed port: exit 1 after the one preflight request, with one line. The retries and
+    backoff given here would keep the old per-request retries waiting for over 10 minutes."""
     _testbed_runs(tmp_path / "runs", n_problems=2)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     res = _cli(["judge", "trafl", "espo", "--runs", str(tmp_path / "runs"), "--judge-url",
-                f"http://127.0.0.1:{port}/v1", "--judge-model", "none", "--retries", "1",
-                "--backoff", "0", "--temps", "0.6"], cwd=tmp_path)
-    assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert "judge: 0 of 4 requests judged (0%" in res.stdout and "connection failed" in res.stdout
-    assert "only 0% of requests got a verdict" in res.stderr
+                f"http://127.0.0.1:{port}/v1", "--judge-model", "none", "--retries", "3",
+                "--backoff", "100", "--temps", "0.6"], cwd=tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    (line,) = [x for x in res.stderr.splitlines() if x.startswith("dlm-bench judge:")]
+    assert f"judge endpoint http://127.0.0.1:{port}/v1 (model none) cannot be reached" in line
+    srv = server(lambda body: (200, _verdict("A")), preflight_status=401)
+    res = _cli(["judge", "trafl", "espo", "--runs", str(tmp_path / "runs"), "--judge-url", srv.url,
+                "--judge-model", "none", "--temps", "0.6"], cwd=tmp_path)
+    assert res.returncode == 1 and "refused the preflight request: HTTP 401" in res.stderr
+    assert srv.requests == []
     bad = tmp_path / "bad.txt"
     bad.write_text("no placeholders")
     res = _cli(["judge", "trafl", "espo", "--runs", str(tmp_path / "runs"), "--judge-url",
                 f"http://127.0.0.1:{port}/v1", "--judge-model", "none", "--prompt-file", str(bad)],
                cwd=tmp_path)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "{set_a}" in res.stderr
+
+
+def test_cached_rerun_needs_no_endpoint(server, tmp_path, capsys):
+    """With a cache, the preflight comes before the first request the cache cannot answer, so a
+    fully cached rerun works with the server gone (the library, then the command)."""
+    from dlm_bench.cli import main
+    srv = server(_marked_wins)
+    first = P.judge_methods(_gens(3), "diverse", "narrow", _judge(srv.url, tmp_path))
+    _testbed_runs(tmp_path / "runs", n_problems=2)
+    flags = ["--runs", str(tmp_path / "runs"), "--judge-model", "fake", "--temps", "0.6", "--resamples",
+             "200", "--cache", str(tmp_path / "cache")]
+    assert main(["judge", "trafl", "espo", "--judge-url", srv.url] + flags) == 0
+    srv.close()
+    again = P.judge_methods(_gens(3), "diverse", "narrow", _judge(srv.url, tmp_path))
+    assert again["cached"].all() and list(again["outcome"]) == list(first["outcome"])
+    capsys.readouterr()
+    assert main(["judge", "trafl", "espo", "--judge-url", srv.url] + flags) == 0
+    assert "judge: 4 of 4 requests judged (100%; 4 from the cache, 0 sent" in capsys.readouterr().out
+
+
+def test_save_keeps_raw_answers_of_every_request(server, tmp_path):
+    """--save: garbled and failed requests are rows too, with the raw answer and every try."""
+    _testbed_runs(tmp_path / "runs", n_problems=3)
+
+    def mixed(body):
+        pid = re.search(r"\[A1\]\n(\S+) ", body["messages"][-1]["content"]).group(1)
+        return {0: (200, _verdict("TIE")), 1: (200, "no idea, sorry")}.get(
+            sorted(_testbed_ids()).index(pid), (503, "overloaded"))
+    srv = server(mixed)
+    res = _cli(["judge", "trafl", "espo", "--runs", str(tmp_path / "runs"), "--judge-url", srv.url,
+                "--judge-model", "fake", "--retries", "1", "--backoff", "0", "--temps", "0.6",
+                "--min-success", "0", "--resamples", "200", "--save", str(tmp_path / "j.csv")], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    saved = pd.read_csv(tmp_path / "j.csv")
+    assert sorted(saved["status"]) == ["ok"] * 2 + ["unavailable"] * 2 + ["unparseable"] * 2
+    for r in saved.to_dict("records"):
+        tries = json.loads(r["tries"])
+        assert len(tries) == r["attempts"] == 2 - (r["status"] == "ok")
+        if r["status"] == "unparseable":   # the same garbage twice: the retry at seed 1, T 0.2 stopped it
+            assert r["raw"] == "no idea, sorry" and [t["raw"] for t in tries] == [r["raw"]] * 2
+            assert [(t["seed"], t["temperature"]) for t in tries] == [(0, 0.0), (1, 0.2)]
+            assert "same answer as an earlier try" in r["error"]
+        elif r["status"] == "unavailable":  # a failed request is retried as it was
+            assert all("HTTP 503" in t["error"] and t["raw"] is None for t in tries)
+            assert [(t["seed"], t["temperature"]) for t in tries] == [(0, 0.0)] * 2
+        else:
+            assert json.loads(r["raw"])["winner"] == "TIE" and r["judge_temperature"] == 0.0
+
+
+def _testbed_ids():
+    from dlm_bench.tasks import get_task
+    return [p.id for p in get_task("testbed").load("test")[:3]]

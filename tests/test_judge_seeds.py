@@ -46,7 +46,7 @@ def test_seed_win_rates_by_hand():
     rng = np.random.default_rng(3)
     cell, other = ("gsm8k", 256, 0.6), ("gsm8k", 512, 0.6)
     pairs = ["A0-B0", "A1-B1", "A2-B2", "A3-B3"]
-    rows, expect = [], {}
+    rows, expect, n_split = [], {}, 0
     for k, pair in enumerate(pairs):
         # pair k leans towards A by k/4: the per-pair differences are known from the counts below
         draws = rng.choice(["win", "tie", "loss"], p=[0.2 + k / 8, 0.3, 0.5 - k / 8], size=(6, 2))
@@ -54,7 +54,13 @@ def test_seed_win_rates_by_hand():
             rows += _rows(cell, pair, f"p{i}", two)
         rows += _rows(cell, pair, "p-failed", ["win", None], status=("ok", "unavailable"))  # left out
         rows += _rows(other, pair, "q0", ["win", "win"])
-        expect[pair] = ((draws == "win").mean(), (draws == "tie").mean(), (draws == "loss").mean())
+        # a problem with one win and one loss followed the position: it counts as a tie
+        split = np.array([sorted(two) == ["loss", "win"] for two in draws])
+        kept = draws[~split]
+        n_split += split.sum()
+        expect[pair] = ((kept == "win").sum() / draws.size, ((kept == "tie").sum() + 2 * split.sum()) / draws.size,
+                        (kept == "loss").sum() / draws.size)
+    assert n_split > 0                      # the draws include position-following problems
     table = J.seed_win_rates(pd.DataFrame(rows))
     assert list(table["gen_length"]) == [256, 512, "all"]
     r = table.iloc[0]
@@ -211,16 +217,19 @@ def test_judge_cli_without_seed_folders_says_sampling_only(tmp_path, capsys):
 
 
 def test_judge_cli_on_seed_folders_with_the_judge_down(tmp_path, capsys):
-    import socket
+    """Reachable (the preflight passes) but failing every request: the empty seed-level table, the
+    summary line and exit 1, as without seed folders."""
     from dlm_bench.cli import main
+    from fake_openai import FakeServer
     for m in ("A", "B"):
         for k in range(2):
             _store_run(tmp_path / m / f"seed-{k}" / "run", m, f"seed{k}", n_problems=1)
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    assert main(["judge", "A", "B", "--runs", str(tmp_path), "--judge-url", f"http://127.0.0.1:{port}/v1",
-                 "--judge-model", "none", "--retries", "0", "--no-problems", "--resamples", "200"]) == 1
+    srv = FakeServer(lambda body: (503, "overloaded"))
+    try:
+        assert main(["judge", "A", "B", "--runs", str(tmp_path), "--judge-url", srv.url,
+                     "--judge-model", "none", "--retries", "0", "--no-problems", "--resamples", "200"]) == 1
+    finally:
+        srv.close()
     out, err = capsys.readouterr()
-    assert "no seed-level table" in out and "judge: 0 of 4 requests judged" in out
+    assert "no seed-level table" in out and "judge: 0 of 4 requests judged" in out and "HTTP 503" in out
     assert "only 0% of requests got a verdict" in err

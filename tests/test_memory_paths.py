@@ -61,7 +61,7 @@ def _update(model_dir, method, gc, lora_dropout=0.1, steps=2, start=None, mbs=No
     assert dlm.set_gradient_checkpointing(gc) == gc
     ref = dlm if lora_dropout is None else None
     if ref is None:
-        from dlm_bench.training.policy import AdapterDisabled
+        from dlm_bench.models.adapter import AdapterDisabled
         ref = AdapterDisabled(dlm)
     torch.manual_seed(5)
     cls = get_method(method)

@@ -12,7 +12,8 @@ import pytest
 from dlm_bench.stats import metrics
 from dlm_bench.report.build import build_report
 from dlm_bench.report.common import ReportConfig, closest_temperature, split_label
-from dlm_bench.runs.store import Store, read_all_scores
+from dlm_bench.runs.index import read_all_scores
+from dlm_bench.runs.store import Store
 
 N = 4
 PROBLEMS = 5

@@ -6,8 +6,7 @@ from pathlib import Path
 import torch
 
 from dlm_bench.cli import main
-from dlm_bench.runs.index import read_index
-from dlm_bench.runs.store import read_all_scores
+from dlm_bench.runs.index import read_all_scores, read_index
 
 SWEEP = ["--task", "testbed", "--k", "1,2", "--n", "2", "--temps", "0.5", "--lengths", "8", "--block-length", "4",
          "--steps-per-token", "0.5", "--limit", "3", "--device", "cpu", "--no-progress"]

@@ -132,3 +132,27 @@ def test_remove_named_folders(runs, tmp_path, capsys):
     assert main(["runs", "remove", str(runs / "new")]) == 0 and (runs / "new").is_dir()
     assert main(["runs", "remove", str(runs / "new"), "--yes"]) == 0 and not (runs / "new").exists()
     assert main(["runs", "list", "--runs", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_complete_run_is_never_pruned_for_a_newer_incomplete_one(tiny_dir, tmp_path, capsys):
+    """One rule for "the current model of a label" (runs.index.current): prune, compare and report agree
+    that a complete sweep stays current while a newer model's sweep is unfinished."""
+    from dlm_bench.runs.index import read_all_scores, read_index
+    r = tmp_path / "runs"
+    _sweep(_model(tiny_dir, tmp_path / "v1" / "ckpt", 0.01), "m", r / "complete")
+    time.sleep(0.01)
+    _sweep(_model(tiny_dir, tmp_path / "v2" / "ckpt", 0.02), "m", r / "partial")
+    (r / "partial" / "results.json").unlink()          # as a sweep killed before its end
+    capsys.readouterr()
+    assert main(["runs", "list", "--runs", str(r)]) == 0
+    listed = capsys.readouterr().out
+    assert "incomplete, newer" in listed and "kept:" in listed
+    assert main(["runs", "prune", "--runs", str(r), "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert (r / "complete").is_dir() and (r / "partial").is_dir()
+    assert f"keeping {r / 'complete'}" in out and "nothing to remove" in out
+    kept = set(read_index(r / "complete"))
+    assert set(read_all_scores(r)["config_hash"]) == kept      # what compare and report read
+    assert "leaving out" in capsys.readouterr().err
+    assert main(["runs", "prune", "--runs", str(r), "--include-incomplete-newer", "--yes"]) == 0
+    assert not (r / "complete").exists() and (r / "partial").is_dir()

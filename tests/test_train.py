@@ -3,6 +3,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -279,3 +280,25 @@ def test_rollout_noise_dtype_setting(tiny_dir):
     assert plan(TrainConfig(method="espo", task="testbed", model=tiny_dir)).scfg.noise_dtype == "float64"
     with pytest.raises(UserError, match="noise_dtype"):
         plan(TrainConfig(method="espo", task="testbed", model=tiny_dir, sampler={"noise_dtype": "half"}))
+
+
+def test_a_training_run_folder_stands_for_its_checkpoint(tiny_dir, tmp_path, capsys):
+    """`passk --model results/train/X` uses X/checkpoint (one line says so) rather than reading the run's
+    config.json as a model; a run with no checkpoint yet is refused in one line."""
+    from dlm_bench.cli import main
+    out = tmp_path / "run"
+    train(TrainConfig(method="trafl", model=tiny_dir, out=str(out), train_steps=1, overrides=dict(TINY),
+                      device="cpu"), progress=False)
+    sweep = ["--method", "m", "--task", "testbed", "--k", "1", "--n", "1", "--temps", "0.5", "--lengths", "8",
+             "--block-length", "4", "--limit", "2", "--device", "cpu", "--no-progress"]
+    assert main(["passk", "--model", str(out), "--out", str(tmp_path / "a"), *sweep]) == 0
+    assert f"using its model {out / 'checkpoint'}" in capsys.readouterr().err
+    assert main(["passk", "--model", str(out / "checkpoint"), "--out", str(tmp_path / "b"), *sweep]) == 0
+    same = [json.loads((tmp_path / d / "results.json").read_text())["cells"][0]["config_hash"] for d in "ab"]
+    assert same[0] == same[1]
+    shutil.rmtree(out / "checkpoint")
+    (out / "train_result.json").unlink()                 # as a run killed before its first save
+    capsys.readouterr()
+    assert main(["passk", "--model", str(out), "--out", str(tmp_path / "c"), *sweep]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training run folder with no checkpoint yet" in err[0]

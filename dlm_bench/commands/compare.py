@@ -47,9 +47,10 @@ def run(args) -> int:
     if args.resamples < 100:
         raise UserError(f"--resamples must be >= 100, got {args.resamples}")
     from dlm_bench.stats import seed_level as seeds
-    seeded = seeds.read_seeded_scores(args.runs)
+    from dlm_bench.runs.index import read_seeded_scores
+    seeded = read_seeded_scores(args.runs)
     if seeded is not None:
-        table = seeds.seed_table(_filtered(seeded, args, "scores"), args.method_a, args.method_b,
+        table = seeds.seed_table(filtered(seeded, args, "scores"), args.method_a, args.method_b,
                                  args.k, confidence=args.confidence, seed=args.seed)
         print(seeds.seed_markdown(table))
         return _write(table, args)
@@ -75,11 +76,11 @@ def _write(table, args) -> int:
 
 def stored_samples(args, noun: str):
     """Stored rows of the two methods under --runs, filtered by --task/--temps/--lengths."""
-    from dlm_bench.runs.store import read_all_scores
-    return _filtered(read_all_scores(args.runs), args, noun)
+    from dlm_bench.runs.index import read_all_scores
+    return filtered(read_all_scores(args.runs), args, noun)
 
 
-def _filtered(df, args, noun: str):
+def filtered(df, args, noun: str):
     from dlm_bench.commands.passk import parse_floats, parse_ints
     df = df[df["method"].isin([args.method_a, args.method_b])]
     if args.task:

@@ -30,7 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--orders", choices=("both", "balanced"), default="both",
                    help="both: judge every problem with A first and with B first (default); "
                         "balanced: once each, A first on half the problems of a cell")
-    p.add_argument("--cache", default=None, help="folder caching verdicts (re-runs cost nothing)")
+    p.add_argument("--cache", default=None,
+                   help="folder caching verdicts (re-runs cost nothing, and need no server: the preflight "
+                        "request then waits for the first verdict the cache lacks)")
     p.add_argument("--max-samples", type=int, default=None, help="at most N solutions per set")
     p.add_argument("--only-correct", action="store_true", help="show the judge correct solutions only")
     p.add_argument("--task", action="append", default=None, help="only these tasks (repeatable)")
@@ -39,13 +41,21 @@ def add_arguments(p) -> None:
     p.add_argument("--data-dir", default=None, help="task data folder, for the problem statements")
     p.add_argument("--no-problems", action="store_true", help="do not show the judge the problem statements")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--retries", type=int, default=3, help="further tries per failed or unparseable request")
-    p.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry, doubling")
+    p.add_argument("--retries", type=int, default=3,
+                   help="further tries per failed or unparseable request (an unparseable answer is asked "
+                        "again with the next seed and a nudged temperature, and not again once an answer "
+                        "repeats word for word)")
+    p.add_argument("--backoff", type=float, default=1.0,
+                   help="seconds before the first retry of a failed request, doubling")
+    p.add_argument("--retry-nudge", type=float, default=0.2,
+                   help="temperature added per retry after an unparseable answer (the judge runs at 0)")
     p.add_argument("--min-success", type=float, default=0.9,
-                   help="exit 1 when a smaller share of requests got a verdict (default 0.9)")
+                   help="exit 1 when a smaller share of requests got a verdict")
     p.add_argument("--workers", type=int, default=1, help="concurrent requests")
     p.add_argument("--resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples for the CIs")
-    p.add_argument("--save", default=None, help="write the per-request judgments to this CSV")
+    p.add_argument("--save", default=None,
+                   help="write the per-request judgments to this CSV: every request, failed ones too, with "
+                        "the judge's raw answer and each try's settings and answer or error")
     p.add_argument("--seed", type=int, default=0, help="seed of the balanced order assignment and the bootstrap")
 
 
@@ -69,8 +79,8 @@ def _check(args) -> None:
         raise UserError(f"--max-samples must be >= 1, got {args.max_samples}")
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
-    if args.retries < 0 or args.backoff < 0:
-        raise UserError("--retries and --backoff must be >= 0")
+    if args.retries < 0 or args.backoff < 0 or args.retry_nudge < 0:
+        raise UserError("--retries, --backoff and --retry-nudge must be >= 0")
     if not 0 <= args.min_success <= 1:
         raise UserError(f"--min-success must be in [0, 1], got {args.min_success}")
     if args.resamples < 100:
@@ -79,15 +89,22 @@ def _check(args) -> None:
 
 def run(args) -> int:
     from dlm_bench.stats import seed_level as seeds
-    from dlm_bench.judge.client import Judge, JudgeConfig
+    from dlm_bench.judge.client import Judge, JudgeConfig, JudgeUnreachable
     from dlm_bench.judge.pairs import summary
 
     _check(args)
     judge = Judge(JudgeConfig(model=args.judge_model, base_url=args.judge_url, api_key_env=args.api_key_env,
                               timeout=args.timeout, max_retries=args.retries, backoff=args.backoff,
-                              cache_dir=args.cache, prompt_file=args.prompt_file))
-    seeded = seeds.read_seeded_scores(args.runs)
-    judgments = _judge_seeds(args, judge, seeded) if seeded is not None else _judge_pooled(args, judge)
+                              retry_nudge=args.retry_nudge, cache_dir=args.cache, prompt_file=args.prompt_file))
+    from dlm_bench.runs.index import read_seeded_scores
+    try:
+        if not args.cache:   # fail fast, before reading samples; with a cache, a rerun may need no server
+            judge.preflight()
+        seeded = read_seeded_scores(args.runs)
+        judgments = _judge_seeds(args, judge, seeded) if seeded is not None else _judge_pooled(args, judge)
+    except JudgeUnreachable as e:
+        print(f"dlm-bench judge: {e}", file=sys.stderr)
+        return 1
     line, rate = summary(judgments, judge.n_requests)
     print(f"\n{line}; prompt: {judge.template.source}; failed requests count as missing, not as ties.")
     if rate < args.min_success:
@@ -130,9 +147,9 @@ def _judge_seeds(args, judge, seeded):
     """Judged within seed pairs; the seed-level table, then the problem-level one over every
     (seed pair, problem)."""
     from dlm_bench.judge import seed_pairs as S
-    from dlm_bench.commands.compare import _filtered
+    from dlm_bench.commands.compare import filtered
     from dlm_bench.judge.pairs import win_rates, win_rates_markdown
-    df = _filtered(seeded, args, "samples")
+    df = filtered(seeded, args, "samples")
     pairs, note = S.pair_seeds(S.method_seeds(df, args.method_a), S.method_seeds(df, args.method_b))
     if note:
         print(f"dlm-bench judge: {note}", file=sys.stderr)

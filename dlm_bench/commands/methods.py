@@ -22,6 +22,32 @@ def rows() -> list[tuple[str, ...]]:
     return out
 
 
+# TrainConfig fields a command or protocol fills in itself, not `--set` settings
+NOT_SET = ("method", "overrides", "sampler")
+# sampler fields a method's rollout block owns (gen_length, steps, ...; see TrainConfig.validate)
+METHOD_OWNED = ("gen_length", "steps", "block_length", "temperature", "order")
+
+
+def shared_settings() -> list[tuple[str, object, str, str]]:
+    """(setting, default, help, source) of the loop's settings and the rollout sampler's `sampler.*`
+    fields: what `--set` accepts besides a method's own config, for every method."""
+    from dlm_bench.config import describe
+    from dlm_bench.sampler import SamplerConfig
+    from dlm_bench.training.loop import TrainConfig
+    loop = [r for r in describe(TrainConfig) if r[0] not in NOT_SET]
+    sampler = [(f"sampler.{p}", *rest) for p, *rest in describe(SamplerConfig) if p not in METHOD_OWNED]
+    return loop + sampler
+
+
+def _lines(rows, named: dict | None = None) -> list[str]:
+    table = []
+    for path, default, help_, source in rows:
+        alias = f" (alias {', '.join(named[path])})" if named and path in named else ""
+        table.append((f"{path} = {default!r}{alias}", help_ + (f"  [source: {source}]" if source else "")))
+    width = max((len(a) for a, _ in table), default=0)
+    return [f"  {a:<{width}}  {b}".rstrip() for a, b in table]
+
+
 def settings_table(name: str) -> list[str]:
     """Lines `setting = default  help  [source]` of one method, blocks expanded (optim.lr, ...)."""
     from dlm_bench.config import aliases, describe
@@ -30,12 +56,7 @@ def settings_table(name: str) -> list[str]:
     named: dict[str, list[str]] = {}
     for alias, (path, factor) in aliases(cls).items():
         named.setdefault(path, []).append(alias if factor == 1 else f"{alias} = this / {factor}")
-    table = []
-    for path, default, help_, source in describe(cls):
-        alias = f" (alias {', '.join(named[path])})" if path in named else ""
-        table.append((f"{path} = {default!r}{alias}", help_ + (f"  [source: {source}]" if source else "")))
-    width = max((len(a) for a, _ in table), default=0)
-    return [f"  {a:<{width}}  {b}".rstrip() for a, b in table]
+    return _lines(describe(cls), named)
 
 
 def _cell(value) -> str:
@@ -71,7 +92,13 @@ def markdown(names: list[str] | None = None) -> str:
         out.append("")
         out += _fidelity_table(f"Where {name} differs from its reference", cls.fidelity)
     from dlm_bench.methods.fidelity import ENGINE
-    out += ["## Shared machinery", ""] + _fidelity_table("Where the shared code differs from the references", ENGINE)
+    out += ["## Loop and sampler settings (every method)", "",
+            "`--set NAME=VALUE` (or a YAML key) beside the method's own settings; `sampler.*` fields go to the "
+            "rollout sampler (its window, steps, block and temperature are the method's `rollout.*`).", "",
+            "| setting | default | what it does | source |", "|---|---|---|---|"]
+    out += [f"| `{p}` | `{_cell(repr(d))}` | {_cell(h)} | {_cell(s)} |" for p, d, h, s in shared_settings()]
+    out += ["", "## Shared machinery", ""]
+    out += _fidelity_table("Where the shared code differs from the references", ENGINE)
     return "\n".join(out)
 
 
@@ -110,4 +137,6 @@ def run(args) -> int:
             if target:
                 print(f"  target: {target}")
             print("\n".join(lines))
+        print("\nloop and sampler settings (every method; --set NAME=VALUE):")
+        print("\n".join(_lines(shared_settings())))
     return 0

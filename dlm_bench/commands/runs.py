@@ -3,7 +3,10 @@
 `list` shows every run folder under --runs: its method label(s), task, model (name@hash), cells,
 record count, whether results.json calls it complete, and a status:
 - `current`: its model still exists as evaluated and is the newest model under its label;
-- `superseded`: a newer model was evaluated under the same label and task (and training seed) elsewhere;
+- `superseded`: a newer model is current under the same label and task (and training seed) elsewhere
+  (`dlm_bench.runs.index.current`, the rule `compare` and `report` use: the newest complete sweep, so a
+  newer sweep still incomplete supersedes nothing unless `prune --include-incomplete-newer`);
+- `incomplete, newer`: a sweep of a newer model that has not completed; the complete one stays current;
 - `model missing` / `model changed`: the model folder is gone, or now holds other weights (retrained);
 - `unknown model`: no configs.jsonl or results.json says which model made the records (never pruned).
 `prune` removes the superseded, missing and changed ones; `remove FOLDER...` removes the named ones.
@@ -14,13 +17,16 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from dlm_bench.errors import UserError
+from dlm_bench.runs.index import current, evaluations, folder_cells
+from dlm_bench.runs.locks import folder_lock, holder
 
 CURRENT, SUPERSEDED, MISSING, CHANGED, UNKNOWN = "current", "superseded", "model missing", "model changed", \
     "unknown model"
+INCOMPLETE_NEWER = "incomplete, newer"
 STALE = (SUPERSEDED, MISSING, CHANGED)
 
 
@@ -33,6 +39,9 @@ def add_arguments(p) -> None:
     for sp in (ls, pr):
         sp.add_argument("--runs", default="results/passk", help="folder searched for run folders "
                                                                  "(default: results/passk)")
+    pr.add_argument("--include-incomplete-newer", action="store_true",
+                    help="let a newer model's incomplete sweep supersede a complete one (default: a complete "
+                         "run is never pruned in favour of an incomplete one)")
     for sp in (pr, rm):
         sp.add_argument("--yes", action="store_true", help="really remove (without it: only say what would go)")
 
@@ -48,7 +57,6 @@ class Run:
     complete: str
     status: str = CURRENT
     why: str = ""
-    group: tuple = field(default=())
 
 
 def _lines(path: Path) -> int:
@@ -57,35 +65,21 @@ def _lines(path: Path) -> int:
 
 
 def _read(d: Path) -> Run:
-    from dlm_bench.runs.index import read_index
-    index = read_index(d)
+    cells = folder_cells(d)
     results = json.loads((d / "results.json").read_text()) if (d / "results.json").is_file() else None
     models: dict[str, dict] = {}
-    for e in index.values():
-        m = models.setdefault(e["model"]["hash"], {"name": e["model"].get("name"), "time": e["time"],
-                                                   "path": e.get("model_path")})
+    for e in cells.values():
+        m = models.setdefault(e["model"], {"name": e["name"], "time": e["time"], "path": e["path"]})
         m["time"] = max(m["time"], e["time"])
-    labels = sorted({e["method"] for e in index.values()})
-    tasks = {e["config"].get("task") for e in index.values()}
-    cells = len(index)
-    if results is not None:
-        labels = labels or [results.get("method")]
-        tasks = tasks or {results.get("task")}
-        cells = cells or len(results.get("cells", []))
-        path = results.get("config", {}).get("model")
-        for c in results.get("cells", []) if not models else []:      # a folder from before configs.jsonl
-            mid = c["config"]["model"]
-            models.setdefault(mid["hash"], {"name": mid.get("name"), "time": d.stat().st_mtime, "path": path})
-        for m in models.values():
-            m["path"] = m["path"] or path       # may be relative to wherever that sweep ran
+    path = (results or {}).get("config", {}).get("model")
+    for m in models.values():
+        m["path"] = m["path"] or path       # may be relative to wherever that sweep ran
+    labels = sorted({e["label"] for e in cells.values() if e["label"]})
+    tasks = {e["task"] for e in cells.values()}
     records = sum(_lines(p) for p in sorted(d.glob("scores*.jsonl")))
     complete = "no results.json" if results is None else ("yes" if results.get("complete") else "partial")
-    return Run(d, labels or ["?"], ",".join(sorted(t for t in tasks if t)) or "?", models, cells, records, complete)
-
-
-def _seed_part(path: Path, root: Path) -> str:
-    from dlm_bench.stats.seed_level import SEED_DIR
-    return next((p for p in path.relative_to(root).parts if SEED_DIR.match(p)), "")
+    return Run(d, labels or ["?"], ",".join(sorted(t for t in tasks if t)) or "?", models, len(cells), records,
+               complete)
 
 
 def _model_status(run: Run) -> None:
@@ -110,33 +104,41 @@ def _model_status(run: Run) -> None:
             run.status, run.why = CHANGED, f"{m['path']} now holds other weights"
 
 
-def survey(root: str | Path) -> list[Run]:
+def _supersede(run: Run, mine: list, cur: dict, stale: set) -> None:
+    """SUPERSEDED when, for every (label, task, seed) the run holds, a newer model is current (`current`,
+    the rule compare and report use) and that model's run is not itself stale."""
+    newer = [cur[e.key] for e in mine if cur[e.key].model != e.model and cur[e.key].time > e.time]
+    if mine and len(newer) == len(mine) and not any(c.folder in stale for c in newer):
+        run.status, run.why = SUPERSEDED, f"newer model {newer[0].text} in {newer[0].folder}"
+    elif any(cur[e.key].model != e.model and cur[e.key].time < e.time for e in mine):
+        c = next(cur[e.key] for e in mine if cur[e.key].time < e.time)
+        run.status, run.why = INCOMPLETE_NEWER, (f"the complete run of {c.text} in {c.folder} stays current "
+                                                 "until this one completes")
+
+
+def survey(root: str | Path, include_incomplete_newer: bool = False) -> list[Run]:
     """Every run folder under `root` with its status (see the module docstring)."""
-    from dlm_bench.runs.locks import holder
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"runs directory {str(root)!r} does not exist")
     dirs = sorted({p.parent for pat in ("scores*.jsonl", "generations*.jsonl", "configs.jsonl")
                    for p in root.rglob(pat)})
     runs = [_read(d) for d in dirs]
-    newest: dict[tuple, tuple[float, str, Path]] = {}   # (label, task, seed) -> (time, model, folder)
     for r in runs:
         _model_status(r)
-        seed = _seed_part(r.path, root)
-        r.group = tuple((label, r.task, seed) for label in r.labels)
-        if r.status != CURRENT:          # only a model that still exists can supersede another
-            continue
-        for key in r.group:
-            for h, m in r.models.items():
-                if key not in newest or m["time"] > newest[key][0]:
-                    newest[key] = (m["time"], h, r.path)
+    evals = evaluations(dirs, root)
+    cur = current(evals, include_incomplete_newer)
+    stale = {r.path for r in runs if r.status in (MISSING, CHANGED)}
     for r in runs:
-        if r.status != CURRENT or not r.models:
-            continue
-        later = [newest[g] for g in r.group if g in newest and newest[g][1] not in r.models]
-        if len(later) == len(r.group):        # every label it holds has a newer model elsewhere
-            t, h, where = later[0]
-            r.status, r.why = SUPERSEDED, f"newer model @{h[:8]} in {where}"
+        if r.status == CURRENT:
+            _supersede(r, [e for e in evals if e.folder == r.path], cur, stale)
+    if not include_incomplete_newer:
+        newest = current(evals, include_incomplete_newer=True)
+        for r in runs:
+            mine = [e for e in evals if e.folder == r.path]
+            if r.status == CURRENT and mine and all(newest[e.key].model != e.model for e in mine):
+                c = newest[mine[0].key]
+                r.why = f"kept: {c.text} in {c.folder} is newer but incomplete (--include-incomplete-newer)"
     for r in runs:
         pid = holder(r.path)
         if pid:
@@ -161,7 +163,6 @@ def _table(runs: list[Run], root: Path | None) -> str:
 
 
 def _remove(runs: list[Run], yes: bool) -> int:
-    from dlm_bench.runs.locks import folder_lock, holder
     if not runs:
         print("nothing to remove")
         return 0
@@ -191,7 +192,11 @@ def run(args) -> int:
         print(_table(runs, Path(args.runs)) if runs else f"no run folders under {args.runs!r}")
         return 0
     if args.action == "prune":
-        return _remove([r for r in survey(args.runs) if r.status in STALE], args.yes)
+        runs = survey(args.runs, args.include_incomplete_newer)
+        for r in runs:
+            if r.status == CURRENT and r.why.startswith("kept:"):
+                print(f"keeping {r.path}  [complete; {r.why.removeprefix('kept: ')}]")
+        return _remove([r for r in runs if r.status in STALE], args.yes)
     chosen = []
     for f in args.folders:
         d = Path(f)

@@ -4,9 +4,20 @@ The judge sees two sets of solutions to one problem, lists the distinct approach
 and says which set is more diverse (A, B or TIE). This module presents one pair and returns one
 `Judgment`; showing each problem in both orders and tallying live in dlm_bench.judge.pairs.
 
-A judge that is down, times out, or answers garbage never raises: each request is retried with
-exponential backoff, then the judgment comes back with status "unavailable" or "unparseable" and
-the error, so the rest of a report still renders. The prompt comes from dlm_bench.judge.prompt.
+Before its first request that the cache cannot answer, the judge sends one short preflight request:
+an endpoint that cannot be reached (connection refused, no connection within 5 s) or that refuses
+the key or the model (HTTP 401/403/404) raises `JudgeUnreachable` at once, instead of every request
+failing through its retries.
+
+Past the preflight, a judge that is down, times out, or answers garbage never raises: a failed
+request is retried unchanged with exponential backoff; an unparseable answer is retried with what
+can vary (the next seed, the temperature nudged up by `retry_nudge` per retry), and the retries
+stop early when an answer repeats an earlier one word for word. The judgment then comes back with
+status "unavailable" or "unparseable", the error, and every try's settings and raw answer, so the
+rest of a report still renders and nothing is hidden. A server that rejects the JSON-schema
+`response_format` gets the same request again as plain text; only when that one is answered does
+the judge switch to plain text for the rest of the run, and it says so on stderr. The prompt comes
+from dlm_bench.judge.prompt.
 """
 from __future__ import annotations
 
@@ -14,14 +25,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dlm_bench.errors import UserError
-from dlm_bench.runs.files import share_file
+from dlm_bench.runs.files import atomic_write
 from dlm_bench.judge.prompt import PromptTemplate, load_template
 
 VERDICT_SCHEMA = {
@@ -52,6 +63,17 @@ class JudgeConfig:
     structured: bool = True              # JSON-schema response_format; falls back to plain text
     cache_dir: str | os.PathLike | None = None
     prompt_file: str | os.PathLike | None = None  # None: the shipped default template
+    retry_nudge: float = 0.2             # temperature added per retry after an unparseable answer
+    preflight: bool = True               # one short request before the first real one
+
+
+PREFLIGHT_PROMPT = "dlm-bench judge preflight: reply with the word OK."
+PREFLIGHT_CONNECT_S = 5.0                # an endpoint that accepts no connection in this long is down
+UNREACHABLE_STATUS = (401, 403, 404)     # wrong key, forbidden, wrong URL or model name
+
+
+class JudgeUnreachable(Exception):
+    """The preflight request could not reach the endpoint or was refused: no judging is possible."""
 
 
 @dataclass
@@ -67,6 +89,9 @@ class Judgment:
     cached: bool = False
     key: str | None = None
     attempts: int = 0                    # requests this judgment took (0 when cached or skipped)
+    temperature: float | None = None     # the settings of the try that gave this judgment
+    seed: int | None = None
+    tries: list = field(default_factory=list)  # every try: temperature, seed, and raw answer or error
 
 
 def format_set(solutions, label: str, max_chars: int | None = 4000) -> str:
@@ -155,13 +180,8 @@ class JudgeCache:
 
     def put(self, key: str, value: dict) -> None:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
-            share_file(fd)           # not 0600: a cache shared like the records
-            with os.fdopen(fd, "w") as f:
-                json.dump(value, f)
-            os.replace(tmp, self.dir / f"{key}.json")
-        except OSError:
+            atomic_write(self.dir / f"{key}.json", json.dumps(value))
+        except UserError:
             pass  # a read-only cache only costs a repeat request next time
 
 
@@ -194,14 +214,15 @@ class Judge:
     def __init__(self, config: JudgeConfig, client=None, template: PromptTemplate | None = None):
         if not config.model:
             raise UserError("the judge needs a model name")
-        if config.max_retries < 0 or config.backoff < 0:
-            raise UserError("judge retries and backoff must be >= 0")
+        if config.max_retries < 0 or config.backoff < 0 or config.retry_nudge < 0:
+            raise UserError("judge retries, backoff and retry nudge must be >= 0")
         self.cfg = config
         self.template = template or load_template(config.prompt_file)
         self.cache = JudgeCache(config.cache_dir) if config.cache_dir else None
         self._structured = config.structured
         self._lock = threading.Lock()
-        self.n_requests = 0  # requests actually sent (cache hits excluded)
+        self._preflight: str | None = None if config.preflight else "skipped"  # "ok" or the failure
+        self.n_requests = 0  # requests actually sent (cache hits excluded, the preflight included)
         if client is None:
             try:
                 import openai
@@ -214,7 +235,8 @@ class Judge:
         self.client = client
 
     def compare(self, problem: str | None, set_a, set_b, max_chars: int | None = 4000) -> Judgment:
-        """Judge set A against set B (in this order). Never raises for endpoint trouble."""
+        """Judge set A against set B (in this order). Never raises for endpoint trouble past the
+        preflight (JudgeUnreachable when that fails)."""
         set_a, set_b = list(set_a), list(set_b)
         messages = build_messages(self.template, problem, set_a, set_b, max_chars)
         key = request_key(self.cfg, self.template, problem, set_a, set_b, max_chars)
@@ -223,20 +245,8 @@ class Judge:
             if hit is not None and hit.get("status") == "ok":
                 known = {k: v for k, v in hit.items() if k in Judgment.__dataclass_fields__}
                 return Judgment(**{**known, "cached": True, "key": key, "attempts": 0})
-        for attempt in range(self.cfg.max_retries + 1):
-            if attempt:
-                time.sleep(self.cfg.backoff * 2 ** (attempt - 1))
-            text, error, retryable = self._request(messages)
-            if text is None:
-                judgment = Judgment(status="unavailable", error=error, key=key, attempts=attempt + 1)
-            elif (verdict := parse_verdict(text)) is None:
-                judgment = Judgment(status="unparseable", raw=text, error="no valid verdict JSON",
-                                    key=key, attempts=attempt + 1)
-            else:
-                judgment = Judgment(status="ok", raw=text, key=key, attempts=attempt + 1, **verdict)
-                break
-            if not retryable:
-                break
+        self.preflight()
+        judgment = self._ask(messages, key)
         if judgment.status == "ok" and self.cache is not None:
             record = asdict(judgment)
             for transient in ("cached", "key", "attempts"):
@@ -244,42 +254,114 @@ class Judge:
             self.cache.put(key, record)  # failures are never cached: the next run asks again
         return judgment
 
-    def _request(self, messages) -> tuple[str | None, str | None, bool]:
+    def _ask(self, messages, key: str) -> Judgment:
+        """Up to 1 + max_retries tries: a failed request again as it was (after a backoff), an
+        unparseable answer with the next seed and a nudged temperature, until an answer repeats."""
+        tries, garbled, answers = [], 0, set()
+        for attempt in range(self.cfg.max_retries + 1):
+            temperature = self.cfg.temperature + self.cfg.retry_nudge * garbled
+            seed = None if self.cfg.seed is None else self.cfg.seed + garbled
+            text, error, retryable = self._request(messages, temperature, seed)
+            tries.append({"temperature": temperature, "seed": seed, "raw": text, "error": error})
+            done = dict(key=key, attempts=attempt + 1, temperature=temperature, seed=seed, tries=tries)
+            if text is None:
+                judgment = Judgment(status="unavailable", error=error, **done)
+                if not retryable:
+                    break
+                if attempt < self.cfg.max_retries:
+                    time.sleep(self.cfg.backoff * 2 ** attempt)
+                continue
+            verdict = parse_verdict(text)
+            if verdict is not None:
+                return Judgment(status="ok", raw=text, **done, **verdict)
+            repeated = text in answers
+            judgment = Judgment(status="unparseable", raw=text, **done, error="no valid verdict JSON"
+                                + (" (the same answer as an earlier try: retries stopped)" if repeated else ""))
+            if repeated:
+                break
+            answers.add(text)
+            garbled += 1
+        return judgment
+
+    def preflight(self) -> None:
+        """Once per judge, before its first real request: one short request that must reach the
+        endpoint and be accepted (a busy or failing server is left to the requests' retries)."""
+        import openai
+
+        with self._lock:
+            if self._preflight is None:
+                self._preflight = self._preflight_request(openai)
+            failure = self._preflight
+        if failure not in ("ok", "skipped"):
+            raise JudgeUnreachable(failure)
+
+    def _preflight_request(self, openai) -> str:
+        where = f"judge endpoint {self.cfg.base_url or 'api.openai.com'} (model {self.cfg.model})"
+        self.n_requests += 1
+        try:
+            self.client.chat.completions.create(
+                model=self.cfg.model, messages=[{"role": "user", "content": PREFLIGHT_PROMPT}],
+                max_tokens=1, temperature=0.0,
+                timeout=openai.Timeout(self.cfg.timeout, connect=min(PREFLIGHT_CONNECT_S, self.cfg.timeout)))
+        except openai.APIStatusError as e:
+            if e.status_code in UNREACHABLE_STATUS:
+                return f"{where} refused the preflight request: HTTP {e.status_code}: {_short(e)}"
+        except openai.APITimeoutError:
+            return "ok"  # connected but slow: the requests' own timeout and retries deal with it
+        except openai.APIConnectionError as e:
+            return f"{where} cannot be reached: {_short(e)}"
+        except Exception:  # noqa: BLE001 - a half-compatible server: let the real requests tell
+            return "ok"
+        return "ok"
+
+    def _request(self, messages, temperature: float, seed: int | None) -> tuple[str | None, str | None, bool]:
         """(text, None, True) on an answer, (None, error, retryable) when the request failed."""
         import openai
 
-        kwargs = dict(model=self.cfg.model, messages=messages, temperature=self.cfg.temperature,
+        kwargs = dict(model=self.cfg.model, messages=messages, temperature=temperature,
                       max_tokens=self.cfg.max_tokens)
-        if self.cfg.seed is not None:
-            kwargs["seed"] = self.cfg.seed
-        for structured in ((True, False) if self._structured else (False,)):
-            if structured:
-                kwargs["response_format"] = {"type": "json_schema", "json_schema": {
-                    "name": "path_diversity_verdict", "schema": VERDICT_SCHEMA, "strict": True}}
-            else:
-                kwargs.pop("response_format", None)
-            with self._lock:
-                self.n_requests += 1
-            try:
-                resp = self.client.chat.completions.create(**kwargs)
-            except openai.APIStatusError as e:
-                if structured and e.status_code in (400, 404, 415, 422, 501):
-                    self._structured = False  # server rejects response_format: plain text from now on
-                    continue
-                code = e.status_code
-                return None, f"HTTP {code}: {_short(e)}", code in _RETRYABLE or code >= 500
-            except openai.APITimeoutError:
-                return None, f"timed out after {self.cfg.timeout:g}s", True
-            except openai.APIConnectionError as e:
-                return None, f"connection failed: {_short(e)}", True
-            except Exception as e:  # anything else from a half-compatible server: report, go on
-                return None, f"{type(e).__name__}: {_short(e)}", False
-            try:
-                text = resp.choices[0].message.content
-            except (AttributeError, IndexError, TypeError):
-                text = None
-            return (text or ""), None, True
-        return None, "no request could be made", False
+        if seed is not None:
+            kwargs["seed"] = seed
+        structured = self._structured
+        if structured:
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "path_diversity_verdict", "schema": VERDICT_SCHEMA, "strict": True}}
+        text, error, retryable, code = self._send(openai, kwargs)
+        if structured and code in (400, 404, 415, 422, 501):
+            kwargs.pop("response_format")
+            plain = self._send(openai, kwargs)
+            if plain[0] is not None:  # the schema was the trouble: plain text from now on, said once
+                self._downgrade(error)
+            return plain[:3]
+        return text, error, retryable
+
+    def _send(self, openai, kwargs) -> tuple[str | None, str | None, bool, int | None]:
+        with self._lock:
+            self.n_requests += 1
+        try:
+            resp = self.client.chat.completions.create(**kwargs)
+        except openai.APIStatusError as e:
+            code = e.status_code
+            return None, f"HTTP {code}: {_short(e)}", code in _RETRYABLE or code >= 500, code
+        except openai.APITimeoutError:
+            return None, f"timed out after {self.cfg.timeout:g}s", True, None
+        except openai.APIConnectionError as e:
+            return None, f"connection failed: {_short(e)}", True, None
+        except Exception as e:  # anything else from a half-compatible server: report, go on
+            return None, f"{type(e).__name__}: {_short(e)}", False, None
+        try:
+            text = resp.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            text = None
+        return (text or ""), None, True, None
+
+    def _downgrade(self, error: str) -> None:
+        with self._lock:
+            if not self._structured:
+                return
+            self._structured = False
+        print(f"dlm-bench judge: the endpoint rejected structured output ({error}) and answered the same "
+              "request as plain text: asking for plain-text JSON from now on", file=sys.stderr)
 
 
 def _short(e: Exception, limit: int = 200) -> str:

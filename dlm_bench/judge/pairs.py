@@ -10,20 +10,24 @@ problem).
 
 Position bias is reported as how often the two verdicts on one problem name the same position
 ("A" both times or "B" both times: the verdict followed the position, not the content), and as the
-share of decisive verdicts that chose the set shown first (0.5 = no preference).
+share of decisive verdicts that chose the set shown first (0.5 = no preference). Such a problem has
+one win and one loss for A, which say nothing about the methods: in the Win / Tie / Loss columns it
+counts as a tie (net is the same either way), and the raw shares, as the verdicts fell, are kept
+beside them (`raw_win`, `raw_tie`, `raw_loss`).
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numpy as np
 import pandas as pd
 
 from dlm_bench.errors import UserError
-from dlm_bench.judge.client import Judge, Judgment
+from dlm_bench.judge.client import Judge, Judgment, JudgeUnreachable
 from dlm_bench.stats.metrics import CELL, N_RESAMPLES, bootstrap_ci, cell_tag
 
 ORDERS = ("both", "balanced")
@@ -88,21 +92,40 @@ def judge_methods(df: pd.DataFrame, method_a: str, method_b: str, judge: Judge, 
         first, second = (b, a) if swapped else (a, b)
         try:
             return judge.compare(problems.get(key[-1]) if problems else None, first, second, max_chars)
+        except JudgeUnreachable:
+            raise
         except Exception as e:  # a bug in a custom client must not sink the whole report
             return Judgment(status="unavailable", error=f"{type(e).__name__}: {e}")
 
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(jobs), desc="judge", unit="req", file=sys.stderr,
-               disable=None if progress else True)  # None: shown on a terminal only
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = []
-        for j in pool.map(run, jobs):
-            results.append(j)
-            bar.update(1)
-    bar.close()
+    results = _run_all(run, jobs, judge, workers, progress)
     rows = [_row(key, swapped, j, sets[key], method_a, method_b, cells, judge.cfg.model)
             for (key, swapped), j in zip(jobs, results)]
     return pd.DataFrame(rows)
+
+
+def _run_all(run, jobs: list, judge: Judge, workers: int, progress: bool) -> list[Judgment]:
+    """`run` over the jobs on a thread pool, in their order, under a bar that ticks every second
+    with the requests sent so far (retries included), so a slow judge still shows signs of life."""
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(jobs), desc="judge", unit="req", file=sys.stderr, disable=not progress)
+    failed = 0
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(run, job) for job in jobs]
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                for f in done:
+                    failed += f.result().status in FAILED   # JudgeUnreachable surfaces here
+                bar.update(len(done))
+                bar.set_postfix(sent=judge.n_requests, failed=failed)
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+        finally:
+            bar.close()
+    return [f.result() for f in futures]
 
 
 def _row(key, swapped: bool, j: Judgment, texts: dict, method_a: str, method_b: str, cells, model) -> dict:
@@ -119,27 +142,31 @@ def _row(key, swapped: bool, j: Judgment, texts: dict, method_a: str, method_b: 
                 outcome=outcome, approaches_a=appr_a, approaches_b=appr_b,
                 n_approaches_a=len(appr_a) if ok else math.nan,
                 n_approaches_b=len(appr_b) if ok else math.nan, confidence=j.confidence,
-                reason=j.reason, cached=j.cached, attempts=j.attempts, error=j.error, judge_model=model)
+                reason=j.reason, cached=j.cached, attempts=j.attempts, error=j.error, raw=j.raw,
+                judge_temperature=j.temperature, judge_seed=j.seed,
+                tries=json.dumps(j.tries, ensure_ascii=False) if j.tries else None, judge_model=model)
 
 
 # --------------------------------------------------------------------------- tally
 
 def per_problem(judgments: pd.DataFrame, cells) -> pd.DataFrame:
     """One row per problem: `complete` when every order judged came back ok; then its win/tie/loss
-    shares and score over its orders, and whether both verdicts followed the position."""
+    shares and score over its orders, and whether both verdicts followed the position. A problem
+    whose verdicts followed the position (one win and one loss) counts as a tie in win/tie/loss;
+    raw_win/raw_tie/raw_loss keep the shares as the verdicts fell."""
     rows = []
     for key, grp in judgments.groupby(list(cells) + ["problem_id"], dropna=False, sort=True):
         ok = grp[grp["status"] == "ok"]
         complete = len(ok) == len(grp) and len(grp) > 0
         score = ok["outcome"].map(SCORE)
         pos = ok["position"].tolist()
-        rows.append(dict(zip(list(cells) + ["problem_id"], key), complete=complete,
-                         win=float((score == 1).mean()) if complete else math.nan,
-                         tie=float((score == 0).mean()) if complete else math.nan,
-                         loss=float((score == -1).mean()) if complete else math.nan,
-                         net=float(score.mean()) if complete else math.nan,
-                         follows_position=(float(pos[0] == pos[1] and pos[0] != "TIE")
-                                           if complete and len(pos) == 2 else math.nan)))
+        follows = (float(pos[0] == pos[1] and pos[0] != "TIE") if complete and len(pos) == 2 else math.nan)
+        raw = {name: float((score == v).mean()) if complete else math.nan
+               for name, v in (("win", 1), ("tie", 0), ("loss", -1))}
+        shares = {"win": 0.0, "tie": 1.0, "loss": 0.0} if follows == 1.0 else raw
+        rows.append(dict(zip(list(cells) + ["problem_id"], key), complete=complete, **shares,
+                         net=float(score.mean()) if complete else math.nan, follows_position=follows,
+                         **{f"raw_{k}": v for k, v in raw.items()}))
     return pd.DataFrame(rows)
 
 
@@ -152,6 +179,8 @@ def _tally(rows: pd.DataFrame, probs: pd.DataFrame, confidence: float, n_resampl
         out[name] = float(x.mean()) if x.size else math.nan
         ci = bootstrap_ci(x, confidence, n_resamples, rng)
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = ci.low, ci.high
+    for name in ("raw_win", "raw_tie", "raw_loss"):
+        out[name] = float(done[name].mean()) if len(done) else math.nan
     fp = done["follows_position"].dropna()
     out["position_bias"] = float(fp.mean()) if len(fp) else math.nan
     decisive = rows[(rows["status"] == "ok") & rows["position"].isin(["A", "B"])]
@@ -206,7 +235,7 @@ def win_rates_markdown(table: pd.DataFrame, digits: int = 0) -> str:
     a, b = table["method_a"].iloc[0], table["method_b"].iloc[0]
     cells = [c for c in CELL if c in table.columns]
     header = cells + ["Judged / problems", "Win", "Tie", "Loss", "Net (win − loss)",
-                      "Follows position", "Prefers first", "Approaches A / B",
+                      "Follows position", "Raw win / tie / loss", "Prefers first", "Approaches A / B",
                       "Failed requests (unavail. / unparse.)"]
     lines = ["| " + " | ".join(header) + " |",
              "| " + " | ".join([":---"] * len(cells) + ["---:"] * (len(header) - len(cells))) + " |"]
@@ -214,10 +243,11 @@ def win_rates_markdown(table: pd.DataFrame, digits: int = 0) -> str:
         appr = (f"{r['mean_approaches_a']:.1f} / {r['mean_approaches_b']:.1f}"
                 if math.isfinite(r["mean_approaches_a"]) else "n/a")
         bias = {k: (f"{100 * r[k]:.{digits}f}" if math.isfinite(r[k]) else "n/a")
-                for k in ("position_bias", "prefers_first")}
+                for k in ("position_bias", "prefers_first", "raw_win", "raw_tie", "raw_loss")}
         vals = [str(r[c]) for c in cells] + [
             f"{r['n_judged']} / {r['n_problems']}", _pct(r, "win", digits), _pct(r, "tie", digits),
             _pct(r, "loss", digits), _pct(r, "net", digits), bias["position_bias"],
+            " / ".join(bias[k] for k in ("raw_win", "raw_tie", "raw_loss")),
             bias["prefers_first"], appr, f"{r['n_unavailable']} / {r['n_unparseable']}"]
         lines.append("| " + " | ".join(vals) + " |")
     model = at.get("judge_model")
@@ -230,8 +260,10 @@ def win_rates_markdown(table: pd.DataFrame, digits: int = 0) -> str:
                  if both else "Each problem was judged once; a seeded assignment showed each method "
                  "first on half the problems of a cell. ")
               + "Follows position: % of problems whose two verdicts named the same position (the "
-              "verdict followed the order, not the content; n/a with one order). Prefers first: % of "
-              "decisive verdicts for the set shown first (50 = no preference)."]
+              "verdict followed the order, not the content; n/a with one order); such a problem, one "
+              "win and one loss, counts as a tie in Win / Tie / Loss, and Raw win / tie / loss gives "
+              "the shares as the verdicts fell. Prefers first: % of decisive verdicts for the set "
+              "shown first (50 = no preference)."]
     return "\n".join(lines)
 
 
@@ -243,7 +275,7 @@ def summary(judgments: pd.DataFrame, n_sent: int) -> tuple[str, float]:
     counts = {s: int((asked["status"] == s).sum()) for s in FAILED}
     errors = asked.loc[asked["status"].isin(FAILED), "error"].dropna()
     line = (f"judge: {ok} of {len(asked)} requests judged ({rate:.0%}; "
-            f"{int(asked['cached'].sum())} from the cache, {n_sent} sent including retries); "
+            f"{int(asked['cached'].sum())} from the cache, {n_sent} sent including retries and the preflight); "
             f"unavailable {counts['unavailable']}, unparseable {counts['unparseable']}, "
             f"skipped {int((judgments['status'] == 'skipped').sum())}"
             + (f"; first error: {errors.iloc[0]}" if len(errors) else ""))

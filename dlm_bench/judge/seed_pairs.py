@@ -21,7 +21,7 @@ from dlm_bench.errors import UserError
 from dlm_bench.stats.metrics import CELL, sign_flip_test
 
 EXACT_FLIPS_MAX_PAIRS = 16   # 2^16 sign assignments: exact up to here, Monte-Carlo above
-SINGLE = -1                  # train_seed of runs outside every seed folder (seeds.read_seeded_scores)
+SINGLE = -1                  # train_seed of runs outside every seed folder (runs.index.read_seeded_scores)
 
 
 # --------------------------------------------------------------------------- pairing
@@ -89,7 +89,8 @@ def seed_level(d, confidence: float = 0.95, alpha: float = 0.05) -> dict:
 
 def problem_scores(judgments: pd.DataFrame, cells) -> pd.DataFrame:
     """One row per (cells, seed pair, problem) judged ok in every order asked: the shares of its
-    verdicts that were A's wins, ties and B's wins (as judge_pairs.per_problem, vectorised)."""
+    verdicts that were A's wins, ties and B's wins (as judge_pairs.per_problem, vectorised). Two
+    orders with one win and one loss (the verdict followed the position) count as a tie."""
     keys = list(cells) + ["seed_pair", "problem_id"]
     ok = judgments["status"] == "ok"
     o = judgments["outcome"]
@@ -97,8 +98,10 @@ def problem_scores(judgments: pd.DataFrame, cells) -> pd.DataFrame:
                          _loss=ok & (o == "loss")).groupby(keys, dropna=False, sort=True)
     agg = g[["_ok", "_win", "_tie", "_loss"]].sum().assign(_n=g.size())
     done = agg[(agg["_ok"] == agg["_n"]) & (agg["_n"] > 0)]  # a failed order drops the problem
-    return pd.DataFrame({"win": done["_win"] / done["_n"], "tie": done["_tie"] / done["_n"],
-                         "loss": done["_loss"] / done["_n"]}).reset_index()
+    follows = (done["_n"] == 2) & (done["_win"] == 1) & (done["_loss"] == 1)
+    return pd.DataFrame({"win": (done["_win"] / done["_n"]).where(~follows, 0.0),
+                         "tie": (done["_tie"] / done["_n"]).where(~follows, 1.0),
+                         "loss": (done["_loss"] / done["_n"]).where(~follows, 0.0)}).reset_index()
 
 
 def _pair_rates(probs: pd.DataFrame, keys) -> pd.DataFrame:
@@ -146,7 +149,7 @@ def _pp(v: float, digits: int) -> str:
 
 def seed_win_rates_markdown(table: pd.DataFrame, digits: int = 0) -> str:
     """A `seed_win_rates` table as Markdown (rates in %, differences in percentage points)."""
-    from dlm_bench.stats.metrics import _fmt_p, _md_table
+    from dlm_bench.stats.metrics import fmt_p, markdown_table
     at = table.attrs
     title = f"**Path diversity across training seeds: {at.get('method_a')} (A) vs {at.get('method_b')} (B)**"
     if table.empty:
@@ -164,12 +167,13 @@ def seed_win_rates_markdown(table: pd.DataFrame, digits: int = 0) -> str:
             str(r["n_pairs"]), probs, f"{100 * r['win']:.{digits}f}", f"{100 * r['tie']:.{digits}f}",
             f"{100 * r['loss']:.{digits}f}",
             ", ".join(f"{k} {_pp(v, digits)}" for k, v in r["pair_diffs"].items()),
-            _pp(r["diff"], digits), ci, _fmt_p(r["p_seed"])])
+            _pp(r["diff"], digits), ci, fmt_p(r["p_seed"])])
     lines = [title, ""]
-    lines += _md_table(header, rows, right=set(range(len(cells), len(header))))
+    lines += markdown_table(header, rows, right=set(range(len(cells), len(header))))
     single = [m for m, s in ((at.get("method_a"), at.get("single_a")), (at.get("method_b"), at.get("single_b"))) if s]
     lines += ["", "Each seed pair (A<seed>-B<seed>; * = the one run outside seed folders) was judged on its "
-              "own samples. Win A / Tie / Win B: % of judged problems, mean over seed pairs; per pair "
+              "own samples. Win A / Tie / Win B: % of judged problems, mean over seed pairs (a problem whose "
+              "two verdicts followed the position counts as a tie); per pair "
               "A − B: win rate of A minus that of B over the cell's problems. CI: "
               f"{at.get('confidence', 0.95):.0%} t-interval over the seed pairs' differences; p: exact "
               "sign-flip permutation over the seed pairs (the units of replication)."

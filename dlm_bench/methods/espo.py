@@ -34,6 +34,8 @@ from dlm_bench.likelihood import MaskDraw, draw_masks, elbo
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.losses import espo_loss, group_advantages
+from dlm_bench.distributed import is_sharded
+from dlm_bench.models.adapter import AdapterDisabled
 
 
 def iteration_draws(rollouts: Rollouts, j: int, n: int, scheme: str) -> MaskDraw:
@@ -142,8 +144,6 @@ class ESPO(Method):
         if not every or opt_step % every or ref is None:      # most updates: nothing to do
             return
         from dlm_bench.errors import UserError
-        from dlm_bench.training.policy import AdapterDisabled
-        from dlm_bench.training.parallel import is_sharded
         if isinstance(ref, AdapterDisabled):                   # LoRA: the base itself, never moved
             return
         if is_sharded(policy.model):

@@ -16,3 +16,14 @@ class ScalarHead(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.net(feats.to(self.net[-1].weight.dtype)).squeeze(-1)   # fp32 head (float64 if cast)
+
+
+def hidden_size(dlm) -> int:
+    """Width of the hidden states a head reads (from the config, else one tiny forward)."""
+    cfg = getattr(dlm.model, "config", None)
+    for key in ("hidden_size", "d_model", "n_embd"):
+        if cfg is not None and isinstance(getattr(cfg, key, None), int):
+            return getattr(cfg, key)
+    with torch.no_grad():                       # fall back to one tiny forward
+        ids = torch.full((1, 1), dlm.pad_id, dtype=torch.long, device=dlm.device)
+        return dlm.hidden(ids, torch.ones_like(ids)).shape[-1]

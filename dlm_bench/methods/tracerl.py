@@ -46,9 +46,8 @@ from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfi
 from dlm_bench.likelihood import ScoredBatch, collapse_steps, masked_input, trace_logprobs, trace_samples  # noqa: F401
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method
-from dlm_bench.methods.heads import ScalarHead
+from dlm_bench.methods.heads import ScalarHead, hidden_size
 from dlm_bench.methods.losses import clipped_pg, group_mean, k3
-from dlm_bench.methods.trafl import _hidden_size
 
 
 @dataclass
@@ -237,7 +236,7 @@ class TraceRL(Method):
         cfg = self.config
         if not cfg.value_model or "value_head" in self.extra_modules:
             return
-        self.extra_modules["value_head"] = ScalarHead(_hidden_size(dlm), cfg.value_hidden).to(dlm.device)
+        self.extra_modules["value_head"] = ScalarHead(hidden_size(dlm), cfg.value_hidden).to(dlm.device)
         if cfg.value_backbone == "copy":
             self.extra_modules["value_backbone"] = copy.deepcopy(dlm.model)
             self._value_dlm = dataclasses.replace(dlm, model=self.extra_modules["value_backbone"])

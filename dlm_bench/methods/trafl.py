@@ -49,7 +49,7 @@ from dlm_bench.likelihood import elbo, normalized_logprob
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method, slice_rows
 from dlm_bench.methods.espo import iteration_draws
-from dlm_bench.methods.heads import ScalarHead
+from dlm_bench.methods.heads import ScalarHead, hidden_size
 from dlm_bench.methods.losses import group_advantages, group_mean, tb_loss, tb_residual
 
 
@@ -103,16 +103,6 @@ class TraFLConfig(MethodConfig):
     z_hidden: int = knob(256, "head width", low=1, source="the port: 2-layer GELU MLP")
 
 
-def _hidden_size(dlm) -> int:
-    cfg = getattr(dlm.model, "config", None)
-    for key in ("hidden_size", "d_model", "n_embd"):
-        if cfg is not None and isinstance(getattr(cfg, key, None), int):
-            return getattr(cfg, key)
-    with torch.no_grad():                       # fall back to one tiny forward
-        ids = torch.full((1, 1), dlm.pad_id, dtype=torch.long, device=dlm.device)
-        return dlm.hidden(ids, torch.ones_like(ids)).shape[-1]
-
-
 def prompt_features(dlm, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean-pooled last-layer states of each distinct prompt, from a prompt-only forward: ([P, H], inv [N])."""
     batch = rollouts.batch
@@ -162,7 +152,7 @@ class TraFL(Method):
 
     def _build_head(self, dlm) -> None:
         if self.config.z_param == "head" and "log_z" not in self.extra_modules:
-            self.extra_modules["log_z"] = ScalarHead(_hidden_size(dlm), self.config.z_hidden).to(dlm.device)
+            self.extra_modules["log_z"] = ScalarHead(hidden_size(dlm), self.config.z_hidden).to(dlm.device)
 
     def param_groups(self) -> list[dict]:
         if "log_z" not in self.extra_modules:

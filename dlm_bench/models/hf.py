@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from dlm_bench.errors import UserError, one_line
-from dlm_bench.models import families
+from dlm_bench.models import families, flash_fallback
+from dlm_bench.models.dlm import DLM
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -109,7 +110,6 @@ def _load_plain(p: Path, dtype, device, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
     import dlm_bench.models.tiny  # noqa: F401  (the import registers the tiny model)
-    from dlm_bench.models.dlm import DLM
     config = _read_config(p)
     try:
         tokenizer = AutoTokenizer.from_pretrained(p, trust_remote_code=trust_remote_code)
@@ -156,7 +156,6 @@ _NOTED: set[str] = set()
 
 def _fallbacks(model) -> list[str]:
     """The plain-torch stand-ins for flash_attn that the model's remote code runs on (said once per process)."""
-    from dlm_bench.models import flash_fallback
     used = flash_fallback.used_by(sys.modules[type(model).__module__])
     found = [f"flash_attn.{name} (plain torch)" for name in used]
     note = ", ".join(found)

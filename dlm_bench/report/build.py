@@ -37,15 +37,15 @@ import pandas as pd
 
 from dlm_bench.stats import metrics
 from dlm_bench.errors import UserError
-from dlm_bench.report.common import (_cell_stats, _curve, _is_minerva, _lcb_base, _num, _numeric_cost, _pct,
-    _Report, _rng, _save, _t, closest_temperature, common_units, md_table, order_methods, ReportConfig, UNIT)
+from dlm_bench.report.common import (cell_stats, passk_curve, is_minerva, lcb_base, num_text, numeric_cost, pct_text,
+    Report, report_rng, save_figure, temp_text, closest_temperature, common_units, md_table, order_methods, ReportConfig, UNIT)
 from dlm_bench.report.style import dot_panel, figure_legend, fit_y, grid, LINESTYLES, MARKERS, method_color
-from dlm_bench.report.transfer import _fig3a, _fig3b
+from dlm_bench.report.transfer import figure_3a, figure_3b
 
 
 # --------------------------------------------------------------------------- sections
 
-def _fig1a(rep: _Report, counts: pd.DataFrame, methods: list[str], pooled: str) -> None:
+def _fig1a(rep: Report, counts: pd.DataFrame, methods: list[str], pooled: str) -> None:
     cfg = rep.cfg
     rep.add("## Figure 1a: Pass@k vs k per temperature", "")
     temps = sorted(counts["temperature"].unique())
@@ -57,7 +57,7 @@ def _fig1a(rep: _Report, counts: pd.DataFrame, methods: list[str], pooled: str) 
             cell = sub[np.isclose(sub["temperature"], t)]
             if cell.empty:
                 continue
-            cur = _curve(cell, cfg, ("1a", m, t))
+            cur = passk_curve(cell, cfg, ("1a", m, t))
             ls, mk = LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)]
             ax.plot(cur["k"], 100 * cur["pass_at_k"], ls=ls, marker=mk, ms=4, color=method_color(m))
             ax.fill_between(cur["k"], 100 * cur["ci_low"], 100 * cur["ci_high"], color=method_color(m),
@@ -65,8 +65,8 @@ def _fig1a(rep: _Report, counts: pd.DataFrame, methods: list[str], pooled: str) 
             n = int(cur["k"].max())
             at = cur.set_index("k")["pass_at_k"]
             cells = cell[["task", "gen_length"]].drop_duplicates()
-            rows.append([m, _t(t), str(len(cells)), str(len(cell)), str(n), _pct(at.get(1)),
-                         _pct(at.get(cfg.k)) if cfg.k <= n else "n/a", _pct(at.get(n))])
+            rows.append([m, temp_text(t), str(len(cells)), str(len(cell)), str(n), pct_text(at.get(1)),
+                         pct_text(at.get(cfg.k)) if cfg.k <= n else "n/a", pct_text(at.get(n))])
             csv.append(cur.assign(method=m, temperature=t))
         ax.set_title(m, color=method_color(m))
         ax.set_xlabel("k")
@@ -75,8 +75,8 @@ def _fig1a(rep: _Report, counts: pd.DataFrame, methods: list[str], pooled: str) 
     from matplotlib.lines import Line2D
     figure_legend(fig, axes, title="temperature", handles=[
         Line2D([], [], color="0.2", ls=LINESTYLES[i % len(LINESTYLES)], marker=MARKERS[i % len(MARKERS)],
-               label=f"T = {_t(t)}") for i, t in enumerate(temps)])
-    _save(rep, fig, "fig1a_passk_vs_k",
+               label=f"T = {temp_text(t)}") for i, t in enumerate(temps)])
+    save_figure(rep, fig, "fig1a_passk_vs_k",
           f"Mean Pass@k over the (task, length, problem) units {pooled}, per method and temperature "
           f"(bands: {cfg.confidence:.0%} bootstrap CI over units, {cfg.n_resamples} resamples); k runs "
           f"to the smallest n among the units; shared y-axis" + (f"; {note}." if note else "."))
@@ -92,7 +92,7 @@ def _paired_units(counts: pd.DataFrame, a: str, b: str, t: float) -> pd.DataFram
     return at[UNIT + ["n", "c"]].merge(bt[UNIT + ["n", "c"]], on=UNIT, suffixes=("_a", "_b"))
 
 
-def _fig1b(rep: _Report, counts: pd.DataFrame, methods: list[str], pooled: str) -> None:
+def _fig1b(rep: Report, counts: pd.DataFrame, methods: list[str], pooled: str) -> None:
     cfg = rep.cfg
     rep.add(f"## Figure 1b: Pass@k gap to `{cfg.base}` vs k", "")
     if cfg.base not in methods:
@@ -128,19 +128,19 @@ def _fig1b(rep: _Report, counts: pd.DataFrame, methods: list[str], pooled: str) 
             if cfg.k <= kmax:
                 r = cur[cur["k"] == cfg.k].iloc[0]
                 d = va[:, cfg.k - 1] - vb[:, cfg.k - 1]
-                p, _ = metrics.sign_flip_test(d, cfg.n_permutations, rng=_rng(cfg.seed, "1b-p", m, t))
-                rows.append([m, _t(t), str(len(pu)), _pct(r["gap"], sign=True),
-                             f"[{_pct(r['ci_low'], sign=True)}, {_pct(r['ci_high'], sign=True)}]",
-                             metrics._fmt_p(p), _stars(p, cfg.alpha)])
+                p, _ = metrics.sign_flip_test(d, cfg.n_permutations, rng=report_rng(cfg.seed, "1b-p", m, t))
+                rows.append([m, temp_text(t), str(len(pu)), pct_text(r["gap"], sign=True),
+                             f"[{pct_text(r['ci_low'], sign=True)}, {pct_text(r['ci_high'], sign=True)}]",
+                             metrics.fmt_p(p), _stars(p, cfg.alpha)])
             else:
-                rows.append([m, _t(t), str(len(pu)), "n/a", "n/a", "n/a", f"n < {cfg.k}"])
+                rows.append([m, temp_text(t), str(len(pu)), "n/a", "n/a", "n/a", f"n < {cfg.k}"])
         ax.axhline(0, color="0.3", lw=0.8)
-        ax.set_title(f"T = {_t(t)}")
+        ax.set_title(f"T = {temp_text(t)}")
         ax.set_xlabel("k")
         ax.xaxis.get_major_locator().set_params(integer=True)
     fit_y(axes, f"Pass@k − {cfg.base} (pp)", include_zero=True, bounds=None)
     figure_legend(fig, axes, order=methods)
-    _save(rep, fig, "fig1b_gap_to_base",
+    save_figure(rep, fig, "fig1b_gap_to_base",
           f"Mean per-problem Pass@k difference to {cfg.base} over the (task, length, problem) units "
           f"{pooled}; bands: {cfg.confidence:.0%} paired bootstrap CI over units ({cfg.n_resamples} "
           f"resamples, BCa or percentile where BCa is undefined); shared y-axis.")
@@ -166,9 +166,9 @@ def _stars(p: float, alpha: float) -> str:
     return "***" if p < 0.001 else "**" if p < 0.01 else "*"
 
 
-def _fig1c(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float) -> None:
+def _fig1c(rep: Report, counts: pd.DataFrame, methods: list[str], t_star: float) -> None:
     cfg = rep.cfg
-    rep.add(f"## Figure 1c: all methods at T = {_t(t_star)}", "")
+    rep.add(f"## Figure 1c: all methods at T = {temp_text(t_star)}", "")
     at = counts[np.isclose(counts["temperature"], t_star)]
     cells = at[["task", "gen_length"]].drop_duplicates().sort_values(["task", "gen_length"])
     fig, axes = grid(len(cells))
@@ -181,14 +181,14 @@ def _fig1c(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float
             if sub.empty:
                 rows.append([str(task), str(g), m, "n/a", "n/a", "n/a", "n/a", "n/a"])
                 continue
-            cur = _curve(sub, cfg, ("1c", m, task, g, t_star))
+            cur = passk_curve(sub, cfg, ("1c", m, task, g, t_star))
             ax.plot(cur["k"], 100 * cur["pass_at_k"], marker="o", ms=4, color=method_color(m), label=m)
             ax.fill_between(cur["k"], 100 * cur["ci_low"], 100 * cur["ci_high"], color=method_color(m),
                             alpha=0.12, lw=0)
             n = int(cur["k"].max())
             s = cur.set_index("k")["pass_at_k"]
-            rows.append([str(task), str(g), m, str(len(sub)), str(n), _pct(s.get(1)),
-                         _pct(s.get(cfg.k)) if cfg.k <= n else "n/a", _pct(s.get(n))])
+            rows.append([str(task), str(g), m, str(len(sub)), str(n), pct_text(s.get(1)),
+                         pct_text(s.get(cfg.k)) if cfg.k <= n else "n/a", pct_text(s.get(n))])
             csv.append(cur.assign(method=m, task=task, gen_length=g, temperature=t_star))
         missing = [m for m in task_methods if cell[cell["method"] == m].empty]
         title = f"{task}, length {g}"
@@ -200,9 +200,9 @@ def _fig1c(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float
     note = fit_y(axes, "Pass@k (%)")
     figure_legend(fig, axes, order=methods)
     where = ("" if math.isclose(t_star, cfg.target_temperature)
-             else f" (no records at T = {_t(cfg.target_temperature)}; {_t(t_star)} is the closest stored)")
-    _save(rep, fig, "fig1c_all_methods",
-          f"Every method's mean Pass@k over problems at T = {_t(t_star)}{where}, k = 1..n, one panel "
+             else f" (no records at T = {temp_text(cfg.target_temperature)}; {temp_text(t_star)} is the closest stored)")
+    save_figure(rep, fig, "fig1c_all_methods",
+          f"Every method's mean Pass@k over problems at T = {temp_text(t_star)}{where}, k = 1..n, one panel "
           f"per task × length (bands: {cfg.confidence:.0%} bootstrap CI over problems, "
           f"{cfg.n_resamples} resamples; overlapping bands are not a separation); shared y-axis"
           + (f"; {note}." if note else "."))
@@ -223,12 +223,12 @@ def _sig_lookup(compares: dict, k: int) -> dict:
     return out
 
 
-def _fig2(rep: _Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[str], t_star: float,
+def _fig2(rep: Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[str], t_star: float,
           compares: dict) -> pd.DataFrame:
     cfg = rep.cfg
     k = cfg.bar_k
-    rep.add(f"## Figure 2: Pass@{k} per task × length (T = {_t(t_star)})", "")
-    stats = _cell_stats(df, counts, k, cfg)
+    rep.add(f"## Figure 2: Pass@{k} per task × length (T = {temp_text(t_star)})", "")
+    stats = cell_stats(df, counts, k, cfg)
     st = stats[np.isclose(stats["temperature"], t_star)]
     groups = [tuple(x) for x in st[["task", "gen_length"]].drop_duplicates().sort_values(
         ["task", "gen_length"]).itertuples(index=False)]
@@ -246,14 +246,14 @@ def _fig2(rep: _Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[st
             d, s = sig.get((m, task, int(g), round(float(t_star), 6)), (math.nan, ""))
             if s:
                 marks[((task, g), m)] = s
-            cell = (f"{_pct(r['pass_at_k'])} ± {_pct(r['se'])}" if math.isfinite(r["pass_at_k"])
+            cell = (f"{pct_text(r['pass_at_k'])} ± {pct_text(r['se'])}" if math.isfinite(r["pass_at_k"])
                     else f"n/a (n = {r['n_samples']} < {k})")
-            ci = (f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else "n/a")
+            ci = (f"[{pct_text(r['ci_low'])}, {pct_text(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else "n/a")
             rows.append([str(task), str(g), m, str(r["n_problems"]), str(r["n_samples"]), cell, ci,
-                         _num(r["mean_nfe"]), _num(r["mean_length"]),
-                         _pct(d, sign=True) if m != cfg.base else "—", s])
+                         num_text(r["mean_nfe"]), num_text(r["mean_length"]),
+                         pct_text(d, sign=True) if m != cfg.base else "—", s])
     if not groups:
-        rep.skip("Figure 2", f"no records at T = {_t(t_star)}")
+        rep.skip("Figure 2", f"no records at T = {temp_text(t_star)}")
         return stats
     fig, axes = grid(1, width=max(6.0, 0.5 * len(groups) * max(1, len(methods)) + 2), height=3.8)
     ax = axes[0]
@@ -264,9 +264,9 @@ def _fig2(rep: _Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[st
     note = f" Missing (no records, shown as n/a): {'; '.join(missing)}." if missing else ""
     absent_tasks = sorted(set(map(str, counts["task"])) - {str(t) for t, _ in groups})
     if absent_tasks:
-        note += f" Tasks with no records at T = {_t(t_star)} (not shown): {', '.join(absent_tasks)}."
-    _save(rep, fig, "fig2_passk_task_length",
-          f"Pass@{k} at T = {_t(t_star)} per task and generation length: mean over problems with its "
+        note += f" Tasks with no records at T = {temp_text(t_star)} (not shown): {', '.join(absent_tasks)}."
+    save_figure(rep, fig, "fig2_passk_task_length",
+          f"Pass@{k} at T = {temp_text(t_star)} per task and generation length: mean over problems with its "
           f"{cfg.confidence:.0%} bootstrap CI ({cfg.n_resamples} resamples; the table also gives ± 1 SE)"
           + (f"; {ynote}" if ynote else "") + f". Stars: vs {cfg.base}, BH-adjusted paired permutation "
           f"test at k = {k} across the cells of that method's comparison.{note}")
@@ -314,7 +314,7 @@ def _compare_all(df: pd.DataFrame, counts: pd.DataFrame, methods: list[str], cfg
     return out
 
 
-def _comparisons(rep: _Report, compares: dict, methods: list[str]) -> None:
+def _comparisons(rep: Report, compares: dict, methods: list[str]) -> None:
     cfg = rep.cfg
     rep.add(f"## Paired comparison with `{cfg.base}` (primary k = {cfg.k})", "")
     if cfg.base not in methods:
@@ -345,7 +345,7 @@ def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s))
 
 
-def _diversity(rep: _Report, df: pd.DataFrame, methods: list[str]) -> None:
+def _diversity(rep: Report, df: pd.DataFrame, methods: list[str]) -> None:
     from dlm_bench.stats.diversity import diversity_table, embedding_summary
     from dlm_bench.stats.embeddings import get_embedder
     rep.add("## Diversity of correct solutions (offline)", "")
@@ -371,8 +371,8 @@ def _diversity(rep: _Report, df: pd.DataFrame, methods: list[str]) -> None:
     rows = []
     for r in table.to_dict("records"):
         def ms(name):
-            return f"{_num(r[name], 2)} ± {_num(r[name + '_se'], 2)}" if math.isfinite(r[name]) else "n/a"
-        row = [r["method"], str(r["task"]), str(r["gen_length"]), _t(r["temperature"]),
+            return f"{num_text(r[name], 2)} ± {num_text(r[name + '_se'], 2)}" if math.isfinite(r[name]) else "n/a"
+        row = [r["method"], str(r["task"]), str(r["gen_length"]), temp_text(r["temperature"]),
                str(r["n_problems"]), str(r["n_solved"]), ms("distinct_answers")]
         row += [ms("distinct_completions")] if has_text else []
         row += [ms("distinct_trees")] if has_trees else []
@@ -389,7 +389,7 @@ def _diversity(rep: _Report, df: pd.DataFrame, methods: list[str]) -> None:
 
 # --------------------------------------------------------------------------- entry point
 
-def _pooled_figures(rep: _Report, core: pd.DataFrame, methods: list[str]) -> None:
+def _pooled_figures(rep: Report, core: pd.DataFrame, methods: list[str]) -> None:
     """Fig 1a and 1b on the units every method has at every temperature (never a method's own set)."""
     pooled_counts, kept, dropped = common_units(core)
     pooled = ("every method has at every temperature, in the task × length cells "
@@ -418,9 +418,10 @@ def build_report(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Path:
     return render(cfg, df).out / "report.md"
 
 
-def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
+def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Report:
     """`build_report`, returning the report with its (closed) figures for inspection."""
-    from dlm_bench.runs.store import read_all_scores, run_dirs
+    from dlm_bench.runs.index import read_all_scores, read_seeded_scores
+    from dlm_bench.runs.store import run_dirs
 
     if cfg.k < 1 or cfg.bar_k < 1:
         raise UserError(f"k must be >= 1, got {min(cfg.k, cfg.bar_k)}")
@@ -428,18 +429,17 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
         raise UserError(f"confidence must be in (0, 1), got {cfg.confidence}")
     seeded = None
     if df is None:
-        from dlm_bench.stats.seed_level import read_seeded_scores
         seeded = read_seeded_scores(cfg.runs)
         df = read_all_scores(cfg.runs) if seeded is None else _first_seed(seeded)
         n_runs = len(run_dirs(cfg.runs))
     else:
         n_runs = None
-    df = _numeric_cost(df)
+    df = numeric_cost(df)
     df["temperature"] = df["temperature"].astype(float)
     df["gen_length"] = df["gen_length"].astype(int)
     out = Path(cfg.out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
-    rep = _Report(cfg, out)
+    rep = Report(cfg, out)
     counts = metrics.counts_table(df, metrics.BY)
     methods = order_methods(counts["method"].unique(), cfg.base)
     temps = sorted(counts["temperature"].unique())
@@ -451,12 +451,12 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
             f"- Methods: {', '.join(methods)}; base: `{cfg.base}`"
             + ("" if cfg.base in methods else " (**absent**)"),
             f"- Tasks: {', '.join(map(str, sorted(counts['task'].unique())))}",
-            f"- Temperatures: {', '.join(map(_t, temps))}; lengths: "
+            f"- Temperatures: {', '.join(map(temp_text, temps))}; lengths: "
             f"{', '.join(map(str, sorted(counts['gen_length'].unique())))}",
             f"- Samples per problem n: {int(counts['n'].min())}–{int(counts['n'].max())}; primary k = {cfg.k}",
-            f"- Single-temperature figures use T = {_t(t_star)}"
+            f"- Single-temperature figures use T = {temp_text(t_star)}"
             + ("" if math.isclose(t_star, cfg.target_temperature)
-               else f" (closest stored temperature to {_t(cfg.target_temperature)})"), "")
+               else f" (closest stored temperature to {temp_text(cfg.target_temperature)})"), "")
     have = set(map(tuple, counts[list(metrics.BY)].drop_duplicates().itertuples(index=False)))
     expected = []
     for task in sorted(counts["task"].unique()):  # per task: its methods × its lengths × its temperatures
@@ -467,7 +467,7 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
     if absent:
         rep.add(f"Cells without records ({len(absent)} of {len(expected)} method × task × length × "
                 "temperature combinations of the methods run on each task; shown as n/a, never filled in): "
-                + "; ".join(f"{m}/{t}/{g}/T={_t(tt)}" for m, t, g, tt in absent[:40])
+                + "; ".join(f"{m}/{t}/{g}/T={temp_text(tt)}" for m, t, g, tt in absent[:40])
                 + (" …" if len(absent) > 40 else ""), "")
 
     compares = {}
@@ -475,7 +475,7 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
         compares[cfg.k] = _compare_all(df, counts, methods, cfg, cfg.k)
         if cfg.bar_k != cfg.k:
             compares[cfg.bar_k] = _compare_all(df, counts, methods, cfg, cfg.bar_k)
-    held_out = counts["task"].map(lambda t: _is_minerva(t) or _lcb_base(t) is not None)
+    held_out = counts["task"].map(lambda t: is_minerva(t) or lcb_base(t) is not None)
     core = counts[~held_out] if (~held_out).any() else counts
     if held_out.any() and (~held_out).any():
         rep.add(f"Figures 1a and 1b pool the in-distribution tasks only; the held-out ones "
@@ -483,8 +483,8 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> _Report:
     _pooled_figures(rep, core, [m for m in methods if m in set(core["method"])])
     _fig1c(rep, counts, methods, t_star)
     _fig2(rep, df, counts, methods, t_star, compares)
-    _fig3a(rep, counts, methods, t_star)
-    _fig3b(rep, counts, methods)
+    figure_3a(rep, counts, methods, t_star)
+    figure_3b(rep, counts, methods)
     _comparisons(rep, compares, methods)
     if seeded is not None:
         from dlm_bench.report.seed_level import seed_section

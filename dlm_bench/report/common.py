@@ -38,7 +38,7 @@ class ReportConfig:
 
 
 @dataclass
-class _Report:
+class Report:
     cfg: ReportConfig
     out: Path
     lines: list = field(default_factory=list)
@@ -56,19 +56,19 @@ class _Report:
 
 # --------------------------------------------------------------------------- small helpers
 
-def _pct(x, digits: int = 1, sign: bool = False) -> str:
+def pct_text(x, digits: int = 1, sign: bool = False) -> str:
     if x is None or not math.isfinite(float(x)):
         return "n/a"
     return f"{100 * float(x):+.{digits}f}" if sign else f"{100 * float(x):.{digits}f}"
 
 
-def _num(x, digits: int = 1) -> str:
+def num_text(x, digits: int = 1) -> str:
     if x is None or not math.isfinite(float(x)):
         return "n/a"
     return f"{float(x):.{digits}f}"
 
 
-def _t(x) -> str:
+def temp_text(x) -> str:
     """A temperature as text: 0.6, not 0.6000000001."""
     return f"{float(x):g}"
 
@@ -84,7 +84,7 @@ def split_label(method: str) -> tuple[str, str | None]:
     return (name, train) if sep and train else (str(method), None)
 
 
-def _train_name(train: str) -> str:
+def train_name(train: str) -> str:
     t = train.lower()
     return "GSM8K" if "gsm" in t else "MATH" if "math" in t else train
 
@@ -101,16 +101,16 @@ def closest_temperature(temps, target: float = TARGET_T) -> float | None:
     return min(temps, key=lambda t: (abs(t - target), t))
 
 
-def _rng(seed: int, *key) -> np.random.Generator:
+def report_rng(seed: int, *key) -> np.random.Generator:
     tag = zlib.crc32("|".join(map(str, key)).encode())
     return np.random.default_rng([int(seed), tag])
 
 
-def _is_minerva(task) -> bool:
+def is_minerva(task) -> bool:
     return "minerva" in str(task).lower()
 
 
-def _lcb_base(task) -> str | None:
+def lcb_base(task) -> str | None:
     """The difficulty encoded in a LiveCodeBench task label ('livecodebench_easy'), '' when the
     label has none, None when the task is not LiveCodeBench."""
     t = str(task).lower()
@@ -126,7 +126,7 @@ def _kmax(counts: pd.DataFrame) -> int:
     return int(counts["n"].min()) if len(counts) else 0
 
 
-def _curve(counts: pd.DataFrame, cfg: ReportConfig, key: tuple, kmax: int | None = None) -> pd.DataFrame:
+def passk_curve(counts: pd.DataFrame, cfg: ReportConfig, key: tuple, kmax: int | None = None) -> pd.DataFrame:
     """Mean Pass@k, SE and bootstrap CI over the rows of `counts` (per-problem n, c), k = 1..kmax;
     `key` seeds the bootstrap so a curve's band does not depend on drawing order."""
     kmax = _kmax(counts) if kmax is None else kmax
@@ -137,13 +137,13 @@ def _curve(counts: pd.DataFrame, cfg: ReportConfig, key: tuple, kmax: int | None
     rows = []
     for j, k in enumerate(ks):
         m, se = metrics.mean_se(vals[:, j])
-        ci = metrics.bootstrap_ci(vals[:, j], cfg.confidence, cfg.n_resamples, _rng(cfg.seed, *key, k))
+        ci = metrics.bootstrap_ci(vals[:, j], cfg.confidence, cfg.n_resamples, report_rng(cfg.seed, *key, k))
         rows.append({"k": k, "pass_at_k": m, "se": se, "ci_low": ci.low, "ci_high": ci.high,
                      "n_units": len(counts)})
     return pd.DataFrame(rows)
 
 
-def _cell_stats(df: pd.DataFrame, counts: pd.DataFrame, k: int, cfg: ReportConfig) -> pd.DataFrame:
+def cell_stats(df: pd.DataFrame, counts: pd.DataFrame, k: int, cfg: ReportConfig) -> pd.DataFrame:
     """Per (method, task, gen_length, temperature): Pass@k ± SE and bootstrap CI (NaN where n < k),
     problems, n, mean NFE and mean completion length over samples."""
     by = list(metrics.BY)
@@ -155,7 +155,7 @@ def _cell_stats(df: pd.DataFrame, counts: pd.DataFrame, k: int, cfg: ReportConfi
         if n_min >= k:
             vals = metrics.pass_at_k(grp["n"].to_numpy(), grp["c"].to_numpy(), k)
             m, se = metrics.mean_se(vals)
-            ci = metrics.bootstrap_ci(vals, cfg.confidence, cfg.n_resamples, _rng(cfg.seed, "cell", *key, k))
+            ci = metrics.bootstrap_ci(vals, cfg.confidence, cfg.n_resamples, report_rng(cfg.seed, "cell", *key, k))
         else:
             m, se = math.nan, math.nan
         nfe, length = cost.loc[key] if key in cost.index else (math.nan, math.nan)
@@ -178,7 +178,7 @@ def common_units(counts: pd.DataFrame) -> tuple[pd.DataFrame, list, list]:
     return kept, [c for c in cells if c in have], [c for c in cells if c not in have]
 
 
-def _numeric_cost(df: pd.DataFrame) -> pd.DataFrame:
+def numeric_cost(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for col in ("nfe", "length"):
         out[col] = pd.to_numeric(out[col], errors="coerce") if col in out else math.nan
@@ -187,7 +187,7 @@ def _numeric_cost(df: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- saving figures
 
-def _save(rep: _Report, fig, name: str, caption: str) -> None:
+def save_figure(rep: Report, fig, name: str, caption: str) -> None:
     from dlm_bench.report.style import plt
     paths = []
     for fmt in rep.cfg.formats:

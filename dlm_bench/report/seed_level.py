@@ -15,7 +15,7 @@ from dlm_bench.stats import metrics
 
 from dlm_bench.stats import seed_level as seeds
 from dlm_bench.errors import UserError
-from dlm_bench.report.common import _Report, _save, _t
+from dlm_bench.report.common import Report, save_figure, temp_text
 
 
 def _seed_curves(counts: pd.DataFrame, ks: list[int]) -> dict:
@@ -33,12 +33,12 @@ def _seed_curves(counts: pd.DataFrame, ks: list[int]) -> dict:
     return out
 
 
-def _figure(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float) -> None:
+def _figure(rep: Report, counts: pd.DataFrame, methods: list[str], t_star: float) -> None:
     from dlm_bench.report.style import figure_legend, fit_y, grid, method_color
     at = counts[np.isclose(counts["temperature"].astype(float), t_star)]
     cells = sorted(at[["task", "gen_length"]].drop_duplicates().itertuples(index=False, name=None))
     if not cells:
-        return rep.skip("Training-seed figure", f"no seed runs at T = {_t(t_star)}")
+        return rep.skip("Training-seed figure", f"no seed runs at T = {temp_text(t_star)}")
     kmax = int(at["n"].min())
     ks = list(range(1, kmax + 1))
     fig, axes = grid(len(cells))
@@ -54,8 +54,8 @@ def _figure(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: floa
         ax.set_xlabel("k")
     note = fit_y(axes, "Pass@k (%)")
     figure_legend(fig, axes, order=methods)
-    _save(rep, fig, "fig_seeds",
-          f"Pass@k vs k at T = {_t(t_star)}: each training seed thin, the mean over seeds thick, the "
+    save_figure(rep, fig, "fig_seeds",
+          f"Pass@k vs k at T = {temp_text(t_star)}: each training seed thin, the mean over seeds thick, the "
           f"band the {rep.cfg.confidence:.0%} problem-level CI of that mean (sampling variance only: "
           "compare it with the thin lines' spread)." + (f" {note}." if note else ""))
 
@@ -78,19 +78,19 @@ def diversity_across_seeds(seeded: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _diversity(rep: _Report, seeded: pd.DataFrame, methods: list[str]) -> None:
-    from dlm_bench.stats.metrics import _md_table
+def _diversity(rep: Report, seeded: pd.DataFrame, methods: list[str]) -> None:
+    from dlm_bench.stats.metrics import markdown_table
     try:
         table = diversity_across_seeds(seeded)
     except (UserError, KeyError) as e:
         return rep.skip("Diversity across seeds", str(e))
     what = "expression trees" if table["measure"].iloc[0] == "distinct_trees" else "answers"
-    rows = [[r["method"], str(r["task"]), str(r["gen_length"]), _t(r["temperature"]), str(r["n_seeds"]),
+    rows = [[r["method"], str(r["task"]), str(r["gen_length"]), temp_text(r["temperature"]), str(r["n_seeds"]),
              f"{r['mean']:.2f}", f"{r['low']:.2f}–{r['high']:.2f}", f"{100 * r['solved']:.0f}%"]
             for m in methods for r in table[table["method"] == m].to_dict("records")]
     rep.add(f"**Distinct correct {what} per solved problem, across training seeds** (each seed's mean over "
             "its solved problems; mean and range over seeds; solved: share of problems with a correct sample)", "")
-    rep.add(*_md_table(["Method", "Task", "Length", "Temp.", "Seeds", "Mean", "Seed range", "Solved"], rows,
+    rep.add(*markdown_table(["Method", "Task", "Length", "Temp.", "Seeds", "Mean", "Seed range", "Solved"], rows,
                        right={2, 3, 4, 5, 6, 7}), "")
     table.to_csv(rep.out / "tables" / "diversity_seeds.csv", index=False)
 
@@ -109,10 +109,10 @@ def seed_tables(seeded: pd.DataFrame, methods: list[str], base: str, ks: list[in
     return out
 
 
-def _summary(rep: _Report, tables: dict, ks: list[int], methods: list[str]) -> None:
+def _summary(rep: Report, tables: dict, ks: list[int], methods: list[str]) -> None:
     """One compact table: the seed-level difference from base (pp, CI) at Pass@1, the primary k and
     Pass@n, per method and cell; * where the CI excludes 0."""
-    from dlm_bench.stats.metrics import _fmt_num, _md_table
+    from dlm_bench.stats.metrics import fmt_num, markdown_table
     cfg = rep.cfg
     found = [t for t in tables.values() if isinstance(t, pd.DataFrame)]
     if not found:
@@ -123,8 +123,8 @@ def _summary(rep: _Report, tables: dict, ks: list[int], methods: list[str]) -> N
 
     def cell(r) -> str:
         star = "*" if r["ci_low"] > 0 or r["ci_high"] < 0 else ""
-        return (f"{_fmt_num(100 * r['diff'], 1, True)}{star} "
-                f"[{_fmt_num(100 * r['ci_low'], 1, True)}, {_fmt_num(100 * r['ci_high'], 1, True)}]")
+        return (f"{fmt_num(100 * r['diff'], 1, True)}{star} "
+                f"[{fmt_num(100 * r['ci_low'], 1, True)}, {fmt_num(100 * r['ci_high'], 1, True)}]")
 
     rows = []
     for m in [m for m in methods if m != cfg.base]:
@@ -133,7 +133,7 @@ def _summary(rep: _Report, tables: dict, ks: list[int], methods: list[str]) -> N
             key = key if isinstance(key, tuple) else (key,)
             by_k = {int(r["k"]): r for r in g.to_dict("records")}
             first = next(iter(by_k.values()))
-            rows.append([m, *[_t(v) if c == "temperature" else str(v) for c, v in zip(cells, key)],
+            rows.append([m, *[temp_text(v) if c == "temperature" else str(v) for c, v in zip(cells, key)],
                          f"{first['n_seeds_a']}/{first['n_seeds_b']}"]
                         + [cell(by_k[k]) if k in by_k else "n/a" for k in ks])
     names = {"task": "Task", "gen_length": "Length", "temperature": "Temp."}
@@ -141,10 +141,10 @@ def _summary(rep: _Report, tables: dict, ks: list[int], methods: list[str]) -> N
     rep.add(f"**Every method minus {cfg.base}, across training seeds** ({cfg.confidence:.0%} seed-level "
             "intervals, `dlm_bench.stats.seed_level`; * the interval excludes 0; the per-method tables below add the "
             "seed-permutation p at the primary k)", "")
-    rep.add(*_md_table(header, rows, right=set(range(len(cells) + 1, len(header)))), "")
+    rep.add(*markdown_table(header, rows, right=set(range(len(cells) + 1, len(header)))), "")
 
 
-def seed_section(rep: _Report, seeded: pd.DataFrame, methods: list[str], t_star: float) -> None:
+def seed_section(rep: Report, seeded: pd.DataFrame, methods: list[str], t_star: float) -> None:
     """Add the training-seed figure and the seed-level comparison with base to the report."""
     cfg = rep.cfg
     rep.add("## Across training seeds", "",

@@ -7,15 +7,15 @@ import numpy as np
 import pandas as pd
 
 from dlm_bench.stats import metrics
-from dlm_bench.report.common import (_curve, _is_minerva, _lcb_base, _pct, _Report, _rng, _save, _t, _train_name,
+from dlm_bench.report.common import (passk_curve, is_minerva, lcb_base, pct_text, Report, report_rng, save_figure, temp_text, train_name,
     closest_temperature, DIFFICULTIES, md_table, order_methods, split_label)
 from dlm_bench.report.style import dot_panel, figure_legend, fit_y, grid, method_color
 
 
-def _fig3a(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float) -> None:
+def figure_3a(rep: Report, counts: pd.DataFrame, methods: list[str], t_star: float) -> None:
     cfg = rep.cfg
     rep.add("## Figure 3a: transfer to Minerva (GSM8K- and MATH-trained checkpoints)", "")
-    mc = counts[counts["task"].map(_is_minerva)]
+    mc = counts[counts["task"].map(is_minerva)]
     if mc.empty:
         rep.skip("Figure 3a", "no records on a Minerva task (task name containing 'minerva')")
         return
@@ -39,9 +39,9 @@ def _fig3a(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float
             sub = cell[cell["method"] == m]
             name = split_label(m)[0]
             if sub.empty:
-                rows.append([_train_name(tr), str(task), str(g), m, "n/a", "n/a", "n/a", "n/a"])
+                rows.append([train_name(tr), str(task), str(g), m, "n/a", "n/a", "n/a", "n/a"])
                 continue
-            cur = _curve(sub, cfg, ("3a", m, task, g, t_use))
+            cur = passk_curve(sub, cfg, ("3a", m, task, g, t_use))
             # the panel title names the training set, so the legend names the method only
             ax.plot(cur["k"], 100 * cur["pass_at_k"], marker="o", ms=4, color=method_color(name),
                     label=f"{m} (untrained)" if m in refs else name, ls="--" if m in refs else "-")
@@ -49,16 +49,16 @@ def _fig3a(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float
                             alpha=0.12, lw=0)
             s = cur.set_index("k")["pass_at_k"]
             n = int(cur["k"].max())
-            rows.append([_train_name(tr), str(task), str(g), m, str(len(sub)), _pct(s.get(1)),
-                         _pct(s.get(cfg.k)) if cfg.k <= n else "n/a", _pct(s.get(n))])
-        ax.set_title(f"trained on {_train_name(tr)}: {task}, length {g}")
+            rows.append([train_name(tr), str(task), str(g), m, str(len(sub)), pct_text(s.get(1)),
+                         pct_text(s.get(cfg.k)) if cfg.k <= n else "n/a", pct_text(s.get(n))])
+        ax.set_title(f"trained on {train_name(tr)}: {task}, length {g}")
         ax.set_xlabel("k")
         ax.xaxis.get_major_locator().set_params(integer=True)
     note = fit_y(axes, "Pass@k (%)")
     figure_legend(fig, axes, order=[f"{m} (untrained)" for m in refs] + order_methods(
         {split_label(m)[0] for m in mc["method"]}, cfg.base))
-    _save(rep, fig, "fig3a_minerva_transfer",
-          f"Held-out Minerva Pass@k vs k at T = {_t(t_use)}; one row of panels per training set "
+    save_figure(rep, fig, "fig3a_minerva_transfer",
+          f"Held-out Minerva Pass@k vs k at T = {temp_text(t_use)}; one row of panels per training set "
           f"(method label suffix after '@'); dashed: untrained references ({', '.join(refs) or 'none'}); "
           f"bands: {cfg.confidence:.0%} bootstrap CI over problems; shared y-axis"
           + (f"; {note}." if note else "."))
@@ -68,7 +68,7 @@ def _fig3a(rep: _Report, counts: pd.DataFrame, methods: list[str], t_star: float
 
 def _lcb_frame(counts: pd.DataFrame, difficulties: dict | None) -> tuple[pd.DataFrame, str]:
     """LiveCodeBench rows with a `difficulty` column, and where the labels came from."""
-    is_lcb = counts["task"].map(_lcb_base)
+    is_lcb = counts["task"].map(lcb_base)
     lc = counts[is_lcb.notna()].copy()
     if lc.empty:
         return lc, ""
@@ -83,7 +83,7 @@ def _lcb_frame(counts: pd.DataFrame, difficulties: dict | None) -> tuple[pd.Data
     return lc, source
 
 
-def _fig3b(rep: _Report, counts: pd.DataFrame, methods: list[str]) -> None:
+def figure_3b(rep: Report, counts: pd.DataFrame, methods: list[str]) -> None:
     cfg = rep.cfg
     rep.add("## Figure 3b: LiveCodeBench by difficulty", "")
     lc, source = _lcb_frame(counts, cfg.difficulties)
@@ -119,16 +119,16 @@ def _fig3b(rep: _Report, counts: pd.DataFrame, methods: list[str]) -> None:
                     continue
                 vals = metrics.pass_at_k(sub["n"].to_numpy(), sub["c"].to_numpy(), k)
                 mean, se = metrics.mean_se(vals)
-                ci = metrics.bootstrap_ci(vals, cfg.confidence, cfg.n_resamples, _rng(cfg.seed, "3b", g, d, m))
+                ci = metrics.bootstrap_ci(vals, cfg.confidence, cfg.n_resamples, report_rng(cfg.seed, "3b", g, d, m))
                 values[(d, m)] = (mean, ci.low, ci.high)
-                rows.append([str(g), d, m, str(len(sub)), str(n), f"{_pct(mean)} ± {_pct(se)}"])
+                rows.append([str(g), d, m, str(len(sub)), str(n), f"{pct_text(mean)} ± {pct_text(se)}"])
         dot_panel(ax, diffs, ms, values)
         ax.set_title(f"length {g}")
     ynote = fit_y(axes, f"Pass@{k} (%)")
     figure_legend(fig, axes, order=ms)
     note = f" {unlabeled} problem rows had no difficulty label and are left out." if unlabeled else ""
-    _save(rep, fig, "fig3b_livecodebench_difficulty",
-          f"LiveCodeBench Pass@{k} at T = {_t(t_use)} by difficulty (labels from {source}), mean over "
+    save_figure(rep, fig, "fig3b_livecodebench_difficulty",
+          f"LiveCodeBench Pass@{k} at T = {temp_text(t_use)} by difficulty (labels from {source}), mean over "
           f"problems with its {cfg.confidence:.0%} bootstrap CI (the table gives ± 1 SE); n/a: no "
           f"records; shared y-axis" + (f"; {ynote}" if ynote else "") + f".{note}")
     rep.add(*md_table(["Length", "Difficulty", "Method", "Problems", "n", f"Pass@{k} (%) ± SE"], rows,

@@ -4,7 +4,7 @@ A run directory holds
 - `generations.jsonl`: one row per sample (GEN_FIELDS): what was decoded, its seed and its cost;
 - `scores.jsonl`: the same row plus the grade (SCORE_FIELDS);
 - `results.json`: aggregates, the full resolved config and package versions (written whole, atomically);
-- beside them (other modules): `configs.jsonl` (which model each config hash stands for, `run_index`),
+- beside them (other modules): `configs.jsonl` (which model each config hash stands for, `runs.index`),
   `model.json` (the loaded model), `environment.jsonl` (where it ran, `environment`).
 
 A record is keyed by (method, config_hash, problem_id, sample) and is never written twice: `append`
@@ -20,18 +20,15 @@ Concurrency: appends hold the folder's I/O lock shared, merges and repairs hold 
 """
 from __future__ import annotations
 
-import errno
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from dlm_bench.errors import UserError
 from dlm_bench.checks import writable_dir
-from dlm_bench.runs.files import share_file
+from dlm_bench.runs.files import append_lines, atomic_write, read_jsonl, repair_tail, write_json
 from dlm_bench.runs.locks import io_lock
 
 GEN_FIELDS = ("method", "task", "temperature", "gen_length", "problem_id", "sample", "seed", "config_hash",
@@ -76,106 +73,6 @@ def _dumps(rec: dict, fields) -> str:
     return text
 
 
-# --------------------------------------------------------------------------- low-level file I/O
-
-def _repair(path: Path) -> int:
-    """Cut a torn last line (no newline, or not valid JSON) off `path`; returns bytes removed."""
-    if not path.exists():
-        return 0
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with open(path, "rb+") as f:
-        data = f.read()
-        keep = len(data) if data.endswith(b"\n") else data.rfind(b"\n") + 1
-        # A complete-looking last line that does not parse is torn too (a kill inside a write).
-        while keep > 0:
-            start = data.rfind(b"\n", 0, keep - 1) + 1
-            try:
-                json.loads(data[start:keep])
-                break
-            except ValueError:
-                keep = start
-        if keep < size:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
-    return size - keep
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (from a kill) is ignored, corruption elsewhere is an error."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_bytes().split(b"\n")
-    rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            if i == len(lines) - 1 or (i == len(lines) - 2 and not lines[-1]):
-                break  # the last line: torn by a kill
-            raise UserError(f"{path}: line {i + 1} is not valid JSON (corrupt store)") from None
-    return rows
-
-
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def _write_failed(path: Path, e: OSError) -> UserError:
-    if e.errno in _NO_SPACE:
-        return UserError(f"cannot write {path}: {e.strerror}; the records written so far are kept, "
-                         "free space and re-run to resume")
-    return UserError(f"cannot write {path}: {e.strerror}")
-
-
-def _append_lines(path: Path, lines: list[str]) -> None:
-    """Append whole lines in one write; on failure the file is cut back to its old size (no torn line)."""
-    if not lines:
-        return
-    data = memoryview(("\n".join(lines) + "\n").encode())
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        start = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            while data:               # unbuffered: nothing is left to fail again on close
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        except OSError as e:
-            try:
-                os.ftruncate(fd, start)
-            except OSError:
-                pass  # the next open() repairs a torn tail anyway
-            raise _write_failed(path, e) from None
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        share_file(fd)                   # mkstemp makes 0600; results are shared like any other file
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise _write_failed(path, e) from None
-        raise
-
-
-def write_json(path: str | Path, obj) -> None:
-    """Write JSON atomically (write aside + fsync + rename)."""
-    _atomic_write(Path(path), json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
 # --------------------------------------------------------------------------- the store
 
 class Store:
@@ -218,7 +115,7 @@ class Store:
         self._keys = {}
         for kind in KINDS:
             with io_lock(self.dir, shared=False):
-                _repair(self.path(kind, self.rank))
+                repair_tail(self.path(kind, self.rank))
             self._keys[kind] = {record_key(r) for r in self.read(kind)}
         return self
 
@@ -242,7 +139,7 @@ class Store:
             new.append(k)
         if lines:
             with io_lock(self.dir, shared=True):
-                _append_lines(self.path(kind, self.rank), lines)
+                append_lines(self.path(kind, self.rank), lines)
         keys.update(new)
         return len(lines)
 
@@ -271,7 +168,7 @@ class Store:
                 continue
             recs = sorted(self.read(kind), key=sort_key)
             text = "".join(_dumps(r, fields) + "\n" for r in recs)
-            _atomic_write(main, text)
+            atomic_write(main, text)
             for p in shards:
                 p.unlink()
             counts[kind] = len(recs)
@@ -310,16 +207,3 @@ def run_dirs(root: str | Path) -> list[Path]:
         raise UserError(f"runs directory {str(root)!r} does not exist")
     found = {p.parent for p in root.rglob("scores*.jsonl")}
     return sorted(found)
-
-
-def read_all_scores(root: str | Path) -> pd.DataFrame:
-    """Scores of every run under `root`, concatenated (a record present in two runs is kept once);
-    a method label that covers several models keeps only the newest model's records, with a warning."""
-    from dlm_bench.runs.index import newest_model_per_label
-    dirs = run_dirs(root)
-    frames = [f for f in (read_scores(d) for d in dirs) if not f.empty]
-    if not frames:
-        raise UserError(f"no scores.jsonl with records under {str(root)!r}")
-    df = pd.concat(frames, ignore_index=True)
-    df = df.drop_duplicates(list(KEY), keep="first").reset_index(drop=True)
-    return newest_model_per_label(df, dirs)

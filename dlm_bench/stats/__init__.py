@@ -1,0 +1,3 @@
+"""Statistics from stored records only: passk.py (the estimator), metrics.py (tables, paired tests),
+intervals.py (chosen by coverage), seed_level.py (across training seeds), diversity.py, embeddings.py.
+"""

@@ -17,6 +17,8 @@ import scipy.integrate
 import scipy.special
 import scipy.stats
 
+from dlm_bench.stats.passk import pass_at_k
+
 DEFAULT = "t"
 METHODS = ("t", "studentized", "bca")
 
@@ -105,7 +107,6 @@ def simulate_paired(rng, n_studies, n_problems, n, k, shift=0.0, a=0.6, b=1.2):
     """Paired studies: problem difficulty q ~ Beta(a, b) (a fresh problem set per study), method B
     solves with q, method A with expit(logit(q) + shift), n samples each. Returns the per-problem
     unbiased Pass@k differences A - B, (R, P), and the true population difference."""
-    from dlm_bench.stats.metrics import pass_at_k  # metrics imports this module
     q = rng.beta(a, b, size=(n_studies, n_problems))
     pa = scipy.special.expit(scipy.special.logit(np.clip(q, 1e-12, 1 - 1e-12)) + shift)
     ca, cb = rng.binomial(n, pa), rng.binomial(n, q)

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from dlm_bench.stats import intervals
 from dlm_bench.errors import UserError
+from dlm_bench.stats import intervals
+from dlm_bench.stats.passk import pass_at_k
 
 CELL = ("task", "gen_length", "temperature")  # one comparison per cell
 N_RESAMPLES = 10_000  # bootstrap resamples everywhere (compare, report, judge), so their CIs agree
@@ -27,39 +28,6 @@ SCORE_COLUMNS = ("problem_id", "sample", "correct")
 
 
 # --------------------------------------------------------------------------- Pass@k
-
-def pass_at_k(n, c, k):
-    """Unbiased Pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), per problem.
-
-    `n`, `c`: per-problem sample and correct counts (scalars or arrays); `k`: an int or a sequence.
-    Uses the product form 1 - prod_{i=n-c+1}^{n} (1 - k/i), which never forms a binomial
-    coefficient. Returns a float for scalar input, shape (P,) for an int k, (P, K) for a sequence.
-    """
-    scalar = np.ndim(n) == 0 and np.ndim(c) == 0 and np.ndim(k) == 0
-    n_arr = np.atleast_1d(np.asarray(n)).astype(np.int64)
-    c_arr = np.atleast_1d(np.asarray(c)).astype(np.int64)
-    ks = np.atleast_1d(np.asarray(k)).astype(np.int64)
-    if n_arr.shape != c_arr.shape:
-        raise ValueError(f"n and c have different shapes {n_arr.shape} and {c_arr.shape}")
-    if np.any(c_arr < 0) or np.any(c_arr > n_arr):
-        raise ValueError("each count c must satisfy 0 <= c <= n")
-    if ks.size == 0 or np.any(ks < 1):
-        raise ValueError(f"k must be >= 1, got {ks.tolist()}")
-    if n_arr.size and ks.max() > n_arr.min():
-        raise UserError(f"Pass@{ks.max()} needs at least {ks.max()} samples per problem, "
-                        f"but some problem has only {n_arr.min()}")
-    out = np.empty((n_arr.size, ks.size))
-    # Few distinct (n, c) pairs (at most n+1 for a fixed n): compute each once for all k.
-    pairs, inverse = np.unique(np.stack([n_arr, c_arr], axis=1), axis=0, return_inverse=True)
-    for j, (nn, cc) in enumerate(pairs):
-        i = np.arange(nn - cc + 1, nn + 1, dtype=float)  # empty when c = 0 -> Pass@k = 0
-        val = 1.0 - np.prod(1.0 - ks[:, None] / i[None, :], axis=1)
-        val[nn - cc < ks] = 1.0  # every k-subset holds a correct sample
-        out[inverse.reshape(-1) == j] = val
-    if scalar:
-        return float(out[0, 0])
-    return out[:, 0] if np.ndim(k) == 0 else out
-
 
 def mean_se(values) -> tuple[float, float]:
     """Mean over problems and its standard error (sample sd / sqrt(P)); se is NaN for P < 2."""
@@ -358,7 +326,7 @@ def cell_tag(key) -> str:
     return "|".join(str(x.item() if hasattr(x, "item") else x) for x in key)
 
 
-def _cell_rng(seed, key, *extra) -> np.random.Generator:
+def cell_rng(seed, key, *extra) -> np.random.Generator:
     """A generator fixed by (seed, cell), so adding or dropping cells never changes another's."""
     tag = zlib.crc32(cell_tag(tuple(key) + extra).encode())
     return np.random.default_rng([int(seed), tag])
@@ -404,7 +372,7 @@ def compare_table(scores_df: pd.DataFrame, method_a: str, method_b: str, k: int,
         except UserError as e:
             raise UserError(f"{dict(zip(cells, key))}: {e}") from None
         res = paired_compare(a, b, confidence, n_resamples, n_permutations,
-                             zero_method=zero_method, seed=_cell_rng(seed, key, k))
+                             zero_method=zero_method, seed=cell_rng(seed, key, k))
         unpaired = len(ga.index.union(gb.index)) - len(common)
         rows.append(dict(zip(cells, key), k=int(k), method_a=method_a, method_b=method_b,
                          n_problems=res.n_problems, n_unpaired=unpaired,
@@ -425,19 +393,19 @@ def compare_table(scores_df: pd.DataFrame, method_a: str, method_b: str, k: int,
 
 # --------------------------------------------------------------------------- Markdown
 
-def _fmt_p(p: float) -> str:
+def fmt_p(p: float) -> str:
     if not math.isfinite(p):
         return "n/a"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _fmt_num(x: float, digits: int, sign: bool = False) -> str:
+def fmt_num(x: float, digits: int, sign: bool = False) -> str:
     if not math.isfinite(x):
         return "n/a"
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
-def _md_table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
     align = ["---:" if i in right else ":---" for i in range(len(header))]
     return ["| " + " | ".join(r) + " |" for r in [header, align] + rows]
 
@@ -459,17 +427,17 @@ def compare_markdown(table: pd.DataFrame, digits: int = 1) -> str:
     rows = []
     for r in table.itertuples(index=False):
         rd = r._asdict()
-        ci = f"[{_fmt_num(100 * rd['ci_low'], digits, True)}, {_fmt_num(100 * rd['ci_high'], digits, True)}]"
+        ci = f"[{fmt_num(100 * rd['ci_low'], digits, True)}, {fmt_num(100 * rd['ci_high'], digits, True)}]"
         if rd["ci_method"] == "percentile":
             ci += "†"
         n = str(rd["n_problems"]) + (f" ({rd['n_unpaired']} unpaired)" if rd["n_unpaired"] else "")
         rows.append([str(rd[c]) for c in cells] + [
-            n, _fmt_num(100 * rd["pass_a"], digits), _fmt_num(100 * rd["pass_b"], digits),
-            _fmt_num(100 * rd["diff"], digits, True), ci, _fmt_num(rd["d_z"], 2, True),
-            _fmt_p(rd["p_perm"]), _fmt_p(rd["p_wilcoxon"]), _fmt_p(rd["q_bh"]), rd["sig"]])
+            n, fmt_num(100 * rd["pass_a"], digits), fmt_num(100 * rd["pass_b"], digits),
+            fmt_num(100 * rd["diff"], digits, True), ci, fmt_num(rd["d_z"], 2, True),
+            fmt_p(rd["p_perm"]), fmt_p(rd["p_wilcoxon"]), fmt_p(rd["q_bh"]), rd["sig"]])
     first = len(cells)
     lines = [f"**Pass@{k} (primary k = {k}): {a} (A) vs {b} (B)**", ""]
-    lines += _md_table(header, rows, right=set(range(first, len(header) - 1)))
+    lines += markdown_table(header, rows, right=set(range(first, len(header) - 1)))
     zm = at.get("zero_method", "pratt")
     lines += ["",
               f"Diff = A − B in percentage points, per problem then averaged; problems only one "
@@ -493,9 +461,9 @@ def passk_markdown(table: pd.DataFrame, k: int, digits: int = 1) -> str:
     header = [names.get(c, c) for c in cells] + ["Problems", "n", f"Pass@{k} (%) ± SE"]
     rows = [[str(r[c]) for c in cells] + [
         str(r["n_problems"]), str(r["n_samples"]),
-        f"{_fmt_num(100 * r['pass_at_k'], digits)} ± {_fmt_num(100 * r['se'], digits)}"]
+        f"{fmt_num(100 * r['pass_at_k'], digits)} ± {fmt_num(100 * r['se'], digits)}"]
         for r in t.to_dict("records")]
-    lines = _md_table(header, rows, right=set(range(len(cells), len(header))))
+    lines = markdown_table(header, rows, right=set(range(len(cells), len(header))))
     lines += ["", f"Mean over problems of the unbiased Pass@{k} from n samples per problem; "
                   "SE = sd across problems / sqrt(problems)."]
     return "\n".join(lines)

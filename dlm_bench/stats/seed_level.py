@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -139,49 +137,10 @@ def null_study(n_studies, n_problems, n_seeds, n, k, seed_sd=0.6, shift=0.0, see
     return hier / n_studies, prob / n_studies, rej / n_studies
 
 
-# --------------------------------------------------------------------------- runs on disk
-
-SEED_DIR = re.compile(r"^seed-(\d+)$")
-
-
-def seed_folders(root) -> dict[tuple[str, int], Path]:
-    """Training-seed folders under `root` (layout ROOT/METHOD/seed-K/<run dirs>), keyed by
-    (parent folder, K). Empty when there are none."""
-    from dlm_bench.runs.store import run_dirs
-    root = Path(root)
-    found = {}
-    for d in run_dirs(root):
-        rel = d.relative_to(root)
-        for part in [rel, *rel.parents]:
-            m = SEED_DIR.match(part.name)
-            if m:
-                found[(str(part.parent), int(m.group(1)))] = root / part
-    return found
-
-
-def read_seeded_scores(root):
-    """Scores of every seed folder under `root` with a `train_seed` column, or None without any.
-    Each seed folder is read on its own, so one label may hold one model per seed; runs outside
-    every seed folder (the untrained base) are read together as one seed, train_seed = -1."""
-    from dlm_bench.runs.index import newest_model_per_label
-    from dlm_bench.runs.store import KEY, read_all_scores, read_scores, run_dirs
-    folders = seed_folders(root)
-    if not folders:
-        return None
-    frames = [read_all_scores(f).assign(train_seed=k) for (_, k), f in sorted(folders.items())]
-    inside = {d for f in folders.values() for d in run_dirs(f)}
-    rest = [d for d in run_dirs(root) if d not in inside]
-    loose = [f for f in (read_scores(d) for d in rest) if not f.empty]
-    if loose:
-        df = pd.concat(loose, ignore_index=True).drop_duplicates(list(KEY))
-        frames.append(newest_model_per_label(df.reset_index(drop=True), rest).assign(train_seed=-1))
-    return pd.concat(frames, ignore_index=True)
-
-
 def seed_table(df, method_a, method_b, k, cells=("task", "gen_length", "temperature"),
                confidence=0.95, seed=0) -> pd.DataFrame:
     """`seed_compare` per cell at `k`, on the problems every seed of both methods has."""
-    from dlm_bench.stats.metrics import _cell_rng, counts_table, pass_at_k
+    from dlm_bench.stats.metrics import cell_rng, counts_table, pass_at_k
     cells = list(cells)
     counts = counts_table(df, ["method", "train_seed"] + cells)
     rows = []
@@ -193,7 +152,7 @@ def seed_table(df, method_a, method_b, k, cells=("task", "gen_length", "temperat
         if {method_a, method_b} - have or wide.shape[1] < 2:
             continue
         r = seed_compare(wide.loc[method_a].to_numpy(), wide.loc[method_b].to_numpy(), confidence,
-                         seed=_cell_rng(seed, key, k))
+                         seed=cell_rng(seed, key, k))
         rows.append(dict(zip(cells, key), k=int(k), method_a=method_a, method_b=method_b,
                          **asdict(r)))
     if not rows:
@@ -203,17 +162,17 @@ def seed_table(df, method_a, method_b, k, cells=("task", "gen_length", "temperat
 
 def seed_markdown(table, digits=1) -> str:
     """A `seed_table` as Markdown, with each row's note on what its interval covers."""
-    from dlm_bench.stats.metrics import _fmt_num, _fmt_p, _md_table
+    from dlm_bench.stats.metrics import fmt_num, fmt_p, markdown_table
     cells = [c for c in ("task", "gen_length", "temperature") if c in table.columns]
     names = {"task": "Task", "gen_length": "Length", "temperature": "Temp."}
     header = [names[c] for c in cells] + ["Seeds A/B", "Problems", "Diff (pp)", "CI (pp)", "p (seeds)"]
     rows = [[str(r[c]) for c in cells] + [
-        f"{r['n_seeds_a']}/{r['n_seeds_b']}", str(r["n_problems"]), _fmt_num(100 * r["diff"], digits, True),
-        f"[{_fmt_num(100 * r['ci_low'], digits, True)}, {_fmt_num(100 * r['ci_high'], digits, True)}]",
-        _fmt_p(r["p_seed"])] for r in table.to_dict("records")]
+        f"{r['n_seeds_a']}/{r['n_seeds_b']}", str(r["n_problems"]), fmt_num(100 * r["diff"], digits, True),
+        f"[{fmt_num(100 * r['ci_low'], digits, True)}, {fmt_num(100 * r['ci_high'], digits, True)}]",
+        fmt_p(r["p_seed"])] for r in table.to_dict("records")]
     a, b, k = table["method_a"].iloc[0], table["method_b"].iloc[0], table["k"].iloc[0]
     lines = [f"**Pass@{k} across training seeds: {a} (A) vs {b} (B)**", ""]
-    lines += _md_table(header, rows, right=set(range(len(cells), len(header))))
+    lines += markdown_table(header, rows, right=set(range(len(cells), len(header))))
     lines += ["", "CI: diff ± t · SE over training seeds and problems (seeds x problems variance "
               "components); p: method labels permuted over the seed runs. Notes: "
               + "; ".join(sorted(set(table["note"])))]

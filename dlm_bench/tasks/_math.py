@@ -78,7 +78,7 @@ def normalize_math_text(s: str) -> str:
     s = re.sub(r"\\(?:left|right|displaystyle)", "", s)
     for _ in range(3):                                             # nested \text{\textbf{..}}
         s = _WRAP_RE.sub(r" \1 ", s)
-    s = _MIXED_RE.sub(lambda m: _fmt(int(m.group(1)) + Fraction(int(m.group(2)), int(m.group(3)))), s)
+    s = _MIXED_RE.sub(lambda m: fraction_text(int(m.group(1)) + Fraction(int(m.group(2)), int(m.group(3)))), s)
     s = _FRAC_RE.sub(lambda m: f"{m.group(1)}/{m.group(2)}", s)
     s = _FRAC_SHORT_RE.sub(r"\1/\2", s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|°|\\degree", " ", s)
@@ -86,7 +86,7 @@ def normalize_math_text(s: str) -> str:
     return s
 
 
-def _to_fraction(tok: str) -> Fraction | None:
+def to_fraction(tok: str) -> Fraction | None:
     tok = tok.replace(",", "").replace(" ", "")
     try:
         if "/" in tok:
@@ -101,13 +101,13 @@ def numbers_in(s: str) -> list[Fraction]:
     """All numbers in `s` (after normalisation), in order of appearance."""
     out = []
     for m in _NUM_RE.finditer(normalize_math_text(s)):
-        v = _to_fraction(m.group(0))
+        v = to_fraction(m.group(0))
         if v is not None:
             out.append(v)
     return out
 
 
-def _fmt(v: Fraction) -> str:
+def fraction_text(v: Fraction) -> str:
     """Canonical text for a number: integers plainly, terminating decimals as decimals, else a/b."""
     if v.denominator == 1:
         return str(v.numerator)

@@ -10,7 +10,7 @@ from dlm_bench.tasks import data  # module attribute look-ups, so tests and call
 from dlm_bench.errors import UserError
 
 from . import Grade, Problem, Task, register_task
-from ._math import _fmt, _to_fraction, boxed_contents, numbers_in, numbers_match
+from ._math import boxed_contents, fraction_text, numbers_in, numbers_match, to_fraction
 
 # ---------------------------------------------------------------------------------------------------
 # GSM8K
@@ -33,7 +33,7 @@ def gsm8k_gold(solution: str) -> str:
     nums = numbers_in(tail)
     if not nums:
         raise ValueError(f"GSM8K gold is not a number: {tail!r}")
-    return _fmt(nums[0])
+    return fraction_text(nums[0])
 
 
 def extract_number(completion: str, mode: str = "flexible") -> tuple[Fraction, str] | None:
@@ -90,7 +90,7 @@ class GSM8K(Task):
                 for i, r in enumerate(rows)]
 
     def grade(self, problem: Problem, completion: str) -> Grade:
-        gold = _to_fraction(str(problem.answer))
+        gold = to_fraction(str(problem.answer))
         if gold is None:
             raise ValueError(f"{problem.id}: gold {problem.answer!r} is not a number")
         found = extract_number(completion, self.answer_mode)
@@ -98,7 +98,7 @@ class GSM8K(Task):
             return Grade(False, None, "no_answer")
         value, _stage = found
         ok = numbers_match(value, gold)
-        return Grade(ok, _fmt(value), "correct" if ok else "wrong")
+        return Grade(ok, fraction_text(value), "correct" if ok else "wrong")
 
     def sft_target(self, problem: Problem) -> str | None:
         solution = problem.meta.get("solution")

@@ -10,7 +10,9 @@ global, so only plain strings and containers can come out — never pickle.loads
 Grading follows lcb_runner/evaluation/testing_util.py, but every test runs in the sandbox and the
 expected outputs never enter it (compared here):
 - stdin problems: one fresh process per test, stdout vs expected after stripping the whole text and
-  each line; lines equal, or equal as lists of Decimal tokens; stop at the first failing test.
+  each line; lines equal, or equal as lists of Decimal tokens. Every test runs even after a wrong
+  output (LCB stops there, but then whether test k+1 runs tells the program its output k was
+  right); only a crash or timeout, which the program can observe itself, stops the row.
 - functional problems: one process serves Solution().<func_name>(*args) calls, args = JSON lines of
   the input; each result comes back as plain data and is compared here as LCB's JSON round trip
   sees it (a tuple counts as a list). A fresh Solution() per test.
@@ -32,7 +34,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from dlm_bench.sandbox import launch as sandbox
+from dlm_bench import sandbox
 from dlm_bench.tasks.data import find_file, hub_dataset
 from dlm_bench.errors import UserError
 
@@ -302,16 +304,18 @@ class LiveCodeBench(Task):
             return no_answer(public_only)
         if func:
             return self._grade_calls(problem, code, public_only)
-        res = None
+        res, wrong = None, None
         for k, (inp, want) in enumerate(zip(problem.answer["inputs"], problem.answer["outputs"])):
             res = sandbox.run(sandbox.Program(
                 PRELUDE + code, stdin=inp, timeout=self.test_timeout + 2.0, memory_mb=self.memory_mb,
                 max_output=max(4 << 20, 2 * len(want.encode()) + 4096)))
-            if not res.passed:
-                return to_grade(res, code, public_only)
-            if not stdout_matches(res.stdout, want):
-                return CodeGrade(False, code, "wrong", res.isolation, f"test {k}: wrong output", public_only)
-        return CodeGrade(True, code, "correct", res.isolation, "", public_only)
+            if not res.passed:  # it crashed or ran out of time: the program can tell that itself
+                return wrong or to_grade(res, code, public_only)
+            if wrong is None and not stdout_matches(res.stdout, want):
+                wrong = CodeGrade(False, code, "wrong", res.isolation, f"test {k}: wrong output", public_only)
+        # a wrong output does not stop the tests: whether test k+1 ran would tell the program (through
+        # anything it leaves for a later job) that its output k was right
+        return wrong or CodeGrade(True, code, "correct", res.isolation, "", public_only)
 
     def _grade_calls(self, problem: Problem, code: str, public_only: bool) -> CodeGrade:
         calls, expected = problem.answer["calls"], problem.answer["expected"]

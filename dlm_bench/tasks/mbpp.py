@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import builtins
 
-from dlm_bench.sandbox import launch as sandbox
+from dlm_bench import sandbox
 from dlm_bench.errors import UserError
 
 from . import Problem, register_task

@@ -6,14 +6,12 @@ not in the model folder, whose content is the model's fingerprint).
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from dlm_bench.runs.files import share_tree
+from dlm_bench.environment import note
+from dlm_bench.runs.files import recover_dir, staging_dir, swap_in_dir
 
 STATE = "trainer_state.pt"
 
@@ -21,20 +19,11 @@ STATE = "trainer_state.pt"
 def save(out_dir: str | Path, dlm, state: dict, name: str = "checkpoint") -> Path:
     """Write `dlm` and `state` to out_dir/name atomically (write aside, then rename)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    final = out / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
+    tmp = staging_dir(out, name)
     dlm.save(str(tmp))
     torch.save(state, tmp / STATE)
-    share_tree(tmp)                  # mkdtemp's 0700 and the weights' 0600: others read checkpoints too
-    old = out / f".{name}-old"
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    from dlm_bench.environment import note
+    final = out / name
+    swap_in_dir(tmp, final)
     note(out, dlm.device, next(dlm.model.parameters()).dtype, step=state.get("step"))
     return final
 
@@ -42,10 +31,6 @@ def save(out_dir: str | Path, dlm, state: dict, name: str = "checkpoint") -> Pat
 def load_state(out_dir: str | Path, name: str = "checkpoint") -> tuple[Path, dict] | None:
     """(checkpoint dir, trainer state) of the last complete checkpoint, or None."""
     final = Path(out_dir) / name
-    if not (final / STATE).is_file():
-        old = Path(out_dir) / f".{name}-old"          # killed between the two renames
-        if (old / STATE).is_file():
-            os.replace(old, final)
-        else:
-            return None
+    if not recover_dir(final, STATE):
+        return None
     return final, torch.load(final / STATE, weights_only=False)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,38 +45,52 @@ import torch
 from tqdm.auto import tqdm
 
 from dlm_bench.training import checkpoint
-from dlm_bench.config import derive_seed
-from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params, init_distributed, lockstep,
-                                   not_replicated, replicate, shard, sum_gradients, sum_over_ranks)
+from dlm_bench.checks import TRAIN_RESULT
+from dlm_bench.config import derive_seed, knob
+from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params, init_distributed, is_sharded,
+                                   lockstep, not_replicated, replicate, shard, sum_gradients, sum_over_ranks)
 from dlm_bench.errors import UserError
 from dlm_bench.training.schedule import lr_multiplier, step_prompts, warmup_updates
-from dlm_bench.training.parallel import grad_norm_and_clip, is_sharded, loss_scale, plain_params
+from dlm_bench.training.parallel import grad_norm_and_clip, loss_scale, plain_params
+from dlm_bench.runs.files import append_lines, atomic_write, write_json
 
-RESULT = "train_result.json"
+RESULT = TRAIN_RESULT
 __all__ = ["TrainConfig", "train", "derive_seed", "step_prompts", "lr_multiplier", "shard", "Dist"]
+
+
+HARNESS = "harness default"
+MEMORY = "harness default; memory and speed only, no effect on the update (docs/memory.md)"
 
 
 @dataclass
 class TrainConfig:
-    method: str = "espo"
-    task: str = "testbed"
-    model: str = ""                       # base model directory (Hugging Face layout)
-    out: str = "results/train"
-    seed: int = 0
-    train_steps: int | None = None        # overrides the method's train_steps (None: the method's)
-    overrides: dict = field(default_factory=dict)   # method settings (lr, group_size, beta, optim.lr, ...)
-    sampler: dict = field(default_factory=dict)     # extra SamplerConfig fields (remasking, threshold, ...)
-    split: str | None = None              # training split (None: the task's train_split, else "train")
-    save_every: int = 50                  # optimizer steps between checkpoints (0: only at the end)
-    data_dir: str | None = None
-    device: str | None = None             # None: cuda if available, else cpu (per rank under torchrun)
-    dtype: str | None = None              # None: bf16 on GPU, fp32 on CPU
-    rollout_chunk: int = 64               # completions per sampler call (memory only; no effect on results)
-    micro_prompts: int = 1                # prompts (whole groups) per rollout/prepare micro-batch
-    micro_batch_size: int = 4             # completions (each with all its mask draws) per backward
-    minutes: float | None = None          # stop (and save) after this much wall-clock time
-    gradient_checkpointing: bool | None = None   # None: on for models other than the built-in tiny one
-    parallel: str = "auto"                # >1 process: "ddp" | "fsdp" | "auto" (fsdp for full fine-tuning, ddp for LoRA)
+    """The loop's own settings (`--set NAME=VALUE` beside the method's; `dlm-bench methods -v` lists them)."""
+    method: str = knob("espo", "training method (dlm-bench methods)", source=HARNESS)
+    task: str = knob("testbed", "task whose train split gives prompts and rewards", source=HARNESS)
+    model: str = knob("", "base model directory (Hugging Face layout)", source=HARNESS)
+    out: str = knob("results/train", "run folder: checkpoint/, log.jsonl, config.json", source=HARNESS)
+    seed: int = knob(0, "training seed: prompt order, rollout seeds, mask draws", source=HARNESS, low=0)
+    train_steps: int | None = knob(None, "rollout batches to train on (None: the method's optim.train_steps)",
+                                   source=HARNESS, low=1)
+    overrides: dict = knob({}, "method settings (lr, group_size, beta, optim.lr, ...)", source=HARNESS)
+    sampler: dict = knob({}, "extra SamplerConfig fields for rollouts (sampler.remasking, ...)", source=HARNESS)
+    split: str | None = knob(None, "training split (None: the task's train split, else 'train')", source=HARNESS)
+    save_every: int = knob(50, "optimizer steps between checkpoints (0: only at the end)", source=HARNESS, low=0)
+    data_dir: str | None = knob(None, "folder holding the benchmark data (default: the search order)",
+                                source=HARNESS)
+    device: str | None = knob(None, "cpu, cuda, cuda:1 (None: cuda if available; per rank under torchrun)",
+                              source=HARNESS)
+    dtype: str | None = knob(None, "model dtype (None: bf16 on GPU, fp32 on CPU)", source=HARNESS)
+    rollout_chunk: int = knob(64, "completions per sampler call", source=MEMORY, low=1)
+    micro_prompts: int = knob(1, "prompts (whole groups) per rollout/prepare micro-batch", source=MEMORY, low=1)
+    micro_batch_size: int = knob(4, "completions (each with all its mask draws) per backward", source=MEMORY,
+                                 low=1)
+    minutes: float | None = knob(None, "stop (and save) after this much wall-clock time", source=HARNESS,
+                                 low=0.0, low_open=True)
+    gradient_checkpointing: bool | None = knob(None, "recompute activations in the backward (None: on for "
+                                                     "every model but the built-in tiny one)", source=MEMORY)
+    parallel: str = knob("auto", "several processes: fsdp for full fine-tuning, ddp for LoRA (auto), or forced",
+                         source=HARNESS, choices=("auto", "ddp", "fsdp"))
 
     def validate(self) -> "TrainConfig":
         if not self.model and self.method != "base":
@@ -207,9 +220,7 @@ def _record_base(cfg: TrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rec = {"method": "base", "task": cfg.task, "model": str(Path(cfg.model).resolve()), "seed": None,
            "trained": False}
-    tmp = out / f".{RESULT}.tmp"
-    tmp.write_text(json.dumps(rec, indent=2) + "\n")
-    os.replace(tmp, out / RESULT)
+    write_json(out / RESULT, rec)
     return Path(cfg.model)
 
 
@@ -501,20 +512,18 @@ def save(run: Run) -> None:
         rec = {"method": cfg.method, "task": cfg.task, "base_model": str(Path(cfg.model).resolve()),
                "checkpoint": str((out / "checkpoint").resolve()), "lora": run.lora, "step": run.step,
                "steps": run.plan.steps, "seed": cfg.seed, "trained": True}
-        (out / f".{RESULT}.tmp").write_text(json.dumps(rec, indent=2) + "\n")
-        os.replace(out / f".{RESULT}.tmp", out / RESULT)
+        write_json(out / RESULT, rec)
     run.d.barrier()
 
 
-def open_log(run: Run):
-    """log.jsonl for appending, after dropping rows past the resumed step: they were written after the
+def open_log(run: Run) -> Path:
+    """log.jsonl to append to, after dropping rows past the resumed step: they were written after the
     last checkpoint and will be written again (identically), so a reader never sees a step twice."""
     out = Path(run.cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(
-        {"train": dataclasses.asdict(run.cfg), "method": dataclasses.asdict(run.plan.mcfg),
-         "sampler": dataclasses.asdict(run.plan.scfg), "steps": run.plan.steps, "world_size": run.d.world,
-         "lora": run.lora}, indent=2, default=str) + "\n")
+    write_json(out / "config.json",
+               {"train": dataclasses.asdict(run.cfg), "method": dataclasses.asdict(run.plan.mcfg),
+                "sampler": dataclasses.asdict(run.plan.scfg), "steps": run.plan.steps, "world_size": run.d.world,
+                "lora": run.lora})
     path = out / "log.jsonl"
     if path.is_file():
         keep = []
@@ -524,10 +533,8 @@ def open_log(run: Run):
                     keep.append(line)
             except (ValueError, KeyError, TypeError):
                 pass                       # a torn last line of a killed run
-        tmp = out / ".log.jsonl.tmp"
-        tmp.write_text("".join(k + "\n" for k in keep))
-        os.replace(tmp, path)
-    return open(path, "a")
+        atomic_write(path, "".join(k + "\n" for k in keep))
+    return path
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -565,8 +572,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 dirty = False
                 row = step_metrics(run, batch, stats, norm, time.monotonic() - t0)
                 if d.main:
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
+                    append_lines(log, [json.dumps(row)])
                     bar.update(1)
                     bar.set_postfix(reward=f"{row['reward_mean']:.3f}", loss=f"{row.get('loss', float('nan')):.4f}")
                 if cfg.save_every and run.step % cfg.save_every == 0:
@@ -579,8 +585,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 print(f"interrupted inside an update: kept the checkpoint of step {saved_at}", flush=True)
             raise
         finally:
-            if log is not None:
-                log.close()
             bar.close()
         if saved_at != run.step:
             save(run)

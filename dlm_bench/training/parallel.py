@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dlm_bench.distributed import is_sharded
+
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
     """The transformer blocks: the ModuleList holding most parameters (LLaDA, Dream, the tiny model)."""
@@ -35,11 +37,6 @@ def shard_model(dlm, world: int, device) -> None:
     for block in _blocks(dlm.model):
         fully_shard(block, mesh=mesh)
     fully_shard(dlm.model, mesh=mesh)
-
-
-def is_sharded(model) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-    return isinstance(model, FSDPModule)
 
 
 def _fsdp_modules(model):

@@ -8,26 +8,9 @@ from pathlib import Path
 
 import torch
 
+from dlm_bench.models.adapter import AdapterDisabled
 from dlm_bench.config import derive_seed
 from dlm_bench.errors import UserError
-
-
-class AdapterDisabled:
-    """The frozen reference under LoRA: the policy with its adapter switched off (peft disable_adapter)."""
-
-    def __init__(self, dlm):
-        self._dlm = dlm
-
-    def __getattr__(self, name):
-        return getattr(self._dlm, name)
-
-    def logits(self, *a, **k):
-        with self._dlm.model.disable_adapter():
-            return self._dlm.logits(*a, **k)
-
-    def hidden(self, *a, **k):
-        with self._dlm.model.disable_adapter():
-            return self._dlm.hidden(*a, **k)
 
 
 def lora_spec(lora_cfg):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dlm_bench.config import mask_seed
+from dlm_bench.runs.files import append_lines
 from dlm_bench.training import checkpoint
 from dlm_bench.errors import UserError
 from dlm_bench.likelihood import masked_input
@@ -148,7 +149,8 @@ def pretrain(cfg: PretrainConfig, device: str = "cpu", progress: bool = True) ->
         opt.load_state_dict(state["optimizer"])
     source = PairSource(get_task(cfg.task, data_dir=cfg.data_dir), cfg.split, dlm, cfg.answer_length)
     step, start = state["step"], time.monotonic()
-    log = (out.mkdir(parents=True, exist_ok=True), open(out / "log.jsonl", "a"))[1]
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "log.jsonl"
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not progress, unit="step")
 
     def save():
@@ -169,15 +171,14 @@ def pretrain(cfg: PretrainConfig, device: str = "cpu", progress: bool = True) ->
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
-            log.write(json.dumps({"step": step, "loss": round(loss.item(), 5), "lr": opt.param_groups[0]["lr"],
-                                  "seconds": round(time.monotonic() - start, 2)}) + "\n")
-            log.flush()
+            append_lines(log, [json.dumps({"step": step, "loss": round(loss.item(), 5),
+                                           "lr": opt.param_groups[0]["lr"],
+                                           "seconds": round(time.monotonic() - start, 2)})])
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if step % cfg.save_every == 0:
                 save()
     finally:  # an interrupted run keeps its progress
         save()
-        log.close()
         bar.close()
     return out / "checkpoint"
