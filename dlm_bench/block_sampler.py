@@ -153,8 +153,24 @@ def note_block_length(dlm, block_length: int) -> None:
 @torch.no_grad()
 def decode(dlm, prompts: list[list[int]], cfg, gens, progress=None):
     """Tokens [B, gen_length], step map [B, gen_length] and NFE [B] of a resolved SamplerConfig."""
+    note_block_length(dlm, cfg.block_length)
+    lengths = [len(p) for p in prompts]
+    if cfg.block_length == 1 and dlm.family.kv_cache == "store_kv" and len(set(lengths)) > 1:
+        # SDAR runs one-token passes over a cache through flash_attn_func, which takes no mask: rows
+        # of one prompt length (no padding) decode together.
+        out = [torch.zeros((len(prompts), cfg.gen_length), dtype=torch.long) for _ in range(2)]
+        out.append(torch.zeros(len(prompts), dtype=torch.long))
+        for n in sorted(set(lengths)):
+            idx = [i for i, m in enumerate(lengths) if m == n]
+            for whole, part in zip(out, decode(dlm, [prompts[i] for i in idx], cfg, [gens[i] for i in idx], progress)):
+                whole[idx] = part
+        return tuple(out)
+    return decode_batch(dlm, prompts, cfg, gens, progress)
+
+
+def decode_batch(dlm, prompts: list[list[int]], cfg, gens, progress=None):
+    """`decode` for a batch whose rows can share passes (left padding by whole blocks)."""
     bl, G = cfg.block_length, cfg.gen_length
-    note_block_length(dlm, bl)
     lay = layout(dlm, prompts, G, bl)
     B, W = lay.x.shape
     dev = lay.x.device

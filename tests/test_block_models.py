@@ -21,7 +21,7 @@ from dlm_bench.cli import main
 from dlm_bench.errors import UserError
 from dlm_bench.models import DLM, load_model
 from dlm_bench.sampler import SamplerConfig, make_generators, sample
-from shared_files import real_model_snapshot
+from shared_files import real_model_snapshot, tiny_real_models
 
 TRADO, LLADA2 = "trado-8b-instruct", "llada2-mini"
 BOTH = (TRADO, LLADA2)
@@ -30,9 +30,7 @@ QUESTIONS = ["What is 2+3?", "x", "Name a colour, then explain why it is your fa
 
 @pytest.fixture(scope="session")
 def block_dirs(tmp_path_factory):
-    from dlm_bench.models.random_init import build_tiny
-    root = tmp_path_factory.mktemp("block")
-    return {name: str(build_tiny(real_model_snapshot(name), root / name, seed=1)) for name in BOTH}
+    return tiny_real_models(tmp_path_factory.mktemp("block"), BOTH)
 
 
 @pytest.fixture(scope="session")
@@ -204,6 +202,19 @@ def test_batch_invariant_with_mixed_prompt_lengths(block, name, threshold):
     assert [(c.tokens, c.step_map, c.nfe) for c in batched] == [(c.tokens, c.step_map, c.nfe) for c in alone]
     distinct = sample(dlm, [prompts[0]] * 2, cfg, make_generators([1, 2], "cpu"))
     assert distinct[0].tokens != distinct[1].tokens, "per-row seeds must give distinct samples"
+
+
+def test_one_token_blocks_are_batch_invariant_on_trado(block):
+    """order=left_to_right (blocks of one token): SDAR runs one-token cached passes through
+    flash_attn_func (here the plain-torch stand-in), which takes no padding mask."""
+    dlm = block[TRADO]
+    cfg = SamplerConfig(gen_length=6, block_length=6, steps=6, temperature=0.9, order="left_to_right",
+                        stop_at_eos=False)
+    prompts = [dlm.prompt_ids(q) for q in QUESTIONS]
+    batched = sample(dlm, prompts, cfg, make_generators([1, 2, 3], "cpu"))
+    alone = [sample(dlm, [p], cfg, make_generators([s], "cpu"))[0] for p, s in zip(prompts, [1, 2, 3])]
+    assert [c.tokens for c in batched] == [c.tokens for c in alone]
+    assert all(c.step_map == list(range(6)) and c.nfe == 6 for c in batched)
 
 
 def test_sample_command_batch_of_three_equals_batch_of_one(block_dirs, tmp_path):

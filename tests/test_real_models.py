@@ -18,7 +18,7 @@ import llada_reference as ref
 from dlm_bench.cli import main
 from dlm_bench.models import load_model
 from dlm_bench.sampler import SamplerConfig, make_generators, sample
-from shared_files import real_model_snapshot
+from shared_files import tiny_real_models
 
 LLADA, LLADA_FIX, DREAM = "llada-8b-instruct", "llada-8b-instruct-maskfix", "dream-v0-instruct-7b"
 ALL = (LLADA, LLADA_FIX, DREAM)
@@ -29,9 +29,7 @@ TINY_TRAIN = dict(group_size=2, batch_prompts=2, gen_length=8, steps=8, block_le
 
 @pytest.fixture(scope="session")
 def real_dirs(tmp_path_factory):
-    from dlm_bench.models.random_init import build_tiny
-    root = tmp_path_factory.mktemp("real")
-    return {name: str(build_tiny(real_model_snapshot(name), root / name, seed=1)) for name in ALL}
+    return tiny_real_models(tmp_path_factory.mktemp("real"), ALL)
 
 
 @pytest.fixture(scope="session")
