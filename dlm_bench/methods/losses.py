@@ -112,6 +112,21 @@ def clipped_pg(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, ep
     return loss, stats
 
 
+def token_grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, adv: torch.Tensor,
+                    valid: torch.Tensor, eps: float, beta: float) -> tuple[torch.Tensor, dict]:
+    """d1's token-level GRPO (diffu-GRPO, and coupled-GRPO and d2 on their own per-token scores): the
+    clipped ratio with a symmetric `eps`, a token mean over `valid` [N, G], plus beta times the k3 KL to
+    `ref_logp` (None: no KL term)."""
+    loss, stats = clipped_pg(logp, old_logp, adv, eps, eps, valid=valid, reduce="token_mean")
+    n = valid.sum().clamp(min=1)
+    if ref_logp is not None:
+        kl = (k3(logp, ref_logp) * valid).sum() / n
+        loss = loss + beta * kl
+        stats["kl_k3"] = float(kl.detach())
+    stats.update(loss=float(loss.detach()), logp_per_token=float((logp.detach() * valid).sum() / n))
+    return loss, stats
+
+
 def espo_loss(elbo: torch.Tensor, elbo_old: torch.Tensor, elbo_ref: torch.Tensor | None,
               adv: torch.Tensor, lengths: torch.Tensor, beta: float = 0.0, eps_low: float = 0.2,
               eps_high: float | None = None) -> tuple[torch.Tensor, dict]:
