@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dlm_bench.likelihood import (ScoredBatch, block_draws, block_elbo, bounded_token_logprobs, coupled_masks,
-                                  coupled_token_logprobs, left_to_right_logprob, masked_input,
+                                  coupled_token_logprobs, left_to_right_logprob,
                                   masked_token_logprobs, segment_token_logprobs, step_segments)
 from dlm_bench.methods.diffu_grpo import one_step_logprobs
 
