@@ -12,6 +12,21 @@ import torch
 from dlm_bench.models.hf import LoraSpec, load_model  # noqa: F401  (re-exported)
 
 
+SHIFT_CHUNK_BYTES = 256 * 2 ** 20      # columns moved at a time by `shift_right_in_place`
+
+
+def shift_right_in_place(logits: torch.Tensor) -> torch.Tensor:
+    """Column i takes column i - 1's values (column 0 keeps its own): the shift of an AR-adapted
+    model's logits without a second [B, T, V] tensor (the sampler's largest). Columns move right to
+    left a chunk at a time, each chunk read before the next one overwrites its source."""
+    B, T, V = logits.shape
+    step = max(1, SHIFT_CHUNK_BYTES // max(1, B * V * logits.element_size()))
+    for stop in range(T, 1, -step):
+        start = max(1, stop - step)
+        logits[:, start:stop] = logits[:, start - 1:stop - 1].clone()
+    return logits
+
+
 @dataclass
 class DLM:
     model: torch.nn.Module
@@ -81,6 +96,8 @@ class DLM:
                **model_kw) -> torch.Tensor:
         """[B, T, V] logits where position i scores token i (shifted for AR-adapted models)."""
         logits = self._forward(input_ids, attention_mask, **model_kw)
+        if self.shift_logits and not logits.requires_grad:     # no graph to keep: shift without a copy
+            return shift_right_in_place(logits)
         if self.shift_logits:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
