@@ -32,7 +32,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
     import yaml
     for conv in (int, float):            # YAML 1.1 reads "1e-4" as a string
         try:
@@ -99,7 +99,7 @@ def build_config(args):
         if "=" not in item:
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        _route(k.strip(), _parse_value(v), method_fields, train_fields, cfg)
+        _route(k.strip(), parse_value(v), method_fields, train_fields, cfg)
     for key in ("train_steps", "optim.train_steps"):
         if key in cfg["overrides"] and "train_steps" not in cfg:
             cfg["train_steps"] = cfg["overrides"].pop(key)

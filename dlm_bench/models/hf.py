@@ -6,6 +6,8 @@ tokenizer config and never hard-coded; a model without one is not a DLM and is r
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import sys
 from dataclasses import dataclass
@@ -16,6 +18,21 @@ import torch
 from dlm_bench.errors import UserError, one_line
 
 ADAPTER_CONFIG = "adapter_config.json"
+# Set by `weights_from_config`: the load-time probe answers to use instead of running the probes.
+_FROM_CONFIG: contextvars.ContextVar[dict | None] = contextvars.ContextVar("weights_from_config", default=None)
+
+
+@contextlib.contextmanager
+def weights_from_config(probes: dict):
+    """Within: a model directory loads with freshly initialised weights built from its config.json
+    (no weight file is read; the snapshots in ../shared/models have none), in the requested dtype.
+    `dlm-bench memory` loads this way under fake tensors, where the load-time probes (which compare
+    logits) cannot run: `probes` gives their answers ({"honours_padding": bool, "gather_logits": bool})."""
+    token = _FROM_CONFIG.set(dict(probes))
+    try:
+        yield
+    finally:
+        _FROM_CONFIG.reset(token)
 
 
 @dataclass(frozen=True)
@@ -120,7 +137,12 @@ def _load_plain(p: Path, dtype, device, trust_remote_code: bool):
         raise UserError(f"{str(p)!r} is not a masked diffusion LM: no mask token id in its config or tokenizer")
     model_type = str(config.get("model_type", "")).lower()
     is_dream = model_type == "dream"
-    model = _load_weights(p, config, dtype, trust_remote_code)
+    probes = _FROM_CONFIG.get()
+    if probes is None:
+        model = _load_weights(p, config, dtype, trust_remote_code)
+    else:
+        from dlm_bench.models.random_init import model_from_config
+        model = model_from_config(p, dtype)
     if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
         raise UserError(f"{str(p)!r} has no language-model head (logits); it is not a DLM")
     model.to(device)
@@ -135,10 +157,10 @@ def _load_plain(p: Path, dtype, device, trust_remote_code: bool):
               eot_id=turn_ends[0] if turn_ends else None, shift_logits=is_dream, four_d_mask=is_dream,
               path=str(p), extra={"model_type": model_type})
     dlm.stop_ids = tuple(sorted({int(eos_id), *turn_ends, *_generation_eos(p)}))
-    dlm.honours_padding = probe_padding(dlm)
+    dlm.honours_padding = probe_padding(dlm) if probes is None else bool(probes["honours_padding"])
     if model_type != tiny_type:           # the tiny model keeps full logits: its demo records are bit-exact
         from dlm_bench.models import output_head
-        dlm.gather_logits = output_head.probe(dlm)
+        dlm.gather_logits = output_head.probe(dlm) if probes is None else bool(probes["gather_logits"])
     if not dlm.honours_padding:
         print(f"note: {p} ignores the attention mask (left padding changes its logits); dlm-bench runs rows "
               f"with different prompt lengths separately, so results do not depend on batch composition",

@@ -171,8 +171,9 @@ def _sampler_config(cfg: TrainConfig, rollout, cls):
     return scfg
 
 
-def plan(cfg: TrainConfig) -> Plan | None:
-    """Validate every setting and load the prompts; None for a method that does not train."""
+def plan(cfg: TrainConfig, problems: list | None = None) -> Plan | None:
+    """Validate every setting and load the prompts (or take `problems`: `dlm-bench memory` needs no
+    benchmark data); None for a method that does not train."""
     from dlm_bench.methods import get_method
     from dlm_bench.tasks import get_task, reward_kind
     cfg.validate()
@@ -184,7 +185,7 @@ def plan(cfg: TrainConfig) -> Plan | None:
     kind = reward_kind(task, getattr(mcfg, "code_reward", "binary"))  # a kind the task lacks fails here
     split = cfg.split or getattr(task, "train_split", None) or "train"
     try:
-        problems = task.load(split)
+        problems = task.load(split) if problems is None else problems
     except (ValueError, FileNotFoundError) as e:
         raise UserError(f"task {cfg.task!r} split {split!r}: {e}") from e
     if not problems:
@@ -326,6 +327,12 @@ class Batch:
     nfe: int
 
 
+def sampler_rows(cfg: TrainConfig, group_size: int) -> int:
+    """The most completions one rollout `sample` call decodes at once: a micro-batch's
+    `micro_prompts` x G, cut at `rollout_chunk`."""
+    return min(cfg.micro_prompts * group_size, cfg.rollout_chunk)
+
+
 def _sample(dlm, prompts_ids, scfg, cfg: TrainConfig, step: int, global_idx: list[int], G: int):
     """G completions per prompt; completion (i, j) seeded by (seed, step, global prompt index i, j)."""
     from dlm_bench.sampler import make_generators, sample
@@ -353,8 +360,6 @@ def rollout(run: Run) -> Batch:
 
 def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
     """Micro-batch m into `out`: its prompts' G completions, rewards and the prepared `Rollouts`."""
-    from dlm_bench.likelihood import ScoredBatch
-    from dlm_bench.methods import Rollouts
     from dlm_bench.tasks import training_rewards
     p, cfg, dlm, step = run.plan, run.cfg, run.dlm, run.step
     P, G = p.mcfg.rollout.batch_prompts, p.mcfg.rollout.group_size
@@ -368,17 +373,26 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
         comps = _sample(dlm, pids, p.scfg, cfg, step, gidx, G)
         texts = [c.text for c in comps]
         rewards = training_rewards(p.task, [q for q in probs for _ in range(G)], texts, p.reward_kind)
-    batch = ScoredBatch.build(dlm, [q for q in pids for _ in range(G)], [c.tokens for c in comps])
-    ro = Rollouts(batch=batch, rewards=torch.tensor(rewards, dtype=torch.float32),
-                  groups=torch.tensor([i for i in gidx for _ in range(G)], dtype=torch.long),
-                  step_map=torch.tensor([c.step_map for c in comps], dtype=torch.long),
-                  seed=derive_seed(cfg.seed, step, m, 0x5EED))
-    with torch.no_grad():
-        run.method.prepare(ro, dlm, run.ref)
-    out.micro.append((m, ro))
+    out.micro.append((m, prepare_micro(run, m, gidx, pids, comps, rewards)))
     out.texts.append(texts)
     out.rewards.append(rewards)
     out.nfe += sum(c.nfe for c in comps)
+
+
+def prepare_micro(run: Run, m: int, gidx: list[int], pids: list[list[int]], comps: list, rewards: list[float]):
+    """Micro-batch m as the method sees it: prompts `pids` (global indices `gidx`), G completions each
+    (`tokens` and `step_map`), their rewards; `prepare`d under no_grad."""
+    from dlm_bench.likelihood import ScoredBatch
+    from dlm_bench.methods import Rollouts
+    G = run.plan.mcfg.rollout.group_size
+    batch = ScoredBatch.build(run.dlm, [q for q in pids for _ in range(G)], [c.tokens for c in comps])
+    ro = Rollouts(batch=batch, rewards=torch.tensor(rewards, dtype=torch.float32),
+                  groups=torch.tensor([i for i in gidx for _ in range(G)], dtype=torch.long),
+                  step_map=torch.tensor([c.step_map for c in comps], dtype=torch.long),
+                  seed=derive_seed(run.cfg.seed, run.step, m, 0x5EED))
+    with torch.no_grad():
+        run.method.prepare(ro, run.dlm, run.ref)
+    return ro
 
 
 # ----------------------------------------------------------------------------- stage: update
