@@ -146,15 +146,19 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return getattr(t, "_local_tensor", t)          # a DTensor's shard on this rank (FSDP2)
 
 
-def storage_kinds(modules, opt=None) -> dict[int, str]:
-    """{storage key: kind} for the parameters of `modules` (trainable: the optimizer's; frozen: the
-    rest), their gradients and the optimizer's state, as `LiveBytes` reports them at a peak."""
+def storage_kinds(modules, opt=None, gathered: bool = False) -> dict[int, str]:
+    """{storage key: kind} for what `LiveBytes` reports at a peak: the optimizer's parameters
+    (trainable; FSDP2: this rank's shards) with their gradients and state, the other parameters of
+    `modules` (frozen weights; with `gathered`, FSDP2's unsharded copies of the policy's parameters,
+    which stand in the modules' places while they compute)."""
     kinds: dict[int, str] = {}
-    trainable = {id(p) for g in (opt.param_groups if opt is not None else ()) for p in g["params"]}
-    for m in modules:
+    for i, m in enumerate(modules):
         for p in m.parameters():
-            kinds[_local(p).untyped_storage()._cdata] = \
-                "trainable parameters" if id(p) in trainable else "frozen weights"
+            kinds[_local(p).untyped_storage()._cdata] = "gathered parameters" if gathered and i == 0 \
+                else "frozen weights"
+    for g in (opt.param_groups if opt is not None else ()):
+        for p in g["params"]:
+            kinds[_local(p).untyped_storage()._cdata] = "trainable parameters"
             if p.grad is not None:
                 kinds[_local(p.grad).untyped_storage()._cdata] = "gradients"
     for state in (opt.state.values() if opt is not None else ()):
@@ -167,11 +171,15 @@ def storage_kinds(modules, opt=None) -> dict[int, str]:
 # ----------------------------------------------------------------------------- the two measurements
 
 def measure_training(cfg: TrainConfig, *, prompt_length: int = 256, rows: int | None = None, world: int = 1,
-                     fake: bool = True, probes: dict | None = None, progress=None) -> Measurement:
+                     chunks: int | None = None, fake: bool = True, probes: dict | None = None,
+                     progress=None) -> Measurement:
     """Build, prepare + update twice, then one rollout sampler step, each a counted stage.
-    `rows`: completions in the sampler call (default: the loop's, `sampler_rows`)."""
+    `rows`: completions in the sampler call (default: the loop's, `sampler_rows`). Each measured
+    update is one optimizer step (the first of the mu passes; the others repeat its shapes) over
+    the micro-batch's backward chunks, the first `chunks` of them if given (from the second chunk on,
+    each repeats the one before with the gradients already accumulated)."""
     from dlm_bench.distributed import Dist
-    from dlm_bench.training.parallel import gathered
+    from dlm_bench.training.parallel import gathered, is_sharded
     cfg.dtype, cfg.device = cfg.dtype or "bfloat16", "cpu"    # bfloat16: what `load_model` picks on a GPU
     p = plan(cfg, problems=[None])
     if p is None:
@@ -186,7 +194,8 @@ def measure_training(cfg: TrainConfig, *, prompt_length: int = 256, rows: int | 
             run = build(p, Dist(0, world, 0), torch.device("cpu"), None, {"step": 0, "opt_step": 0})
         ref_model = getattr(run.ref, "model", None) if run.ref is not None and not run.lora else None
         modules = [run.dlm.model, run.method.extra_modules] + ([ref_model] if ref_model is not None else [])
-        tracker.kinds = lambda: storage_kinds(modules, run.opt)
+        sharded = is_sharded(run.dlm.model)
+        tracker.kinds = lambda: storage_kinds(modules, run.opt, gathered=sharded)
         pids = synthetic_prompts(run.dlm, n_prompts, prompt_length, seed=1)
         comps = synthetic_completions(run.dlm, n_prompts * G, p.scfg, seed=2)
         rewards = [float(i % 2 == 0) for i in range(n_prompts * G)]
@@ -197,8 +206,8 @@ def measure_training(cfg: TrainConfig, *, prompt_length: int = 256, rows: int | 
             with tracker.stage(f"prepare {i}"), gathered(run.dlm.model):
                 ro = prepare_micro(run, 0, list(range(n_prompts)), pids, comps, rewards)
             tick(f"update {i}")
-            with tracker.stage(f"update {i} ({what})"):
-                update(run, Batch([(0, ro)], [], [], 0))
+            with tracker.stage(f"update {i} ({what})"), _one_pass(p.mcfg.optim):
+                update(run, Batch([(0, _first_chunks(run, ro, chunks))], [], [], 0))
         run.dlm.model.eval()
         tick("rollout sampler step")
         with tracker.stage(f"rollout sampler step ({rows} rows, steady state)"), gathered(run.dlm.model):
@@ -228,6 +237,26 @@ def measure_eval(model: str, scfg: SamplerConfig, *, rows: int = 16, prompt_leng
              f"noise {scfg.noise_dtype}", _probe_note(probes)]
     return Measurement(f"evaluation of {model}", tracker.stages, notes,
                        dict(shadows.placeholders) if shadows else {})
+
+
+def _first_chunks(run, ro, chunks: int | None):
+    """The micro-batch cut to its first `chunks` backward chunks (the method's own row selection)."""
+    n, size = ro.rewards.numel(), run.cfg.micro_batch_size
+    if chunks is None or chunks * size >= n:
+        return ro
+    return run.method.select(ro, torch.arange(chunks * size))
+
+
+@contextlib.contextmanager
+def _one_pass(optim):
+    """`update` makes one pass over the batch (mu = 1): `prepare` has already made what later passes
+    read (old scores for mu > 1), and every pass has the same shapes."""
+    was = optim.inner_updates
+    optim.inner_updates = 1
+    try:
+        yield
+    finally:
+        optim.inner_updates = was
 
 
 def _probe_note(probes: dict) -> str:

@@ -22,7 +22,7 @@ def gib(n: int) -> str:
     return f"{n / GIB:.2f}"
 
 
-ORDER = ("frozen weights", "trainable parameters", "gradients", "optimizer state", "other")
+ORDER = ("frozen weights", "gathered parameters", "trainable parameters", "gradients", "optimizer state", "other")
 
 
 def _alive(s: StagePeak) -> str:

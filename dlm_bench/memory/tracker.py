@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper
 from torch.utils._pytree import tree_leaves
 
 TOP = 3                 # the largest live storages reported at each peak
-PARAMETERS = ("frozen weights", "trainable parameters")
+PARAMETERS = ("frozen weights", "gathered parameters", "trainable parameters")
 
 
 @dataclass(frozen=True)
