@@ -55,6 +55,7 @@ class SweepConfig:
     threshold: float | None = None              # parallel decoding threshold (None: the fixed schedule)
     cache: str = "none"                         # block KV cache: none | prefix | dual
     noise_dtype: str = "float64"                # Gumbel noise precision (hashed only when not float64)
+    memory_check: bool = True                   # on a GPU, refuse a batch predicted not to fit (models/footprint.py)
 
     def validated(self) -> "SweepConfig":
         ks = tuple(sorted({int(k) for k in self.ks}))
@@ -276,6 +277,8 @@ def _sweep(cfg: SweepConfig, *, dlm=None, rank: int | None = None, world: int | 
     if todo and rank == 0:
         _record_model(store.dir, dlm)
     prompt_cache: dict[str, list[int]] = {}
+    if todo and cfg.memory_check and dlm.device.type == "cuda":
+        _check_fits(dlm, task, cfg, mine, cells, prompt_cache)
 
     bar = None
     if progress and todo:
@@ -348,6 +351,21 @@ def _record_model(out: Path, dlm) -> None:
     tmp = out / ".model.json.tmp"
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp, out / "model.json")
+
+
+def _check_fits(dlm, task, cfg, problems, cells, prompt_cache) -> None:
+    """Refuse a batch size the memory model predicts will not fit the GPU (`models/footprint.py`):
+    the batch's rows at the longest prompt of this run plus its longest window."""
+    from dlm_bench.models.footprint import parameter_bytes, refuse_unless_fits, sampler_bytes
+    for p in problems:
+        if p.id not in prompt_cache:
+            prompt_cache[p.id] = dlm.prompt_ids(task.prompt(p))
+    rows = min(cfg.batch_size, len(problems) * cfg.n)
+    width = max(len(v) for v in prompt_cache.values()) + max(c.gen_length for c in cells)
+    block = max(c.sampler.block_length for c in cells)
+    need = parameter_bytes(dlm.model) + sampler_bytes(dlm, rows, width, block, cfg.noise_dtype)
+    refuse_unless_fits(need, dlm.device, f"a batch of {rows} samples of {width} tokens",
+                       "lower --batch-size", "--no-memory-check")
 
 
 def _run_batch(store, dlm, task, cfg, cell, batch, prompt_cache, sample, make_generators) -> None:

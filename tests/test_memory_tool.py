@@ -167,3 +167,53 @@ def test_memory_command_bad_input_is_one_line(argv, message, tiny_dir, capsys):
 def test_memory_command_needs_a_model_directory(tmp_path, capsys):
     assert main(["memory", str(tmp_path / "none")]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the fit check
+
+def test_footprint_predicts_the_tracer(real_dirs):
+    """The cheap model `passk`/`train` check on a GPU against the tracer, on tiny real LLaDA: a sampler
+    call's peak, and what a LoRA run keeps resident between steps."""
+    from dlm_bench.models.footprint import parameter_bytes, sampler_bytes, training_resident_bytes
+    dlm = load_model(real_dirs[LLADA_FIX], device="cpu")
+    for rows, length in ((2, 16), (6, 32)):
+        scfg = SamplerConfig(gen_length=length, block_length=8, steps=length, temperature=0.9)
+        m = measure_eval(real_dirs[LLADA_FIX], scfg, rows=rows, prompt_length=8, dtype=torch.float32, probes=PROBES)
+        predicted = parameter_bytes(dlm.model) + sampler_bytes(dlm, rows, 8 + length, 8)
+        assert abs(predicted / m.stage("eval").peak - 1) < 0.05, (rows, predicted, m.stage("eval").peak)
+    cfg = TrainConfig(method="espo", task="gsm8k", model=real_dirs[LLADA_FIX], dtype="float32", overrides=dict(SMALL))
+    m = measure_training(cfg, prompt_length=6, probes=PROBES)
+    from dlm_bench.methods import get_method
+    from dlm_bench.training.policy import lora_spec
+    spec = lora_spec(get_method("espo").config_for("gsm8k", dict(SMALL)).lora)
+    lora = load_model(real_dirs[LLADA_FIX], device="cpu", lora=spec)
+    resident = training_resident_bytes(lora, lora=True, reference_copy=False)
+    assert abs(resident / m.stage("prepare 2").start - 1) < 0.01, (resident, m.stage("prepare 2").start)
+
+
+def test_a_batch_that_cannot_fit_is_refused_in_one_line(monkeypatch):
+    """On a (pretend) 4 GiB GPU the check names what to lower and the override flag; on the CPU it
+    does nothing, whatever the numbers."""
+    from dlm_bench.errors import UserError
+    from dlm_bench.models.footprint import GIB, refuse_unless_fits
+    refuse_unless_fits(100 * GIB, torch.device("cpu"), "x", "lower y", "--no-memory-check")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"total_memory": 4 * GIB})())
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "a small GPU")
+    refuse_unless_fits(GIB // 4, torch.device("cuda"), "x", "lower y", "--no-memory-check")
+    with pytest.raises(UserError, match="lower --batch-size, or pass --no-memory-check") as e:
+        refuse_unless_fits(4 * GIB, torch.device("cuda"), "a batch", "lower --batch-size", "--no-memory-check")
+    assert "\n" not in str(e.value)
+
+
+def test_memory_check_flags_reach_the_configs(tiny_dir):
+    from dlm_bench.commands import passk, train
+    p = __import__("argparse").ArgumentParser()
+    train.add_arguments(p)
+    args = p.parse_args(["espo", "--task", "testbed", "--model", tiny_dir, "--no-memory-check"])
+    assert train.build_config(args).memory_check is False
+    assert train.build_config(p.parse_args(["espo", "--task", "testbed", "--model", tiny_dir])).memory_check is True
+    q = __import__("argparse").ArgumentParser()
+    passk.add_arguments(q)
+    args = q.parse_args(["--model", tiny_dir, "--method", "base", "--task", "testbed", "--no-memory-check"])
+    assert passk.config_from_args(args).memory_check is False

@@ -56,7 +56,10 @@ def add_arguments(p) -> None:
                    help="steps = ratio x gen length when --steps is not given")
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
     add_decoding_arguments(p)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="samples decoded together (memory and speed only; no effect on any sample)")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="on a GPU, do not refuse a batch the memory model predicts will not fit (docs/memory.md)")
     p.add_argument("--seed", type=int, default=0, help="base seed (part of the config hash)")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
     p.add_argument("--split", default=None, help="task split (default: its evaluation split)")
@@ -105,7 +108,7 @@ def config_from_args(args):
                        batch_size=args.batch_size, seed=args.seed, out=out, data_dir=args.data_dir,
                        limit=args.limit, split=args.split, device=args.device,
                        answer_mode=args.answer_mode, threshold=args.threshold, cache=args.cache,
-                       noise_dtype=args.noise_dtype).validated()
+                       noise_dtype=args.noise_dtype, memory_check=not args.no_memory_check).validated()
 
 
 def run(args) -> int:

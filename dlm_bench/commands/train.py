@@ -30,6 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="any method, loop or sampler.* setting; repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-memory-check", action="store_true",
+                        help="on a GPU, do not refuse settings the memory model predicts will not fit (docs/memory.md)")
 
 
 def parse_value(text: str):
@@ -95,6 +97,8 @@ def build_config(args):
         v = getattr(args, flag)
         if v is not None:
             cfg[key] = v
+    if getattr(args, "no_memory_check", False):
+        cfg["memory_check"] = False
     for item in args.sets:
         if "=" not in item:
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")

@@ -5,17 +5,9 @@ from __future__ import annotations
 from dlm_bench.memory.measure import Measurement
 from dlm_bench.memory.tracker import StagePeak
 
-GIB = 2 ** 30
-# Not seen by counting storages; an assumption, not a measurement (docs/memory.md): the CUDA context
-# and cuBLAS workspaces (about 0.5-1 GiB on an H100 with CUDA 12), and the caching allocator's
-# reserved bytes above the allocated ones (rounding to its block sizes, fragmentation).
-CONTEXT_BYTES = 1 * GIB
-FRAGMENTATION = 0.05
-
-
-def device_bytes(allocated: int) -> int:
-    """Device memory to plan for, given a fake-tensor allocated peak: the assumption above."""
-    return int(allocated * (1 + FRAGMENTATION) + CONTEXT_BYTES)
+# Not seen by counting storages, an assumption (docs/memory.md): the CUDA context and cuBLAS
+# workspaces, and the caching allocator's reserved bytes above the allocated ones.
+from dlm_bench.models.footprint import CONTEXT_BYTES, FRAGMENTATION, GIB, overhead as device_bytes
 
 
 def gib(n: int) -> str:

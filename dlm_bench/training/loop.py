@@ -50,6 +50,7 @@ from dlm_bench.config import derive_seed
 from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params, init_distributed, lockstep,
                                    not_replicated, replicate, shard, sum_gradients, sum_over_ranks)
 from dlm_bench.errors import UserError
+from dlm_bench.training.fit import check_fits
 from dlm_bench.training.schedule import lr_multiplier, step_prompts, warmup_updates
 from dlm_bench.training.parallel import grad_norm_and_clip, is_sharded, loss_scale, plain_params
 
@@ -78,6 +79,7 @@ class TrainConfig:
     minutes: float | None = None          # stop (and save) after this much wall-clock time
     gradient_checkpointing: bool | None = None   # None: on for models other than the built-in tiny one
     parallel: str = "auto"                # >1 process: "ddp" | "fsdp" | "auto" (fsdp for full fine-tuning, ddp for LoRA)
+    memory_check: bool = True             # on a GPU, refuse settings predicted not to fit (training/fit.py)
 
     def validate(self) -> "TrainConfig":
         if not self.model and self.method != "base":
@@ -120,7 +122,7 @@ def _identity(config: dict) -> dict:
     """Settings a resumed run must share (its length, budget, checkpointing and device may change)."""
     return {k: v for k, v in config.items()
             if k not in ("train_steps", "save_every", "minutes", "device", "rollout_chunk", "out", "parallel",
-                         "gradient_checkpointing")}
+                         "gradient_checkpointing", "memory_check")}
 
 
 def _flat(config: dict) -> dict:
@@ -560,6 +562,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     with (folder_lock(cfg.out, what="training folder") if d.main else _nothing()):
         ckpt, state = resume(cfg, d)
         run = build(p, d, device, ckpt, state)
+        check_fits(run, sampler_rows(cfg, p.mcfg.rollout.group_size))
         if p.mcfg.rollout.source == "offline":
             from dlm_bench.training.trajectories import collect
             run.trajectories = collect(run)
