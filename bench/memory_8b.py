@@ -68,13 +68,26 @@ def _baseline_sampler(rev: str):
     return module
 
 
+def _probes(model: str) -> dict:
+    """`probe_answers` once per model snapshot (a tiny model built and loaded: seconds of CPU each)."""
+    import tempfile
+
+    from dlm_bench.memory.measure import probe_answers
+    cache = Path(tempfile.gettempdir()) / "dlm-bench-memory-8b-probes.json"
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    if model not in known:
+        known[model] = probe_answers(model)
+        cache.write_text(json.dumps(known))
+    return known[model]
+
+
 def child(spec: dict) -> dict:
     import dlm_bench.memory.measure as measure
-    from dlm_bench.memory.measure import measure_eval, measure_training, probe_answers
+    from dlm_bench.memory.measure import measure_eval, measure_training
     from dlm_bench.sampler import SamplerConfig
     from dlm_bench.training.loop import TrainConfig
     model = snapshot(MODELS[spec["model"]])
-    probes = probe_answers(model)
+    probes = _probes(model)
     t0 = time.time()
     if spec["kind"] == "eval":
         if spec.get("baseline"):
@@ -147,8 +160,101 @@ def run_all(args) -> dict:
     return done
 
 
+def _gib(n) -> str:
+    return f"{n / GIB:.2f}"
+
+
+def _stage(r: dict, prefix: str) -> dict:
+    return next(s for s in r["stages"] if s["name"].startswith(prefix))
+
+
+def _fits(peak: int) -> str:
+    from dlm_bench.models.footprint import overhead
+    need = overhead(peak)
+    return f"{need / 1e9:.0f} GB {'yes' if need <= 80e9 else '**no**'}"
+
+
+def eval_table(results: dict, models) -> list[str]:
+    rows = ["| model | rows | before: sampler of 866874c | after | after / before | largest tensors at the peak (after) |",
+            "|---|---|---|---|---|---|"]
+    for model in models:
+        for k, r in results.items():
+            spec = json.loads(k)
+            if spec["kind"] != "eval" or spec["model"] != model or spec.get("baseline"):
+                continue
+            before = results.get(key({**spec, "baseline": "866874c"}))
+            step, top = _stage(r, "eval"), ""
+            top = "; ".join(f"`{w}` {_gib(n)}" for w, n in step["largest"][:2])
+            was = _stage(before, "eval")["peak"] if before else None
+            rows.append(f"| {model} | {spec['rows']} | {_gib(was) if was else 'not run'} | {_gib(step['peak'])} | "
+                        f"{step['peak'] / was:.2f} | {top} |" if was else
+                        f"| {model} | {spec['rows']} | not run | {_gib(step['peak'])} | | {top} |")
+    return rows
+
+
+def train_table(results: dict, models, world: int = 1) -> list[str]:
+    rows = ["| model | method | trains | window | resident | prepare | update 1 | update 2 | rollout step (rows) "
+            "| peak + assumed overhead, fits 80 GB? |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for model in models:
+        for k, r in results.items():
+            spec = json.loads(k)
+            if spec["kind"] != "train" or spec["model"] != model or spec.get("world", 1) != world:
+                continue
+            notes = r["notes"]
+            trains = "LoRA" if "LoRA" in notes[0] else "full"
+            window = notes[1].split("P 256 + ")[1].split(",")[0]
+            sets = ", ".join(f"{a} {b}" for a, b in spec.get("sets", {}).items() if a != "steps")
+            roll = _stage(r, "rollout")
+            rows_n = roll["name"].split("(")[1].split(" ")[0]
+            peak = max(s["peak"] for s in r["stages"])
+            rows.append(f"| {model} | {spec['method']}{' (' + sets + ')' if sets else ''} | {trains} | {window} | "
+                        f"{_gib(_stage(r, 'prepare 2')['start'])} | {_gib(_stage(r, 'prepare 2')['peak'])} | "
+                        f"{_gib(_stage(r, 'update 1')['peak'])} | {_gib(_stage(r, 'update 2')['peak'])} | "
+                        f"{_gib(roll['peak'])} ({rows_n}) | {_fits(peak)} |")
+    return rows
+
+
+def _dims(model: str) -> tuple[int, int]:
+    cfg = json.loads((Path(snapshot(MODELS[model])) / "config.json").read_text())
+    return (cfg.get("num_hidden_layers") or cfg["n_layers"]), (cfg.get("hidden_size") or cfg["d_model"])
+
+
+def update_coefficients(results: dict) -> dict[str, float]:
+    """`footprint.UPDATE_BYTES`: per method, the larger over the models of what its steady-state update
+    (less one set of in-flight gradients) or `prepare` adds to the resident state, per (completion in a
+    backward chunk x token x layers x hidden width), at the method's defaults."""
+    from dlm_bench.methods import get_method
+    from dlm_bench.training.loop import TrainConfig
+    out: dict[str, float] = {}
+    for k, r in results.items():
+        spec = json.loads(k)
+        if spec["kind"] != "train" or spec.get("world", 1) != 1 or spec.get("sets", {}).get("gen_length"):
+            continue
+        mcfg = get_method(spec["method"]).config_for("gsm8k", dict(spec.get("sets", {})))
+        mbs = spec.get("sets", {}).get("micro_batch_size", TrainConfig.micro_batch_size)
+        layers, hidden = _dims(spec["model"])
+        upd, prep = _stage(r, "update 2"), _stage(r, "prepare 2")
+        above = max(upd["peak"] - upd["by_kind"].get("trainable parameters", 0), prep["peak"]) - prep["start"]
+        per = max(0, above) / (mbs * (256 + mcfg.rollout.gen_length) * layers * hidden)
+        out[spec["method"]] = max(out.get(spec["method"], 0.0), round(per, 2))
+    return out
+
+
 def tables(results: dict) -> str:
-    return json.dumps({k: max(v["stages"], key=lambda s: s["peak"])["peak"] / GIB for k, v in results.items()}, indent=1)
+    models = sorted({json.loads(k)["model"] for k in results}, key=list(MODELS).index)
+    out = ["Sampler step, evaluation (plain model, P 256 + G 512, block 32, T 0.9, float64 noise), GiB of "
+           "fake-tensor allocated bytes:", ""] + eval_table(results, models)
+    out += ["", "Training at each method's defaults (GSM8K recipe, P 256, one micro-batch, two updates of at most "
+            "2 backward chunks, then the rollout sampler step), GiB of fake-tensor allocated bytes:", ""]
+    out += train_table(results, models)
+    worlds = sorted({json.loads(k).get("world", 1) for k in results} - {1})
+    for w in worlds:
+        out += ["", f"Full fine-tuning on rank 0 of {w} (FSDP2), GiB of fake-tensor allocated bytes:", ""]
+        out += train_table(results, models, w)
+    out += ["", f"footprint.UPDATE_BYTES = {update_coefficients(results)}"]
+    out += ["", "| " + " | ".join(f"{name} ({snap})" for name, snap in PENDING.items())
+            + " |", "|---|---|", "| pending the block-diffusion loader | pending the block-diffusion loader |"]
+    return "\n".join(out)
 
 
 def main() -> None:

@@ -44,7 +44,10 @@ class SweepConfig:
     steps: int | None = None                    # None: steps_per_token * gen_length
     steps_per_token: float = 1.0
     remasking: str = "low_confidence"
-    batch_size: int = 16
+    # 32: the most rows whose sampler call fits 80 GB on LLaDA-8B and Dream-7B at the longest prompt of
+    # the paper's tasks (MBPP, 3,829 tokens) + 512 + a block of 32 (docs/memory.md: per row (width + block)
+    # x vocab x 2 B, measured by `dlm-bench memory`; Dream: 1.24 GiB/row, 45 rows; LLaDA: 53 rows)
+    batch_size: int = 32
     seed: int = 0                               # base seed, part of the config hash
     out: str = "results/passk"
     data_dir: str | None = None

@@ -56,8 +56,9 @@ def add_arguments(p) -> None:
                    help="steps = ratio x gen length when --steps is not given")
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
     add_decoding_arguments(p)
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="samples decoded together (memory and speed only; no effect on any sample)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="samples decoded together (memory and speed only; no effect on any sample); the "
+                        "default fits 80 GB at 8B for the paper's tasks (docs/memory.md)")
     p.add_argument("--no-memory-check", action="store_true",
                    help="on a GPU, do not refuse a batch the memory model predicts will not fit (docs/memory.md)")
     p.add_argument("--seed", type=int, default=0, help="base seed (part of the config hash)")

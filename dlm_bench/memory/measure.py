@@ -195,7 +195,8 @@ def measure_training(cfg: TrainConfig, *, prompt_length: int = 256, rows: int | 
         ref_model = getattr(run.ref, "model", None) if run.ref is not None and not run.lora else None
         modules = [run.dlm.model, run.method.extra_modules] + ([ref_model] if ref_model is not None else [])
         sharded = is_sharded(run.dlm.model)
-        tracker.kinds = lambda: storage_kinds(modules, run.opt, gathered=sharded)
+        built = storage_kinds(modules, run.opt)      # kept: a module swapped out for a moment stays named
+        tracker.kinds = lambda: {**built, **storage_kinds(modules, run.opt, gathered=sharded)}
         pids = synthetic_prompts(run.dlm, n_prompts, prompt_length, seed=1)
         comps = synthetic_completions(run.dlm, n_prompts * G, p.scfg, seed=2)
         rewards = [float(i % 2 == 0) for i in range(n_prompts * G)]
@@ -228,7 +229,8 @@ def measure_eval(model: str, scfg: SamplerConfig, *, rows: int = 16, prompt_leng
         tick("load")
         with tracker.stage("load"), weights_from_config(probes):
             dlm = load_model(model, dtype=dtype, device="cpu")
-        tracker.kinds = lambda: storage_kinds([dlm.model])
+        built = storage_kinds([dlm.model])
+        tracker.kinds = lambda: {**built, **storage_kinds([dlm.model])}
         tick("eval sampler step")
         with tracker.stage(f"eval sampler step ({rows} rows)"):
             sampler_step(dlm, rows, prompt_length, scfg)

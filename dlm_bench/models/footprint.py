@@ -10,23 +10,26 @@ What the measurements show (LLaDA-8B, Dream-7B, bf16, P 256 + G 512):
 - training adds what stays resident between steps: trainable parameters, their gradients (the last
   update's, alive through the next rollout) and AdamW's two moments, in the trainable dtype (peft's
   adapters are fp32), plus a frozen copy of the weights for full fine-tuning with a reference;
-- an update adds, above that, one set of in-flight gradients and the backward chunk's activations,
-  per completion-token and per layer x hidden width a method's own coefficient (`UPDATE_BYTES`).
+- an update adds, above that, one set of in-flight gradients (or AdamW's foreach temporary at its
+  step) and the backward chunk's activations (or `prepare`'s no-grad scoring, when larger): per
+  completion in a chunk x token x layers x hidden width, a method's own coefficient (`UPDATE_BYTES`).
 The device overhead that counting cannot see is an assumption (`overhead`), as in `dlm-bench memory`.
 """
 from __future__ import annotations
 
 from dlm_bench.errors import UserError
+from dlm_bench.models import SHIFT_CHUNK_BYTES
 
 GIB = 2 ** 30
 CONTEXT_BYTES = 1 * GIB          # CUDA context and cuBLAS workspaces (an assumption, not measured here)
 FRAGMENTATION = 0.05             # caching-allocator rounding and fragmentation (an assumption)
 NOISE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2}
 
-# Bytes of activations per (completion in a backward chunk) x (token of prompt + window) x (layers x
-# hidden width), above the resident state and one set of in-flight gradients, at the peak of an
-# update (steady state), from `bench/memory_8b.py` (the larger of LLaDA-8B and Dream-7B, defaults;
-# docs/memory.md lists the measurements). A method that is not listed is checked without it.
+# Bytes per (completion in a backward chunk) x (token of prompt + window) x (layers x hidden width)
+# that a steady-state update adds above the resident state and one set of in-flight gradients (or
+# `prepare` above the resident state, when larger), at each method's defaults: `bench/memory_8b.py
+# --markdown` prints this dict from its measurements (the larger of LLaDA-8B and Dream-7B;
+# docs/memory.md has the tables). A method that is not listed (a plugin) is checked without it.
 UPDATE_BYTES: dict[str, float] = {}
 
 
@@ -57,7 +60,7 @@ def sampler_bytes(dlm, rows: int, width: int, block: int, noise_dtype: str = "fl
     (the block's logits and their softmax)."""
     _, _, vocab = _dims(dlm.model)
     logit, noise = next(dlm.model.parameters()).element_size(), NOISE_BYTES.get(noise_dtype, 8)
-    forward = rows * (width + block) * vocab * logit
+    forward = rows * (width + block) * vocab * logit + (SHIFT_CHUNK_BYTES if dlm.shift_logits else 0)
     draw = rows * block * vocab * logit + (width + block) * vocab * noise
     return max(forward, draw, 2 * rows * block * vocab * logit)
 

@@ -73,7 +73,11 @@ class TrainConfig:
     data_dir: str | None = None
     device: str | None = None             # None: cuda if available, else cpu (per rank under torchrun)
     dtype: str | None = None              # None: bf16 on GPU, fp32 on CPU
-    rollout_chunk: int = 64               # completions per sampler call (memory only; no effect on results)
+    # rollout_chunk: completions per sampler call (memory only; no effect on results). 64: its sampler call at
+    # P 256 + G 512 measured by `dlm-bench memory` (docs/memory.md) is 27.0 GiB (LLaDA-8B) / 28.7 GiB (Dream-7B)
+    # allocated, + a LoRA run's resident state (about 5 GiB): about 37 GB with the assumed overhead, under 80 GB
+    # with room for prompts up to about 2,000 tokens; rule: a power of two that fits at that prompt length.
+    rollout_chunk: int = 64
     micro_prompts: int = 1                # prompts (whole groups) per rollout/prepare micro-batch
     micro_batch_size: int = 4             # completions (each with all its mask draws) per backward
     minutes: float | None = None          # stop (and save) after this much wall-clock time
@@ -562,7 +566,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     with (folder_lock(cfg.out, what="training folder") if d.main else _nothing()):
         ckpt, state = resume(cfg, d)
         run = build(p, d, device, ckpt, state)
-        check_fits(run, sampler_rows(cfg, p.mcfg.rollout.group_size))
+        offline = p.mcfg.rollout.source == "offline"       # the base model's trajectories: rollout_chunk per call
+        check_fits(run, cfg.rollout_chunk if offline else sampler_rows(cfg, p.mcfg.rollout.group_size))
         if p.mcfg.rollout.source == "offline":
             from dlm_bench.training.trajectories import collect
             run.trajectories = collect(run)
