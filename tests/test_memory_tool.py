@@ -157,6 +157,7 @@ def test_memory_command_prints_stages_peak_and_assumption(tiny_dir, capsys):
     (["--method", "base", "--set", "lr=1"], "sampler."),
     (["--method", "base", "--world-size", "2"], "world-size"),
     (["--set", "bogus=1"], "bogus"),
+    (["--world-size", "2", "--set", "lora_r=2"], "DDP"),
 ])
 def test_memory_command_bad_input_is_one_line(argv, message, tiny_dir, capsys):
     assert main(["memory", tiny_dir, "--no-progress", *argv]) == 2
@@ -217,3 +218,12 @@ def test_memory_check_flags_reach_the_configs(tiny_dir):
     passk.add_arguments(q)
     args = q.parse_args(["--model", tiny_dir, "--method", "base", "--task", "testbed", "--no-memory-check"])
     assert passk.config_from_args(args).memory_check is False
+
+
+def test_fsdp_with_the_gathered_head_runs(real_dirs):
+    """FSDP2 on a model whose scores gather the head (LLaDA): the head's weight is a shard outside the
+    model's forward, so scores take the full-logits path under FSDP (the fake run found the crash)."""
+    cfg = TrainConfig(method="trafl", task="gsm8k", model=real_dirs[LLADA_FIX], dtype="float32", parallel="fsdp",
+                      overrides=dict(SMALL))
+    m = measure_training(cfg, prompt_length=6, world=2, probes=PROBES)
+    assert m.stage("update 2").by_kind.get("optimizer state", 0) > 0

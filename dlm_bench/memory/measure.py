@@ -184,6 +184,7 @@ def measure_training(cfg: TrainConfig, *, prompt_length: int = 256, rows: int | 
     p = plan(cfg, problems=[None])
     if p is None:
         raise UserError(f"method {cfg.method!r} does not train; measure evaluation with --method base")
+    _refuse_ddp(cfg, p.mcfg, world)
     probes = probes if probes is not None else probe_answers(cfg.model)
     G, n_prompts = p.mcfg.rollout.group_size, min(cfg.micro_prompts, p.mcfg.rollout.batch_prompts)
     rows = rows or sampler_rows(cfg, G)
@@ -241,6 +242,16 @@ def measure_eval(model: str, scfg: SamplerConfig, *, rows: int = 16, prompt_leng
                        dict(shadows.placeholders) if shadows else {})
 
 
+def _refuse_ddp(cfg: TrainConfig, mcfg, world: int) -> None:
+    """DDP's C++ reducer reads parameter data at construction, which fake tensors do not have."""
+    from dlm_bench.training.policy import lora_spec
+    lora = lora_spec(mcfg.lora) is not None
+    if world > 1 and (cfg.parallel == "ddp" or (cfg.parallel == "auto" and lora)):
+        raise UserError("DDP (LoRA under torchrun) cannot run under fake tensors; a DDP rank holds what one process "
+                        "holds plus DDP's gradient buckets (one more copy of the trainable gradients): measure "
+                        "--world-size 1, or --set parallel=fsdp")
+
+
 def _first_chunks(run, ro, chunks: int | None):
     """The micro-batch cut to its first `chunks` backward chunks (the method's own row selection)."""
     n, size = ro.rewards.numel(), run.cfg.micro_batch_size
@@ -273,7 +284,7 @@ def _training_notes(run, p, cfg: TrainConfig, n_prompts: int, rows: int, prompt_
     trainable = sum(q.numel() for q in run.params)
     lora = p.mcfg.lora
     how = f"LoRA r {lora.r} (adapters in fp32, peft's default)" if run.lora else "full fine-tuning"
-    par = "" if world == 1 else f"; rank 0 of {world} ({'DDP' if run.lora else 'FSDP2'}, fake process group)"
+    par = "" if world == 1 else f"; rank 0 of {world} (FSDP2 over a fake process group; DDP is refused)"
     return [f"{run.dlm.num_parameters() / 1e9:.2f} B parameters ({cfg.dtype}), {how}: {trainable / 1e6:.1f} M "
             f"trainable{par}",
             f"one micro-batch of {n_prompts} prompt(s) x G {p.mcfg.rollout.group_size}, P {prompt_length} + "

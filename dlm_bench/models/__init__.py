@@ -112,9 +112,10 @@ class DLM:
 
     def logits_head(self):
         """The output head as a function hidden [..., H] -> logits [..., V] when scores may gather
-        (`gather_logits`), else None (scores then take full logits)."""
+        (`gather_logits`), else None (scores then take full logits). Not under FSDP2: the head's
+        weight is a shard outside the model's forward (found by `dlm-bench memory --world-size`)."""
         from dlm_bench.models import output_head
-        return output_head.head(self) if self.gather_logits else None
+        return output_head.head(self) if self.gather_logits and not output_head.sharded(self.model) else None
 
     def bound_memory(self, checkpointing: bool | None, micro_batch_size: int) -> None:
         """Training memory bounds (docs/memory.md): gradient checkpointing, and for models other than
