@@ -109,16 +109,29 @@ def key(spec: dict) -> str:
     return json.dumps(spec, sort_keys=True)
 
 
-# Cheapest and most asked first. JustGRPO scores every completion one token at a time (G forward rows
-# per completion, all kept for one backward): measured at micro_batch_size 1, its fastest setting.
-ORDER = ("trafl", "espo", "tabom", "tracerl", "diffu_grpo", "wd1", "spg", "justgrpo")
+# The paper's methods first (configs/paper.yaml), then the baselines. JustGRPO scores every completion one
+# token at a time (G forward rows per completion, all kept for one backward): measured at
+# micro_batch_size 1, its smallest setting.
+ORDER = ("trafl", "espo", "tabom", "tracerl", "justgrpo", "diffu_grpo", "wd1", "spg")
+PAPER = ("trafl", "espo", "tabom", "tracerl", "justgrpo")
 SETS = {"justgrpo": {"micro_batch_size": 1}}
+
+
+def _train_specs(model: str, method: str, args, world: int = 1) -> list[dict]:
+    spec = {"kind": "train", "model": model, "method": method, "chunks": args.chunks}
+    if world > 1:
+        spec["world"] = world
+    out = [{**spec, "sets": SETS[method]} if method in SETS else spec]
+    if method == "trafl" and world == 1:       # the figure: TraFL at the longer paper length
+        out.append({**spec, "sets": {"gen_length": 512, "steps": 512}})
+    return out
 
 
 def plan(args) -> list[dict]:
     from dlm_bench.methods import get_method, method_names
     methods = [m for m in method_names() if get_method(m).trains] if args.methods == "all" else args.methods.split(",")
     methods = sorted(methods, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
+    full = [m for m in methods if args.world > 1 and get_method(m).Config().lora.r == 0]
     models = args.models.split(",")
     out = []
     for model in models:
@@ -126,17 +139,12 @@ def plan(args) -> list[dict]:
             out.append({"kind": "eval", "model": model, "rows": rows})
             if args.baseline:
                 out.append({"kind": "eval", "model": model, "rows": rows, "baseline": args.baseline})
-    for method in methods:
+    for group in ([m for m in methods if m in PAPER], [m for m in methods if m not in PAPER]):
         for model in models:
-            spec = {"kind": "train", "model": model, "method": method, "chunks": args.chunks}
-            out.append({**spec, "sets": SETS[method]} if method in SETS else spec)
-        if method == "trafl":       # the figure: TraFL at the longer paper length
-            out += [{"kind": "train", "model": model, "method": "trafl", "chunks": args.chunks,
-                     "sets": {"gen_length": 512, "steps": 512}} for model in models]
-    for method in (m for m in methods if args.world > 1 and get_method(m).Config().lora.r == 0):
-        for model in models:
-            spec = {"kind": "train", "model": model, "method": method, "chunks": args.chunks, "world": args.world}
-            out.append({**spec, "sets": SETS[method]} if method in SETS else spec)
+            for method in group:
+                out += _train_specs(model, method, args)
+            for method in (m for m in full if m in group):
+                out += _train_specs(model, method, args, args.world)
     return out
 
 
