@@ -45,7 +45,10 @@ class SweepConfig:
     steps: int | None = None                    # None: steps_per_token * gen_length
     steps_per_token: float = 1.0
     remasking: str = "low_confidence"
-    batch_size: int = 16
+    # 32: the most rows whose sampler call fits 80 GB on LLaDA-8B and Dream-7B at the longest prompt of
+    # the paper's tasks (MBPP, 3,829 tokens) + 512 + a block of 32 (docs/memory.md: per row (width + block)
+    # x vocab x 2 B, measured by `dlm-bench memory`; Dream: 1.24 GiB/row, 45 rows; LLaDA: 53 rows)
+    batch_size: int = 32
     seed: int = 0                               # base seed, part of the config hash
     out: str = "results/passk"
     data_dir: str | None = None
@@ -56,6 +59,7 @@ class SweepConfig:
     threshold: float | None = None              # parallel decoding threshold (None: the fixed schedule)
     cache: str = "none"                         # block KV cache: none | prefix | dual
     noise_dtype: str = "float64"                # Gumbel noise precision (hashed only when not float64)
+    memory_check: bool = True                   # on a GPU, refuse a batch predicted not to fit (models/footprint.py)
 
     def validated(self) -> "SweepConfig":
         ks = tuple(sorted({int(k) for k in self.ks}))
@@ -278,6 +282,8 @@ def _sweep(cfg: SweepConfig, *, dlm=None, rank: int | None = None, world: int | 
     if todo and rank == 0:
         _record_model(store.dir, dlm)
     prompt_cache: dict[str, list[int]] = {}
+    if todo and cfg.memory_check and dlm.device.type == "cuda":
+        _check_fits(dlm, task, cfg, mine, cells, prompt_cache)
 
     bar = None
     if progress and todo:
@@ -350,6 +356,21 @@ def _record_model(out: Path, dlm) -> None:
         info["fallbacks"] = dlm.extra["fallbacks"]
     note(out, dlm.device, dtype)        # environment.jsonl: every environment that wrote records here
     write_json(out / "model.json", info)
+
+
+def _check_fits(dlm, task, cfg, problems, cells, prompt_cache) -> None:
+    """Refuse a batch size the memory model predicts will not fit the GPU (`models/footprint.py`):
+    the batch's rows at the longest prompt of this run plus its longest window."""
+    from dlm_bench.models.footprint import parameter_bytes, refuse_unless_fits, sampler_bytes
+    for p in problems:
+        if p.id not in prompt_cache:
+            prompt_cache[p.id] = dlm.prompt_ids(task.prompt(p))
+    rows = min(cfg.batch_size, len(problems) * cfg.n)
+    width = max(len(v) for v in prompt_cache.values()) + max(c.gen_length for c in cells)
+    block = max(c.sampler.block_length for c in cells)
+    need = parameter_bytes(dlm.model) + sampler_bytes(dlm, rows, width, block, cfg.noise_dtype)
+    refuse_unless_fits(need, dlm.device, f"a batch of {rows} samples of {width} tokens",
+                       "lower --batch-size", "--no-memory-check")
 
 
 def _run_batch(store, dlm, task, cfg, cell, batch, prompt_cache, sample, make_generators) -> None:

@@ -58,7 +58,11 @@ def add_arguments(p) -> None:
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random", "sequential"],
                    help="sequential: block-diffusion models only")
     add_decoding_arguments(p)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="samples decoded together (memory and speed only; no effect on any sample); the "
+                        "default fits 80 GB at 8B for the paper's tasks (docs/memory.md)")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="on a GPU, do not refuse a batch the memory model predicts will not fit (docs/memory.md)")
     p.add_argument("--seed", type=int, default=0, help="base seed (part of the config hash)")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
     p.add_argument("--split", default=None, help="task split (default: its evaluation split)")
@@ -110,7 +114,7 @@ def config_from_args(args):
                        batch_size=args.batch_size, seed=args.seed, out=out, data_dir=args.data_dir,
                        limit=args.limit, split=args.split, device=args.device,
                        answer_mode=args.answer_mode, threshold=args.threshold, cache=args.cache,
-                       noise_dtype=args.noise_dtype).validated()
+                       noise_dtype=args.noise_dtype, memory_check=not args.no_memory_check).validated()
 
 
 def run(args) -> int:

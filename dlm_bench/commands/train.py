@@ -36,9 +36,11 @@ def add_arguments(parser) -> None:
                         help="any method, loop or sampler.* setting; repeatable")
     parser.add_argument("--report-to", default=None, help=tracking.HELP + " (default: none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-memory-check", action="store_true",
+                        help="on a GPU, do not refuse settings the memory model predicts will not fit (docs/memory.md)")
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
     import yaml
     for conv in (int, float):            # YAML 1.1 reads "1e-4" as a string
         try:
@@ -102,11 +104,13 @@ def build_config(args):
         v = getattr(args, flag, None)
         if v is not None:
             cfg[key] = v
+    if getattr(args, "no_memory_check", False):
+        cfg["memory_check"] = False
     for item in args.sets:
         if "=" not in item:
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        _route(k.strip(), _parse_value(v), method_fields, train_fields, cfg)
+        _route(k.strip(), parse_value(v), method_fields, train_fields, cfg)
     if args.pairs is not None:
         cfg["pairs"] = args.pairs
     if cfg.get("pairs"):                 # the file stands in for the task
