@@ -50,6 +50,7 @@ from dlm_bench.config import derive_seed, knob
 from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params, init_distributed, is_sharded,
                                    lockstep, not_replicated, replicate, shard, sum_gradients, sum_over_ranks)
 from dlm_bench.errors import UserError
+from dlm_bench.training.control import CONTROLS, control_model, control_rewards
 from dlm_bench.training.schedule import lr_multiplier, step_prompts, warmup_updates
 from dlm_bench.training.parallel import grad_norm_and_clip, loss_scale, plain_params
 from dlm_bench.runs.files import append_lines, atomic_write, write_json
@@ -91,6 +92,9 @@ class TrainConfig:
                                                      "every model but the built-in tiny one)", source=MEMORY)
     parallel: str = knob("auto", "several processes: fsdp for full fine-tuning, ddp for LoRA (auto), or forced",
                          source=HARNESS, choices=("auto", "ddp", "fsdp"))
+    control: str = knob("none", "'base': also log the base model's reward on each step's prompts and rollout "
+                                "seeds (control_reward_mean, reward_minus_control; one extra rollout per step, "
+                                "training/control.py)", source=HARNESS, choices=CONTROLS)
 
     def validate(self) -> "TrainConfig":
         if not self.model and self.method != "base":
@@ -104,6 +108,8 @@ class TrainConfig:
             raise UserError(f"save_every must be a non-negative integer, got {self.save_every!r}")
         if self.parallel not in ("auto", "ddp", "fsdp"):
             raise UserError(f"parallel must be auto, ddp or fsdp, got {self.parallel!r}")
+        if self.control not in CONTROLS:
+            raise UserError(f"control must be one of {', '.join(CONTROLS)}, got {self.control!r}")
         if not isinstance(self.overrides, dict) or not isinstance(self.sampler, dict):
             raise UserError("overrides and sampler must be mappings")
         from dlm_bench.sampler import SamplerConfig
@@ -133,7 +139,7 @@ def _identity(config: dict) -> dict:
     """Settings a resumed run must share (its length, budget, checkpointing and device may change)."""
     return {k: v for k, v in config.items()
             if k not in ("train_steps", "save_every", "minutes", "device", "rollout_chunk", "out", "parallel",
-                         "gradient_checkpointing")}
+                         "gradient_checkpointing", "control")}
 
 
 def _flat(config: dict) -> dict:
@@ -262,6 +268,7 @@ class Run:
     opt_step: int
     prompt_cache: dict = field(default_factory=dict)
     trajectories: dict | None = None      # (problem, sample) -> Trajectory, for offline rollouts
+    control: object | None = None         # the frozen base model of `--set control=base`
 
     @property
     def cfg(self) -> TrainConfig:
@@ -296,6 +303,7 @@ def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
     if resumed and state.get("reference") is not None:
         ref.model.load_state_dict(state["reference"])
         method.reference_moved = True
+    control = control_model(cfg, dlm, lora, resumed)     # before FSDP shards the policy
     method.extra_modules.to(device)
     if next(dlm.model.parameters()).dtype == torch.float64:     # an exact-arithmetic run: heads too
         method.extra_modules.double()
@@ -323,7 +331,8 @@ def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
         opt.load_state_dict(state["optimizer"])
     if d.world > 1 and not fsdp:
         replicate(dlm, d, device)       # DDP wraps the policy alone
-    return Run(p, d, device, dlm, lora, method, ref, opt, int(state["step"]), int(state["opt_step"]))
+    return Run(p, d, device, dlm, lora, method, ref, opt, int(state["step"]), int(state["opt_step"]),
+               control=control)
 
 
 # ----------------------------------------------------------------------------- stage: rollout
@@ -335,6 +344,7 @@ class Batch:
     texts: list[list[str]]
     rewards: list[list[float]]
     nfe: int
+    control: list[list[float]] = field(default_factory=list)   # the base model's rewards (control=base)
 
 
 def _sample(dlm, prompts_ids, scfg, cfg: TrainConfig, step: int, global_idx: list[int], G: int):
@@ -389,6 +399,8 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
     out.micro.append((m, ro))
     out.texts.append(texts)
     out.rewards.append(rewards)
+    if run.control is not None:
+        out.control.append(control_rewards(run, probs, pids, gidx, _sample))
     out.nfe += sum(c.nfe for c in comps)
 
 
@@ -489,6 +501,10 @@ def step_metrics(run: Run, batch: Batch, stat_sums: dict, grad_norm: float, seco
            "nfe": int(nf), "nfe_per_completion": round(nf / max(n, 1), 2),
            "lr": run.opt.param_groups[0]["lr"], "grad_norm": round(grad_norm, 6),
            "seconds": round(seconds, 3)}
+    if run.control is not None:
+        cn, cs = all_sum([sum(len(c) for c in batch.control), sum(map(sum, batch.control))], run.d, run.device)
+        row["control_reward_mean"] = round(cs / max(cn, 1), 6)
+        row["reward_minus_control"] = round(mean - cs / max(cn, 1), 6)
     row.update({k: stats[k] for k in sorted(stats)})
     return row
 
