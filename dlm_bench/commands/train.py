@@ -31,6 +31,9 @@ def add_arguments(parser) -> None:
                              "denoising steps, as --steps everywhere else")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--control", default=None, choices=["none", "base"],
+                        help="base: also log the base model's reward on the same prompts and rollout seeds "
+                             "(reward_minus_control in log.jsonl; one extra rollout per step)")
     parser.add_argument("--data-dir", default=None, help="folder holding the benchmark data")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="any method, loop or sampler.* setting; repeatable")
@@ -100,7 +103,7 @@ def build_config(args):
             _route(str(k), v, method_fields, train_fields, cfg)
     for flag, key in (("task", "task"), ("model", "model"), ("out", "out"), ("train_steps", "train_steps"),
                       ("seed", "seed"), ("device", "device"), ("data_dir", "data_dir"),
-                      ("report_to", "report_to")):
+                      ("report_to", "report_to"), ("control", "control")):
         v = getattr(args, flag, None)
         if v is not None:
             cfg[key] = v

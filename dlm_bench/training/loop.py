@@ -52,6 +52,7 @@ from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params
                                    lockstep, not_replicated, replicate, shard, sum_gradients, sum_over_ranks)
 from dlm_bench.errors import UserError
 from dlm_bench.training.fit import check_fits
+from dlm_bench.training.control import CONTROLS, control_model, control_rewards
 from dlm_bench.training.schedule import lr_multiplier, step_prompts, warmup_updates
 from dlm_bench.training.parallel import grad_norm_and_clip, loss_scale, plain_params
 from dlm_bench.runs import tracking
@@ -104,6 +105,9 @@ class TrainConfig:
     memory_check: bool = knob(True, "on a GPU, refuse settings the memory model predicts will not fit "
                                     "(training/fit.py)", source=HARNESS)
     report_to: str = knob("none", tracking.HELP, source="harness default (TRL's report_to)")
+    control: str = knob("none", "'base': also log the base model's reward on each step's prompts and rollout "
+                                "seeds (control_reward_mean, reward_minus_control; one extra rollout per step, "
+                                "training/control.py)", source=HARNESS, choices=CONTROLS)
 
     def validate(self) -> "TrainConfig":
         if not self.model and self.method != "base":
@@ -118,6 +122,8 @@ class TrainConfig:
         if self.parallel not in ("auto", "ddp", "fsdp"):
             raise UserError(f"parallel must be auto, ddp or fsdp, got {self.parallel!r}")
         tracking.parse_report_to(self.report_to)
+        if self.control not in CONTROLS:
+            raise UserError(f"control must be one of {', '.join(CONTROLS)}, got {self.control!r}")
         if not isinstance(self.overrides, dict) or not isinstance(self.sampler, dict):
             raise UserError("overrides and sampler must be mappings")
         from dlm_bench.sampler import SamplerConfig
@@ -148,7 +154,7 @@ def _identity(config: dict) -> dict:
     return {k: v for k, v in config.items()
             if k not in ("train_steps", "save_every", "minutes", "device", "rollout_chunk", "out", "parallel",
                          "gradient_checkpointing", "report_to",
-                         "memory_check")}
+                         "memory_check", "control")}
 
 
 def _flat(config: dict) -> dict:
@@ -309,6 +315,7 @@ class Run:
     opt_step: int
     prompt_cache: dict = field(default_factory=dict)
     trajectories: dict | None = None      # (problem, sample) -> Trajectory, for offline rollouts
+    control: object | None = None         # the frozen base model of `--set control=base`
 
     @property
     def cfg(self) -> TrainConfig:
@@ -343,6 +350,7 @@ def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
     if resumed and state.get("reference") is not None:
         ref.model.load_state_dict(state["reference"])
         method.reference_moved = True
+    control = control_model(cfg, dlm, lora, resumed)     # before FSDP shards the policy
     method.extra_modules.to(device)
     if next(dlm.model.parameters()).dtype == torch.float64:     # an exact-arithmetic run: heads too
         method.extra_modules.double()
@@ -370,7 +378,8 @@ def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
         opt.load_state_dict(state["optimizer"])
     if d.world > 1 and not fsdp:
         replicate(dlm, d, device)       # DDP wraps the policy alone
-    return Run(p, d, device, dlm, lora, method, ref, opt, int(state["step"]), int(state["opt_step"]))
+    return Run(p, d, device, dlm, lora, method, ref, opt, int(state["step"]), int(state["opt_step"]),
+               control=control)
 
 
 # ----------------------------------------------------------------------------- stage: rollout
@@ -382,6 +391,7 @@ class Batch:
     texts: list[list[str]]
     rewards: list[list[float]]
     nfe: int
+    control: list[list[float]] = field(default_factory=list)   # the base model's rewards (control=base)
 
 
 def sampler_rows(cfg: TrainConfig, group_size: int) -> int:
@@ -433,6 +443,8 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
     out.micro.append((m, prepare_micro(run, m, gidx, pids, comps, rewards)))
     out.texts.append(texts)
     out.rewards.append(rewards)
+    if run.control is not None:
+        out.control.append(control_rewards(run, probs, pids, gidx, _sample))
     out.nfe += sum(c.nfe for c in comps)
 
 
@@ -550,6 +562,10 @@ def step_metrics(run: Run, batch: Batch, stat_sums: dict, grad_norm: float, seco
            "nfe": int(nf), "nfe_per_completion": round(nf / max(n, 1), 2),
            "lr": run.opt.param_groups[0]["lr"], "grad_norm": round(grad_norm, 6),
            "seconds": round(seconds, 3)}
+    if run.control is not None:
+        cn, cs = all_sum([sum(len(c) for c in batch.control), sum(map(sum, batch.control))], run.d, run.device)
+        row["control_reward_mean"] = round(cs / max(cn, 1), 6)
+        row["reward_minus_control"] = round(mean - cs / max(cn, 1), 6)
     row.update({k: stats[k] for k in sorted(stats)})
     return row
 
