@@ -56,6 +56,9 @@ class SweepConfig:
     threshold: float | None = None              # parallel decoding threshold (None: the fixed schedule)
     cache: str = "none"                         # block KV cache: none | prefix | dual
     noise_dtype: str = "float64"                # Gumbel noise precision (hashed only when not float64)
+    schedule: str = "uniform"                   # tokens per step: uniform | ascending (hashed only when set)
+    eos_gamma: float | None = None              # EOSER's end-of-text confidence factor (hashed only when set)
+    rcr: bool = False                           # running-confidence remasking (hashed only when set)
 
     def validated(self) -> "SweepConfig":
         ks = tuple(sorted({int(k) for k in self.ks}))
@@ -89,7 +92,8 @@ class SweepConfig:
         steps = self.steps if self.steps is not None else max(1, round(self.steps_per_token * gen_length))
         cfg = SamplerConfig(gen_length=gen_length, block_length=min(self.block_length, gen_length),
                             steps=steps, temperature=float(temperature), remasking=self.remasking,
-                            threshold=self.threshold, cache=self.cache, noise_dtype=self.noise_dtype)
+                            threshold=self.threshold, cache=self.cache, noise_dtype=self.noise_dtype,
+                            schedule=self.schedule, eos_gamma=self.eos_gamma, rcr=self.rcr)
         return cfg.resolved()
 
 
