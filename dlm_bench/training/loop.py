@@ -337,17 +337,6 @@ class Batch:
     nfe: int
 
 
-def _sample(dlm, prompts_ids, scfg, cfg: TrainConfig, step: int, global_idx: list[int], G: int):
-    """G completions per prompt; completion (i, j) seeded by (seed, step, global prompt index i, j)."""
-    from dlm_bench.sampler import make_generators, sample
-    rows = [(p, derive_seed(cfg.seed, step, gi, j)) for p, gi in zip(prompts_ids, global_idx) for j in range(G)]
-    out = []
-    for s in range(0, len(rows), cfg.rollout_chunk):
-        chunk = rows[s:s + cfg.rollout_chunk]
-        out += sample(dlm, [r[0] for r in chunk], scfg, make_generators([r[1] for r in chunk], dlm.device))
-    return out
-
-
 def rollout(run: Run) -> Batch:
     """This rank's micro-batches of the current step: sample, reward, build, `prepare` (no grad)."""
     from dlm_bench.training.parallel import gathered
@@ -372,18 +361,25 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
     gidx = list(range(m * cfg.micro_prompts, min(P, (m + 1) * cfg.micro_prompts)))
     probs = [p.problems[idx[i]] for i in gidx]
     pids = [run.prompt_ids(idx[i]) for i in gidx]
+    trace = None
     if run.trajectories is not None:    # offline: the base model's stored decodes of these problems
         comps = [run.trajectories[(idx[i], j)] for i in gidx for j in range(G)]
-        texts, rewards = [c.text for c in comps], [c.reward for c in comps]
-    else:
-        comps = _sample(dlm, pids, p.scfg, cfg, step, gidx, G)
-        texts = [c.text for c in comps]
-        rewards = training_rewards(p.task, [q for q in probs for _ in range(G)], texts, p.reward_kind)
+        rewards = [c.reward for c in comps]
+    else:                               # completion (i, j) seeded by (seed, step, global prompt index i, j)
+        row_probs = [q for q in probs for _ in range(G)]
+
+        def score(rows, texts):
+            return training_rewards(p.task, [row_probs[r] for r in rows], texts, p.reward_kind)
+        got = run.method.sample_rollouts(dlm, [q for q in pids for _ in range(G)], p.scfg,
+                                         [derive_seed(cfg.seed, step, gi, j) for gi in gidx for j in range(G)],
+                                         score, cfg.rollout_chunk)
+        comps, rewards, trace = got.completions, got.rewards, got.trace
+    texts = [c.text for c in comps]
     batch = ScoredBatch.build(dlm, [q for q in pids for _ in range(G)], [c.tokens for c in comps])
     ro = Rollouts(batch=batch, rewards=torch.tensor(rewards, dtype=torch.float32),
                   groups=torch.tensor([i for i in gidx for _ in range(G)], dtype=torch.long),
                   step_map=torch.tensor([c.step_map for c in comps], dtype=torch.long),
-                  seed=derive_seed(cfg.seed, step, m, 0x5EED))
+                  seed=derive_seed(cfg.seed, step, m, 0x5EED), trace=trace)
     with torch.no_grad():
         run.method.prepare(ro, dlm, run.ref)
     out.micro.append((m, ro))
