@@ -1,7 +1,8 @@
 """Every score the methods put into a loss, and the one function that builds a masked input.
 
 Inputs: `masked_input` is the only place a model input "prompt + completion window with a mask
-applied" is built (ELBO draws, TraceRL's trace steps, TaBoM's time-delay cuts, pre-training).
+applied" is built (ELBO draws, TraceRL's trace steps, TaBoM's time-delay cuts, d1's one-step and
+SPG's block masks, which also mask prompt tokens, pre-training).
 
 Scores (which method uses which: docs/likelihood.md):
 - `elbo` / `elbo_samples`: Monte-Carlo ELBO of log p(y|x) with the random-order estimator (l ~ U{1..L}
@@ -9,8 +10,12 @@ Scores (which method uses which: docs/likelihood.md):
 - `normalized_logprob`: the per-token surrogate ELBO/L;
 - `left_to_right_logprob`: the exact log-probability of decoding y one token at a time, in order;
 - `trace_logprobs`: per-token log-probs of each (trajectory, trace step) sample of `trace_samples`;
+- `one_step_logprobs`: d1's one-step estimate (the whole completion masked, the prompt masked at
+  random by `prompt_masks`; diffu-GRPO, wd1);
 - `masked_token_logprobs` (optionally with entropies): the per-position log-probs all of the above
-  sum, and TaBoM's cross-entropy on its time-delay masks (`draw_cuts`, `td_masks`).
+  sum, TaBoM's cross-entropy on its time-delay masks (`draw_cuts`, `td_masks`) and SPG's bounds on
+  its block masks (`block_random_masks`). Its forwards take at most `dlm.score_rows` rows, and the
+  output head runs at the scored positions only where the model allows (docs/memory.md).
 
 Masks are drawn once and passed in, so policy, old policy and reference score the same masked inputs
 (common random numbers). Scores carry gradients; wrap reference calls in `torch.no_grad()`.
@@ -18,6 +23,8 @@ Masks are drawn once and passed in, so policy, old policy and reference score th
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -135,10 +142,14 @@ def draw_masks(valid: torch.Tensor, n: int, gen: torch.Generator, scheme: str = 
 
 
 def masked_input(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion: torch.Tensor,
-                 mask: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 mask: torch.Tensor, mask_id: int, prompt_masked: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The model input for prompts [N, P] (left-padded) followed by completion windows [N, G] with the
-    positions in `mask` [N, G] replaced by the mask token; the prompt is never masked.
+    positions in `mask` [N, G] replaced by the mask token. The prompt is masked only where
+    `prompt_masked` [N, P] says (d1's and SPG's random prompt masking; default: never).
     Returns (input ids [N, P + G], attention mask [N, P + G])."""
+    if prompt_masked is not None:
+        prompt_ids = torch.where(prompt_masked.to(prompt_ids.device), mask_id, prompt_ids)
     x = torch.cat([prompt_ids, torch.where(mask.to(completion.device), mask_id, completion)], dim=1)
     att = torch.cat([prompt_mask, torch.ones(completion.shape, dtype=prompt_mask.dtype, device=x.device)], dim=1)
     return x, att
@@ -166,17 +177,23 @@ class Guided:
 
 
 def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: int = 64,
-                          entropy: bool = False):
-    """log p(y_i | x, y with `masks` masked) at every position: [K, B, G] (zero where unmasked).
-    With `entropy`, also the predictive entropy at every masked position: ([K, B, G], [K, B, G]).
+                          entropy: bool = False, prompt_masked: torch.Tensor | None = None,
+                          scored: torch.Tensor | None = None):
+    """log p(y_i | x, y with `masks` masked) at every scored position: [K, B, G] (zero elsewhere).
+    With `entropy`, also the predictive entropy there: ([K, B, G], [K, B, G]). `prompt_masked`
+    [K, B, P] masks those prompt tokens too; `scored` [K, B, G] (default: `masks`) are the positions
+    scored, e.g. a masked window's positions before its end-of-text.
 
-    Forward passes take `chunk` rows at a time. Where the model allows (`dlm.logits_head()`), the head
-    is applied only at the masked positions (`_head_scores`); otherwise each chunk's full logits are
-    upcast for the log-softmax (the tiny model's default, bit-identical to earlier releases)."""
+    Forward passes take `chunk` rows at a time (at most `dlm.score_rows`). Where the model allows
+    (`dlm.logits_head()`), the head is applied only at the scored positions (`_head_scores`);
+    otherwise each chunk's full logits are upcast for the log-softmax (the tiny model's default,
+    bit-identical to earlier releases)."""
     K, B, G = masks.shape
     flat = masks.reshape(K * B, G)
+    keep = flat if scored is None else scored.reshape(K * B, G)
+    pm = None if prompt_masked is None else prompt_masked.reshape(K * B, -1)
     x, att = masked_input(batch.prompt_ids.repeat(K, 1), batch.prompt_mask.repeat(K, 1),
-                          batch.completion.repeat(K, 1), flat, dlm.mask_id)
+                          batch.completion.repeat(K, 1), flat, dlm.mask_id, pm)
     P = batch.prompt_ids.shape[1]
     targets = batch.completion.repeat(K, 1)
     chunk = min(chunk, dlm.score_rows) if dlm.score_rows else chunk
@@ -184,7 +201,7 @@ def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: i
     out, ents = [], []
     for s in range(0, K * B, chunk):
         if head is not None:
-            lp, ent = _gathered(dlm, head, x[s:s + chunk], att[s:s + chunk], flat[s:s + chunk],
+            lp, ent = _gathered(dlm, head, x[s:s + chunk], att[s:s + chunk], keep[s:s + chunk],
                                 targets[s:s + chunk], P, entropy)
             out.append(lp)
             ents.append(ent)
@@ -195,15 +212,16 @@ def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: i
         out.append(torch.gather(logp, -1, targets[s:s + chunk, :, None]).squeeze(-1))
         if entropy:
             ents.append(-(logp.exp() * logp).sum(-1))
-    lp = torch.cat(out).reshape(K, B, G) * masks
-    return (lp, torch.cat(ents).reshape(K, B, G) * masks) if entropy else lp
+    keep = keep.reshape(K, B, G)
+    lp = torch.cat(out).reshape(K, B, G) * keep
+    return (lp, torch.cat(ents).reshape(K, B, G) * keep) if entropy else lp
 
 
 HEAD_CHUNK_BYTES = 64 * 2 ** 20   # fp32 logits per head application (126k vocab: 132 positions), recomputed in backward
 
 
 def _gathered(dlm, head, x, att, mask, targets, P: int, entropy: bool):
-    """Log-probs (and entropies) [n, G] of the masked positions of one forward chunk, from the last
+    """Log-probs (and entropies) [n, G] at the positions `mask` of one forward chunk, from the last
     hidden states at those positions only (a shifted model scores token i from state i - 1)."""
     h = dlm.hidden(x, att)
     rows, cols = mask.nonzero(as_tuple=True)
@@ -331,3 +349,58 @@ def td_masks(step_map: torch.Tensor, valid: torch.Tensor, cut: torch.Tensor, win
     masked = ok & (step_map >= cut[:, None])
     sup = masked & (step_map < cut[:, None] + window) if window > 0 else masked
     return masked, sup
+
+
+# ----------------------------------------------------------------------------- one-step and block masks (d1, SPG)
+
+def prompt_masks(batch: ScoredBatch, p: float, seed: int, draws: int = 1) -> torch.Tensor:
+    """[draws, N, P] bool: each real prompt token masked independently with probability p (CPU
+    generator seeded by `seed`, so the masks do not depend on device or batching)."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand((draws, *batch.prompt_ids.shape), generator=gen).to(batch.prompt_ids.device)
+    return (u < p) & batch.prompt_mask.bool()[None]
+
+
+def one_step_logprobs(dlm, batch: ScoredBatch, prompt_mask: torch.Tensor, scored: torch.Tensor | None = None,
+                      chunk: int = 64) -> torch.Tensor:
+    """d1's one-step mean-field estimate [N, G]: log p(y_k | x with `prompt_mask` [N, P] masked, the
+    whole completion masked) at the positions `scored` [N, G] (default: all; zero elsewhere)."""
+    every = torch.ones_like(batch.completion, dtype=torch.bool)[None]
+    return masked_token_logprobs(dlm, batch, every, chunk, prompt_masked=prompt_mask[None],
+                                 scored=None if scored is None else scored[None])[0]
+
+
+def block_random_masks(batch: ScoredBatch, scored: torch.Tensor, block_len: int, m: int, p_clean: float,
+                       min_t: float, max_t: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPG's block_random masks (`forward_process`): (prompt masks [m, N, P], completion masks [m, N, G]),
+    from a CPU generator seeded by `seed`. Per draw j of row i a block of the scored span (the j-th of a
+    random permutation of the window's blocks, modulo the row's own block count): blocks before it
+    stay clean, later positions are masked, and inside it k ~ U{max(1, floor(n min_t))..floor(n max_t)}
+    of its n positions; clean tokens (prompt, earlier blocks) are then masked with probability
+    `p_clean`, positions outside `scored` always."""
+    gen = torch.Generator().manual_seed(seed)
+    N, G = batch.completion.shape
+    nb = math.ceil(G / block_len)
+    lens = scored.sum(-1).cpu().tolist()
+    comp = torch.zeros(m, N, G, dtype=torch.bool)
+    clean = torch.zeros(m, N, G, dtype=torch.bool)       # the blocks before the chosen one
+    for i in range(N):
+        if lens[i] == 0:
+            continue
+        own = math.ceil(lens[i] / block_len)
+        order = torch.randperm(nb, generator=gen)
+        for j in range(m):
+            start = int(order[j % nb]) % own * block_len
+            n = min(block_len, lens[i] - start)
+            lo, hi = max(int(n * min_t), 1), min(int(n * max_t), n)
+            k = int(torch.randint(lo, hi + 1, (), generator=gen))
+            comp[j, i, start + n:] = True                  # every later position
+            comp[j, i, start + torch.randperm(n, generator=gen)[:k]] = True
+            clean[j, i, :start] = True
+    u_p = torch.rand((m, *batch.prompt_ids.shape), generator=gen)
+    u_c = torch.rand((m, N, G), generator=gen)
+    dev = batch.completion.device
+    # clean tokens masked with probability p; positions outside the scored span always masked
+    comp = comp.to(dev) | (clean & (u_c < p_clean)).to(dev) | ~scored[None]
+    prompt = (u_p.to(dev) < p_clean) & batch.prompt_mask.bool()[None]
+    return prompt, comp

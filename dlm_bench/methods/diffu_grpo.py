@@ -2,9 +2,11 @@
 Language Models via Reinforcement Learning"; code github.com/dllm-reasoning/d1 @ 837888f,
 `diffu-grpo/diffu_grpo_trainer.py`, recipe `diffu-grpo/slurm_scripts/train.yaml`).
 
-Log-probabilities by the one-step mean-field estimate (`forward_process`, `_get_per_token_logps`):
-every completion position is masked, each real prompt token is masked independently with
-probability p = `p_mask_prompt`, and one forward gives, for every completion position k,
+Log-probabilities by the one-step mean-field estimate (`forward_process`, `_get_per_token_logps`;
+here `likelihood.one_step_logprobs`, under the same scoring-row and output-head bounds as every
+method): every completion position is masked, each real prompt token is masked independently with
+probability p = `p_mask_prompt` (`likelihood.prompt_masks`), and one forward gives, for every
+scored completion position k,
 
     log pi(y_k | x) ~ log p_theta(y_k | x~, all-mask completion)        (x~: the masked prompt)
 
@@ -32,11 +34,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
-from dlm_bench.likelihood import ScoredBatch
-from dlm_bench.methods import Method, Rollouts, register_method
+from dlm_bench.likelihood import ScoredBatch, one_step_logprobs, prompt_masks
+from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
 from dlm_bench.methods.losses import clipped_pg, group_advantages, k3
 
 D1 = "d1 diffu-grpo/slurm_scripts/train.yaml"
@@ -54,36 +55,13 @@ def completion_positions(dlm, batch: ScoredBatch, mode: str) -> torch.Tensor:
     return (torch.arange(G, device=first.device)[None, :] <= first[:, None]) & batch.valid
 
 
-def prompt_masks(batch: ScoredBatch, p: float, seed: int, draws: int = 1) -> torch.Tensor:
-    """[draws, N, P] bool: each real prompt token masked independently with probability p (CPU
-    generator seeded by `seed`, so the masks do not depend on device or batching)."""
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.rand((draws, *batch.prompt_ids.shape), generator=gen).to(batch.prompt_ids.device)
-    return (u < p) & batch.prompt_mask.bool()[None]
-
-
-def masked_logprobs(dlm, batch: ScoredBatch, prompt_mask: torch.Tensor, comp_mask: torch.Tensor,
-                    chunk: int = 64) -> torch.Tensor:
-    """log p(y_k | x with `prompt_mask` masked, y with `comp_mask` masked) at every completion
-    position: masks [K, N, P] and [K, N, G] in, [K, N, G] out (not zeroed where unmasked)."""
-    K, N, G = comp_mask.shape
-    ids = torch.where(prompt_mask.reshape(K * N, -1), dlm.mask_id, batch.prompt_ids.repeat(K, 1))
-    comp = torch.where(comp_mask.reshape(K * N, G), dlm.mask_id, batch.completion.repeat(K, 1))
-    x = torch.cat([ids, comp], 1)
-    att = torch.cat([batch.prompt_mask.repeat(K, 1), torch.ones_like(comp, dtype=batch.prompt_mask.dtype)], 1)
-    P, target = ids.shape[1], batch.completion.repeat(K, 1)
-    out = []
-    for s in range(0, K * N, chunk):
-        logits = dlm.logits(x[s:s + chunk], att[s:s + chunk])[:, P:]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        out.append(torch.gather(F.log_softmax(logits, -1), -1, target[s:s + chunk, :, None]).squeeze(-1))
-    return torch.cat(out).reshape(K, N, G)
-
-
-def one_step_logprobs(dlm, batch: ScoredBatch, prompt_mask: torch.Tensor) -> torch.Tensor:
-    """d1's mean-field estimate [N, G]: the whole completion masked, the prompt masked by `prompt_mask` [N, P]."""
-    comp = torch.ones_like(batch.completion, dtype=torch.bool)[None]
-    return masked_logprobs(dlm, batch, prompt_mask[None], comp)[0]
+@dataclass(kw_only=True)
+class DiffuGRPOCache(MethodCache):
+    adv: torch.Tensor                      # [N] centred group advantages
+    positions: torch.Tensor                # [N, G] scored positions
+    prompt_masks: list[torch.Tensor]       # per inner update [N, P]: prompt tokens masked
+    old_logp: list[torch.Tensor] | None = None   # per update [N, G]: rollout-time scores (only when mu > 1)
+    ref_logp: list[torch.Tensor] | None = None   # per update [N, G]: reference scores (only when beta != 0)
 
 
 @dataclass
@@ -130,42 +108,37 @@ class DiffuGRPO(Method):
     Config = DiffuGRPOConfig
     needs_reference = True
 
-    def _positions(self, rollouts: Rollouts, dlm) -> torch.Tensor:
-        c = rollouts.cache
-        if "positions" not in c:
-            c["positions"] = completion_positions(dlm, rollouts.batch, self.config.positions)
-        return c["positions"]
-
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        c["adv"] = group_advantages(rollouts.rewards, rollouts.groups, "center")
-        self._positions(rollouts, policy)
-        mu = max(1, cfg.inner_updates)
-        c["prompt_masks"] = [prompt_masks(batch, cfg.p_mask_prompt, mask_seed(rollouts.seed, j))[0] for j in range(mu)]
+        cfg, batch = self.config, rollouts.batch
+        c = rollouts.cache = DiffuGRPOCache(
+            adv=group_advantages(rollouts.rewards, rollouts.groups, "center"),
+            positions=completion_positions(policy, batch, cfg.positions),
+            prompt_masks=[prompt_masks(batch, cfg.p_mask_prompt, mask_seed(rollouts.seed, j))[0]
+                          for j in range(max(1, cfg.optim.inner_updates))])
         with torch.no_grad():
             if self.updates_per_batch > 1:     # the policy moves within the batch: keep the rollout-time scores
-                c["old_logp"] = [one_step_logprobs(policy, batch, m).detach() for m in c["prompt_masks"]]
+                c.old_logp = [one_step_logprobs(policy, batch, m, c.positions).detach() for m in c.prompt_masks]
             if cfg.beta != 0.0:
-                c["ref_logp"] = [one_step_logprobs(ref, batch, m).detach() for m in c["prompt_masks"]]
-        c["iter"] = 0
+                c.ref_logp = [one_step_logprobs(ref, batch, m, c.positions).detach() for m in c.prompt_masks]
 
     def loss_count(self, rollouts: Rollouts) -> float:
         """d1's loss is a token mean: its terms are the scored positions of these rows."""
-        return float(rollouts.cache["positions"].sum()) if "positions" in rollouts.cache else \
-            float(rollouts.batch.valid.sum())
+        c = rollouts.cache
+        return float(c.positions.sum()) if isinstance(c, DiffuGRPOCache) else float(rollouts.batch.valid.sum())
 
     def loss(self, rollouts: Rollouts, policy, ref):
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        j = self.next_update(rollouts, policy, ref, "prompt_masks")
-        pos = self._positions(rollouts, policy)
-        logp = one_step_logprobs(policy, batch, c["prompt_masks"][j])
-        old = c["old_logp"][j] if "old_logp" in c else logp.detach()
-        adv = c["adv"].to(logp.device, logp.dtype)
+        cfg, batch = self.config, rollouts.batch
+        j = self.next_update(rollouts, policy, ref)
+        c = rollouts.cache
+        pos = c.positions
+        logp = one_step_logprobs(policy, batch, c.prompt_masks[j], pos)
+        old = c.old_logp[j] if c.old_logp is not None else logp.detach()
+        adv = c.adv.to(logp.device, logp.dtype)
         loss, stats = clipped_pg(logp, old.to(logp.dtype), adv, cfg.epsilon, cfg.epsilon, valid=pos,
                                  reduce="token_mean")
         n = pos.sum().clamp(min=1)
-        if "ref_logp" in c:
-            kl = (k3(logp, c["ref_logp"][j].to(logp.dtype)) * pos).sum() / n
+        if c.ref_logp is not None:
+            kl = (k3(logp, c.ref_logp[j].to(logp.dtype)) * pos).sum() / n
             loss = loss + cfg.beta * kl
             stats["kl_k3"] = float(kl.detach())
         stats.update(loss=float(loss.detach()), inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()),

@@ -14,13 +14,15 @@ scored positions C (|C| = len), t_j = |M_j| / len and p_ij = p_theta(y_i | x~_j,
     EUBO = (1/|S|) sum_{i in S} (1/beta) log q_i,  q_i = (1/m) sum_j 1[i in M_j] p_ij^beta / t_j,  S = {i: q_i > 0}
     MIX  = omega EUBO + (1 - omega) ELBO                                       (default, omega = 0.5, beta = 1.5)
 
-The log of an MC mean makes the EUBO estimate biased (as in the paper). Masks are SPG's
-`block_random` (`forward_process`): per draw a random block b of the scored span; blocks before it
-stay clean, later ones are fully masked, and inside b a count ~ U{max(1, floor(n min_t))..floor(n max_t)}
-of its n scored positions is masked at random; every other clean token (prompt and earlier blocks)
-is then masked with probability p_mask_prompt = 0.15, and positions after C are always masked. The
-m = num_t draws of a row take distinct blocks (a random permutation of the window's blocks, modulo
-the row's own block count). Inner update j (mu = 4) draws fresh masks. No KL, no ratio (--beta 0.0).
+The log of an MC mean makes the EUBO estimate biased (as in the paper). p_ij come from
+`likelihood.masked_token_logprobs` at the masked scored positions (the row and head bounds of every
+method). Masks are SPG's `block_random` (`forward_process`; `likelihood.block_random_masks`): per
+draw a random block b of the scored span; blocks before it stay clean, later ones are fully masked,
+and inside b a count ~ U{max(1, floor(n min_t))..floor(n max_t)} of its n scored positions is masked
+at random; every other clean token (prompt and earlier blocks) is then masked with probability
+p_mask_prompt = 0.15, and positions after C are always masked. The m = num_t draws of a row take
+distinct blocks (a random permutation of the window's blocks, modulo the row's own block count).
+Inner update j (mu = 4) draws fresh masks. No KL, no ratio (--beta 0.0).
 
 Reconstructed / differs: when num_t exceeds the window's block count (short test windows) the
 permutation is cycled (SPG asserts instead); a window not divisible by the block length gets a short
@@ -30,52 +32,19 @@ A >= 0, which only differs on rows with A = 0, whose term is zero anyway).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
-from dlm_bench.likelihood import ScoredBatch
+from dlm_bench.likelihood import block_random_masks, masked_token_logprobs
 from dlm_bench.methods.fidelity import Deviation
-from dlm_bench.methods import Method, Rollouts, register_method
-from dlm_bench.methods.diffu_grpo import completion_positions, masked_logprobs
+from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
+from dlm_bench.methods.diffu_grpo import completion_positions
 from dlm_bench.methods.losses import group_advantages
 
 Y = "SPG spg/slurm_scripts/train.yaml"
 SB = "SPG spg_mix/gsm_base_spg_mix_beta1.5_weight0.5.sbatch"
-
-
-def block_random_masks(batch: ScoredBatch, scored: torch.Tensor, block_len: int, m: int, p_clean: float,
-                       min_t: float, max_t: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPG's block_random masks: (prompt masks [m, N, P], completion masks [m, N, G]), from a CPU
-    generator seeded by `seed`."""
-    gen = torch.Generator().manual_seed(seed)
-    N, G = batch.completion.shape
-    nb = math.ceil(G / block_len)
-    lens = scored.sum(-1).cpu().tolist()
-    comp = torch.zeros(m, N, G, dtype=torch.bool)
-    clean = torch.zeros(m, N, G, dtype=torch.bool)       # the blocks before the chosen one
-    for i in range(N):
-        if lens[i] == 0:
-            continue
-        own = math.ceil(lens[i] / block_len)
-        order = torch.randperm(nb, generator=gen)
-        for j in range(m):
-            start = int(order[j % nb]) % own * block_len
-            n = min(block_len, lens[i] - start)
-            lo, hi = max(int(n * min_t), 1), min(int(n * max_t), n)
-            k = int(torch.randint(lo, hi + 1, (), generator=gen))
-            comp[j, i, start + n:] = True                  # every later position
-            comp[j, i, start + torch.randperm(n, generator=gen)[:k]] = True
-            clean[j, i, :start] = True
-    u_p = torch.rand((m, *batch.prompt_ids.shape), generator=gen)
-    u_c = torch.rand((m, N, G), generator=gen)
-    dev = batch.completion.device
-    # clean tokens masked with probability p; positions outside the scored span always masked
-    comp = comp.to(dev) | (clean & (u_c < p_clean)).to(dev) | ~scored[None]
-    prompt = (u_p.to(dev) < p_clean) & batch.prompt_mask.bool()[None]
-    return prompt, comp
 
 
 def spg_scores(lp: torch.Tensor, masked: torch.Tensor, scored: torch.Tensor, beta: float, omega: float,
@@ -102,6 +71,14 @@ def spg_loss(elbo: torch.Tensor, upper: torch.Tensor, adv: torch.Tensor, lengths
     loss = -(w * adv.to(s.dtype) * s).sum() / w.sum().clamp(min=1)
     return loss, {"loss": float(loss.detach()), "elbo_mean": float(elbo.detach().mean()),
                   "bound_gap": float((upper - elbo).detach().mean())}
+
+
+@dataclass(kw_only=True)
+class SPGCache(MethodCache):
+    adv: torch.Tensor                      # [N] centred group advantages
+    positions: torch.Tensor                # [N, G] scored positions
+    # per inner update: (prompt masks [N, m, P], completion masks [N, m, G]), rows first so they slice
+    masks: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -170,28 +147,28 @@ class SPG(Method):
         return RECIPES.get(task, {})
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        c["adv"] = group_advantages(rollouts.rewards, rollouts.groups, "center")
-        c["positions"] = pos = completion_positions(policy, batch, cfg.positions)
+        cfg, batch = self.config, rollouts.batch
+        pos = completion_positions(policy, batch, cfg.positions)
         bl = cfg.mask_block_length or cfg.rollout.block_length
         draws = [block_random_masks(batch, pos, bl, cfg.num_t, cfg.p_mask_prompt, cfg.min_t, cfg.max_t,
-                                    mask_seed(rollouts.seed, j)) for j in range(max(1, cfg.inner_updates))]
-        # rows first, so the loop's micro-batches slice them
-        c["masks"] = [(p.transpose(0, 1).contiguous(), m.transpose(0, 1).contiguous()) for p, m in draws]
-        c["iter"] = 0
+                                    mask_seed(rollouts.seed, j)) for j in range(max(1, cfg.optim.inner_updates))]
+        rollouts.cache = SPGCache(adv=group_advantages(rollouts.rewards, rollouts.groups, "center"), positions=pos,
+                                  masks=[(p.transpose(0, 1).contiguous(), m.transpose(0, 1).contiguous())
+                                         for p, m in draws])
 
     def loss_count(self, rollouts: Rollouts) -> float:
         """SPG's loss is weighted by completion length: its normaliser is the scored positions."""
-        return float(rollouts.cache["positions"].sum())
+        return float(rollouts.cache.positions.sum())
 
     def loss(self, rollouts: Rollouts, policy, ref):
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        j = self.next_update(rollouts, policy, ref, "masks")
-        pm, cm = (t.transpose(0, 1) for t in c["masks"][j])
-        pos = c["positions"]
-        lp = masked_logprobs(policy, batch, pm, cm)
+        cfg, batch = self.config, rollouts.batch
+        j = self.next_update(rollouts, policy, ref)
+        c = rollouts.cache
+        pm, cm = (t.transpose(0, 1) for t in c.masks[j])
+        pos = c.positions
+        lp = masked_token_logprobs(policy, batch, cm, prompt_masked=pm, scored=cm & pos[None])
         elbo, upper = spg_scores(lp, cm, pos, cfg.eubo_beta, cfg.mix_weight, cfg.negative_bound)
-        loss, stats = spg_loss(elbo, upper, c["adv"].to(lp.device), pos.sum(-1))
+        loss, stats = spg_loss(elbo, upper, c.adv.to(lp.device), pos.sum(-1))
         stats.update(inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()),
                      masked_frac=float(((cm & pos[None]).sum() / pos.sum().clamp(min=1) / cm.shape[0])))
         return loss, stats
