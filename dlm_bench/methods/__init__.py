@@ -191,7 +191,8 @@ class Method:
 
 
 _METHODS = Registry("method", Method, "dlm_bench.methods", ("base", "trafl", "espo", "justgrpo", "tracerl", "tabom",
-                                                          "diffu_grpo", "wd1", "spg"),
+                                                          "diffu_grpo", "wd1", "spg", "mdpo", "cj_grpo",
+                                                          "dtreerpo", "dmpo", "egspo"),
                     "dlm_bench.methods")
 register_method = _METHODS.register
 
