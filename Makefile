@@ -7,13 +7,14 @@ CONFIG  ?= configs/demo.yaml
 
 setup: system-deps .venv/.installed
 
-# bubblewrap isolates generated code (docs/sandbox.md); without it code tasks refuse (exit 2) unless --unsafe-no-isolation.
+# bubblewrap isolates generated code and libseccomp2 builds its syscall filter (docs/sandbox.md); without
+# them code tasks refuse (exit 2) unless --unsafe-no-isolation.
 system-deps:
-	@command -v bwrap >/dev/null 2>&1 || { \
+	@{ command -v bwrap >/dev/null 2>&1 && /sbin/ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2'; } || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq >/dev/null && apt-get install -y -qq bubblewrap >/dev/null)) \
-	      || echo "warning: could not install bubblewrap; code tasks will refuse to run (see README)"; \
-	  else echo "warning: bubblewrap (bwrap) missing; install it (apt-get install bubblewrap) for the code sandbox"; fi; }
+	    (apt-get install -y -qq bubblewrap libseccomp2 >/dev/null 2>&1 || (apt-get update -qq >/dev/null && apt-get install -y -qq bubblewrap libseccomp2 >/dev/null)) \
+	      || echo "warning: could not install bubblewrap/libseccomp2; code tasks will refuse to run (see README)"; \
+	  else echo "warning: bubblewrap (bwrap) or libseccomp2 missing; install them (apt-get install bubblewrap libseccomp2) for the code sandbox"; fi; }
 
 .venv/.installed: pyproject.toml
 	python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
@@ -36,7 +37,7 @@ COMPAT_PINS := transformers==4.57.6 tokenizers==0.22.1 huggingface-hub==0.36.0
 	touch $@
 
 test-compat: setup .venv-compat/.installed
-	.venv-compat/bin/python -m pytest tests/test_real_models.py tests/test_hf_backend.py
+	.venv-compat/bin/python -m pytest tests/test_real_models.py tests/test_hf_backend.py tests/test_block_models.py
 
 test-slow: setup
 	$(PY) -m pytest -m slow

@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 
+from dlm_bench import library_warnings
 from dlm_bench.checks import model_dir
 from dlm_bench.environment import DEFAULT_THREADS
 from dlm_bench.errors import UserError
@@ -66,6 +67,9 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "algorithms, cuDNN/cuBLAS settings; bitwise-repeatable on the same machine type")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help=f"intra-op CPU threads (with --deterministic: default {DEFAULT_THREADS})")
+    p.add_argument("-v", "--verbose", dest="library_warnings", action="store_true",
+                   help="show library warnings a user cannot act on (transformers deprecation notices, ...), "
+                        "hidden by default")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
     chosen = _command_name(argv)
@@ -120,6 +124,8 @@ def _add_arguments(module: str, sp: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser(argv)
     args, rest = parser.parse_known_args(argv)
+    if not args.library_warnings:
+        library_warnings.hide()
     if not getattr(args, "command", None) and not rest:
         parser.print_help()
         return 0

@@ -109,13 +109,14 @@ def prompt_hash(token_ids: list[int]) -> str:
 
 def model_fingerprint(path: str) -> dict:
     """Identity of a model directory by content, not by path: config and tokenizer files hashed whole,
-    weight files by name, size and hashes of their first and last MiB (cheap on 16 GB checkpoints)."""
+    weight files by name, size and hashes of their first and last MiB (cheap on 16 GB checkpoints).
+    README.md (the model card: documentation, with a version and commit) is left out."""
     p = Path(path)
     if not p.is_dir():
         raise UserError(f"model directory {str(path)!r} does not exist")
     files = {}
     for f in sorted(p.iterdir()):
-        if not f.is_file() or f.name.startswith("."):
+        if not f.is_file() or f.name.startswith(".") or f.name == "README.md":   # a model card is not the model
             continue
         h = hashlib.sha256()
         size = f.stat().st_size
@@ -349,6 +350,8 @@ def _record_model(out: Path, dlm) -> None:
     info = {"path": dlm.path, "base_model": dlm.extra.get("base_model"), "adapter": dlm.extra.get("adapter"),
             "honours_padding": dlm.honours_padding, "stop_ids": sorted(dlm.stops()), "dtype": dtype,
             "versions": versions(), "training": training_run(dlm.path)}
+    if dlm.extra.get("fallbacks"):      # e.g. flash_attn's kernels replaced by plain torch (models/flash_fallback.py)
+        info["fallbacks"] = dlm.extra["fallbacks"]
     note(out, dlm.device, dtype)        # environment.jsonl: every environment that wrote records here
     write_json(out / "model.json", info)
 
@@ -370,6 +373,8 @@ def _run_batch(store, dlm, task, cfg, cell, batch, prompt_cache, sample, make_ge
                      "config_hash": cell.hash, "prompt_hash": prompt_hash(prompt), "text": comp.text,
                      "tokens": comp.tokens, "nfe": comp.nfe, "length": comp.length,
                      "seconds": round(seconds, 6)})
+        if comp.unknown:    # ids the tokenizer has no token for, left out of the text (DLM.decode_completion)
+            gens[-1]["unknown_tokens"] = comp.unknown
     store.append("generations", gens)
     _grade_and_store(store, task, [p for _, p, _ in batch], gens)
 
@@ -404,6 +409,8 @@ def finalize_run(cfg: SweepConfig, task=None) -> dict:
         results = summarize(cfg, store, problems, cells)
         results["config"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                              "split": split}
+        if task.result_note():            # e.g. LiveCodeBench graded on public tests only
+            results["note"] = task.result_note()
         results["versions"] = versions()
         from dlm_bench.environment import environment, history
         runtime = json.loads((store.dir / "model.json").read_text()) if (store.dir / "model.json").is_file() else {}

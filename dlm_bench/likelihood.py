@@ -12,6 +12,10 @@ Scores (which method uses which: docs/likelihood.md):
 - `trace_logprobs`: per-token log-probs of each (trajectory, trace step) sample of `trace_samples`;
 - `one_step_logprobs`: d1's one-step estimate (the whole completion masked, the prompt masked at
   random by `prompt_masks`; diffu-GRPO, wd1);
+- `coupled_token_logprobs`: coupled-GRPO's per-token estimate from an all-masked and a complementary pair;
+- `segment_token_logprobs`: d2's step-merged trajectory likelihood (`step_segments`);
+- `block_elbo`: EBPO's block-level ELBO for full-attention models (`block_draws`);
+- `bounded_token_logprobs`: any draws with one draw's activations alive in the backward (BGPO, EBPO, d2);
 - `masked_token_logprobs` (optionally with entropies): the per-position log-probs all of the above
   sum, TaBoM's cross-entropy on its time-delay masks (`draw_cuts`, `td_masks`) and SPG's bounds on
   its block masks (`block_random_masks`). Its forwards take at most `dlm.score_rows` rows, and the
@@ -29,6 +33,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from dlm_bench.errors import UserError
+
 
 @dataclass
 class ScoredBatch:
@@ -44,6 +50,9 @@ class ScoredBatch:
 
     @classmethod
     def build(cls, dlm, prompts: list[list[int]], completions: list[list[int]], lengths=None) -> "ScoredBatch":
+        if dlm.family.block_causal:     # these scores mask the whole answer at once, over full attention
+            raise UserError(f"{dlm.family.name} is a block-diffusion model: its scores need the block-diffusion "
+                            f"ELBO (clean earlier blocks, one noised block), which dlm-bench does not have yet")
         ids, mask = dlm.pad_left(prompts)
         G = max(len(c) for c in completions)
         comp = torch.full((len(completions), G), dlm.eos_id, dtype=torch.long)
@@ -281,6 +290,98 @@ def left_to_right_logprob(dlm, batch: ScoredBatch, chunk: int = 64, per_token: b
     return token_lp if per_token else token_lp.sum(-1)
 
 
+# ----------------------------------------------------------------------------- bounded draws, coupled pairs, block ELBO
+
+def bounded_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: int = 64,
+                           prompt_masked: torch.Tensor | None = None, scored: torch.Tensor | None = None):
+    """`masked_token_logprobs` [K, B, G] with at most one draw's activations alive in the backward.
+
+    Under autograd each draw's forward runs inside `torch.utils.checkpoint` (non-reentrant): the
+    forward keeps only its inputs and the backward recomputes the draws one at a time, so memory does
+    not grow with K. Values and gradients equal the plain call's (tests/test_bgpo.py), for any loss of
+    the draws; the price is one more forward per draw. This is BGPO's memory bound (DARE backwards each
+    Monte-Carlo draw on its own, `llada_dp_actor_bgpo.update_policy`) and EBPO's replay (DARE
+    `ebpo_actor_mixin`: a no-grad pass over all draws, then one draw at a time with the loss's
+    gradient); without autograd it is the plain call."""
+    if not torch.is_grad_enabled():
+        return masked_token_logprobs(dlm, batch, masks, chunk, prompt_masked=prompt_masked, scored=scored)
+    from torch.utils.checkpoint import checkpoint
+
+    def one(k: int) -> torch.Tensor:
+        pm = None if prompt_masked is None else prompt_masked[k:k + 1]
+        sc = None if scored is None else scored[k:k + 1]
+        return masked_token_logprobs(dlm, batch, masks[k:k + 1], chunk, prompt_masked=pm, scored=sc)[0]
+    return torch.stack([checkpoint(one, k, use_reentrant=False) for k in range(masks.shape[0])])
+
+
+def coupled_masks(valid: torch.Tensor, gen: torch.Generator, low: float = 0.2, high: float = 0.8):
+    """coupled-GRPO's draws (apple/ml-diffucoder `coupled_grpo.py` `forward_process`): one t ~ U(low, high)
+    for the rows drawn together; draw 0 masks every valid position, draw 1 each valid position
+    independently with probability t, draw 2 exactly the valid positions draw 1 left clean.
+    Returns (masks [3, B, G], t)."""
+    t = low + (high - low) * float(torch.rand((), generator=gen, dtype=torch.float64))
+    u = torch.rand(valid.shape, generator=gen, dtype=torch.float64).to(valid.device)
+    part = (u < t) & valid
+    return torch.stack([valid, part, valid & ~part]), t
+
+
+def coupled_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, t: float, chunk: int = 64) -> torch.Tensor:
+    """coupled-GRPO's per-token estimate [B, G] (DiffuCoder `selective_log_softmax`):
+    (log p(y_i | x, all masked) + w_i log p(y_i | x, y with the partial draw that masks i masked)) / 2,
+    w_i = 1/t under draw 1 and 1/(1 - t) under draw 2: each valid position is scored exactly once by
+    the pair (zero outside the valid positions)."""
+    lp = masked_token_logprobs(dlm, batch, masks, chunk)
+    return (lp[0] + lp[1] / t + lp[2] / (1 - t)) / 2
+
+
+@dataclass
+class BlockDraw:
+    """EBPO draws: draw j * blocks + b is timestep j of block b."""
+    inputs: torch.Tensor          # [K, B, G] positions masked in the model input
+    targets: torch.Tensor         # [K, B, G] positions scored (the masked ones of block b)
+    weights: torch.Tensor         # [K, B] block length / masked count (0 for an empty block)
+    timesteps: int                # n; K = n * blocks
+
+
+def block_draws(valid: torch.Tensor, block_length: int, n: int, gen: torch.Generator) -> BlockDraw:
+    """EBPO's block-level ELBO (LLaDA2.1 report, Eq. 4; DARE `_forward_process_ebpo`) for a model that
+    attends to the whole window (LLaDA, Dream), decoded in semi-autoregressive blocks: the draw of block b
+    at timestep j keeps the blocks before b clean, masks every later valid position (they are still
+    masked when LLaDA's sampler decodes block b) and l = min(floor(t len_b) + 1, len_b) random positions
+    of block b, weight len_b / l. A block-causal model gets all blocks of a timestep from one forward; a
+    full-attention one needs a forward per block. The n * blocks levels t of a row are stratified as
+    DARE's: t = frac(u + (j * blocks + b) / (n * blocks)) from one u ~ U[0, 1), so each block's t is
+    uniform and its l uniform on {1..len_b}: the sum over blocks is unbiased for sum_b ELBO(y_b | x, y_<b)."""
+    B, G = valid.shape
+    nb = math.ceil(G / block_length)
+    block_of = (torch.arange(G, device=valid.device) // block_length)[None]
+    u = torch.rand(B, generator=gen, dtype=torch.float64)
+    inputs, targets, weights = [], [], []
+    for j in range(n):
+        for b in range(nb):
+            t = torch.frac(u + (j * nb + b) / (n * nb))
+            in_b = valid & (block_of == b)
+            len_b = in_b.sum(-1).cpu()
+            size = torch.minimum(torch.floor(t * len_b).long() + 1, len_b)
+            keys = torch.rand((B, G), generator=gen).to(valid.device)
+            ranks = keys.masked_fill(~in_b, 2.0).argsort(-1).argsort(-1)
+            tgt = ranks < size.to(valid.device)[:, None]
+            inputs.append(tgt | (valid & (block_of > b)))
+            targets.append(tgt)
+            weights.append(torch.where(size > 0, len_b / size.clamp(min=1), 0.0).to(torch.float64))
+    return BlockDraw(torch.stack(inputs), torch.stack(targets), torch.stack(weights).to(valid.device), n)
+
+
+def block_elbo(dlm, batch: ScoredBatch, draw: BlockDraw, chunk: int = 64, bounded: bool = False) -> torch.Tensor:
+    """EBPO's composite ELBO per row [B]: the mean over timesteps of the sum over blocks of each block's
+    weighted masked log-likelihood (DARE `compute_ebpo_composite_elbo` with uniform timestep weights).
+    `bounded`: one draw's activations alive at a time (`bounded_token_logprobs`)."""
+    score = bounded_token_logprobs if bounded else masked_token_logprobs
+    lp = score(dlm, batch, draw.inputs, chunk, scored=draw.targets)
+    per = draw.weights.to(lp.dtype) * lp.sum(-1)                       # [K, B]
+    return per.reshape(draw.timesteps, -1, per.shape[-1]).sum(1).mean(0)
+
+
 # ----------------------------------------------------------------------------- decoding trajectories
 
 def collapse_steps(step_map: torch.Tensor, valid: torch.Tensor, shrink: int = 1) -> torch.Tensor:
@@ -329,6 +430,36 @@ def trace_logprobs(dlm, batch: ScoredBatch, rows: torch.Tensor, masks: torch.Ten
     sample r is row rows[r] of `batch` with masks[r] masked."""
     sub = batch.index(rows)
     return masked_token_logprobs(dlm, sub, masks[None], chunk)[0] * targets
+
+
+def step_segments(step_map: torch.Tensor, steps: int, n: int) -> torch.Tensor:
+    """d2-StepMerge's segment of every window token [B, G]: the decoding steps 0..steps-1 cut into n
+    segments where d2 cuts them (kuleshov-group/d2 `d2StepMergeTrainer.generate`: a new segment starts
+    after step int(k * steps / n), k = 1..n-1); -1 where the token was never decoded (step < 0)."""
+    bounds = torch.tensor([int(k * (steps / n)) for k in range(1, n)], dtype=torch.long, device=step_map.device)
+    seg = torch.searchsorted(bounds, step_map.contiguous(), right=True)
+    return torch.where(step_map >= 0, seg, torch.full_like(seg, -1))
+
+
+def segment_token_logprobs(dlm, batch: ScoredBatch, seg: torch.Tensor, n: int, scored: torch.Tensor,
+                           prompt_masked: torch.Tensor | None = None, chunk: int = 64,
+                           bounded: bool = True) -> torch.Tensor:
+    """Each scored token's log-probability at the state its segment started from [B, G] (zero elsewhere):
+    log p(y_i | x, the tokens of earlier segments, every other valid token masked), d2's trajectory likelihood
+    (`_get_per_token_logps`: the trajectory state at the segment's start is the input, the segment's tokens
+    the targets). n segments of one step each give the exact log-probability of the decoding order
+    (`left_to_right_logprob` when that order is left to right). One forward per segment that holds a
+    scored token; `prompt_masked` [B, P] masks prompt tokens in all of them (d2's p_mask_prompt);
+    `bounded`: one segment's activations alive at a time (`bounded_token_logprobs`)."""
+    k = torch.arange(n, device=seg.device)[:, None, None]
+    targets = (seg[None] == k) & scored[None]
+    used = targets.flatten(1).any(1).nonzero().flatten()
+    if used.numel() == 0:
+        return torch.zeros(seg.shape, device=seg.device)
+    inputs = (((seg[None] >= k) | (seg[None] < 0)) & batch.valid[None])[used]
+    pm = None if prompt_masked is None else prompt_masked[None].expand(len(used), -1, -1)
+    score = bounded_token_logprobs if bounded else masked_token_logprobs
+    return score(dlm, batch, inputs, chunk, prompt_masked=pm, scored=targets[used]).sum(0)
 
 
 # ----------------------------------------------------------------------------- time-delay masks (TaBoM)

@@ -224,7 +224,7 @@ def test_livecodebench_hostile_answers_fail_alone(monkeypatch):
 
 def test_sweep_score_records_say_how_code_ran(tmp_path):
     from dlm_bench import evaluate
-    from dlm_bench.sandbox import launch as sandbox
+    from dlm_bench import sandbox
     from dlm_bench.runs.store import GEN_FIELDS, Store
     task = get_task("humaneval")
     probs = task.load("test")[:2]

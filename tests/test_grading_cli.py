@@ -137,18 +137,19 @@ def _canonical_rows(n=2):
 
 
 def test_code_tasks_refuse_without_bubblewrap(tmp_path, capsys, monkeypatch):
-    from dlm_bench.sandbox import launch as sb
-    monkeypatch.setattr(sb, "_bwrap_problem", lambda: "bwrap not found on PATH")
+    from dlm_bench import sandbox as sb
+    from dlm_bench.sandbox import launch
+    monkeypatch.setattr(launch, "_bwrap_problem", lambda: "bwrap not found on PATH")
     monkeypatch.setenv(sb.ENV_VAR, "")
     src = _write(tmp_path / "h.jsonl", _canonical_rows())
     for env in ("", "bwrap"):
-        monkeypatch.setattr(sb, "_ISO", None)
+        monkeypatch.setattr(launch, "_ISO", None)
         monkeypatch.setenv(sb.ENV_VAR, env)
         assert main(["grade", "humaneval", str(src), "-o", str(tmp_path / "refused.jsonl")]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "bubblewrap" in err and "--unsafe-no-isolation" in err
         assert not (tmp_path / "refused.jsonl").exists()
-    monkeypatch.setattr(sb, "_ISO", None)
+    monkeypatch.setattr(launch, "_ISO", None)
     monkeypatch.setenv(sb.ENV_VAR, "")
     assert main(["grade", "humaneval", str(src), "-o", str(tmp_path / "o.jsonl"), "--unsafe-no-isolation"]) == 0
     out = _read(tmp_path / "o.jsonl")

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from dlm_bench.sandbox import launch as sb
+from dlm_bench import sandbox as sb
+from dlm_bench.sandbox import launch
 from dlm_bench.sandbox.session import Remote
 
 ISO = sb.isolation()
@@ -191,7 +192,7 @@ def test_disk_filling_is_capped():
            "except OSError as e:\n    print('stopped', n)\n")
     r = sb.run(sb.Program(src, timeout=20))
     assert r.status == "ok" and r.stdout.startswith("stopped")
-    assert int(r.stdout.split()[1]) <= sb.TMPFS_BYTES >> 20
+    assert int(r.stdout.split()[1]) <= launch.TMPFS_BYTES >> 20
 
 
 @needs_bwrap
@@ -213,7 +214,8 @@ def test_no_network():
 
 _BATCH = """
 import json, sys
-from dlm_bench.sandbox import launch as sb
+from dlm_bench import sandbox as sb
+from dlm_bench.sandbox import launch
 iso = sb.isolation()
 good = "def f(x):\\n    return x + 1  # {}\\n"
 bad = [sb.Program("while True:\\n    pass\\n", timeout=1.0),
@@ -260,7 +262,7 @@ def test_call_mode_values_and_failures():
 
 
 def test_rlimits_only_fallback_still_judges():
-    results = [sb._run(p, sb.RLIMITS_ONLY) for p in (
+    results = [sb.run_with(p, sb.RLIMITS_ONLY) for p in (
         check(GOOD), check("def f(x):\n    return 0\n"), check("import sys\nsys.exit(0)\n"),
         sb.Program("while True:\n    pass\n", timeout=1.0),
         sb.Program("a = ' ' * (10 ** 11)\n", memory_mb=256))]
@@ -290,7 +292,7 @@ def test_programs_cannot_see_or_touch_each_other():
 
 def test_recovers_when_a_sandbox_is_killed_from_outside():
     assert sb.run(sb.Program("print(1)")).stdout == "1\n"
-    for z in list(getattr(sb, "_IDLE").queue):  # warm sandboxes (root) die under the harness's feet
+    for z in list(launch._IDLE.queue):  # warm sandboxes (root) die under the harness's feet
         os.killpg(z.proc.pid, 9)
         z.proc.wait()
     assert [r.stdout for r in sb.run_many([sb.Program("print(2)")] * 4)] == ["2\n"] * 4
@@ -299,6 +301,6 @@ def test_recovers_when_a_sandbox_is_killed_from_outside():
 @pytest.mark.slow
 def test_cheats_never_pass_without_bwrap_either():
     safe = {k: v for k, v in CHEATS.items() if not k.startswith("kill_")}  # those would hit the host
-    results = [sb._run(check(src, tests=tests), sb.RLIMITS_ONLY) for src, tests in safe.values()]
+    results = [sb.run_with(check(src, tests=tests), sb.RLIMITS_ONLY) for src, tests in safe.values()]
     assert [name for name, r in zip(safe, results) if r.passed] == []
     assert all(r.isolation == sb.RLIMITS_ONLY for r in results)

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from dlm_bench.sandbox import launch as sb
+from dlm_bench import sandbox as sb
+from dlm_bench.sandbox import launch
 from dlm_bench.cli import main
 from dlm_bench.tasks import get_task
 
@@ -158,17 +159,17 @@ def test_warm_sandbox_hygiene_after_a_poisoning_program():
               "        for _ in range(1100):\n            os.mkdir('d')\n            os.chdir('d')\n"
               "    except OSError:\n        pass\n"
               "import ctypes\nlibc = ctypes.CDLL(None)\nprint(libc.shmget(0, 1 << 20, 0o1600) >= 0)\n")
-    while not sb._IDLE.empty():  # start from one fresh warm sandbox, so the next runs reuse it
-        sb._IDLE.get().close()
+    while not launch._IDLE.empty():  # start from one fresh warm sandbox, so the next runs reuse it
+        launch._IDLE.get().close()
     first = sb.run(sb.Program(poison, timeout=20))
     assert first.status == "ok" and first.stdout == "True\n", first
-    assert len(sb._IDLE.queue) == 1  # its scrub left nothing behind, so it is kept for reuse
-    server = sb._IDLE.queue[0]
+    assert len(launch._IDLE.queue) == 1  # its scrub left nothing behind, so it is kept for reuse
+    server = launch._IDLE.queue[0]
     look = ("import os\nprint(sorted(os.listdir('/tmp')), sorted(os.listdir('/sandbox')) == [str(os.getuid())],"
             " open('/proc/sysvipc/shm').read().count('\\n'))\n")
     after = [sb.run(sb.Program(look)) for _ in range(6)]
     assert [r.stdout for r in after] == ["[] True 1\n"] * 6, after
-    assert list(sb._IDLE.queue) == [server]
+    assert list(launch._IDLE.queue) == [server]
     assert all(sb.run(sb.Program("def f(x):\n    return x + 1\n", mode="check", tests="assert f(1) == 2\n",
                                  expose=("f",))).passed for _ in range(10))
 

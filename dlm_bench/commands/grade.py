@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from dlm_bench.tasks.grade_file import grade_file
     if args.unsafe_no_isolation:
-        from dlm_bench.sandbox import launch as sandbox
+        from dlm_bench import sandbox
         sandbox.allow_unisolated()
     grade_file(args.task, args.file, out_path=args.output, data_dir=args.data_dir,
                answer_mode=args.answer_mode)

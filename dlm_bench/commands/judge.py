@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from dlm_bench.errors import UserError
-from dlm_bench.stats.metrics import N_RESAMPLES
+from dlm_bench.stats import N_RESAMPLES
 
 
 def add_arguments(p) -> None:

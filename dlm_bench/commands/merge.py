@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from dlm_bench.errors import UserError
+from dlm_bench.training.model_card import CARD, merge_card
 
 
 def add_arguments(p):
@@ -20,6 +21,7 @@ def run(args):
         raise UserError(f"{str(out)!r} exists and is not an empty directory")
     dlm = load_model(str(src), device="cpu", dtype=args.dtype)
     dlm.save(str(out))
+    (out / CARD).write_text(merge_card(src, dlm.extra["base_model"]), encoding="utf-8")
     from dlm_bench.runs.files import share_tree
     share_tree(out)                  # save_pretrained writes the weights 0600
     print(f"merged {src} into its base {dlm.extra['base_model']}: {out}")

@@ -8,6 +8,7 @@ time (`--wait` queues behind it).
 from __future__ import annotations
 
 from dlm_bench.errors import UserError
+from dlm_bench.runs import tracking
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -54,7 +55,8 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: gen length)")
     p.add_argument("--steps-per-token", type=float, default=1.0,
                    help="steps = ratio x gen length when --steps is not given")
-    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random", "sequential"],
+                   help="sequential: block-diffusion models only")
     add_decoding_arguments(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="base seed (part of the config hash)")
@@ -66,6 +68,7 @@ def add_arguments(p) -> None:
                    help="strict: only the answer form the prompt asks for (part of the config hash)")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--report-to", default="none", help=tracking.HELP)
     p.add_argument("--wait", action="store_true",
                    help="if another run is writing --out, wait for it instead of exiting with an error")
 
@@ -74,9 +77,11 @@ def add_decoding_arguments(p) -> None:
     """The decoding options `sample` and `passk` share (Fast-dLLM's cache and threshold, the noise
     precision, and the decoders of dlm_bench.decoders: ascending schedule, EOSER, RCR)."""
     p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
-                   help="block KV cache (approximate; default none, the paper's protocol)")
+                   help="block KV cache (approximate; default none, the paper's protocol). Full-attention "
+                        "models only: block-diffusion models always cache their finished blocks exactly")
     p.add_argument("--threshold", type=float, default=None,
-                   help="parallel decoding: commit every token above this confidence (e.g. 0.9)")
+                   help="parallel decoding: commit every token above this confidence (e.g. 0.9); on "
+                        "block-diffusion models at least the schedule's count per step (docs/sampler.md)")
     p.add_argument("--noise-dtype", default="float64", choices=["float64", "float32", "bfloat16"],
                    help="Gumbel noise and confidence precision (default float64, LLaDA's; bfloat16: ESPO's "
                         "rollouts; docs/sampler.md)")
@@ -123,6 +128,7 @@ def run(args) -> int:
     from dlm_bench.evaluate import run_sweep
     from dlm_bench.runs.store import read_scores
 
+    tracking.parse_report_to(args.report_to)        # a missing tracker library fails before the sweep
     cfg = config_from_args(args)
     results = run_sweep(cfg, progress=not args.no_progress, wait=args.wait)
     if results is None:          # a non-zero torchrun rank: rank 0 reports
@@ -131,11 +137,28 @@ def run(args) -> int:
     hashes = {c["config_hash"] for c in results["cells"]}
     df = df[df["config_hash"].isin(hashes) & (df["method"] == cfg.method) & (df["sample"] < cfg.n)]
     table = metrics.passk_table(df, ks=cfg.ks)
+    note = f"({cfg.task}: {results['note']})\n" if results.get("note") else ""
     for k in cfg.ks:
         print(metrics.passk_markdown(table, k))
-        print()
+        print(note)
     cost = ", ".join(f"T={c['temperature']:g} L={c['gen_length']}: NFE {c['mean_nfe']:.1f}, "
                      f"length {c['mean_length']:.1f}" for c in results["cells"] if c["mean_nfe"] is not None)
     print(f"Denoising cost (mean per sample): {cost}")
     print(f"Records: {cfg.out}/generations.jsonl, scores.jsonl; summary: {cfg.out}/results.json")
+    report_summary(args.report_to, cfg.out, results)
     return 0
+
+
+def report_summary(report_to: str, out: str, results: dict) -> None:
+    """The sweep's Pass@k to the trackers: a curve over k per cell (`passk/T=..,L=../pass_at_k` at step
+    k) and the whole table."""
+    tracker = tracking.Tracker(report_to, out, results["config"])
+    columns = ["temperature", "gen_length", "k", "pass_at_k", "se", "n_problems", "note"]
+    rows = []
+    for c in results["cells"]:
+        for k, v in sorted(c["pass_at_k"].items(), key=lambda kv: int(kv[0])):
+            tracker.log({"pass_at_k": v["mean"]}, int(k), prefix=f"passk/T={c['temperature']:g},L={c['gen_length']}")
+            rows.append([c["temperature"], c["gen_length"], int(k), v["mean"], v["se"], c["n_problems"],
+                         results.get("note", "")])
+    tracker.log_table("passk/summary", columns, rows)
+    tracker.close()

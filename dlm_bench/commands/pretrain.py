@@ -1,7 +1,7 @@
 """`dlm-bench pretrain`: masked-diffusion pre-training / SFT on a task's reference answers (resumable)."""
 import dataclasses
 
-from dlm_bench.training.pretrain import PretrainConfig, pretrain
+from dlm_bench.training.pretrain_config import PretrainConfig
 
 
 def add_arguments(p):
@@ -21,5 +21,6 @@ def add_arguments(p):
 def run(args):
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    from dlm_bench.training.pretrain import pretrain      # torch: only when a run starts
     path = pretrain(cfg, device=args.device)
     print(f"checkpoint: {path}")

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from dlm_bench.errors import UserError
-from dlm_bench.stats.metrics import N_RESAMPLES
+from dlm_bench.stats import N_RESAMPLES
 
 
 def add_arguments(p) -> None:

@@ -1,4 +1,5 @@
-"""`dlm-bench train METHOD --task T --model PATH [--out DIR] [--config FILE.yaml] [--train-steps N] [--set k=v ...]`.
+"""`dlm-bench train METHOD --task T --model PATH [--out DIR] [--config FILE.yaml] [--train-steps N] [--set k=v ...]`,
+or `--pairs FILE.jsonl` in place of `--task`: preference pairs as the rollouts (dlm_bench.training.pairs).
 
 Settings, later ones winning: the method's defaults (its per-task recipe when it has one), the YAML
 file, the flags, then `--set`. A key (in YAML or `--set`) is routed by name: `sampler.X` -> sampler
@@ -13,11 +14,15 @@ import dataclasses
 from pathlib import Path
 
 from dlm_bench.errors import UserError
+from dlm_bench.runs import tracking
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("method", help="training method (see `dlm-bench methods`)")
     parser.add_argument("--task", default=None, help="task whose train split gives prompts and rewards")
+    parser.add_argument("--pairs", default=None, metavar="FILE.jsonl",
+                        help="train on preference pairs (one JSON object per line: prompt, chosen, rejected) "
+                             "instead of the task's rollouts; replaces --task")
     parser.add_argument("--model", default=None, help="base model directory")
     parser.add_argument("--out", default=None, help="output directory (default results/train/METHOD-TASK)")
     parser.add_argument("--config", default=None, help="YAML file of settings")
@@ -29,6 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data-dir", default=None, help="folder holding the benchmark data")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="any method, loop or sampler.* setting; repeatable")
+    parser.add_argument("--report-to", default=None, help=tracking.HELP + " (default: none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -91,8 +97,9 @@ def build_config(args):
         for k, v in data.items():
             _route(str(k), v, method_fields, train_fields, cfg)
     for flag, key in (("task", "task"), ("model", "model"), ("out", "out"), ("train_steps", "train_steps"),
-                      ("seed", "seed"), ("device", "device"), ("data_dir", "data_dir")):
-        v = getattr(args, flag)
+                      ("seed", "seed"), ("device", "device"), ("data_dir", "data_dir"),
+                      ("report_to", "report_to")):
+        v = getattr(args, flag, None)
         if v is not None:
             cfg[key] = v
     for item in args.sets:
@@ -100,6 +107,12 @@ def build_config(args):
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         _route(k.strip(), _parse_value(v), method_fields, train_fields, cfg)
+    if args.pairs is not None:
+        cfg["pairs"] = args.pairs
+    if cfg.get("pairs"):                 # the file stands in for the task
+        if cfg.get("task") not in (None, "pairs"):
+            raise UserError("--pairs gives the prompts and completions: leave --task out")
+        cfg["task"] = "pairs"
     for key in ("train_steps", "optim.train_steps"):
         if key in cfg["overrides"] and "train_steps" not in cfg:
             cfg["train_steps"] = cfg["overrides"].pop(key)

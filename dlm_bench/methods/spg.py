@@ -40,6 +40,7 @@ from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfi
 from dlm_bench.likelihood import block_random_masks, masked_token_logprobs
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
+from dlm_bench.methods.profile import Profile
 from dlm_bench.methods.diffu_grpo import completion_positions
 from dlm_bench.methods.losses import group_advantages
 
@@ -137,6 +138,9 @@ RECIPES = {"sudoku": dict(eubo_beta=1.0, temperature=0.3)}   # sudoku_new_base_s
 class SPG(Method):
     name = "spg"
     Config = SPGConfig
+    profile = Profile(family="sequence-ELBO RL", reference="none",
+                      estimator="ELBO for A > 0, EUBO mixture for A <= 0, block-random masks",
+                      forwards=2, forwards_note="num_t = 2 block-random forwards per completion")
     fidelity = (
         Deviation("num_t mask blocks per window", "capped at the window's block count on short windows", "kept",
                   "tests/test_spg.py::test_block_random_masks"),

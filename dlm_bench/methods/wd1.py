@@ -29,6 +29,7 @@ import torch
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
 from dlm_bench.likelihood import one_step_logprobs, prompt_masks
+from dlm_bench.methods.profile import Profile
 from dlm_bench.methods.diffu_grpo import completion_positions
 from dlm_bench.methods.losses import group_advantages
 
@@ -102,6 +103,9 @@ class WD1Config(MethodConfig):
 class WD1(Method):
     name = "wd1"
     Config = WD1Config
+    profile = Profile(family="sequence-ELBO RL", reference="none",
+                      estimator="one-step mean-field (d1's), ratio-free weighted likelihood",
+                      forwards=1, forwards_note="one forward per completion")
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
         cfg, batch = self.config, rollouts.batch

@@ -16,8 +16,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 from dlm_bench.errors import UserError
 from dlm_bench.runs.files import append_lines, read_jsonl
@@ -164,6 +166,7 @@ def read_all_scores(root: str | Path) -> pd.DataFrame:
     frames = [f for f in (read_scores(d) for d in dirs) if not f.empty]
     if not frames:
         raise UserError(f"no scores.jsonl with records under {str(root)!r}")
+    import pandas as pd          # not at import: `dlm-bench runs --help` stays fast
     df = pd.concat(frames, ignore_index=True)
     df = df.drop_duplicates(list(KEY), keep="first").reset_index(drop=True)
     return select_current(df, dirs, root)
@@ -187,6 +190,7 @@ def read_seeded_scores(root):
     """Scores of every seed folder under `root` with a `train_seed` column, or None without any.
     Each seed folder is read on its own, so one label may hold one model per seed; runs outside
     every seed folder (the untrained base) are read together as one seed, train_seed = -1."""
+    import pandas as pd
     root = Path(root)
     folders = seed_folders(root)
     if not folders:

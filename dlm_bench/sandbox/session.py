@@ -81,6 +81,7 @@ class Session:
         self.sel = selectors.DefaultSelector()
         self.res, self.out, self.err, self.pending = bytearray(), bytearray(), bytearray(), bytearray(cfg)
         self.out_bytes, self.seq, self.exited = 0, 0, None
+        self.res_bytes, self.nodes = 0, [codec.MAX_NODES]  # what the whole run may return, in all
         self.broken: tuple[str, str] | None = None  # (status, detail) once the program failed
         self._asked, self._opaque_reply = t0, False
         for fd in (self.out_r, self.err_r, self.req_w, self.res_r):
@@ -99,6 +100,9 @@ class Session:
                 if n > self.max_output:
                     self.fail("failed", f"sent a frame of {n} bytes (limit {self.max_output})")
                 if len(self.res) >= 4 + n:
+                    self.res_bytes += n
+                    if self.res_bytes > self.max_output:  # (call mode keeps every value to the end)
+                        self.fail("output_limit", f"returned more than {self.max_output} bytes in all")
                     data = bytes(self.res[4:4 + n])
                     del self.res[:4 + n]
                     return data
@@ -142,8 +146,11 @@ class Session:
                         self.fail("output_limit", f"more than {self.max_output} bytes of output")
 
     def message(self, deadline: float) -> list:
-        try:
-            msg = codec.loads(self.frame(deadline), self._remote)
+        frame = self.frame(deadline)
+        try:  # bounded in size, nesting and collisions, and by the run's deadline: no frame stalls us
+            msg = codec.loads(frame, self._remote, self.nodes, self.deadline)
+        except codec.DecodeTimeout:
+            self.fail("timeout", "exceeded the wall-clock limit (while decoding what it sent)")
         except codec.PlainDataError as e:
             self.fail("failed", f"sent something that is not plain data: {e}")
         if type(msg) is not list or not msg:

@@ -18,11 +18,10 @@ import pandas as pd
 import scipy.stats
 
 from dlm_bench.errors import UserError
-from dlm_bench.stats import intervals
+from dlm_bench.stats import N_RESAMPLES, intervals
 from dlm_bench.stats.passk import pass_at_k
 
 CELL = ("task", "gen_length", "temperature")  # one comparison per cell
-N_RESAMPLES = 10_000  # bootstrap resamples everywhere (compare, report, judge), so their CIs agree
 BY = ("method",) + CELL
 SCORE_COLUMNS = ("problem_id", "sample", "correct")
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from dlm_bench.errors import UserError
 from dlm_bench.registry import Registry
+from dlm_bench.tasks import data
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class Task:
     answer_modes: ClassVar[tuple[str, ...]] = ("flexible",)
     # Training rewards `rewards(kind=...)` accepts; "binary" is the grade (code tasks add the recipes').
     reward_kinds: ClassVar[tuple[str, ...]] = ("binary",)
+    # split -> its file under the data folder (`tasks/data.py` finds it); a split not listed is generated.
+    # None: the task does not say, so `dlm-bench tasks` has to load it to know.
+    data_files: ClassVar[dict[str, str] | None] = None
 
     answer_mode: str = "flexible"
 
@@ -64,6 +68,20 @@ class Task:
 
     def load(self, split: str) -> list[Problem]:
         raise NotImplementedError
+
+    def locate(self, split: str) -> str | None:
+        """Where `split` is read from, for `dlm-bench tasks`, without reading it (UserError where it is
+        missing); None for a generated split."""
+        if self.data_files is None:
+            return f"{len(self.load(split))} rows"
+        if split not in self.data_files:
+            return None
+        return str(data.find_file(self.data_files[split], self.data_dir).parent)
+
+    def result_note(self) -> str | None:
+        """A caveat printed beside this task's numbers (e.g. LiveCodeBench's "public tests only"), once
+        its data is loaded; None when there is none."""
+        return None
 
     def prompt(self, problem: Problem) -> list[dict]:
         """Chat messages for the model; backends apply the tokenizer's chat template."""
@@ -94,7 +112,7 @@ class Task:
         return None
 
 
-_TASKS = Registry("task", Task, "dlm_bench.tasks", ("gsm8k", "math500", "minerva", "humaneval", "mbpp",
+_TASKS = Registry("task", Task, "dlm_bench.tasks", ("gsm8k", "math500", "minerva", "aime", "olympiadbench", "humaneval", "mbpp",
                                                  "livecodebench", "countdown", "sudoku", "testbed"),
                   "dlm_bench.tasks")
 register_task = _TASKS.register

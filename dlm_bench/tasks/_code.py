@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dlm_bench.sandbox import launch as sandbox
+from dlm_bench import sandbox
 
 from . import Grade, Problem, Task
 from . import _code_reward as code_reward

@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from dlm_bench.sandbox import launch as sandbox
+from dlm_bench import sandbox
 
 # A test case: the program to run and how to read its result as passed (True) or not.
 Case = tuple[sandbox.Program, Callable[[sandbox.RunResult], bool]]

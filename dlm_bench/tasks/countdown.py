@@ -213,19 +213,10 @@ class Countdown(Task):
 
     def _train_rows(self):
         """(source row index, numbers, target) of the 3-number rows, as d1 filters them."""
-        from dlm_bench.tasks import data
-        try:
-            path = data.find_file(self.data_files["train"], self.data_dir, hub="Jiayi-Pan/Countdown-Tasks-3to4")
-        except UserError as local_err:
-            try:
-                rows = data.hub_dataset("Jiayi-Pan/Countdown-Tasks-3to4", "train")
-            except UserError:
-                raise local_err from None
-            return [(i, list(r["nums"]), r["target"]) for i, r in enumerate(rows) if len(r["nums"]) == 3]
-        import pandas as pd
-        df = pd.read_parquet(path, columns=["target", "nums"])
-        return [(i, [int(x) for x in ns], int(t)) for i, (t, ns) in enumerate(zip(df["target"], df["nums"]))
-                if len(ns) == 3]
+        rows = load_rows(self.data_files["train"], self.data_dir, "Jiayi-Pan/Countdown-Tasks-3to4", "train",
+                         columns=["target", "nums"])
+        return [(i, [int(x) for x in r["nums"]], int(r["target"])) for i, r in enumerate(rows)
+                if len(r["nums"]) == 3]
 
     def _check(self, problem: Problem, completion: str) -> tuple[str, str | None, bool]:
         raw, explicit = extract_expression(completion)

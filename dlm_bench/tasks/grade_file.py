@@ -17,11 +17,12 @@ import re
 from pathlib import Path
 
 from dlm_bench.errors import UserError
+from dlm_bench.models import families
 
 MAX_COMPLETION_CHARS = 100_000  # far beyond any real generation; guards the regex/sympy graders
-# End-of-text / end-of-turn tokens as decoded text (LLaDA/Llama-3, Dream/Qwen, the built-in tiny model).
+# End-of-text / end-of-turn tokens as decoded text, of every model family's chat format (models/families.py).
 # The sweep stops decoding at the first one; `grade` cuts there too, so both grade the same answer.
-END_OF_TURN = ("<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>", "<|eot|>")
+END_OF_TURN = families.end_texts()
 _END_RE = re.compile("|".join(re.escape(t) for t in END_OF_TURN))
 
 
@@ -168,7 +169,10 @@ def grade_file(task_name: str, in_path, out_path=None, data_dir=None, answer_mod
         summary["correct_strict"] = strict
     print(f"{task_name}: n={n} correct={correct} accuracy={summary['accuracy']:.4f}"
           + (f" (strict: correct={strict} accuracy={strict / n:.4f})" if differs else "")
-          + (f" bad_input={bad}" if bad else "") + f" -> {out_path}")
+          + (f" bad_input={bad}" if bad else "") + (f" ({task.result_note()})" if task.result_note() else "")
+          + f" -> {out_path}")
+    if task.result_note():
+        summary["note"] = task.result_note()
     return summary
 
 
@@ -183,33 +187,23 @@ def _json_line(row: dict) -> str:
 
 
 def tasks_table(data_dir=None) -> list[tuple[str, str, str]]:
-    """(task, "split=size, ...", data location or "missing") for every registered task.
-
-    Tasks that declare `data_files` (split → path under the data folder) are located without loading;
-    others are loaded once per split to count rows.
-    """
-    from dlm_bench.tasks import data
+    """(task, "split=size, ...", data location or "missing") for every registered task; tasks that
+    declare their data files are located without reading them (`Task.locate`)."""
     from dlm_bench.tasks import get_task, task_names
     rows = []
     for name in task_names():
         task = get_task(name, data_dir=data_dir)
-        files = getattr(task, "data_files", None)
         sizes, where = [], []
         for split, size in task.splits.items():
-            generated = size is None or (files is not None and split not in files)
+            try:
+                found = task.locate(split)
+            except Exception:  # noqa: BLE001 - any failure to find or load means the data is not usable here
+                found = f"{split}: missing"
+            generated = found is None or (size is None and task.data_files is None)
             sizes.append(f"{split}={size if size is not None else 'n'}" + (" (generated)" if generated else ""))
-            if files is not None:
-                if split not in files:
-                    continue  # generated split
-                try:
-                    where.append(str(data.find_file(files[split], data_dir).parent))
-                except UserError:
-                    where.append(f"{split}: missing")
-            else:
-                try:
-                    where.append(f"{split}: {len(task.load(split))} rows")
-                except Exception:  # noqa: BLE001 - any failure to load means the data is not usable here
-                    where.append(f"{split}: missing")
+            if found is not None:
+                where.append(found if task.data_files is not None or found.endswith("missing")
+                             else f"{split}: {found}")
         uniq = list(dict.fromkeys(where))
         rows.append((name, ", ".join(sizes), "; ".join(uniq) if uniq else "generated"))
     return rows

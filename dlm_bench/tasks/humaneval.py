@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 
-from dlm_bench.sandbox import launch as sandbox
+from dlm_bench import sandbox
 from dlm_bench.errors import UserError
 
 from . import Problem, register_task
@@ -32,6 +32,7 @@ class HumanEval(SandboxTask):
     answer_kind = "code"
     eval_split = "test"
     splits = {"test": 164}
+    data_files = {"test": "humaneval/HumanEval.jsonl"}
     prompt_template = ("You are an expert Python programmer. Your task is to complete the implementation "
                        "of a function named `{entry_point}`.\n\nHere is the function to complete:\n"
                        "```python\n{question}\n```\n")
@@ -46,7 +47,7 @@ class HumanEval(SandboxTask):
     def load(self, split: str = "test") -> list[Problem]:
         if split != "test":
             raise UserError(f"humaneval has only the 'test' split, not {split!r}")
-        rows = load_rows("humaneval/HumanEval.jsonl", self.data_dir, self.hub_id, "test")
+        rows = load_rows(self.data_files["test"], self.data_dir, self.hub_id, "test")
         return [Problem(id=r["task_id"], question=r["prompt"].rstrip(),
                         answer={"test": r["test"], "entry_point": r["entry_point"]},
                         meta={"entry_point": r["entry_point"], "prompt": r["prompt"],

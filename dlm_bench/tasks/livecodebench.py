@@ -10,12 +10,18 @@ global, so only plain strings and containers can come out — never pickle.loads
 Grading follows lcb_runner/evaluation/testing_util.py, but every test runs in the sandbox and the
 expected outputs never enter it (compared here):
 - stdin problems: one fresh process per test, stdout vs expected after stripping the whole text and
-  each line; lines equal, or equal as lists of Decimal tokens; stop at the first failing test.
+  each line; lines equal, or equal as lists of Decimal tokens. Every test runs even after a wrong
+  output (LCB stops there, but then whether test k+1 runs tells the program its output k was
+  right); only a crash or timeout, which the program can observe itself, stops the row.
 - functional problems: one process serves Solution().<func_name>(*args) calls, args = JSON lines of
   the input; each result comes back as plain data and is compared here as LCB's JSON round trip
   sees it (a tuple counts as a list). A fresh Solution() per test.
 Both get LCB's import prelude. Copies without private tests are accepted and every problem and grade
-is marked `public_tests_only`. Reward: correctness (binary), or a recipe's format score + the
+is marked `public_tests_only`; where no official file is found, release_latest / release_v5 read the
+data folder's public-tests copy (`PUBLIC_COPY`, 279 problems of 2024-08..2025-01). The test set
+("public", "public+private") is part of the grader id, so of every result's hash, and `result_note`
+prints "public tests only" beside the numbers. Splits: `test` (all) and `easy`/`medium`/`hard`, refused
+where the data carries no difficulty labels. Reward: correctness (binary), or a recipe's format score + the
 fraction of tests passed, every test run on its own (tasks/_code_reward.py; `test_cases`).
 """
 from __future__ import annotations
@@ -32,8 +38,8 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from dlm_bench.sandbox import launch as sandbox
-from dlm_bench.tasks.data import find_file, hub_dataset
+from dlm_bench import sandbox
+from dlm_bench.tasks import data
 from dlm_bench.errors import UserError
 
 from . import Grade, Problem, Task, register_task
@@ -41,6 +47,10 @@ from . import _code_reward as code_reward
 from ._code import CodeGrade, extract_code, no_answer, to_grade
 
 RELEASE_FILES = ["test.jsonl"] + [f"test{i}.jsonl" for i in range(2, 10)]  # release_vN = first N
+# ../shared/data's copy: the 279 release_v5 problems of 2024-08..2025-01 with their public tests only
+# (rllm/DeepCoder's conversion; no ids, dates or difficulty labels). Used where no official file is.
+PUBLIC_COPY = "livecodebench/rllm_lcb_v5_2408_2501_public.json"
+PUBLIC_COPY_RELEASES = ("release_latest", "release_v5", "v5")
 HUB_ID = "livecodebench/code_generation_lite"
 DIFFICULTIES = ("easy", "medium", "hard")
 
@@ -129,7 +139,10 @@ class LiveCodeBench(Task):
     name = "livecodebench"
     answer_kind = "code"
     eval_split = "test"
-    splits = {"test": None}
+    # test: every problem; easy/medium/hard: one difficulty (refused where the data has no labels)
+    splits = {"test": None, "easy": None, "medium": None, "hard": None}
+    data_files = {s: "livecodebench/test.jsonl" for s in splits}   # release_v1's file; see `locate`
+    test_set = "unknown"      # "public", "public+private" or "mixed", once loaded
     system_prompt = ("You are an expert Python programmer. You will be given a question (problem "
                      "specification) and will generate a correct Python program that matches the "
                      "specification and passes all tests. You will NOT return anything except for the "
@@ -159,19 +172,21 @@ class LiveCodeBench(Task):
 
     # ---- data ------------------------------------------------------------------------------------
 
-    def _paths(self) -> list[Path]:
-        if self.files:
-            missing = [f for f in self.files if not os.path.isfile(f)]
-            if missing:
-                raise UserError(f"livecodebench: file(s) not found: {', '.join(missing)}")
-            return [Path(f) for f in self.files]
+    def _release_files(self) -> list[Path]:
+        """The official release files (test.jsonl, test2.jsonl, ...) of `release`, or the public-tests
+        copy where the release is one it covers and no official file is found."""
         m = re.fullmatch(r"(release_)?v(\d)", self.release)
         if self.release != "release_latest" and not m:
             raise UserError(f"livecodebench: release must be release_latest, release_vN or vN, "
                             f"not {self.release!r}")
         n = int(m.group(2)) if m else len(RELEASE_FILES)
         names = RELEASE_FILES[n - 1:n] if m and not m.group(1) else RELEASE_FILES[:n]
-        first = find_file("livecodebench/" + names[0], self.data_dir, hub=HUB_ID)
+        try:
+            first = data.find_file("livecodebench/" + names[0], self.data_dir)
+        except UserError:
+            if self.release not in PUBLIC_COPY_RELEASES:
+                raise
+            return [data.find_file(PUBLIC_COPY, self.data_dir)]
         paths = [first]  # the later files of a release must sit beside the first one
         for name in names[1:]:
             if not (first.parent / name).is_file():
@@ -181,35 +196,45 @@ class LiveCodeBench(Task):
             paths.append(first.parent / name)
         return paths
 
+    def locate(self, split: str) -> str:
+        """The release files (or the public-tests copy) `load` reads, without reading them."""
+        if self.files:
+            return ", ".join(self.files)
+        first = self._release_files()[0]
+        if first.name != Path(PUBLIC_COPY).name:
+            return str(first.parent)
+        if split in DIFFICULTIES:
+            return "easy/medium/hard: no difficulty labels in the public copy"
+        return f"{first} (public tests only)"
+
     def _rows(self) -> list[tuple[dict, str]]:
-        try:
-            paths = self._paths()
-        except UserError as local_err:
-            if self.files:
-                raise
-            try:  # the hub repo is a dataset script that recent `datasets` refuses; try anyway
-                return [(r, HUB_ID) for r in hub_dataset(HUB_ID, "test", self.release)]
-            except UserError:
-                raise local_err from None
-        rows = []
-        for p in paths:
-            text = p.read_text(encoding="utf-8")
-            data = json.loads(text) if text.lstrip().startswith("[") else [
-                json.loads(line) for line in text.splitlines() if line.strip()]
-            rows += [(r, p.name) for r in data]
-        return rows
+        if self.files:
+            missing = [f for f in self.files if not os.path.isfile(f)]
+            if missing:
+                raise UserError(f"livecodebench: file(s) not found: {', '.join(missing)}")
+            paths = [Path(f) for f in self.files]
+        else:
+            try:
+                paths = self._release_files()
+            except UserError as local_err:
+                try:  # the hub repo is a dataset script that recent `datasets` refuses; try anyway
+                    return [(r, HUB_ID) for r in data.hub_dataset(HUB_ID, "test", self.release)]
+                except UserError as hub_err:
+                    raise UserError(f"{local_err} Hub: {hub_err}") from None
+        return [(r, p.name) for p in paths for r in data.read_files([p])]
 
     def load(self, split: str = "test") -> list[Problem]:
-        if split != "test":
-            raise UserError(f"livecodebench has only the 'test' split, not {split!r}")
+        if split not in self.splits:
+            raise UserError(f"livecodebench has splits {', '.join(self.splits)}, not {split!r}")
+        wanted = [split] if split in DIFFICULTIES else self.difficulty
         out = []
         for i, (row, source) in enumerate(self._rows()):
             qid = str(row.get("question_id") or f"{source}:{i}")
-            if self.difficulty:  # filter before decoding the (possibly large) private tests
+            if wanted:  # filter before decoding the (possibly large) private tests
                 if row.get("difficulty") not in DIFFICULTIES:
-                    raise UserError(f"livecodebench {qid}: no difficulty label, so the difficulty "
-                                    f"filter cannot apply")
-                if row["difficulty"] not in self.difficulty:
+                    raise UserError(f"livecodebench: {source} has no difficulty labels (problem {qid}), so "
+                                    f"the difficulty split cannot apply; it needs the official release files")
+                if row["difficulty"] not in wanted:
                     continue
             if self.start or self.end:
                 day = _parse_date(row.get("contest_date"), f"{qid} contest_date")
@@ -220,7 +245,15 @@ class LiveCodeBench(Task):
             out.append(self._problem(row, qid, source))
         if not out:
             raise UserError("livecodebench: no problem matches the difficulty/date filters")
+        self.test_set = test_set(out)
         return out
+
+    def grader_id(self) -> dict:
+        """The test set is part of what decides a grade: public-only and full results never share a hash."""
+        return {**super().grader_id(), "tests": self.test_set}
+
+    def result_note(self) -> str | None:
+        return {"public": "public tests only", "mixed": "some problems public tests only"}.get(self.test_set)
 
     def _problem(self, row: dict, qid: str, source: str) -> Problem:
         official = "question_content" in row
@@ -302,16 +335,18 @@ class LiveCodeBench(Task):
             return no_answer(public_only)
         if func:
             return self._grade_calls(problem, code, public_only)
-        res = None
+        res, wrong = None, None
         for k, (inp, want) in enumerate(zip(problem.answer["inputs"], problem.answer["outputs"])):
             res = sandbox.run(sandbox.Program(
                 PRELUDE + code, stdin=inp, timeout=self.test_timeout + 2.0, memory_mb=self.memory_mb,
                 max_output=max(4 << 20, 2 * len(want.encode()) + 4096)))
-            if not res.passed:
-                return to_grade(res, code, public_only)
-            if not stdout_matches(res.stdout, want):
-                return CodeGrade(False, code, "wrong", res.isolation, f"test {k}: wrong output", public_only)
-        return CodeGrade(True, code, "correct", res.isolation, "", public_only)
+            if not res.passed:  # it crashed or ran out of time: the program can tell that itself
+                return wrong or to_grade(res, code, public_only)
+            if wrong is None and not stdout_matches(res.stdout, want):
+                wrong = CodeGrade(False, code, "wrong", res.isolation, f"test {k}: wrong output", public_only)
+        # a wrong output does not stop the tests: whether test k+1 ran would tell the program (through
+        # anything it leaves for a later job) that its output k was right
+        return wrong or CodeGrade(True, code, "correct", res.isolation, "", public_only)
 
     def _grade_calls(self, problem: Problem, code: str, public_only: bool) -> CodeGrade:
         calls, expected = problem.answer["calls"], problem.answer["expected"]
@@ -326,6 +361,13 @@ class LiveCodeBench(Task):
         if not res.passed:
             return to_grade(res, code, public_only)
         return CodeGrade(True, code, "correct", res.isolation, "", public_only)
+
+
+def test_set(problems: list[Problem]) -> str:
+    """Which tests grade these problems: "public" (a copy without private tests), "public+private"
+    (the official release) or "mixed"."""
+    public = {p.meta["public_tests_only"] for p in problems}
+    return "mixed" if len(public) > 1 else "public" if public == {True} else "public+private"
 
 
 def _as_json(value):

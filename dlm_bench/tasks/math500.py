@@ -97,6 +97,12 @@ class Math500(Task):
     def grade(self, problem: Problem, completion: str) -> Grade:
         return self.grade_many([problem], [completion])[0]
 
+    # what a grader worker runs per answer: pool_fn(*pool_item(problem, prediction), timeout_s)
+    pool_fn = staticmethod(verify_answer)
+
+    def pool_item(self, problem: Problem, prediction: str) -> tuple:
+        return self.gold_latex(problem), prediction
+
     def grade_many(self, problems: list[Problem], completions: list[str]) -> list[Grade]:
         grades: list[Grade | None] = []
         items, where = [], []
@@ -104,9 +110,9 @@ class Math500(Task):
             pred, early = prediction_text(c, self.answer_mode)
             grades.append(early)
             if early is None:
-                items.append((self.gold_latex(p), pred))
+                items.append(self.pool_item(p, pred))
                 where.append(len(grades) - 1)
-        results = grade_in_pool(verify_answer, items, self.timeout_s, self.hard_deadline_s, self.retry_factor)
+        results = grade_in_pool(self.pool_fn, items, self.timeout_s, self.hard_deadline_s, self.retry_factor)
         for i, r in zip(where, results):
             grades[i] = result_to_grade(r)
         return grades  # type: ignore[return-value]

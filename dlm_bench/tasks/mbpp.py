@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import builtins
 
-from dlm_bench.sandbox import launch as sandbox
+from dlm_bench import sandbox
 from dlm_bench.errors import UserError
 
 from . import Problem, register_task
@@ -46,6 +46,7 @@ class MBPP(SandboxTask):
     eval_split = "test"
     train_split = "train"
     splits = {"test": 500, "train": 374, "validation": 90, "prompt": 10}
+    data_files = {s: "mbpp/mbpp.jsonl" for s in splits}   # one file; splits by task_id
     prompt_template = ("You are an expert Python programmer. Your task is to complete the implementation "
                        "of a function named `{func_name}`.\n\n** TARGET FUNCTION **\n{question}\n\n"
                        "** UNIT TESTS **\nYour code should pass unit tests like:\n{tests}\n\n"
@@ -62,7 +63,7 @@ class MBPP(SandboxTask):
     def load(self, split: str = "test") -> list[Problem]:
         if split not in SPLIT_IDS:
             raise UserError(f"mbpp has splits {', '.join(SPLIT_IDS)}; not {split!r}")
-        rows = load_rows("mbpp/mbpp.jsonl", self.data_dir, self.hub_id, split, config="full")
+        rows = load_rows(self.data_files[split], self.data_dir, self.hub_id, split, config="full")
         lo, hi = SPLIT_IDS[split]
         rows = sorted((r for r in rows if lo <= int(r["task_id"]) <= hi), key=lambda r: int(r["task_id"]))
         if len(rows) != self.splits[split]:

@@ -10,7 +10,6 @@ Reward = d1's cell accuracy: the fraction of the originally empty cells that mat
 """
 from __future__ import annotations
 
-import csv
 import random
 import re
 from functools import lru_cache
@@ -163,13 +162,13 @@ def cell_accuracy(grid: str | None, puzzle: str, solution: str) -> float:
     return sum(grid[i] == solution[i] for i in empty) / len(empty) if empty else 0.0
 
 
-def read_puzzles(path) -> list[tuple[str, str]]:
-    """(puzzle, solution) strings; read as text so leading zeros stay (pandas would need dtype=str)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [(r["Puzzle"].strip(), r["Solution"].strip()) for r in csv.DictReader(f)]
+def read_puzzles(relpath: str, data_dir) -> list[tuple[str, str]]:
+    """(puzzle, solution) strings of a data file (read as text, so leading zeros stay)."""
+    rows = [(str(r["Puzzle"]).strip(), str(r["Solution"]).strip())
+            for r in data.load_rows(relpath, data_dir, None, "test")]
     for p, s in rows:
         if len(p) != 16 or len(s) != 16 or not p.isdigit() or not s.isdigit():
-            raise UserError(f"{path}: malformed sudoku row {p!r},{s!r} (expected 16-digit strings)")
+            raise UserError(f"{relpath}: malformed sudoku row {p!r},{s!r} (expected 16-digit strings)")
     return rows
 
 
@@ -199,13 +198,13 @@ class Sudoku(Task):
 
     def load(self, split: str) -> list[Problem]:
         if split in self.data_files:
-            rows = read_puzzles(data.find_file(self.data_files[split], self.data_dir))
+            rows = read_puzzles(self.data_files[split], self.data_dir)
             return [self._problem(f"sudoku/{split}/{i}", p, s) for i, (p, s) in enumerate(rows)]
         if split == "synthetic":
             excl = set()
             for s in self.data_files:  # never train on a puzzle that is in either test file
                 try:
-                    excl |= {p for p, _ in read_puzzles(data.find_file(self.data_files[s], self.data_dir))}
+                    excl |= {p for p, _ in read_puzzles(self.data_files[s], self.data_dir)}
                 except UserError:
                     pass
             rows = generate(self.splits["synthetic"], self.synthetic_seed, self.synthetic_empty, excl)

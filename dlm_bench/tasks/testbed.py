@@ -77,6 +77,7 @@ class Testbed(Task):
     name = "testbed"
     answer_kind = "expression"
     splits = {"test": EVAL_SIZE, "train": None}
+    data_files = {}          # every split is generated
     prompt_template = "{question}:"
     template_source = "dlm-bench testbed (plain, no chat wrapper: a character-level model)"
 

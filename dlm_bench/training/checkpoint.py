@@ -11,17 +11,21 @@ from pathlib import Path
 import torch
 
 from dlm_bench.environment import note
+from dlm_bench.training.model_card import CARD
 from dlm_bench.runs.files import recover_dir, staging_dir, swap_in_dir
 
 STATE = "trainer_state.pt"
 
 
-def save(out_dir: str | Path, dlm, state: dict, name: str = "checkpoint") -> Path:
-    """Write `dlm` and `state` to out_dir/name atomically (write aside, then rename)."""
+def save(out_dir: str | Path, dlm, state: dict, name: str = "checkpoint", card: str | None = None) -> Path:
+    """Write `dlm`, `state` and the model card (README.md) to out_dir/name atomically (write aside,
+    then rename)."""
     out = Path(out_dir)
     tmp = staging_dir(out, name)
     dlm.save(str(tmp))
     torch.save(state, tmp / STATE)
+    if card is not None:
+        (tmp / CARD).write_text(card, encoding="utf-8")
     final = out / name
     swap_in_dir(tmp, final)
     note(out, dlm.device, next(dlm.model.parameters()).dtype, step=state.get("step"))

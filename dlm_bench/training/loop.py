@@ -33,6 +33,7 @@ resumed run continues exactly as an uninterrupted one. Ctrl-C saves unless it la
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -44,7 +45,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dlm_bench.training import checkpoint
+from dlm_bench.training import checkpoint, model_card, pairs
 from dlm_bench.checks import TRAIN_RESULT
 from dlm_bench.config import derive_seed, knob
 from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params, init_distributed, is_sharded,
@@ -52,6 +53,7 @@ from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params
 from dlm_bench.errors import UserError
 from dlm_bench.training.schedule import lr_multiplier, step_prompts, warmup_updates
 from dlm_bench.training.parallel import grad_norm_and_clip, loss_scale, plain_params
+from dlm_bench.runs import tracking
 from dlm_bench.runs.files import append_lines, atomic_write, write_json
 
 RESULT = TRAIN_RESULT
@@ -75,6 +77,9 @@ class TrainConfig:
     overrides: dict = knob({}, "method settings (lr, group_size, beta, optim.lr, ...)", source=HARNESS)
     sampler: dict = knob({}, "extra SamplerConfig fields for rollouts (sampler.remasking, ...)", source=HARNESS)
     split: str | None = knob(None, "training split (None: the task's train split, else 'train')", source=HARNESS)
+    pairs: str | None = knob(None, "preference pairs file (JSONL: prompt, chosen, rejected) whose two completions "
+                                   "per prompt (rewards 1, 0) replace the task's rollouts; task must be 'pairs' "
+                                   "(dlm_bench.training.pairs)", source=HARNESS)
     save_every: int = knob(50, "optimizer steps between checkpoints (0: only at the end)", source=HARNESS, low=0)
     data_dir: str | None = knob(None, "folder holding the benchmark data (default: the search order)",
                                 source=HARNESS)
@@ -91,6 +96,7 @@ class TrainConfig:
                                                      "every model but the built-in tiny one)", source=MEMORY)
     parallel: str = knob("auto", "several processes: fsdp for full fine-tuning, ddp for LoRA (auto), or forced",
                          source=HARNESS, choices=("auto", "ddp", "fsdp"))
+    report_to: str = knob("none", tracking.HELP, source="harness default (TRL's report_to)")
 
     def validate(self) -> "TrainConfig":
         if not self.model and self.method != "base":
@@ -104,6 +110,7 @@ class TrainConfig:
             raise UserError(f"save_every must be a non-negative integer, got {self.save_every!r}")
         if self.parallel not in ("auto", "ddp", "fsdp"):
             raise UserError(f"parallel must be auto, ddp or fsdp, got {self.parallel!r}")
+        tracking.parse_report_to(self.report_to)
         if not isinstance(self.overrides, dict) or not isinstance(self.sampler, dict):
             raise UserError("overrides and sampler must be mappings")
         from dlm_bench.sampler import SamplerConfig
@@ -133,7 +140,7 @@ def _identity(config: dict) -> dict:
     """Settings a resumed run must share (its length, budget, checkpointing and device may change)."""
     return {k: v for k, v in config.items()
             if k not in ("train_steps", "save_every", "minutes", "device", "rollout_chunk", "out", "parallel",
-                         "gradient_checkpointing")}
+                         "gradient_checkpointing", "report_to")}
 
 
 def _flat(config: dict) -> dict:
@@ -160,6 +167,7 @@ class Plan:
     steps: int
     scfg: object                     # the rollout SamplerConfig
     reward_kind: str = "binary"      # what task.rewards is asked for (tasks.reward_kind)
+    split: str = "train"             # the task split the prompts come from
 
     @property
     def n_micro(self) -> int:
@@ -191,17 +199,16 @@ def plan(cfg: TrainConfig) -> Plan | None:
     cfg.validate()
     cls = get_method(cfg.method)
     mcfg = cls.config_for(cfg.task, dict(cfg.overrides))
-    task = get_task(cfg.task, data_dir=cfg.data_dir)
+    if cfg.pairs:
+        task, problems, kind = _pairs_task(cfg, cls, mcfg)      # the file in the task's place
+    else:
+        task = get_task(cfg.task, data_dir=cfg.data_dir)
     if not cls.trains:
         return None
-    kind = reward_kind(task, getattr(mcfg, "code_reward", "binary"))  # a kind the task lacks fails here
-    split = cfg.split or getattr(task, "train_split", None) or "train"
-    try:
-        problems = task.load(split)
-    except (ValueError, FileNotFoundError) as e:
-        raise UserError(f"task {cfg.task!r} split {split!r}: {e}") from e
-    if not problems:
-        raise UserError(f"task {cfg.task!r} split {split!r} is empty")
+    if not cfg.pairs:
+        kind = reward_kind(task, getattr(mcfg, "code_reward", "binary"))  # a kind the task lacks fails here
+        problems = _problems(cfg, task)
+    split = "pairs" if cfg.pairs else _split(cfg, task)
     n_micro = _micro_batches(cfg, mcfg.rollout)
     if mcfg.optim.minibatches > n_micro:     # a minibatch is at least one micro-batch of whole groups
         print(f"note: {cfg.method}: {mcfg.optim.minibatches} minibatches requested, a batch has {n_micro} "
@@ -210,7 +217,38 @@ def plan(cfg: TrainConfig) -> Plan | None:
     steps = cfg.train_steps or mcfg.optim.train_steps or \
         max(1, mcfg.optim.epochs * math.ceil(len(problems) / mcfg.rollout.batch_prompts))
     scfg = _sampler_config(cfg, mcfg.rollout, cls)
-    return Plan(cfg, cls, mcfg, task, problems, int(steps), scfg, kind)
+    return Plan(cfg, cls, mcfg, task, problems, int(steps), scfg, kind, split)
+
+
+def _split(cfg: TrainConfig, task) -> str:
+    return cfg.split or getattr(task, "train_split", None) or "train"
+
+
+def _problems(cfg: TrainConfig, task) -> list:
+    split = _split(cfg, task)
+    try:
+        problems = task.load(split)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(f"task {cfg.task!r} split {split!r}: {e}") from e
+    if not problems:
+        raise UserError(f"task {cfg.task!r} split {split!r} is empty")
+    return problems
+
+
+def _pairs_task(cfg: TrainConfig, cls, mcfg):
+    """A pairs file as the task: its problems, group size 2 (chosen, rejected), binary rewards."""
+    if cfg.task != "pairs":
+        raise UserError(f"--pairs gives the prompts and completions: leave --task out (got task {cfg.task!r})")
+    if cls.needs_trajectory or cls.pad_steps:
+        raise UserError(f"{cfg.method} scores decoding steps, which a pairs file does not have")
+    if mcfg.rollout.source != "online":
+        raise UserError("--pairs and rollout.source=offline both replace the rollouts; choose one")
+    if mcfg.rollout.group_size != 2:
+        print(f"note: {cfg.method}: a pairs file gives 2 completions per prompt: group_size "
+              f"{mcfg.rollout.group_size} -> 2", file=sys.stderr, flush=True)
+        mcfg.rollout.group_size = 2
+    task = pairs.PairsFile(cfg.pairs)
+    return task, task.load(), "binary"
 
 
 def _record_base(cfg: TrainConfig) -> Path:
@@ -375,7 +413,8 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
                                          score, cfg.rollout_chunk)
         comps, rewards, trace = got.completions, got.rewards, got.trace
     texts = [c.text for c in comps]
-    batch = ScoredBatch.build(dlm, [q for q in pids for _ in range(G)], [c.tokens for c in comps])
+    lengths = [getattr(c, "scored", None) or len(c.tokens) for c in comps]   # a pair scores its own tokens
+    batch = ScoredBatch.build(dlm, [q for q in pids for _ in range(G)], [c.tokens for c in comps], lengths)
     ro = Rollouts(batch=batch, rewards=torch.tensor(rewards, dtype=torch.float32),
                   groups=torch.tensor([i for i in gidx for _ in range(G)], dtype=torch.long),
                   step_map=torch.tensor([c.step_map for c in comps], dtype=torch.long),
@@ -504,7 +543,8 @@ def save(run: Run) -> None:
             "extra_modules": run.method.extra_modules.state_dict(), "config": dataclasses.asdict(cfg),
             # a reference the method has moved (ESPO's sync) cannot be re-made from the base model
             "reference": run.ref.model.state_dict() if run.method.reference_moved else None,
-            "method_config": dataclasses.asdict(run.plan.mcfg), "base_model": cfg.model, "lora": run.lora})
+            "method_config": dataclasses.asdict(run.plan.mcfg), "base_model": cfg.model, "lora": run.lora},
+            card=model_card.training_card(run))
         rec = {"method": cfg.method, "task": cfg.task, "base_model": str(Path(cfg.model).resolve()),
                "checkpoint": str((out / "checkpoint").resolve()), "lora": run.lora, "step": run.step,
                "steps": run.plan.steps, "seed": cfg.seed, "trained": True}
@@ -512,14 +552,15 @@ def save(run: Run) -> None:
     run.d.barrier()
 
 
-def open_log(run: Run) -> Path:
-    """log.jsonl to append to, after dropping rows past the resumed step: they were written after the
-    last checkpoint and will be written again (identically), so a reader never sees a step twice."""
+def open_log(run: Run) -> tuple[Path, tracking.Tracker]:
+    """log.jsonl to append to, after dropping rows past the resumed step (they were written after the
+    last checkpoint and will be written again, identically, so a reader never sees a step twice), and
+    the run's trackers (`report_to`), given the resolved config."""
     out = Path(run.cfg.out)
-    write_json(out / "config.json",
-               {"train": dataclasses.asdict(run.cfg), "method": dataclasses.asdict(run.plan.mcfg),
+    resolved = {"train": dataclasses.asdict(run.cfg), "method": dataclasses.asdict(run.plan.mcfg),
                 "sampler": dataclasses.asdict(run.plan.scfg), "steps": run.plan.steps, "world_size": run.d.world,
-                "lora": run.lora})
+                "lora": run.lora}
+    write_json(out / "config.json", resolved)
     path = out / "log.jsonl"
     if path.is_file():
         keep = []
@@ -530,7 +571,7 @@ def open_log(run: Run) -> Path:
             except (ValueError, KeyError, TypeError):
                 pass                       # a torn last line of a killed run
         atomic_write(path, "".join(k + "\n" for k in keep))
-    return path
+    return path, tracking.Tracker(run.cfg.report_to, out, resolved, resume_step=run.step)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -546,13 +587,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if n_micro < d.world:               # a rank without rows would never join the gradient all-reduce
         raise UserError(f"{d.world} processes need at least {d.world} micro-batches per step; this run has "
                         f"{n_micro} (batch_prompts / micro_prompts): raise batch_prompts or lower micro_prompts")
-    with (folder_lock(cfg.out, what="training folder") if d.main else _nothing()):
+    with (folder_lock(cfg.out, what="training folder") if d.main else contextlib.nullcontext()):
         ckpt, state = resume(cfg, d)
         run = build(p, d, device, ckpt, state)
         if p.mcfg.rollout.source == "offline":
             from dlm_bench.training.trajectories import collect
             run.trajectories = collect(run)
-        log = open_log(run) if d.main else None
+        if cfg.pairs:
+            run.trajectories = pairs.trajectories(run.dlm, p.problems, p.mcfg.rollout.gen_length)
+        log, tracker = open_log(run) if d.main else (None, tracking.Tracker("none", cfg.out, {}))
         bar = tqdm(total=p.steps, initial=run.step, desc=f"train {cfg.method}", unit="step",
                    disable=not (progress and d.main))
         start, saved_at, dirty = time.monotonic(), (run.step if ckpt else -1), False
@@ -569,6 +612,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 row = step_metrics(run, batch, stats, norm, time.monotonic() - t0)
                 if d.main:
                     append_lines(log, [json.dumps(row)])
+                    tracker.log(row, run.step)
                     bar.update(1)
                     bar.set_postfix(reward=f"{row['reward_mean']:.3f}", loss=f"{row.get('loss', float('nan')):.4f}")
                 if cfg.save_every and run.step % cfg.save_every == 0:
@@ -582,14 +626,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             raise
         finally:
             bar.close()
+            tracker.close()
         if saved_at != run.step:
             save(run)
     return Path(cfg.out) / "checkpoint"
 
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -16,7 +16,6 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,40 +24,13 @@ from tqdm.auto import tqdm
 
 from dlm_bench.config import mask_seed
 from dlm_bench.runs.files import append_lines
-from dlm_bench.training import checkpoint
+from dlm_bench.runs import tracking
+from dlm_bench.training import checkpoint, model_card
+from dlm_bench.training.pretrain_config import PretrainConfig
 from dlm_bench.errors import UserError
 from dlm_bench.likelihood import masked_input
 
 EPS = 1e-3  # LLaDA GUIDELINES.md: p_mask = (1 - eps) t + eps
-
-
-@dataclass
-class PretrainConfig:
-    task: str = "testbed"
-    split: str = "train"
-    out: str = "results/base"
-    init: str = "tiny:2m"           # "tiny:SIZE" builds a fresh model; otherwise a model directory
-    steps: int = 2000
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1       # cosine decay to this fraction of lr
-    warmup: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    answer_length: int = 16
-    seed: int = 0
-    save_every: int = 200
-    minutes: float | None = None    # stop (and save) after this much wall-clock time
-    bf16: bool = False              # bf16 autocast: measured slower than fp32 on these CPUs
-    data_dir: str | None = None
-
-    def validate(self) -> "PretrainConfig":
-        for name in ("steps", "batch_size", "answer_length", "save_every"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
-        return self
 
 
 def _init_model(cfg: PretrainConfig, device: str):
@@ -79,7 +51,7 @@ def _init_model(cfg: PretrainConfig, device: str):
 
 def _identity(config: dict) -> dict:
     """The settings a resumed run must share (its length and time budget may change)."""
-    return {k: v for k, v in config.items() if k not in ("steps", "minutes", "save_every")}
+    return {k: v for k, v in config.items() if k not in ("steps", "minutes", "save_every", "report_to")}
 
 
 def _lr(cfg: PretrainConfig, step: int) -> float:
@@ -152,9 +124,11 @@ def pretrain(cfg: PretrainConfig, device: str = "cpu", progress: bool = True) ->
     out.mkdir(parents=True, exist_ok=True)
     log = out / "log.jsonl"
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not progress, unit="step")
+    tracker = tracking.Tracker(cfg.report_to, out, dataclasses.asdict(cfg), resume_step=step)
 
     def save():
-        checkpoint.save(out, dlm, {"step": step, "optimizer": opt.state_dict(), "config": dataclasses.asdict(cfg)})
+        checkpoint.save(out, dlm, {"step": step, "optimizer": opt.state_dict(), "config": dataclasses.asdict(cfg)},
+                        card=model_card.pretrain_card(cfg, step))
 
     try:
         while step < cfg.steps:
@@ -171,9 +145,10 @@ def pretrain(cfg: PretrainConfig, device: str = "cpu", progress: bool = True) ->
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
-            append_lines(log, [json.dumps({"step": step, "loss": round(loss.item(), 5),
-                                           "lr": opt.param_groups[0]["lr"],
-                                           "seconds": round(time.monotonic() - start, 2)})])
+            row = {"step": step, "loss": round(loss.item(), 5), "lr": opt.param_groups[0]["lr"],
+                   "seconds": round(time.monotonic() - start, 2)}
+            append_lines(log, [json.dumps(row)])
+            tracker.log(row, step)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if step % cfg.save_every == 0:
@@ -181,4 +156,5 @@ def pretrain(cfg: PretrainConfig, device: str = "cpu", progress: bool = True) ->
     finally:  # an interrupted run keeps its progress
         save()
         bar.close()
+        tracker.close()
     return out / "checkpoint"
