@@ -35,6 +35,7 @@ from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods.losses import group_advantages
 from dlm_bench.methods.tracerl import tracerl_loss
 from dlm_bench.methods.trajectory import SampleCache, sample_logprobs, select_samples
+from dlm_bench.methods.profile import Profile
 
 Y = "EOSER-ASS-RL cj-grpo/slurm_scripts/train.yaml"
 GSM = "EOSER-ASS-RL cj-grpo/slurm_scripts/gsm_run.sh"
@@ -103,6 +104,9 @@ def step_weights(rows: torch.Tensor, steps: torch.Tensor, counts: torch.Tensor, 
 class CJGRPO(Method):
     name = "cj_grpo"
     Config = CJGRPOConfig
+    profile = Profile(family="trajectory RL", reference="frozen (the recipe: the base, adapter disabled)",
+                      estimator="exact trajectory: every decoding step's tokens at the rollout's own state",
+                      forwards=128, forwards_note="every one of the 128 decoding steps in one backward")
     needs_reference = True
     needs_trajectory = True
     pad_steps = True

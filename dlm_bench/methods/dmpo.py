@@ -34,6 +34,7 @@ from dlm_bench.likelihood import masked_token_logprobs
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods.losses import dmpo_weights
+from dlm_bench.methods.profile import Profile
 
 Y = "DMPO DMPO/dmpo_train_config.yaml"
 SH = "DMPO DMPO/run_dmpo.sh"
@@ -121,6 +122,9 @@ class DMPOCache(MethodCache):
 class DMPO(Method):
     name = "dmpo"
     Config = DMPOConfig
+    profile = Profile(family="distribution matching", reference="frozen (the recipe: the base, adapter disabled)",
+                      estimator="weighted denoising cross-entropy, 4 antithetic Bernoulli(lambda) masks",
+                      forwards=4, forwards_note="4 masked forwards per completion in one backward")
     needs_reference = True
     pad_steps = True
     fidelity = (

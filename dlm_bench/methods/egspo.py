@@ -29,6 +29,7 @@ from dlm_bench.methods import Method, Rollouts, Sampled, register_method
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods.losses import clipped_pg, egspo_returns, group_mean, k3
 from dlm_bench.methods.trajectory import SampleCache, sample_logprobs, select_samples, state_masks
+from dlm_bench.methods.profile import Profile
 from dlm_bench.sampler import make_generators, sample
 from dlm_bench.errors import UserError
 
@@ -124,6 +125,10 @@ def select_steps(entropy: torch.Tensor, k: int, mode: str) -> torch.Tensor:
 class EGSPO(Method):
     name = "egspo"
     Config = EGSPOConfig
+    profile = Profile(family="trajectory RL", reference="frozen (the recipe: the base, adapter disabled)",
+                      estimator="step log-probability: a selected step's tokens at its rollout state (8 of 128 "
+                                "steps by entropy)",
+                      forwards=2, forwards_note="2 of the 8 selected steps per update")
     needs_reference = True
     needs_trajectory = True
     pad_steps = True

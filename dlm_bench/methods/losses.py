@@ -294,7 +294,7 @@ def mdpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
         stats["kl_k2"] = float(((k2 * t).sum() / t.sum().clamp(min=1)).detach())
     sample = (per * t * weights.to(logp.dtype)).sum(-1) / (n.squeeze(-1) + 1e-4)
     loss = sample.sum() / max(1, rows)
-    stats.update(loss=float(loss.detach()), ratio_mean=float(ratio[targets.bool()].mean()) if targets.any() else 1.0,
+    stats.update(loss=float(loss.detach()), ratio_mean=float(ratio.detach()[targets.bool()].mean()) if targets.any() else 1.0,
                  adv_abs_mean=float(adv.abs().mean()) if adv.numel() else 0.0)
     return loss, stats
 

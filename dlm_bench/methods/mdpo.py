@@ -29,6 +29,7 @@ from dlm_bench.methods import Method, Rollouts, Sampled, register_method
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods.losses import mdpo_loss, mdpo_step_advantages
 from dlm_bench.methods.trajectory import SampleCache, sample_logprobs, select_samples
+from dlm_bench.methods.profile import Profile
 from dlm_bench.sampler import make_generators, sample
 
 R = "mdpo README.md training command"
@@ -105,6 +106,10 @@ class _Trajectory:
 class MDPO(Method):
     name = "mdpo"
     Config = MDPOConfig
+    profile = Profile(family="trajectory RL", reference="frozen (k2 KL)",
+                      estimator="one-step: each trained step's whole-window prediction given the state before it, "
+                                "confidence-weighted",
+                      forwards=8, forwards_note="8 trained steps per rollout in one backward")
     needs_reference = True
     pad_steps = True
     fidelity = (
