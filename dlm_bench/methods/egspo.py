@@ -106,8 +106,7 @@ class _Steps:
         masked = v.before == self.mask_id
         self.greedy[rows, steps] = torch.where(masked, v.logits.argmax(-1), v.before).cpu()
         committed = masked & (v.after != self.mask_id)
-        logp = torch.log_softmax(v.logits.float(), -1)
-        ent = -(logp.exp() * logp).sum(-1)
+        ent = torch.special.entr(torch.softmax(v.logits.float(), -1)).sum(-1)     # 0 log 0 = 0 (-inf logits)
         mean = (ent * committed).sum(-1) / committed.sum(-1).clamp(min=1)
         self.entropy[rows, steps] = torch.where(committed.any(-1), mean, -torch.inf).double().cpu()
 
