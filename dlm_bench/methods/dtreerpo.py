@@ -261,6 +261,9 @@ class DTreeRPO(Method):
     def loss(self, rollouts: Rollouts, policy, ref):
         cfg = self.config
         c = self.prepared(rollouts, policy, ref)
+        if len(c.rows) == 0:    # a micro-batch of leaves that head no parent's children: weight 0 in the loop
+            return torch.zeros((), device=rollouts.batch.completion.device, requires_grad=True), \
+                {"reward_mean": float(rollouts.rewards.float().mean())}
         logp = self._logp(policy, rollouts)
         t = c.targets.to(logp.dtype)
         n = t.sum(-1).clamp(min=1)
