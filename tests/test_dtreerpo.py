@@ -44,6 +44,8 @@ def test_tree_rollouts(tiny):
         assert torch.equal(ro.batch.completion[a][first], ro.batch.completion[b][first])
     with pytest.raises(UserError, match="set group_size=4"):
         cls(make_config(cls, dict(SMALL, group_size=3)))
+    with pytest.raises(UserError, match="multiple of 2"):
+        cls(make_config(cls, dict(SMALL, group_size=3, tree_samples=None)))
 
 
 def distill_by_positions(tiny, ro, prompt, nodes, tau):
@@ -102,8 +104,9 @@ def test_recipe_and_flags():
     cls = get_method("dtreerpo")
     c = cls.Config()
     assert (c.lr, c.group_size, c.tree_samples, c.branch, c.contraction, c.inner_updates, c.epsilon, c.beta) == \
-        (3e-5, 16, 4, 4, 2, 12, 0.4, 0.01)
-    assert cls(make_config(cls, {})).branching() == [4, 4]
+        (3e-5, 16, None, 4, 2, 12, 0.4, 0.01)
+    assert cls(make_config(cls, {})).branching() == [4, 4]                # tree_samples None: 16 / 4
+    assert cls(make_config(cls, {"group_size": 8})).branching() == [2, 4]
     assert cls.profile.family == "trajectory RL"
 
 

@@ -70,7 +70,9 @@ class DTreeRPOConfig(MethodConfig):
         dropout=(0.05, f"{Y}:12 lora_dropout"),
         targets=("q,k,v,o,gate,up,down", "dtreerpo_train.py:90 target_modules q_proj..gate_proj, mapped per "
                                           "architecture (lora_targets.py)"))
-    tree_samples: int = knob(4, "branches from the fully masked root", source=f"{Y}:74 num_tree_samples", low=1)
+    tree_samples: int | None = knob(None, "branches from the fully masked root (None: group_size / "
+                                          "branch^(levels - 1), the recipe's 16 / 4 = 4)",
+                                    source=f"{Y}:74 num_tree_samples 4", low=1)
     branch: int = knob(4, "branches from every later node", source=f"{Y}:72 tree_branch_factor", low=1)
     contraction: int = knob(2, "s: tree levels; branch points at every N/s decoding steps",
                             source=f"{Y}:73 tree_contraction_factor", low=1)
@@ -151,17 +153,19 @@ class DTreeRPO(Method):
     def __init__(self, config=None, policy=None):
         super().__init__(config, policy)
         cfg = self.config
-        leaves = cfg.tree_samples * cfg.branch ** (len(segment_bounds(cfg.rollout.steps, cfg.contraction)) - 2)
-        if cfg.rollout.group_size != leaves:
-            raise UserError(f"dtreerpo: a tree has {leaves} leaves (tree_samples x branch^(levels - 1)); set "
-                            f"group_size={leaves}")
+        below = cfg.branch ** (len(segment_bounds(cfg.rollout.steps, cfg.contraction)) - 2)   # leaves per root branch
+        roots = cfg.tree_samples if cfg.tree_samples is not None else cfg.rollout.group_size // below
+        if roots < 1 or cfg.rollout.group_size != roots * below:
+            raise UserError(f"dtreerpo: a tree has tree_samples x branch^(levels - 1) leaves = {roots} x {below}; "
+                            f"set group_size={max(1, roots) * below} (or tree_samples=None with a multiple of {below})")
+        self.roots = roots
         self.needs_reference = cfg.beta != 0.0
         self.opt_step = 0
 
     def branching(self) -> list[int]:
         cfg = self.config
         levels = len(segment_bounds(cfg.rollout.steps, cfg.contraction)) - 1
-        return [cfg.tree_samples] + [cfg.branch] * (levels - 1)
+        return [self.roots] + [cfg.branch] * (levels - 1)
 
     def after_update(self, opt_step: int, policy, ref) -> None:
         self.opt_step = opt_step
