@@ -33,9 +33,9 @@ from dlm_bench.likelihood import trace_samples
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods.losses import group_advantages
+from dlm_bench.methods.profile import Profile
 from dlm_bench.methods.tracerl import tracerl_loss
 from dlm_bench.methods.trajectory import SampleCache, sample_logprobs, select_samples
-from dlm_bench.methods.profile import Profile
 
 Y = "EOSER-ASS-RL cj-grpo/slurm_scripts/train.yaml"
 GSM = "EOSER-ASS-RL cj-grpo/slurm_scripts/gsm_run.sh"

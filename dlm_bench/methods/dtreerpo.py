@@ -34,8 +34,8 @@ from dlm_bench.errors import UserError
 from dlm_bench.methods import Method, Rollouts, Sampled, register_method
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods.losses import k3, tree_advantages
-from dlm_bench.methods.trajectory import SampleCache, sample_logprobs, select_samples, state_masks
 from dlm_bench.methods.profile import Profile
+from dlm_bench.methods.trajectory import SampleCache, sample_logprobs, select_samples, state_masks
 from dlm_bench.sampler import Partial, make_generators, sample
 
 Y = "d-TreeRPO dtreerpo/slurm_scripts/dtreerpo.yaml"

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import torch
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
+from dlm_bench.errors import UserError
 from dlm_bench.methods import Method, Rollouts, Sampled, register_method
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods.losses import clipped_pg, egspo_returns, group_mean, k3
-from dlm_bench.methods.trajectory import SampleCache, sample_logprobs, select_samples, state_masks
 from dlm_bench.methods.profile import Profile
-from dlm_bench.sampler import make_generators, sample
-from dlm_bench.errors import UserError
+from dlm_bench.methods.trajectory import (SampleCache, sample_logprobs, sample_recorded, select_samples,
+                                         state_masks)
 
 Y = "egspo-dllm-rl egspo/slurm_scripts/train.yaml"
 SH = "egspo-dllm-rl egspo/train.sh"
@@ -155,11 +155,7 @@ class EGSPO(Method):
     def sample_rollouts(self, dlm, prompts, scfg, seeds, score, chunk) -> Sampled:
         cfg, N = self.config, len(prompts)
         rec = _Steps(N, scfg.resolved().steps, scfg.gen_length, dlm.mask_id)
-        comps = []
-        for s in range(0, N, chunk):
-            rec.offset = s
-            comps += sample(dlm, prompts[s:s + chunk], scfg, make_generators(seeds[s:s + chunk], dlm.device),
-                            recorder=rec)
+        comps = sample_recorded(dlm, prompts, scfg, seeds, chunk, rec)
         steps = select_steps(rec.entropy, cfg.selected_steps, cfg.step_selection)
         greedy = rec.greedy[torch.arange(N)[:, None], steps]                       # [N, K, G]
         rows = [i for i in range(N) for _ in range(steps.shape[1])]

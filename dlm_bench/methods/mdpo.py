@@ -28,9 +28,8 @@ from dlm_bench.errors import UserError
 from dlm_bench.methods import Method, Rollouts, Sampled, register_method
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods.losses import mdpo_loss, mdpo_step_advantages
-from dlm_bench.methods.trajectory import SampleCache, sample_logprobs, select_samples
 from dlm_bench.methods.profile import Profile
-from dlm_bench.sampler import make_generators, sample
+from dlm_bench.methods.trajectory import SampleCache, sample_logprobs, sample_recorded, select_samples
 
 R = "mdpo README.md training command"
 C = "mdpo recipes/LLaDA-Instruct/mdpo/config_demo.yaml"
@@ -140,11 +139,7 @@ class MDPO(Method):
     def sample_rollouts(self, dlm, prompts, scfg, seeds, score, chunk) -> Sampled:
         N, S = len(prompts), scfg.resolved().steps
         rec = _Trajectory(N, S, scfg.gen_length, dlm.mask_id, scfg.rcr)
-        comps = []
-        for s in range(0, N, chunk):
-            rec.offset = s
-            comps += sample(dlm, prompts[s:s + chunk], scfg, make_generators(seeds[s:s + chunk], dlm.device),
-                            recorder=rec)
+        comps = sample_recorded(dlm, prompts, scfg, seeds, chunk, rec)
         texts = [dlm.completion_text(p.tolist()) for p in rec.preds.reshape(N * S, -1)]
         step_r = torch.tensor(score([i for i in range(N) for _ in range(S)], texts)).reshape(N, S)
         return Sampled(comps, score(list(range(N)), [c.text for c in comps]),

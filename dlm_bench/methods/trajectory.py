@@ -15,6 +15,7 @@ import torch
 
 from dlm_bench.likelihood import ScoredBatch, masked_token_logprobs
 from dlm_bench.methods import MethodCache, Rollouts
+from dlm_bench.sampler import make_generators, sample
 
 
 @dataclass(kw_only=True)
@@ -53,3 +54,14 @@ def sample_logprobs(dlm, batch: ScoredBatch, rows: torch.Tensor, completions: to
     completions[r] with masks[r] masked."""
     sub = ScoredBatch(batch.prompt_ids[rows], batch.prompt_mask[rows], completions, batch.valid[rows])
     return masked_token_logprobs(dlm, sub, masks[None], chunk, scored=targets[None])[0]
+
+
+def sample_recorded(dlm, prompts: list[list[int]], scfg, seeds: list[int], chunk: int, recorder) -> list:
+    """Row i decoded with a generator seeded by seeds[i], `chunk` rows per sampler call, every step shown to
+    `recorder`, whose `offset` is set to the chunk's first row so that it indexes rows globally."""
+    comps = []
+    for s in range(0, len(prompts), chunk):
+        recorder.offset = s
+        comps += sample(dlm, prompts[s:s + chunk], scfg, make_generators(seeds[s:s + chunk], dlm.device),
+                        recorder=recorder)
+    return comps
