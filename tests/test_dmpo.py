@@ -12,7 +12,7 @@ from dlm_bench.methods import get_method, make_config
 from dlm_bench.methods import losses, toy as T
 from dlm_bench.methods.dmpo import bernoulli_pairs
 from real_lora import two_lora_updates
-from test_diffu_grpo import same_update
+from test_diffu_grpo import assert_reward_not_worse, run_on_testbed, same_update
 from test_methods import _rollouts
 from test_real_models import real_dirs  # noqa: F401  (fixture)
 
@@ -106,3 +106,10 @@ def test_micro_batch_of_one_matches_whole_batch(tiny_dir, tmp_path, varied_rewar
 
 def test_two_lora_updates_on_tiny_llada_and_dream(real_dirs, tmp_path, varied_rewards):
     two_lora_updates("dmpo", real_dirs, tmp_path, replicates=2, rnd_replicates=2, alpha=0.5)
+
+
+@pytest.mark.slow
+def test_twenty_updates_on_the_testbed(tmp_path):
+    res = run_on_testbed("dmpo", tmp_path, rollout_steps=10, inner=2)
+    print(f"\ndmpo testbed: before {res['before']:.3f} after {res['after']:.3f} step rewards {res['step_rewards']}")
+    assert_reward_not_worse(res)

@@ -10,7 +10,7 @@ from dlm_bench.methods import losses
 from dlm_bench.methods.egspo import select_steps
 from dlm_bench.sampler import SamplerConfig, make_generators, sample
 from real_lora import two_lora_updates
-from test_diffu_grpo import same_update
+from test_diffu_grpo import assert_reward_not_worse, run_on_testbed, same_update
 from test_real_models import real_dirs  # noqa: F401  (fixture)
 from traced_rollouts import traced_rollouts
 
@@ -100,3 +100,10 @@ def test_micro_batch_of_one_matches_whole_batch(tiny_dir, tmp_path, varied_rewar
 
 def test_two_lora_updates_on_tiny_llada_and_dream(real_dirs, tmp_path, varied_rewards):
     two_lora_updates("egspo", real_dirs, tmp_path, selected_steps=2)
+
+
+@pytest.mark.slow
+def test_twenty_updates_on_the_testbed(tmp_path):
+    res = run_on_testbed("egspo", tmp_path, rollout_steps=10, inner=2, selected_steps=4)
+    print(f"\negspo testbed: before {res['before']:.3f} after {res['after']:.3f} step rewards {res['step_rewards']}")
+    assert_reward_not_worse(res)

@@ -8,7 +8,7 @@ import torch
 from dlm_bench.methods import get_method, make_config
 from dlm_bench.methods import losses
 from real_lora import two_lora_updates
-from test_diffu_grpo import same_update
+from test_diffu_grpo import assert_reward_not_worse, run_on_testbed, same_update
 from test_real_models import real_dirs  # noqa: F401  (fixture)
 from traced_rollouts import traced_rollouts
 
@@ -99,3 +99,10 @@ def test_micro_batch_of_one_matches_whole_batch(tiny_dir, tmp_path, varied_rewar
 
 def test_two_lora_updates_on_tiny_llada_and_dream(real_dirs, tmp_path, varied_rewards):
     two_lora_updates("mdpo", real_dirs, tmp_path, train_steps_per_rollout=2)
+
+
+@pytest.mark.slow
+def test_twenty_updates_on_the_testbed(tmp_path):
+    res = run_on_testbed("mdpo", tmp_path, rollout_steps=20, inner=1)
+    print(f"\nmdpo testbed: before {res['before']:.3f} after {res['after']:.3f} step rewards {res['step_rewards']}")
+    assert_reward_not_worse(res)
