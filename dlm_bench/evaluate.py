@@ -59,6 +59,9 @@ class SweepConfig:
     threshold: float | None = None              # parallel decoding threshold (None: the fixed schedule)
     cache: str = "none"                         # block KV cache: none | prefix | dual
     noise_dtype: str = "float64"                # Gumbel noise precision (hashed only when not float64)
+    schedule: str = "uniform"                   # tokens per step: uniform | ascending (hashed only when set)
+    eos_gamma: float | None = None              # EOSER's end-of-text confidence factor (hashed only when set)
+    rcr: bool = False                           # running-confidence remasking (hashed only when set)
     memory_check: bool = True                   # on a GPU, refuse a batch predicted not to fit (models/footprint.py)
     stop_at_eos: bool = True                    # False: decode past end-of-text (methods whose rollouts do)
 
@@ -95,6 +98,7 @@ class SweepConfig:
         cfg = SamplerConfig(gen_length=gen_length, block_length=min(self.block_length, gen_length),
                             steps=steps, temperature=float(temperature), remasking=self.remasking,
                             threshold=self.threshold, cache=self.cache, noise_dtype=self.noise_dtype,
+                            schedule=self.schedule, eos_gamma=self.eos_gamma, rcr=self.rcr,
                             stop_at_eos=self.stop_at_eos)
         return cfg.resolved()
 
@@ -116,6 +120,9 @@ class Decoder:
     remasking: str = "low_confidence"
     noise_dtype: str = "float64"
     stop_at_eos: bool = True
+    schedule: str = "uniform"
+    eos_gamma: float | None = None
+    rcr: bool = False
 
 
 def decoder_of(sampler: SamplerConfig) -> Decoder:
@@ -130,13 +137,15 @@ def decoder_of(sampler: SamplerConfig) -> Decoder:
     l2r = r.block_length == 1 and r.steps == r.gen_length
     order = "l2r" if l2r else f"b{r.block_length}" + ("" if r.steps == r.gen_length else f"-s{r.steps}")
     extra = [x for x in (r.remasking if r.remasking != "low_confidence" else "",
-                         r.noise_dtype if r.noise_dtype != "float64" else "", "" if r.stop_at_eos else "pads") if x]
+                         r.noise_dtype if r.noise_dtype != "float64" else "", "" if r.stop_at_eos else "pads",
+                         "" if r.schedule == "uniform" else r.schedule,
+                         "" if r.eos_gamma is None else f"eoser{r.eos_gamma:g}", "rcr" if r.rcr else "") if x]
     name = "-".join([order, f"T{r.temperature:g}", f"L{r.gen_length}", *extra])
     what = ("left-to-right" if l2r else f"blocks of {r.block_length}" if r.block_length < r.gen_length
             else "one block") + ("" if l2r else f", {r.remasking.replace('_', '-')} order")
     return Decoder(name, f"{what}, T = {r.temperature:g}, {r.gen_length} tokens, {r.steps} steps"
                    + "".join(f", {x}" for x in extra), r.temperature, r.gen_length, r.block_length, r.steps,
-                   r.remasking, r.noise_dtype, r.stop_at_eos)
+                   r.remasking, r.noise_dtype, r.stop_at_eos, r.schedule, r.eos_gamma, r.rcr)
 
 
 def rollout_decoder(run: str) -> Decoder:
@@ -159,7 +168,8 @@ def with_decoder(cfg: SweepConfig, dec: Decoder) -> SweepConfig:
     """`cfg` decoding with `dec` (its one temperature and length) instead of its own sampler settings."""
     return replace(cfg, temperatures=(dec.temperature,), lengths=(dec.gen_length,), block_length=dec.block_length,
                    steps=dec.steps, remasking=dec.remasking, noise_dtype=dec.noise_dtype,
-                   stop_at_eos=dec.stop_at_eos, threshold=None, cache="none")
+                   stop_at_eos=dec.stop_at_eos, schedule=dec.schedule, eos_gamma=dec.eos_gamma, rcr=dec.rcr,
+                   threshold=None, cache="none")
 
 
 # --------------------------------------------------------------------------- hashes and seeds

@@ -74,6 +74,11 @@ class EvalSection:
                       choices=("none", "prefix", "dual"))
     noise_dtype: str = knob("float64", "Gumbel noise precision", source="LLaDA generate.py",
                             choices=("float64", "float32", "bfloat16"))
+    schedule: str = knob("uniform", "tokens per step: uniform | ascending (2^i at step i)", source="LLaDA generate.py",
+                         choices=("uniform", "ascending"))
+    eos_gamma: float | None = knob(None, "EOSER: end-of-text confidence factor rising from this to 1 (None: off)",
+                                   source="off, as LLaDA", low=0.0, high=1.0)
+    rcr: bool = knob(False, "running-confidence remasking (MDPO)", source="off, as LLaDA")
     answer_mode: str = knob("flexible", "'strict': only the answer form the prompt asks for", source=HERE,
                             choices=("flexible", "strict"))
     split: str | None = knob(None, "evaluation split (None: the task's)", source=HERE)
@@ -282,7 +287,7 @@ def sweep_config(proto: Protocol, method: str, model: str, task: str, out: str):
                        steps=e.steps, steps_per_token=e.steps_per_token, remasking=e.remasking,
                        batch_size=e.batch_size, seed=e.seed, limit=e.limit, split=e.split,
                        answer_mode=e.answer_mode, threshold=e.threshold, cache=e.cache, noise_dtype=e.noise_dtype,
-                       data_dir=proto.data_dir, out=out)
+                       schedule=e.schedule, eos_gamma=e.eos_gamma, rcr=e.rcr, data_dir=proto.data_dir, out=out)
 
 
 def sweep(proto: Protocol, method: str, model: str, seed: int | None = None, decoders: list | None = None) -> None:

@@ -37,6 +37,8 @@ import torch.nn.functional as F
 
 from dlm_bench import block_sampler
 from dlm_bench.config import knob
+from dlm_bench.decoders import SCHEDULES, block_schedule, eos_factor, lowest, max_ascending_steps
+from dlm_bench.decoders import transfer_schedule  # noqa: F401  (re-exported: LLaDA's schedule)
 from dlm_bench.errors import UserError
 
 REMASKING = ("low_confidence", "random", "sequential")   # sequential: block-diffusion models only
@@ -74,16 +76,30 @@ class SamplerConfig:
                       source="NVlabs/Fast-dLLM; off: exact decoding", choices=CACHES)
     noise_dtype: str = knob("float64", "dtype of the Gumbel noise (and of the confidence softmax unless float64)",
                             source=LLADA + " (float64)", choices=tuple(NOISE_DTYPES))
+    schedule: str = knob("uniform", "tokens revealed per step of a block: 'uniform' (even, remainder first) | "
+                                    "'ascending' (2^i at step i, the rest at the last: CJ-GRPO's ascending step "
+                                    "sizes; a block of 2^S tokens in S steps)", choices=SCHEDULES,
+                         source=LLADA + " (uniform); ascending: yjyddq/EOSER-ASS-RL eval/generate.py")
+    eos_gamma: float | None = knob(None, "EOSER: scale an end-of-text candidate's confidence by a factor rising "
+                                         "from this to 1 over the steps, so end-of-text is committed late "
+                                         "(None: off; the paper uses 0.4, and 0.01 with 'ascending')",
+                                   source="off, as LLaDA; EOSER: yjyddq/EOSER-ASS-RL eval/generate.py", low=0.0,
+                                   high=1.0)
+    rcr: bool = knob(False, "running-confidence remasking (MDPO): every step commits all masked positions up to "
+                            "the block's end, then masks again the committed tokens of lowest confidence; tokens "
+                            "stay revisable to the last step, so rows never stop early (stop_at_eos has no "
+                            "effect)",
+                     source="off, as LLaDA; RCR: autonomousvision/mdpo src/mdlm_generation_utils.py")
 
     def hashed(self) -> dict:
-        """The fields as they enter a config hash. `cache` is left out while it is "none", and
-        `noise_dtype` while it is "float64", so every hash (and so every sweep seed) from before
-        either existed stays what it was."""
+        """The fields as they enter a config hash: each field added after the first release is left out
+        while it has its default (`cache` "none", `noise_dtype` "float64", `schedule` "uniform",
+        `eos_gamma` None, `rcr` False), so every hash (and so every sweep seed) from before it existed
+        stays what it was."""
         out = asdict(self)
-        if out["cache"] == "none":
-            del out["cache"]
-        if out["noise_dtype"] == "float64":
-            del out["noise_dtype"]
+        for name, default in LATER_FIELDS.items():
+            if out[name] == default:
+                del out[name]
         return out
 
     def resolved(self) -> "SamplerConfig":
@@ -106,6 +122,7 @@ class SamplerConfig:
             raise UserError(f"cache must be one of {CACHES}, got {self.cache!r}")
         if self.cache != "none" and self.cfg_scale > 0:
             raise UserError(f"cache={self.cache} does not support classifier-free guidance (cfg_scale > 0)")
+        self._check_decoders()
         if self.order == "left_to_right":
             return SamplerConfig(**{**asdict(self), "block_length": 1, "steps": self.gen_length,
                                     "order": "diffusion"})
@@ -114,7 +131,28 @@ class SamplerConfig:
         blocks = self.gen_length // self.block_length
         if self.steps % blocks:
             raise UserError(f"steps {self.steps} is not divisible by the number of blocks {blocks}")
+        most = max_ascending_steps(self.block_length)
+        if self.schedule == "ascending" and self.steps // blocks > most:
+            raise UserError(f"schedule 'ascending' reveals 2^i tokens at step i: a block of {self.block_length} "
+                            f"tokens takes at most {most} steps, got {self.steps // blocks} per block")
         return self
+
+    def _check_decoders(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.eos_gamma is not None and not 0.0 <= self.eos_gamma <= 1.0:
+            raise UserError(f"eos_gamma must be in [0, 1] (or None), got {self.eos_gamma}")
+        if self.eos_gamma is not None and self.remasking != "low_confidence":
+            raise UserError("eos_gamma scales confidences: it needs remasking=low_confidence")
+        if self.threshold is not None and (self.schedule != "uniform" or self.rcr):
+            raise UserError("threshold decoding has no schedule: it cannot be combined with schedule='ascending' "
+                            "or rcr")
+        if self.rcr and self.cache != "none":
+            raise UserError(f"rcr re-masks earlier tokens, which cache={self.cache} keeps fixed: use cache=none")
+
+
+# fields added after the first release, with their defaults: a config hash leaves them out at these
+LATER_FIELDS = {"cache": "none", "noise_dtype": "float64", "schedule": "uniform", "eos_gamma": None, "rcr": False}
 
 
 @dataclass
@@ -127,31 +165,68 @@ class Completion:
     unknown: int = 0        # ids in the text part that the tokenizer has no token for (left out of `text`)
 
 
-def transfer_schedule(n_masked: int, steps: int) -> list[int]:
-    """Tokens to reveal at each step of a block: as even as possible, the remainder first (LLaDA)."""
-    base, rem = divmod(n_masked, steps)
-    return [base + (1 if i < rem else 0) for i in range(steps)]
-
-
 def make_generators(seeds: list[int], device) -> list[torch.Generator]:
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
+def sample_seeded(dlm, prompts: list[list[int]], cfg: SamplerConfig, seeds: list[int], chunk: int,
+                  **kw) -> list[Completion]:
+    """`sample` in calls of at most `chunk` rows, row i drawing from a generator seeded by seeds[i] (a
+    row's completion does not depend on the chunking)."""
+    out = []
+    for s in range(0, len(prompts), chunk):
+        out += sample(dlm, prompts[s:s + chunk], cfg, make_generators(seeds[s:s + chunk], dlm.device), **kw)
+    return out
+
+
+@dataclass
+class Partial:
+    """A decode to resume (d-TreeRPO's branches): every row's window and step map after `step` global
+    steps (mask id and -1 where still masked), as an earlier `sample(..., until=step)` left them."""
+    tokens: torch.Tensor      # [B, G]
+    step_map: torch.Tensor    # [B, G]
+    step: int
+
+
+@dataclass
+class StepView:
+    """What one denoising step did, for a recorder (`sample(..., recorder=f)` calls f(view) after each
+    step): MDPO and EGSPO train on intermediate states and predictions. Tensors are on the model's
+    device; `logits` is the step's forward pass over the answer windows (after CFG and logits_eos_inf)."""
+    rows: torch.Tensor        # [n] batch rows decoded at this step
+    steps: torch.Tensor       # [n] their global step index
+    before: torch.Tensor      # [n, G] windows before the step
+    after: torch.Tensor       # [n, G] windows after it
+    logits: torch.Tensor      # [n, G, V]
+    cols: slice               # window columns the step chose from (the block; with rcr, the window to its end)
+    candidates: torch.Tensor  # [n, len(cols)] the sampled candidates x0 there
+    scores: torch.Tensor      # [n, len(cols)] their confidence (with rcr: the running confidence after the step)
+
+
 @torch.no_grad()
 def sample(dlm, prompts: list[list[int]], cfg: SamplerConfig, generators: list[torch.Generator],
-           progress=None) -> list[Completion]:
-    """Decode one completion per prompt (token-id lists); row i draws its randomness from generators[i]."""
+           progress=None, resume: Partial | None = None, until: int | None = None,
+           recorder=None) -> list[Completion]:
+    """Decode one completion per prompt (token-id lists); row i draws its randomness from generators[i].
+    `resume`/`until` decode global steps [resume.step, until) only; `recorder` sees every step."""
     cfg = cfg.resolved()
     if len(generators) != len(prompts):
         raise ValueError("one generator per prompt is required")
+    if (resume is not None or until is not None or recorder is not None) and (cfg.cache != "none" or
+                                                                                cfg.threshold is not None):
+        raise UserError("partial decodes and step recorders need the fixed schedule without a cache")
     if dlm.family.block_causal:     # SDAR/TraDo, LLaDA2: block_sampler.py
         block_sampler.check(cfg, dlm.family)
+        if resume is not None or until is not None or recorder is not None or \
+                (cfg.schedule, cfg.eos_gamma, cfg.rcr) != ("uniform", None, False):
+            raise UserError(f"schedule/eos_gamma/rcr, partial decodes and step recorders are not available for "
+                            f"block-diffusion models ({dlm.family.name})")
         tokens, steps_map, nfe = block_sampler.decode(dlm, prompts, cfg, generators, progress)
     elif cfg.remasking == "sequential":
         raise UserError("remasking=sequential is block-diffusion decoding (TraDo/SDAR, LLaDA2); this model has "
                         "full attention: use low_confidence or random")
     else:
-        tokens, steps_map, nfe = _decode_groups(dlm, prompts, cfg, generators, progress)
+        tokens, steps_map, nfe = _decode_groups(dlm, prompts, cfg, generators, progress, resume, until, recorder)
     out = []
     for i in range(len(prompts)):
         window = tokens[i].tolist()
@@ -161,85 +236,148 @@ def sample(dlm, prompts: list[list[int]], cfg: SamplerConfig, generators: list[t
     return out
 
 
-def _decode_groups(dlm, prompts, cfg: SamplerConfig, gens, progress):
+def _decode_groups(dlm, prompts, cfg: SamplerConfig, gens, progress, resume, until, recorder):
     """A cached pass cannot strip padding the way `DLM` does for a model that ignores the attention
     mask, so such a model decodes each prompt length on its own (rows are independent anyway)."""
     lengths = [len(p) for p in prompts]
     if cfg.cache == "none" or dlm.honours_padding or len(set(lengths)) == 1:
-        return _decode(dlm, prompts, cfg, gens, progress)
+        return _decode(dlm, prompts, cfg, gens, progress, resume, until, recorder)
     tokens = torch.zeros((len(prompts), cfg.gen_length), dtype=torch.long)
     step_map, nfe = torch.zeros_like(tokens), torch.zeros(len(prompts), dtype=torch.long)
     for n in sorted(set(lengths)):
         idx = [i for i, m in enumerate(lengths) if m == n]
-        t, s, f = _decode(dlm, [prompts[i] for i in idx], cfg, [gens[i] for i in idx], progress)
+        t, s, f = _decode(dlm, [prompts[i] for i in idx], cfg, [gens[i] for i in idx], progress, None, None, None)
         tokens[idx], step_map[idx], nfe[idx] = t, s, f
     return tokens, step_map, nfe
 
 
-def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
-    device, G, mask_id = dlm.device, cfg.gen_length, dlm.mask_id
-    B = len(prompts)
-    P = max(len(p) for p in prompts)
-    x = torch.full((B, P + G), mask_id, dtype=torch.long, device=device)
-    att = torch.zeros((B, P + G), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        x[i, :P - len(p)] = dlm.pad_id
-        x[i, P - len(p):P] = torch.tensor(p, dtype=torch.long, device=device)
-        att[i, P - len(p):] = 1
-    pad = [P - len(p) for p in prompts]
-    step_map = torch.full((B, G), -1, dtype=torch.long, device=device)
-    nfe = torch.zeros(B, dtype=torch.long, device=device)
-    row_step = torch.zeros(B, dtype=torch.long, device=device)  # per row: threshold decoding varies
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    blocks = G // cfg.block_length
-    steps_per_block = cfg.steps // blocks
-    total = 0
-    vocab = None    # the logits' last dimension, known after the first forward pass
+@dataclass
+class _Run:
+    """The running state of one decode: prompts left-padded to P, then the answer windows."""
+    x: torch.Tensor           # [B, P + G] ids
+    att: torch.Tensor         # [B, P + G] attention mask
+    pad: list[int]            # left padding of each row
+    gens: list
+    P: int
+    step_map: torch.Tensor    # [B, G]
+    row_step: torch.Tensor    # [B] steps taken (per row: threshold decoding varies)
+    done: torch.Tensor        # [B] stopped at end-of-text
+    running: torch.Tensor     # [B, G] rcr's running confidence of each committed token
+    nfe: torch.Tensor
+    vocab: int | None = None  # the logits' last dimension, known after the first forward pass
+    total: int = 0            # steps taken over all blocks (progress)
+
+    @property
+    def width(self) -> int:
+        return self.x.shape[1]
+
+    @classmethod
+    def begin(cls, dlm, prompts, cfg: SamplerConfig, gens, resume: Partial | None) -> "_Run":
+        device, G = dlm.device, cfg.gen_length
+        B, P = len(prompts), max(len(p) for p in prompts)
+        x = torch.full((B, P + G), dlm.mask_id, dtype=torch.long, device=device)
+        att = torch.zeros((B, P + G), dtype=torch.long, device=device)
+        for i, p in enumerate(prompts):
+            x[i, :P - len(p)] = dlm.pad_id
+            x[i, P - len(p):P] = torch.tensor(p, dtype=torch.long, device=device)
+            att[i, P - len(p):] = 1
+        step_map = torch.full((B, G), -1, dtype=torch.long, device=device)
+        row_step = torch.zeros(B, dtype=torch.long, device=device)
+        if resume is not None:
+            x[:, P:] = resume.tokens.to(device)
+            step_map = resume.step_map.to(device).clone()
+            row_step += resume.step
+        done = ~(x[:, P:] == dlm.mask_id).any(-1) if resume is not None else torch.zeros(B, dtype=torch.bool,
+                                                                                        device=device)
+        return cls(x, att, [P - len(p) for p in prompts], gens, P, step_map, row_step, done,
+                   torch.full((B, G), torch.inf, dtype=torch.float64, device=device),
+                   torch.zeros(B, dtype=torch.long, device=device))
+
+    def stop_finished(self, rows: torch.Tensor, dlm) -> None:
+        """Rows whose end-of-text is committed with everything before it decided stop; the rest of
+        their window becomes end-of-text (decoded at the current step)."""
+        fin = rows[_finished(self.x[rows, self.P:], dlm.eos_id, dlm.mask_id)]
+        if fin.numel():
+            win = self.x[fin, self.P:]
+            self.x[fin, self.P:] = torch.where(win == dlm.mask_id, dlm.eos_id, win)
+            sm = self.step_map[fin]
+            self.step_map[fin] = torch.where(sm < 0, self.row_step[fin, None], sm)
+            self.done[fin] = True
+
+
+def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress, resume=None, until=None, recorder=None):
+    run = _Run.begin(dlm, prompts, cfg, gens, resume)
+    blocks = cfg.gen_length // cfg.block_length
+    per_block = cfg.steps // blocks
+    first, last = (resume.step if resume is not None else 0), (cfg.steps if until is None else until)
     cache = None
     if cfg.cache != "none":
         from dlm_bench.models.kv_cache import BlockCache
         cache = BlockCache(dlm, cfg.cache)
     for b in range(blocks):
-        lo, hi = P + b * cfg.block_length, P + (b + 1) * cfg.block_length
-        schedule = transfer_schedule(cfg.block_length, steps_per_block)
-        s = 0
-        while cfg.threshold is not None or s < steps_per_block:
-            rows = (~done & (x[:, lo:hi] == mask_id).any(-1)).nonzero().flatten()
-            if rows.numel() == 0:
-                if cache is None and cfg.threshold is None and vocab is not None:
-                    idle = (~done).nonzero().flatten().tolist()
-                    _idle_draws([pad[i] for i in idle], [gens[i] for i in idle], P + G, vocab,
-                                steps_per_block - s, cfg, device)
-                break
-            if cache is None:       # the block's own copy: the full [rows, width, V] logits die here
-                blk = _logits(dlm, x[rows], att[rows], P, cfg)[:, lo:hi].clone()
-            elif s == 0:    # the block's first step: a full pass (exact), which fills the cache
-                started = rows
-                blk = _no_eos(cache.start(x[rows], att[rows], lo, hi), dlm, cfg)[:, lo:hi].clone()
-            else:           # rows only ever drop out of a block, so they are a subset of `started`
-                blk = _no_eos(cache.block_logits(x[rows], att[rows], torch.searchsorted(started, rows)),
-                              dlm, cfg)
-            vocab = blk.shape[-1]
-            nfe[rows] += 2 if cfg.cfg_scale > 0 else 1
-            k = schedule[s] if cfg.threshold is None else None
-            _step(dlm, x, rows, blk, [pad[i] for i in rows.tolist()], lo, hi, P + G, k, cfg,
-                  [gens[i] for i in rows.tolist()], step_map, row_step)
-            if cfg.stop_at_eos:
-                fin = rows[_finished(x[rows, P:], dlm.eos_id, mask_id)]
-                if fin.numel():
-                    win = x[fin, P:]
-                    x[fin, P:] = torch.where(win == mask_id, dlm.eos_id, win)
-                    sm = step_map[fin]
-                    step_map[fin] = torch.where(sm < 0, row_step[fin, None], sm)
-                    done[fin] = True
-            row_step[rows] += 1
-            s += 1
-            total += 1
-            if progress is not None:
-                progress(total)
-        if bool(done.all()):
+        s0, s1 = max(0, first - b * per_block), min(per_block, last - b * per_block)
+        if s0 >= per_block and cfg.threshold is None:
+            continue
+        if s1 <= 0 and cfg.threshold is None:
             break
-    return x[:, P:].cpu(), step_map.cpu(), nfe.cpu()
+        _block(dlm, run, cfg, b, s0, s1, per_block, cache, progress, recorder)
+        if bool(run.done.all()):
+            break
+    return run.x[:, run.P:].cpu(), run.step_map.cpu(), run.nfe.cpu()
+
+
+def _block(dlm, run: _Run, cfg: SamplerConfig, b: int, s: int, s1: int, per_block: int, cache, progress,
+           recorder) -> None:
+    """Steps s..s1-1 of block b (until the block is decoded, with a threshold)."""
+    P, mask_id = run.P, dlm.mask_id
+    lo, hi = P + b * cfg.block_length, P + (b + 1) * cfg.block_length
+    c0 = P if cfg.rcr else lo          # rcr may revise any committed token before the block's end
+    schedule = block_schedule(cfg.schedule, cfg.block_length, per_block)
+    ascending = cfg.schedule == "ascending"
+    while cfg.threshold is not None or s < s1:
+        rows = (~run.done & (run.x[:, c0:hi] == mask_id).any(-1)).nonzero().flatten()
+        if rows.numel() == 0:
+            if cache is None and cfg.threshold is None and run.vocab is not None:
+                idle = (~run.done).nonzero().flatten().tolist()
+                _idle_draws([run.pad[i] for i in idle], [run.gens[i] for i in idle], run.width, run.vocab,
+                            s1 - s, cfg, dlm.device)
+            break
+        full = None
+        if cache is None:   # the block's own copy: the full [rows, width, V] logits die here (unless recorded)
+            full = _logits(dlm, run.x[rows], run.att[rows], P, cfg)
+            blk = full[:, c0:hi].clone()
+            full = full if recorder is not None else None
+        elif s == 0:    # the block's first step: a full pass (exact), which fills the cache
+            started = rows
+            blk = _no_eos(cache.start(run.x[rows], run.att[rows], lo, hi), dlm, cfg)[:, lo:hi].clone()
+        else:           # rows only ever drop out of a block, so they are a subset of `started`
+            blk = _no_eos(cache.block_logits(run.x[rows], run.att[rows], torch.searchsorted(started, rows)),
+                          dlm, cfg)
+        run.vocab = blk.shape[-1]
+        run.nfe[rows] += 2 if cfg.cfg_scale > 0 else 1
+        before = run.x[rows, P:].clone() if recorder is not None else None
+        rule = _Rule(schedule[s] if cfg.threshold is None else None, sum(schedule[s + 1:]) if cfg.rcr else 0,
+                     eos_factor(cfg.eos_gamma, s, per_block if ascending else cfg.steps, ascending))
+        x0, score = _step(dlm, run, rows, blk, c0, hi, rule, cfg)
+        if recorder is not None:
+            recorder(StepView(rows, run.row_step[rows].clone(), before, run.x[rows, P:].clone(), full[:, P:],
+                              slice(c0 - P, hi - P), x0, score))
+        if cfg.stop_at_eos and not cfg.rcr:
+            run.stop_finished(rows, dlm)
+        run.row_step[rows] += 1
+        s += 1
+        run.total += 1
+        if progress is not None:
+            progress(run.total)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What a step may do: commit k tokens (None: threshold decoding), leave `remask` masked (rcr), and
+    scale end-of-text confidences by `eos` (EOSER)."""
+    k: int | None
+    remask: int
+    eos: float
 
 
 def _logits(dlm, x, att, P, cfg: SamplerConfig) -> torch.Tensor:
@@ -262,14 +400,17 @@ def _no_eos(logits, dlm, cfg: SamplerConfig) -> torch.Tensor:
     return logits
 
 
-def _step(dlm, x, rows, blk, pads, lo, hi, width, k, cfg: SamplerConfig, gens, step_map, row_step):
-    """One denoising step for `rows`: sample candidates, score them, commit the most confident.
+def _step(dlm, run: _Run, rows, blk, lo: int, hi: int, rule: _Rule, cfg: SamplerConfig):
+    """One denoising step for `rows`: sample candidates, score them, commit the most confident (rcr:
+    commit all, then mask again the lowest running confidences). Returns the candidates and scores.
 
-    blk: [n, block, V] logits of the current block. The block occupies the same columns in every
-    left-padded row; only the random draws are per row, over the positions the row has alone.
+    blk: [n, hi - lo, V] logits of columns lo..hi-1 (the block; with rcr, the window up to the block's
+    end). The columns are the same in every left-padded row; only the random draws are per row, over
+    the positions the row has alone.
     """
     n, bl, V = blk.shape
     dtype = NOISE_DTYPES[cfg.noise_dtype]
+    pads, gens, width = [run.pad[i] for i in rows.tolist()], [run.gens[i] for i in rows.tolist()], run.width
     if cfg.temperature > 0:
         x0 = torch.stack([_gumbel_argmax(row, p, g, lo, hi, width, cfg.temperature, dtype)
                           for row, p, g in zip(blk, pads, gens)])
@@ -287,26 +428,45 @@ def _step(dlm, x, rows, blk, pads, lo, hi, width, k, cfg: SamplerConfig, gens, s
             conf_logits = conf_logits.clone()
             conf_logits[..., _suppressed_ids(dlm, cfg)] = -torch.inf
         score = torch.gather(F.softmax(conf_logits, dim=-1), -1, x0[..., None]).squeeze(-1)
+        if rule.eos != 1.0:       # EOSER: end-of-text candidates count as less confident early on
+            score = torch.where(x0 == dlm.eos_id, score * rule.eos, score)
     else:
         score = torch.stack([_random_scores(p, g, width, blk.device)[lo - p:hi - p]
                              for p, g in zip(pads, gens)])
-    current = x[rows, lo:hi]
+    current = run.x[rows, lo:hi]
     masked = current == dlm.mask_id
     conf = torch.where(masked, score, torch.full_like(score, -torch.inf))
-    if k is None:  # threshold decoding: everything confident enough, and at least the best one
+    if cfg.rcr:
+        return x0, _rcr_commit(dlm, run, rows, lo, hi, x0, score, masked, rule.remask)
+    if rule.k is None:  # threshold decoding: everything confident enough, and at least the best one
         transfer = (conf > cfg.threshold) & masked
         transfer[torch.arange(n, device=blk.device), conf.argmax(-1)] = True
     else:
         transfer = torch.zeros_like(masked)
-        if k > 0 and (cfg.confidence_eos_eot_inf or cfg.noise_dtype != "float64"):
+        if rule.k > 0 and (cfg.confidence_eos_eot_inf or cfg.noise_dtype != "float64"):
             # many exact ties (zeros; bf16 probabilities): break them as the reference does
-            transfer = _topk_as_reference(conf, k, pads, lo, width)
-        elif k > 0:
-            transfer.scatter_(1, torch.topk(conf, k=k, dim=-1).indices, True)
-    x[rows, lo:hi] = torch.where(transfer, x0, current)
-    sm = step_map[rows, lo - (width - step_map.shape[1]):hi - (width - step_map.shape[1])]
-    step_map[rows, lo - (width - step_map.shape[1]):hi - (width - step_map.shape[1])] = torch.where(
-        transfer, row_step[rows, None], sm)
+            transfer = _topk_as_reference(conf, rule.k, pads, lo, width)
+        elif rule.k > 0:
+            transfer.scatter_(1, torch.topk(conf, k=rule.k, dim=-1).indices, True)
+    run.x[rows, lo:hi] = torch.where(transfer, x0, current)
+    w0, w1 = lo - run.P, hi - run.P
+    run.step_map[rows, w0:w1] = torch.where(transfer, run.row_step[rows, None], run.step_map[rows, w0:w1])
+    return x0, score
+
+
+def _rcr_commit(dlm, run: _Run, rows, lo: int, hi: int, x0, score, masked, remask: int) -> torch.Tensor:
+    """Running-confidence remasking: every masked position in lo..hi-1 takes its candidate and its
+    confidence becomes its running confidence; then the `remask` committed tokens of lowest running
+    confidence are masked again. Returns the running confidences of columns lo..hi-1 after the step."""
+    w0, w1 = lo - run.P, hi - run.P
+    x = torch.where(masked, x0, run.x[rows, lo:hi])
+    running = torch.where(masked, score.to(run.running.dtype), run.running[rows, w0:w1])
+    again = lowest(running, remask)
+    run.x[rows, lo:hi] = torch.where(again, dlm.mask_id, x)
+    run.running[rows, w0:w1] = running
+    sm = torch.where(masked, run.row_step[rows, None], run.step_map[rows, w0:w1])
+    run.step_map[rows, w0:w1] = torch.where(again, -1, sm)
+    return running
 
 
 def _topk_as_reference(conf, k: int, pads, lo: int, width: int) -> torch.Tensor:

@@ -233,9 +233,13 @@ def test_sample_command_batch_of_three_equals_batch_of_one(block_dirs, tmp_path)
 
 @pytest.mark.parametrize("setting,message", [({"cache": "prefix"}, "cached exactly"),
                                              ({"remasking": "random"}, "remasking=random"),
-                                             ({"cfg_scale": 1.0}, "cfg_scale")])
+                                             ({"cfg_scale": 1.0}, "cfg_scale"),
+                                             ({"rcr": True}, "not available for block-diffusion"),
+                                             ({"eos_gamma": 0.4}, "not available for block-diffusion"),
+                                             ({"schedule": "ascending", "block_length": 8, "steps": 3},
+                                              "not available for block-diffusion")])
 def test_settings_that_do_not_apply_are_refused(block, setting, message):
-    cfg = SamplerConfig(gen_length=8, block_length=4, steps=8, **setting)
+    cfg = SamplerConfig(**{"gen_length": 8, "block_length": 4, "steps": 8, **setting})
     with pytest.raises(UserError, match=message):
         sample(block[TRADO], [[1, 2, 3]], cfg, make_generators([0], "cpu"))
 

@@ -9,6 +9,7 @@ from dlm_bench.errors import UserError
 from dlm_bench.likelihood import ScoredBatch
 from dlm_bench.methods import Rollouts, get_method, make_config, method_names
 from dlm_bench.methods import losses, toy as T
+from traced_rollouts import overrides_sampling, traced_rollouts
 
 SEEDS = (0, 1, 2)
 
@@ -177,11 +178,17 @@ def _no_grad_tensors(obj):
     return True
 
 
+# shapes small enough for a tiny decode, for the methods that decode their own rollouts
+TRACED = dict(gen_length=6, steps=6, block_length=6)
+SMALL = {"dtreerpo": dict(TRACED, group_size=4, tree_samples=2, branch=2), "egspo": dict(TRACED, selected_steps=4),
+         "mdpo": dict(TRACED, train_steps_per_rollout=2)}
+
+
 @pytest.mark.parametrize("name", method_names())
 def test_each_method_runs_on_tiny(tiny, ref_model, name):
     cls = get_method(name)
-    method = cls(make_config(cls, {}), policy=tiny)
-    ro = _rollouts(tiny)
+    method = cls(make_config(cls, SMALL.get(name, {})), policy=tiny)
+    ro = traced_rollouts(method, tiny) if overrides_sampling(cls) else _rollouts(tiny)
     with torch.no_grad():
         method.prepare(ro, tiny, ref_model if cls.needs_reference else None)
     if not cls.trains:

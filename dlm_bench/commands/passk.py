@@ -87,7 +87,7 @@ def add_arguments(p) -> None:
 
 def add_decoding_arguments(p) -> None:
     """The decoding options `sample` and `passk` share (Fast-dLLM's cache and threshold, the noise
-    precision)."""
+    precision, and the decoders of dlm_bench.decoders: ascending schedule, EOSER, RCR)."""
     p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
                    help="block KV cache (approximate; default none, the paper's protocol). Full-attention "
                         "models only: block-diffusion models always cache their finished blocks exactly")
@@ -97,6 +97,15 @@ def add_decoding_arguments(p) -> None:
     p.add_argument("--noise-dtype", default="float64", choices=["float64", "float32", "bfloat16"],
                    help="Gumbel noise and confidence precision (default float64, LLaDA's; bfloat16: ESPO's "
                         "rollouts; docs/sampler.md)")
+    p.add_argument("--schedule", default="uniform", choices=["uniform", "ascending"],
+                   help="tokens per step of a block: uniform (LLaDA) or ascending, 2^i at step i (CJ-GRPO's "
+                        "ascending step sizes: a block of 2^S tokens in S steps)")
+    p.add_argument("--eos-gamma", type=float, default=None,
+                   help="EOSER: an end-of-text candidate's confidence times a factor rising from this to 1 "
+                        "over the steps (the paper: 0.4; 0.01 with --schedule ascending; default off)")
+    p.add_argument("--rcr", action="store_true",
+                   help="running-confidence remasking (MDPO): committed tokens of low confidence are masked "
+                        "again until the last step")
 
 
 SWEEP_DEFAULTS = {"temps": "0.3,0.6,0.9", "lengths": "256,512", "block_length": 32, "steps_per_token": 1.0,
@@ -127,7 +136,8 @@ def _decoder(args):
                 setattr(args, k, v)
         return None
     given = [flag for k, flag in DECODING_FLAGS.items() if getattr(args, k) is not None]
-    given += [f"--{k.replace('_', '-')}" for k, d in (("cache", "none"), ("noise_dtype", "float64"))
+    given += [f"--{k.replace('_', '-')}" for k, d in (("cache", "none"), ("noise_dtype", "float64"),
+                                                     ("schedule", "uniform"), ("eos_gamma", None), ("rcr", False))
               if getattr(args, k) != d]
     if given:
         raise UserError(f"--decoder rollout takes the decoding settings from the training run; drop {', '.join(given)}")
@@ -152,7 +162,8 @@ def config_from_args(args):
                       batch_size=args.batch_size, seed=args.seed, out=out, data_dir=args.data_dir,
                       limit=args.limit, split=args.split, device=args.device,
                       answer_mode=args.answer_mode, threshold=args.threshold, cache=args.cache,
-                      noise_dtype=args.noise_dtype, memory_check=not args.no_memory_check)
+                      noise_dtype=args.noise_dtype, schedule=args.schedule, eos_gamma=args.eos_gamma,
+                      rcr=args.rcr, memory_check=not args.no_memory_check)
     if decoder is not None:
         from dlm_bench.evaluate import with_decoder
         print(f"rollout decoder of {args.rollout_run or args.model}: {decoder.description}")

@@ -67,8 +67,8 @@ def run(args):
     cfg = SamplerConfig(gen_length=args.gen_length, block_length=args.block_length,
                         steps=args.steps or args.gen_length, temperature=args.temperature,
                         remasking=args.remasking, order=args.order, cfg_scale=args.cfg_scale,
-                        threshold=args.threshold, cache=args.cache,
-                        noise_dtype=args.noise_dtype).resolved()
+                        threshold=args.threshold, cache=args.cache, noise_dtype=args.noise_dtype,
+                        schedule=args.schedule, eos_gamma=args.eos_gamma, rcr=args.rcr).resolved()
     from dlm_bench.models.kv_cache import check_model_dir
     check_model_dir(args.model, cfg.cache)
     rows = _read_prompts(args.prompts)

@@ -5,6 +5,7 @@ sampler (in the method's `rollout_order`, G per prompt), rewards from the task, 
 the frozen reference, rollout reuse, checkpoints and distribution. A method says what it needs
 (flags below) and turns a `Rollouts` batch into a loss:
 
+    method.sample_rollouts(...)             # the micro-batch's completions (default: one decode per row)
     method.prepare(rollouts, policy, ref)   # once per rollout batch, no grad: cache old/ref scores
     loss, stats = method.loss(rollouts, policy, ref)   # every inner update (mu times per batch)
 
@@ -24,6 +25,7 @@ import torch
 from dlm_bench.config import build_config, validate
 from dlm_bench.registry import Registry
 from dlm_bench.likelihood import MaskDraw, ScoredBatch
+from dlm_bench.sampler import sample_seeded
 from dlm_bench.tasks import train_scale
 
 
@@ -52,13 +54,25 @@ class Rollouts:
     seed: int                     # seeds the method's mask draws (shared by policy, old, reference)
     # method-owned: its MethodCache once `prepare` ran (a plain dict still works, sliced key by key)
     cache: MethodCache | dict = field(default_factory=dict)
+    trace: dict[str, Any] | None = None   # method-owned record of the sampling (`Sampled.trace`), per row
 
     def rows(self, idx: torch.Tensor, cache: MethodCache | dict | None = None) -> "Rollouts":
         """The rows `idx` (same window width G, same seed) with `cache` (default: sliced per row)."""
-        c = slice_rows(self.cache, idx, self.rewards.numel()) if cache is None else cache
+        n = self.rewards.numel()
+        c = slice_rows(self.cache, idx, n) if cache is None else cache
+        t = None if self.trace is None else slice_rows(self.trace, idx, n)
         dev = self.batch.completion.device
         return Rollouts(self.batch.index(idx.to(dev)), self.rewards[idx], self.groups[idx],
-                        self.step_map[idx], self.seed, c)
+                        self.step_map[idx], self.seed, c, t)
+
+
+@dataclass
+class Sampled:
+    """One micro-batch's rollouts as a method's `sample_rollouts` returns them: a completion and its
+    reward per row, and what the method recorded while sampling (kept as `Rollouts.trace`)."""
+    completions: list
+    rewards: list[float]
+    trace: dict[str, Any] | None = None
 
 
 def slice_rows(v, idx: torch.Tensor, n: int):
@@ -98,6 +112,14 @@ class Method:
         self.config = config if config is not None else self.Config()
         validate(self.config, self.name)       # choices and ranges, also for a config built by hand
         self.extra_modules = torch.nn.ModuleDict()   # e.g. a learned log Z head (own learning rate)
+
+    def sample_rollouts(self, dlm, prompts: list[list[int]], scfg, seeds: list[int], score, chunk: int) -> Sampled:
+        """The rollouts of one micro-batch (G rows per prompt, prompt-major): row i answers prompts[i] with
+        randomness from a generator seeded by seeds[i]; `score(rows, texts)` rewards texts as answers to
+        those rows' problems; `chunk` bounds the rows per sampler call. Default: one decode per row. A
+        method that records intermediate states or branches its rollouts overrides this."""
+        comps = sample_seeded(dlm, prompts, scfg, seeds, chunk)
+        return Sampled(comps, score(list(range(len(comps))), [c.text for c in comps]))
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
         """Cache scores of the rollout-time policy ("old") and of the reference. Called under no_grad."""
@@ -178,7 +200,8 @@ class Method:
 
 _METHODS = Registry("method", Method, "dlm_bench.methods", ("base", "trafl", "espo", "justgrpo", "tracerl", "tabom",
                                                           "diffu_grpo", "wd1", "spg", "coupled_grpo", "vrpo",
-                                                          "bgpo", "d2", "ebpo"),
+                                                          "bgpo", "d2", "ebpo", "mdpo", "cj_grpo", "dtreerpo", "dmpo",
+                                                          "egspo"),
                     "dlm_bench.methods")
 register_method = _METHODS.register
 

@@ -250,3 +250,103 @@ def dpo_loss(score_w: torch.Tensor, score_l: torch.Tensor, ref_w: torch.Tensor, 
                  "margin_mean": float(margin.mean()) if per.numel() else 0.0,
                  "pair_accuracy": float((margin > 0).float().mean()) if per.numel() else 0.0}
     return loss, stats
+
+
+# ----------------------------------------------------------------------------- trajectory objectives
+
+def per_column_zscore(x: torch.Tensor, groups: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """(x - group mean) / (group std (ddof 1) + eps) for every column of x [N, S] separately."""
+    return torch.stack([group_advantages(x[:, s], groups, "zscore", eps=eps) for s in range(x.shape[1])], 1)
+
+
+def mdpo_step_advantages(step_rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """MDPO's per-step advantages [N, S] from the rewards r_t [N, S] of every step's prediction
+    (autonomousvision/mdpo `mdpo_trainer.py`, its "adv-v3 + adv-v4"): the reward gain of step t,
+    r_t - r_{t-1} (r_{-1} = 0), plus 1, plus the mean reward of the later steps (the last step: its own
+    reward); then a z-score over each prompt's group, step by step (the +1 cancels there)."""
+    r = step_rewards.double()
+    gain = torch.cat([r[:, :1], r[:, 1:] - r[:, :-1]], 1) + 1.0
+    S = r.shape[1]
+    later = r[:, 1:].flip(1).cumsum(1).flip(1) / torch.arange(S - 1, 0, -1, dtype=r.dtype, device=r.device)
+    raw = gain + torch.cat([later, r[:, -1:]], 1)
+    return per_column_zscore(raw, groups, eps)
+
+
+def mdpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, adv: torch.Tensor,
+              targets: torch.Tensor, weights: torch.Tensor, beta: float, eps: float, window: int,
+              rows: int) -> tuple[torch.Tensor, dict]:
+    """MDPO's loss (`MDPOTrainer.compute_loss`) over R (trajectory, step) samples, summed over each
+    row's steps and averaged over `rows` rows. logp/old/ref: [R, G] log-probs of the step's predictions
+    given its input; targets: [R, G] positions masked in the input; weights: [R, G] the decoder's
+    confidences; adv: [R]. A sample's loss is
+        sum_j w_j [-min(rho_j A, clip(rho_j) A) lambda + beta (log ref_j - log pi_j)^2 / 2] / (n + 1e-4)
+    with n its masked positions and lambda = window / (n + 1e-4)."""
+    t = targets.to(logp.dtype)
+    n = t.sum(-1, keepdim=True)
+    lam = window / (n + 1e-4)
+    a = adv.to(logp.dtype)[:, None]
+    ratio = torch.exp(logp - old_logp)
+    per = -torch.min(ratio * a, ratio.clamp(1 - eps, 1 + eps) * a) * lam
+    stats = {}
+    if ref_logp is not None and beta != 0.0:
+        k2 = 0.5 * (ref_logp - logp) ** 2
+        per = per + beta * k2
+        stats["kl_k2"] = float(((k2 * t).sum() / t.sum().clamp(min=1)).detach())
+    sample = (per * t * weights.to(logp.dtype)).sum(-1) / (n.squeeze(-1) + 1e-4)
+    loss = sample.sum() / max(1, rows)
+    stats.update(loss=float(loss.detach()), ratio_mean=float(ratio.detach()[targets.bool()].mean()) if targets.any() else 1.0,
+                 adv_abs_mean=float(adv.abs().mean()) if adv.numel() else 0.0)
+    return loss, stats
+
+
+def group_softmax(z: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """softmax of z over each row's group, [N]."""
+    inv, counts = _group_index(groups.to(z.device))
+    top = torch.full(counts.shape, -torch.inf, dtype=z.dtype, device=z.device).scatter_reduce(0, inv, z, "amax")
+    e = torch.exp(z - top[inv])
+    return e / torch.zeros(counts.shape, dtype=z.dtype, device=z.device).index_add(0, inv, e)[inv]
+
+
+def dmpo_weights(log_rnd: torch.Tensor, rewards: torch.Tensor, groups: torch.Tensor, alpha: float,
+                 centering: str = "negative", strength: float = 1.0) -> torch.Tensor:
+    """DMPO's per-row weights (yuchen-zhu-zyc/DMPO `dmpo_trainer.py`): self-normalised importance
+    weights of the reward-tilted target p* ~ p_ref exp(r / alpha) under the sampling policy,
+    w_i = softmax over the group of (log p_ref(y_i) - log p_cur(y_i) + r_i / alpha); minus a baseline:
+    'negative' (the recipe's `advantage_centering_neg`): the same weights for exp(-r / alpha),
+    'mean': 1 / group size (an unbiased baseline), 'none': nothing."""
+    lr = log_rnd.double()
+    r, g = rewards.double().to(lr.device), groups.to(lr.device)
+    w = group_softmax(lr + r / alpha, g)
+    if centering == "negative":
+        return w - strength * group_softmax(lr - r / alpha, g)
+    if centering == "mean":
+        inv, counts = _group_index(g)
+        return w - strength / counts.to(w.dtype)[inv]
+    if centering != "none":
+        raise ValueError(f"unknown centering {centering!r}")
+    return w
+
+
+def egspo_returns(final: torch.Tensor, step_rewards: torch.Tensor, lam: float, normalize: bool) -> torch.Tensor:
+    """EGSPO-SA's returns [N, K] (vishnutez/egspo-dllm-rl `egspo_trainer.py`): the final reward plus lam
+    times the stepwise advantage r(x_0) - r(x_0 | t) of each selected step, where r(x_0 | t) rewards the
+    one-step (greedy) prediction at step t; divided by 1 + lam with `normalize`."""
+    ret = final.double()[:, None] + lam * (final.double()[:, None] - step_rewards.double())
+    return ret / (1.0 + lam) if normalize else ret
+
+
+def tree_advantages(leaf_rewards: torch.Tensor, branching: list[int]) -> list[torch.Tensor]:
+    """d-TreeRPO's local advantages (THU-BPM/d-TreeRPO `dtreerpo_trainer.py`). leaf_rewards [P, prod
+    branching], leaves in depth-first order; a node's value is the mean of its leaves' rewards; its
+    advantage is its value minus the mean value of its siblings (0 without siblings). Returns one
+    [P, nodes at depth d] tensor per depth d = 1..len(branching)."""
+    P = leaf_rewards.shape[0]
+    v = leaf_rewards.double().reshape(P, *branching)
+    out = []
+    for d in range(1, len(branching) + 1):
+        vals = v.mean(dim=tuple(range(d + 1, len(branching) + 1))) if d < len(branching) else v
+        k = branching[d - 1]
+        parent_sum = vals.sum(-1, keepdim=True)
+        siblings = (parent_sum - vals) / (k - 1) if k > 1 else torch.zeros_like(vals)
+        out.append((vals - siblings).reshape(P, -1))
+    return out

@@ -45,8 +45,9 @@ from torch import nn
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
 from dlm_bench.likelihood import ScoredBatch, collapse_steps, masked_input, trace_logprobs, trace_samples  # noqa: F401
 from dlm_bench.methods.fidelity import Deviation
-from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
+from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.profile import Profile
+from dlm_bench.methods.trajectory import SampleCache, select_samples
 from dlm_bench.methods.heads import ScalarHead, hidden_size
 from dlm_bench.methods.losses import clipped_pg, group_mean, k3
 
@@ -200,10 +201,9 @@ def _completion_hidden(dlm, batch, rows, masks, mask_id, chunk: int = 64) -> tor
 
 
 @dataclass(kw_only=True)
-class TraceRLCache(MethodCache):
+class TraceRLCache(SampleCache):
     """One entry per (trajectory, trace step) sample, R in all (not per row: `TraceRL.select` keeps a
-    row's samples)."""
-    rows: torch.Tensor                     # [R] the rollout row of each sample
+    row's samples); `rows` [R] is the rollout row of each sample."""
     k: torch.Tensor                        # [R] its trace step
     masks: torch.Tensor                    # [R, G] positions masked in its input
     targets: torch.Tensor                  # [R, G] its loss positions (the tokens of step k)
@@ -273,15 +273,7 @@ class TraceRL(Method):
 
     def select(self, rollouts: Rollouts, idx: torch.Tensor) -> Rollouts:
         """Rows `idx` with their (trajectory, step) samples: every tensor in the cache is per sample."""
-        c = rollouts.cache
-        if not isinstance(c, TraceRLCache):
-            return rollouts.rows(idx)
-        idx = idx.to(c.rows.device)
-        keep = torch.isin(c.rows, idx)
-        new_row = torch.full((rollouts.rewards.numel(),), -1, dtype=torch.long, device=idx.device)
-        new_row[idx] = torch.arange(len(idx), device=idx.device)
-        sub = c.take(keep.nonzero(as_tuple=True)[0], len(c.rows), rows=new_row[c.rows[keep]])
-        return rollouts.rows(idx, sub)
+        return select_samples(rollouts, idx)
 
     # -- prepare: samples, advantages, old / anchor log-probs, values (no grad)
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:

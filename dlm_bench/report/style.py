@@ -17,7 +17,11 @@ import zlib
 METHOD_COLORS = {"base": "#000000", "trafl": "#0072B2", "espo": "#D55E00", "justgrpo": "#009E73",
                  "tracerl": "#CC79A7", "tabom": "#E69F00",
                  # the field's baselines, fixed from Paul Tol's muted set so that no two registered methods share one
-                 "diffu_grpo": "#999933", "wd1": "#882255", "spg": "#332288"}
+                 "diffu_grpo": "#999933", "wd1": "#882255", "spg": "#332288",
+                 # issue 25's methods, from Paul Tol's "bright" and "light" sets (no yellow: unreadable on white)
+                 "coupled_grpo": "#4477AA", "vrpo": "#EE6677", "bgpo": "#228833", "d2_stepmerge": "#CCBB44",
+                 "d2_anyorder": "#66CCEE", "ebpo": "#AA3377", "mdpo": "#EE8866", "cj_grpo": "#77AADD",
+                 "dtreerpo": "#AAAA00", "dmpo": "#FFAABB", "egspo": "#99DDFF"}
 # Paul Tol's "muted" set (also colour-blind-safe) for method names not listed above
 OTHER_COLORS = ("#56B4E9", "#44AA99", "#AA4499", "#117733", "#888888")
 LINESTYLES = ("-", "--", ":", "-.")

@@ -400,15 +400,16 @@ def sampler_rows(cfg: TrainConfig, group_size: int) -> int:
     return min(cfg.micro_prompts * group_size, cfg.rollout_chunk)
 
 
+def rollout_seeds(cfg: TrainConfig, step: int, global_idx: list[int], G: int) -> list[int]:
+    """Completion (i, j) of a rollout step draws from (seed, step, global prompt index i, j)."""
+    return [derive_seed(cfg.seed, step, gi, j) for gi in global_idx for j in range(G)]
+
+
 def _sample(dlm, prompts_ids, scfg, cfg: TrainConfig, step: int, global_idx: list[int], G: int):
-    """G completions per prompt; completion (i, j) seeded by (seed, step, global prompt index i, j)."""
-    from dlm_bench.sampler import make_generators, sample
-    rows = [(p, derive_seed(cfg.seed, step, gi, j)) for p, gi in zip(prompts_ids, global_idx) for j in range(G)]
-    out = []
-    for s in range(0, len(rows), cfg.rollout_chunk):
-        chunk = rows[s:s + cfg.rollout_chunk]
-        out += sample(dlm, [r[0] for r in chunk], scfg, make_generators([r[1] for r in chunk], dlm.device))
-    return out
+    """G completions per prompt, one plain decode each, seeded as `rollout_seeds` (the control's decoder)."""
+    from dlm_bench.sampler import sample_seeded
+    return sample_seeded(dlm, [q for q in prompts_ids for _ in range(G)], scfg, rollout_seeds(cfg, step, global_idx, G),
+                         cfg.rollout_chunk)
 
 
 def rollout(run: Run) -> Batch:
@@ -433,14 +434,20 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
     gidx = list(range(m * cfg.micro_prompts, min(P, (m + 1) * cfg.micro_prompts)))
     probs = [p.problems[idx[i]] for i in gidx]
     pids = [run.prompt_ids(idx[i]) for i in gidx]
+    trace = None
     if run.trajectories is not None:    # offline: the base model's stored decodes of these problems
         comps = [run.trajectories[(idx[i], j)] for i in gidx for j in range(G)]
-        texts, rewards = [c.text for c in comps], [c.reward for c in comps]
-    else:
-        comps = _sample(dlm, pids, p.scfg, cfg, step, gidx, G)
-        texts = [c.text for c in comps]
-        rewards = training_rewards(p.task, [q for q in probs for _ in range(G)], texts, p.reward_kind)
-    out.micro.append((m, prepare_micro(run, m, gidx, pids, comps, rewards)))
+        rewards = [c.reward for c in comps]
+    else:                               # completion (i, j) seeded by (seed, step, global prompt index i, j)
+        row_probs = [q for q in probs for _ in range(G)]
+
+        def score(rows, texts):
+            return training_rewards(p.task, [row_probs[r] for r in rows], texts, p.reward_kind)
+        got = run.method.sample_rollouts(dlm, [q for q in pids for _ in range(G)], p.scfg,
+                                         rollout_seeds(cfg, step, gidx, G), score, cfg.rollout_chunk)
+        comps, rewards, trace = got.completions, got.rewards, got.trace
+    texts = [c.text for c in comps]
+    out.micro.append((m, prepare_micro(run, m, gidx, pids, comps, rewards, trace)))
     out.texts.append(texts)
     out.rewards.append(rewards)
     if run.control is not None:
@@ -448,9 +455,11 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
     out.nfe += sum(c.nfe for c in comps)
 
 
-def prepare_micro(run: Run, m: int, gidx: list[int], pids: list[list[int]], comps: list, rewards: list[float]):
+def prepare_micro(run: Run, m: int, gidx: list[int], pids: list[list[int]], comps: list, rewards: list[float],
+                  trace: dict | None = None):
     """Micro-batch m as the method sees it: prompts `pids` (global indices `gidx`), G completions each
-    (`tokens` and `step_map`), their rewards; `prepare`d under no_grad."""
+    (`tokens` and `step_map`), their rewards and what the method recorded while sampling (`trace`);
+    `prepare`d under no_grad."""
     from dlm_bench.likelihood import ScoredBatch
     from dlm_bench.methods import Rollouts
     G = run.plan.mcfg.rollout.group_size
@@ -459,7 +468,7 @@ def prepare_micro(run: Run, m: int, gidx: list[int], pids: list[list[int]], comp
     ro = Rollouts(batch=batch, rewards=torch.tensor(rewards, dtype=torch.float32),
                   groups=torch.tensor([i for i in gidx for _ in range(G)], dtype=torch.long),
                   step_map=torch.tensor([c.step_map for c in comps], dtype=torch.long),
-                  seed=derive_seed(run.cfg.seed, run.step, m, 0x5EED))
+                  seed=derive_seed(run.cfg.seed, run.step, m, 0x5EED), trace=trace)
     with torch.no_grad():
         run.method.prepare(ro, run.dlm, run.ref)
     return ro
