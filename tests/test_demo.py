@@ -86,9 +86,11 @@ def test_missing_base_without_pretrain_settings_is_a_user_error(tmp_path):
 
 def test_cpu_study_config_names_every_method_with_five_seeds():
     from dlm_bench.protocol import training_seeds
-    from dlm_bench.methods import get_method
+    from dlm_bench.methods import get_method, method_names
     cfg = read_yaml("configs/cpu-study.yaml")
     assert training_seeds(load_protocol("configs/cpu-study.yaml")) == [0, 1, 2, 3, 4]
+    built_in = [m for m in method_names() if get_method(m).__module__.startswith("dlm_bench.methods.")]
+    assert sorted(cfg["methods"]) == sorted(built_in)      # a new method joins the study
     for m in cfg["methods"]:
         get_method(m)                                 # registered
         over = {**cfg["train"]["overrides"], **cfg["train"]["per_method"].get(m, {})}
