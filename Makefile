@@ -37,7 +37,7 @@ COMPAT_PINS := transformers==4.57.6 tokenizers==0.22.1 huggingface-hub==0.36.0
 	touch $@
 
 test-compat: setup .venv-compat/.installed
-	.venv-compat/bin/python -m pytest tests/test_real_models.py tests/test_hf_backend.py
+	.venv-compat/bin/python -m pytest tests/test_real_models.py tests/test_hf_backend.py tests/test_block_models.py
 
 test-slow: setup
 	$(PY) -m pytest -m slow

@@ -18,7 +18,8 @@ import torch
 
 from dlm_bench.tasks.data import models_dir
 from dlm_bench.models import DLM
-from dlm_bench.models.random_init import TINY, random_model
+from dlm_bench.models.families import LLADA
+from dlm_bench.models.random_init import random_model
 from dlm_bench.sampler import SamplerConfig, make_generators, sample
 
 PROMPT = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. " \
@@ -32,7 +33,7 @@ def _model_dir(tiny: bool) -> Path:
     tmp = Path(tempfile.mkdtemp()) / "llada"
     shutil.copytree(src, tmp)
     cfg = json.loads((tmp / "config.json").read_text())
-    (tmp / "config.json").write_text(json.dumps({**cfg, **TINY["llada"]}))
+    (tmp / "config.json").write_text(json.dumps({**cfg, **LLADA.tiny_sizes}))
     return tmp
 
 

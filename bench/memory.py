@@ -29,7 +29,7 @@ from pathlib import Path
 
 SNAPSHOTS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 ARCH = {"llada": "llada-8b-instruct-maskfix", "dream": "dream-v0-instruct-7b"}
-# The tiny real architectures (random_init.TINY) widened to LLaDA's MLP ratio 3 so per-token terms scale.
+# The tiny real architectures (Family.tiny_sizes, models/families.py) widened to LLaDA's MLP ratio 3 so per-token terms scale.
 SIZES = {"llada": dict(d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=192, max_sequence_length=1024),
          "dream": dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
                        intermediate_size=192, max_position_embeddings=1024)}

@@ -346,6 +346,8 @@ def _record_model(out: Path, dlm) -> None:
     info = {"path": dlm.path, "base_model": dlm.extra.get("base_model"), "adapter": dlm.extra.get("adapter"),
             "honours_padding": dlm.honours_padding, "stop_ids": sorted(dlm.stops()), "dtype": dtype,
             "versions": versions(), "training": training_run(dlm.path)}
+    if dlm.extra.get("fallbacks"):      # e.g. flash_attn's kernels replaced by plain torch (models/flash_fallback.py)
+        info["fallbacks"] = dlm.extra["fallbacks"]
     note(out, dlm.device, dtype)        # environment.jsonl: every environment that wrote records here
     write_json(out / "model.json", info)
 
@@ -367,6 +369,8 @@ def _run_batch(store, dlm, task, cfg, cell, batch, prompt_cache, sample, make_ge
                      "config_hash": cell.hash, "prompt_hash": prompt_hash(prompt), "text": comp.text,
                      "tokens": comp.tokens, "nfe": comp.nfe, "length": comp.length,
                      "seconds": round(seconds, 6)})
+        if comp.unknown:    # ids the tokenizer has no token for, left out of the text (DLM.decode_completion)
+            gens[-1]["unknown_tokens"] = comp.unknown
     store.append("generations", gens)
     _grade_and_store(store, task, [p for _, p, _ in batch], gens)
 

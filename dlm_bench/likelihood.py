@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dlm_bench.errors import UserError
+
 
 @dataclass
 class ScoredBatch:
@@ -37,6 +39,9 @@ class ScoredBatch:
 
     @classmethod
     def build(cls, dlm, prompts: list[list[int]], completions: list[list[int]], lengths=None) -> "ScoredBatch":
+        if dlm.family.block_causal:     # these scores mask the whole answer at once, over full attention
+            raise UserError(f"{dlm.family.name} is a block-diffusion model: its scores need the block-diffusion "
+                            f"ELBO (clean earlier blocks, one noised block), which dlm-bench does not have yet")
         ids, mask = dlm.pad_left(prompts)
         G = max(len(c) for c in completions)
         comp = torch.full((len(completions), G), dlm.eos_id, dtype=torch.long)

@@ -1,4 +1,6 @@
 """LLaDA decoding (ML-GSAI/LLaDA `generate.py`), re-written for batch invariance and trajectories.
+Block-diffusion models (block-causal attention: SDAR/TraDo, LLaDA2) decode in `block_sampler.py`,
+through the same `sample()`.
 
 The answer window of `gen_length` masks is split into semi-autoregressive blocks; `steps` are shared
 equally by the blocks and each step reveals a precomputed number of tokens (as even as possible,
@@ -33,10 +35,11 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from dlm_bench import block_sampler
 from dlm_bench.config import knob
 from dlm_bench.errors import UserError
 
-REMASKING = ("low_confidence", "random")
+REMASKING = ("low_confidence", "random", "sequential")   # sequential: block-diffusion models only
 ORDERS = ("diffusion", "left_to_right")
 CACHES = ("none", "prefix", "dual")
 NOISE_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -52,11 +55,13 @@ class SamplerConfig:
     block_length: int = knob(32, "semi-autoregressive block length (clamped to gen_length)", source=LLADA, low=1)
     steps: int = knob(256, "denoising steps over the whole window", source=LLADA, low=1)
     temperature: float = knob(0.0, "Gumbel-max sampling temperature (0: greedy)", source=LLADA, low=0.0)
-    remasking: str = knob("low_confidence", "which masked tokens a step commits", source=LLADA, choices=REMASKING)
+    remasking: str = knob("low_confidence", "which masked tokens a step commits ('sequential': block-diffusion "
+                          "models only, TraDo's)", source=LLADA, choices=REMASKING)
     order: str = knob("diffusion", "'left_to_right': one token per step, in order (JustGRPO rollouts)",
                       source=LLADA, choices=ORDERS)
     cfg_scale: float = knob(0.0, "unsupervised classifier-free guidance (prompt masked)", source=LLADA, low=0.0)
-    threshold: float | None = knob(None, "parallel decoding: commit every token above this confidence",
+    threshold: float | None = knob(None, "parallel decoding: commit every token above this confidence (block-"
+                                   "diffusion models: at least the schedule's count per step)",
                                    source="NVlabs/Fast-dLLM", low=0.0, high=1.0)
     logits_eos_inf: bool = knob(False, "never sample end-of-text (LLaDA's HumanEval setting)", source=LLADA)
     confidence_eos_eot_inf: bool = knob(False, "LLaDA's flag, as its code behaves (see _suppressed_ids)",
@@ -64,7 +69,8 @@ class SamplerConfig:
     stop_at_eos: bool = knob(True, "stop a row once an end-of-text is committed with everything before it "
                                    "decided, and fill the rest with end-of-text", source="harness default "
                              "(the text is cut there anyway; False reproduces the reference's later tokens)")
-    cache: str = knob("none", "block KV cache: 'prefix' or 'dual' (approximate; models/kv_cache.py)",
+    cache: str = knob("none", "block KV cache: 'prefix' or 'dual' (approximate; models/kv_cache.py); "
+                      "full attention only: block-diffusion models always cache finished blocks exactly",
                       source="NVlabs/Fast-dLLM; off: exact decoding", choices=CACHES)
     noise_dtype: str = knob("float64", "dtype of the Gumbel noise (and of the confidence softmax unless float64)",
                             source=LLADA + " (float64)", choices=tuple(NOISE_DTYPES))
@@ -118,6 +124,7 @@ class Completion:
     step_map: list[int]     # decoding step (0-based, global) at which each window token was unmasked
     nfe: int                # forward passes spent on this row (CFG counts two per step)
     length: int             # tokens before the first end-of-text
+    unknown: int = 0        # ids in the text part that the tokenizer has no token for (left out of `text`)
 
 
 def transfer_schedule(n_masked: int, steps: int) -> list[int]:
@@ -137,13 +144,20 @@ def sample(dlm, prompts: list[list[int]], cfg: SamplerConfig, generators: list[t
     cfg = cfg.resolved()
     if len(generators) != len(prompts):
         raise ValueError("one generator per prompt is required")
-    tokens, steps_map, nfe = _decode_groups(dlm, prompts, cfg, generators, progress)
+    if dlm.family.block_causal:     # SDAR/TraDo, LLaDA2: block_sampler.py
+        block_sampler.check(cfg, dlm.family)
+        tokens, steps_map, nfe = block_sampler.decode(dlm, prompts, cfg, generators, progress)
+    elif cfg.remasking == "sequential":
+        raise UserError("remasking=sequential is block-diffusion decoding (TraDo/SDAR, LLaDA2); this model has "
+                        "full attention: use low_confidence or random")
+    else:
+        tokens, steps_map, nfe = _decode_groups(dlm, prompts, cfg, generators, progress)
     out = []
     for i in range(len(prompts)):
         window = tokens[i].tolist()
-        text = dlm.completion_text(window)
+        text, unknown = dlm.decode_completion(window)
         length = dlm.completion_length(window)
-        out.append(Completion(window, text, steps_map[i].tolist(), int(nfe[i]), length))
+        out.append(Completion(window, text, steps_map[i].tolist(), int(nfe[i]), length, unknown))
     return out
 
 

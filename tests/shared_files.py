@@ -25,6 +25,12 @@ def real_model_snapshot(name: str) -> Path:
     return root / name
 
 
+def tiny_real_models(root: Path, names) -> dict[str, str]:
+    """Tiny random-weight models (seed 1) of the real architectures `names`, built under `root`."""
+    from dlm_bench.models.random_init import build_tiny
+    return {name: str(build_tiny(real_model_snapshot(name), root / name, seed=1)) for name in names}
+
+
 def shared_data_present() -> bool:
     from dlm_bench.tasks.data import candidate_dirs
     return any(d.is_dir() and any(d.iterdir()) for d in candidate_dirs())

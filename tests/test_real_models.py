@@ -18,7 +18,7 @@ import llada_reference as ref
 from dlm_bench.cli import main
 from dlm_bench.models import load_model
 from dlm_bench.sampler import SamplerConfig, make_generators, sample
-from shared_files import real_model_snapshot
+from shared_files import tiny_real_models
 
 LLADA, LLADA_FIX, DREAM = "llada-8b-instruct", "llada-8b-instruct-maskfix", "dream-v0-instruct-7b"
 ALL = (LLADA, LLADA_FIX, DREAM)
@@ -29,9 +29,7 @@ TINY_TRAIN = dict(group_size=2, batch_prompts=2, gen_length=8, steps=8, block_le
 
 @pytest.fixture(scope="session")
 def real_dirs(tmp_path_factory):
-    from dlm_bench.models.random_init import build_tiny
-    root = tmp_path_factory.mktemp("real")
-    return {name: str(build_tiny(real_model_snapshot(name), root / name, seed=1)) for name in ALL}
+    return tiny_real_models(tmp_path_factory.mktemp("real"), ALL)
 
 
 @pytest.fixture(scope="session")
@@ -218,3 +216,45 @@ def test_continued_lora_training_from_a_lora_checkpoint(real_dirs, tmp_path, var
     x = torch.tensor([one.prompt_ids("What is 2+3?") + [one.mask_id] * 4])
     with torch.no_grad():
         assert not torch.allclose(one.logits(x), two.logits(x))
+
+
+def _unknown_id_prone(dream_dir: str, tmp_path) -> tuple[str, int]:
+    """A LoRA output of a Dream model that decodes ids its tokenizer lacks: after the adapter is made,
+    the base's head row of an id past the tokenizer (Dream has 152064 rows for 151667 tokens) becomes
+    that of the token the adapted model decodes most, made more likely (the adapter leaves the head alone)."""
+    import shutil
+
+    from lora_helpers import lora_folder
+    base = shutil.copytree(dream_dir, tmp_path / "base")
+    lora = lora_folder(str(base), tmp_path / "lora")
+    adapted, dlm = load_model(lora, device="cpu"), load_model(str(base), device="cpu")
+    unknown = len(dlm.tokenizer) + 20
+    assert dlm.tokenizer.convert_ids_to_tokens([unknown]) == [None]
+    x = torch.tensor([adapted.prompt_ids("What is 2+3?") + [adapted.mask_id] * 8])
+    with torch.no_grad():
+        common = int(adapted.logits(x)[0, -8:].argmax(-1).mode().values)
+        head = dlm.model.lm_head.weight
+        head[unknown] = head[common] * 1.5
+    dlm.save(str(base))
+    return lora, unknown
+
+
+@pytest.mark.parametrize("name", ["tiny", LLADA_FIX, DREAM, "dream-unknown-ids"])
+def test_passk_on_a_lora_output(real_dirs, tiny_dir, tmp_path, name):
+    """passk on a LoRA adapter folder of every full-attention family. Dream: also a model that samples
+    ids its tokenizer has no token for, which must neither crash decoding (its remote tokenizer fails
+    on them) nor be silently dropped: they are counted in the generation records."""
+    from lora_helpers import lora_folder
+    if name == "dream-unknown-ids":
+        lora, unknown = _unknown_id_prone(real_dirs[DREAM], tmp_path)
+    else:
+        lora = lora_folder(tiny_dir if name == "tiny" else real_dirs[name], tmp_path / "lora")
+    results = _passk(lora, tmp_path / "passk", "base")
+    assert results["model_runtime"]["adapter"] == lora
+    gens = [json.loads(r) for r in (tmp_path / "passk" / "generations.jsonl").read_text().splitlines()]
+    assert len(gens) == 4
+    counted = sum(g.get("unknown_tokens", 0) for g in gens)
+    if name == "dream-unknown-ids":
+        assert counted > 0 and any(unknown in g["tokens"] for g in gens)
+    else:
+        assert counted == 0

@@ -21,6 +21,11 @@ def run(args):
              ("stop ids", ", ".join(map(str, sorted(dlm.stops())))),
              ("attention mask", "honoured" if dlm.honours_padding else "ignored (rows are not padded)"),
              ("logits", "shifted (position i-1 predicts i)" if dlm.shift_logits else "unshifted"),
+             ("attention", f"block-causal, block size {dlm.block_size}" if dlm.family.block_causal
+              else "full (bidirectional)"),
+             ("family", dlm.family.name + (", mixture of experts" if dlm.family.moe else "")),
              ("chat template", "yes" if getattr(dlm.tokenizer, "chat_template", None) else "no")]
+    if dlm.extra.get("fallbacks"):
+        rows.append(("fallbacks", "; ".join(dlm.extra["fallbacks"])))
     for k, v in rows:
         print(f"{k:>15}: {v}")

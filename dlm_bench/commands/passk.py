@@ -55,7 +55,8 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: gen length)")
     p.add_argument("--steps-per-token", type=float, default=1.0,
                    help="steps = ratio x gen length when --steps is not given")
-    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random", "sequential"],
+                   help="sequential: block-diffusion models only")
     add_decoding_arguments(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="base seed (part of the config hash)")
@@ -76,9 +77,11 @@ def add_decoding_arguments(p) -> None:
     """The decoding options `sample` and `passk` share (Fast-dLLM's cache and threshold, the noise
     precision)."""
     p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
-                   help="block KV cache (approximate; default none, the paper's protocol)")
+                   help="block KV cache (approximate; default none, the paper's protocol). Full-attention "
+                        "models only: block-diffusion models always cache their finished blocks exactly")
     p.add_argument("--threshold", type=float, default=None,
-                   help="parallel decoding: commit every token above this confidence (e.g. 0.9)")
+                   help="parallel decoding: commit every token above this confidence (e.g. 0.9); on "
+                        "block-diffusion models at least the schedule's count per step (docs/sampler.md)")
     p.add_argument("--noise-dtype", default="float64", choices=["float64", "float32", "bfloat16"],
                    help="Gumbel noise and confidence precision (default float64, LLaDA's; bfloat16: ESPO's "
                         "rollouts; docs/sampler.md)")

@@ -18,7 +18,8 @@ def add_arguments(p):
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: gen length)")
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random", "sequential"],
+                   help="sequential: block-diffusion models only")
     p.add_argument("--order", default="diffusion", choices=["diffusion", "left_to_right"])
     p.add_argument("--cfg-scale", type=float, default=0.0)
     from dlm_bench.commands.passk import add_decoding_arguments
@@ -87,9 +88,11 @@ def run(args):
             chunk = jobs[s:s + args.batch_size]
             gens = make_generators([seed_for(args.seed, i, j) for i, j in chunk], dlm.device)
             for (i, j), c in zip(chunk, sample(dlm, [ids[i] for i, _ in chunk], cfg, gens)):
-                out.write(json.dumps({"id": rows[i].get("id", i), "sample": j, "completion": c.text,
-                                      "tokens": c.tokens, "step_map": c.step_map, "nfe": c.nfe,
-                                      "length": c.length}) + "\n")
+                row = {"id": rows[i].get("id", i), "sample": j, "completion": c.text, "tokens": c.tokens,
+                       "step_map": c.step_map, "nfe": c.nfe, "length": c.length}
+                if c.unknown:   # ids the tokenizer has no token for, left out of the completion text
+                    row["unknown_tokens"] = c.unknown
+                out.write(json.dumps(row) + "\n")
             out.flush()
     finally:
         if out is not sys.stdout:

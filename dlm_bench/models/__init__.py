@@ -1,164 +1,23 @@
 """Model backends behind one small interface: `DLM` (logits, hidden states, tokenizer, mask id, save).
 
-`load_model(path)` opens any local Hugging Face directory of a masked diffusion LM: the built-in tiny
-model (`dlm_bench.models.tiny`), LLaDA and Dream layouts (remote code), optionally with LoRA.
+`load_model(path)` opens any local Hugging Face directory of a masked or block diffusion LM: the built-in
+tiny model (`dlm_bench.models.tiny`), LLaDA, Dream, SDAR/TraDo and LLaDA2 layouts (remote code),
+optionally with LoRA. What differs between families is in `models/families.py`.
+
+`DLM`, `load_model` and `LoraSpec` load torch on first use, so the light modules of this package
+(`families`) can be read by commands that never touch a model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
 
-import torch
+_HEAVY = {"DLM": "dlm_bench.models.dlm", "load_model": "dlm_bench.models.hf", "LoraSpec": "dlm_bench.models.hf"}
+__all__ = list(_HEAVY)
 
-from dlm_bench.models.hf import LoraSpec, load_model  # noqa: F401  (re-exported)
 
-
-@dataclass
-class DLM:
-    model: torch.nn.Module
-    tokenizer: object
-    mask_id: int
-    eos_id: int
-    pad_id: int
-    eot_id: int | None = None          # end-of-turn token (LLaDA <|eot_id|>), if the tokenizer has one
-    shift_logits: bool = False         # AR-adapted models (Dream) predict token i at position i-1
-    four_d_mask: bool = False          # Dream expects a 4-D boolean attention mask + position ids
-    honours_padding: bool = True       # False: the model ignores the attention mask (pre-Oct-2025 LLaDA)
-    stop_ids: tuple[int, ...] = ()     # ids that end a completion (EOS, end-of-turn); default: eos, eot
-    gather_logits: bool = False        # scores apply the head at masked positions only (models/output_head.py)
-    score_rows: int | None = None      # most rows per scoring forward (None: the caller's chunk, 64)
-    path: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def _forward(self, input_ids, attention_mask=None, hidden=False, **model_kw) -> torch.Tensor:
-        """Raw logits (or last hidden states) of the wrapped model for a left-padded batch.
-        `model_kw` go to the model as they are (the block KV cache passes `past_key_values`)."""
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        if padded and not self.honours_padding:
-            if model_kw:  # the sampler never pads such a model when caching (equal-length groups)
-                raise ValueError("cached passes over padding need a model that honours the attention mask")
-            return self._forward_unpadded(input_ids, attention_mask, hidden)
-        kw = dict(model_kw)
-        if padded:
-            if self.four_d_mask:
-                # Keys only: Dream's own query-and-key mask leaves pad rows with nothing to attend to,
-                # which SDPA turns into NaN that then reaches every row through the values.
-                am = attention_mask.bool()
-                kw["attention_mask"] = am[:, None, None, :].expand(-1, 1, am.shape[1], -1)
-                kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            else:
-                kw["attention_mask"] = attention_mask
-                if self._takes_position_ids():  # left padding must not shift absolute positions
-                    kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        if hidden:
-            return self.model(input_ids=input_ids, output_hidden_states=True, **kw).hidden_states[-1]
-        return self.model(input_ids=input_ids, **kw).logits
-
-    def _forward_unpadded(self, input_ids, attention_mask, hidden) -> torch.Tensor:
-        """For models that ignore the attention mask: run each group of rows with the same amount of
-        left padding without its pad columns, so no row ever sees a pad token (pad positions get 0)."""
-        pads = (attention_mask == 0).sum(-1)
-        out = None
-        for pad in pads.unique().tolist():
-            rows = (pads == pad).nonzero().flatten()
-            part = self._forward(input_ids[rows, pad:], None, hidden)
-            if out is None:
-                out = part.new_zeros((input_ids.shape[0], input_ids.shape[1], part.shape[-1]))
-            out[rows, pad:] = part
-        return out
-
-    def _takes_position_ids(self) -> bool:
-        if "takes_position_ids" not in self.extra:
-            import inspect
-            base = getattr(self.model, "get_base_model", lambda: self.model)()
-            self.extra["takes_position_ids"] = "position_ids" in inspect.signature(base.forward).parameters
-        return self.extra["takes_position_ids"]
-
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               **model_kw) -> torch.Tensor:
-        """[B, T, V] logits where position i scores token i (shifted for AR-adapted models)."""
-        logits = self._forward(input_ids, attention_mask, **model_kw)
-        if self.shift_logits:
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return logits
-
-    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T, H] last-layer hidden states (after the final norm: the output head's input)."""
-        from dlm_bench.models import output_head
-        if output_head.swappable(self):     # without computing the [B, T, vocab] head at all
-            with output_head.without_head(self.model):
-                return self._forward(input_ids, attention_mask)
-        return self._forward(input_ids, attention_mask, hidden=True)
-
-    def logits_head(self):
-        """The output head as a function hidden [..., H] -> logits [..., V] when scores may gather
-        (`gather_logits`), else None (scores then take full logits)."""
-        from dlm_bench.models import output_head
-        return output_head.head(self) if self.gather_logits else None
-
-    def bound_memory(self, checkpointing: bool | None, micro_batch_size: int) -> None:
-        """Training memory bounds (docs/memory.md): gradient checkpointing, and for models other than
-        the built-in tiny one (whose results stay bit-identical) scoring forwards of at most
-        `micro_batch_size` rows, so `prepare`'s no-grad scoring is bounded like the backward chunks."""
-        self.set_gradient_checkpointing(checkpointing)
-        if self._memory_bounds_default():
-            self.score_rows = micro_batch_size
-
-    def _memory_bounds_default(self) -> bool:
-        from dlm_bench.models.tiny import MODEL_TYPE
-        return self.extra.get("model_type") not in (None, "", MODEL_TYPE)
-
-    def set_gradient_checkpointing(self, on: bool | None = None) -> bool:
-        """Checkpoint the transformer blocks in training (models/checkpointing.py). None: on for models
-        loaded from a model directory other than the built-in tiny model. Returns whether it is on."""
-        from dlm_bench.models import checkpointing
-        if on is None:
-            on = self._memory_bounds_default()
-        if on:
-            self.extra["gradient_checkpointing"] = checkpointing.enable(self.model)
-        elif self.extra.pop("gradient_checkpointing", None):
-            checkpointing.disable(self.model)
-        return bool(on)
-
-    def prompt_ids(self, prompt) -> list[int]:
-        """Token ids for one prompt: a string, or chat messages rendered with the chat template."""
-        tok = self.tokenizer
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-            return tok(text, add_special_tokens=False)["input_ids"]
-        return tok("\n".join(m["content"] for m in prompt))["input_ids"]
-
-    def pad_left(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            if r:
-                ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-                mask[i, width - len(r):] = 1
-        return ids.to(self.device), mask.to(self.device)
-
-    def stops(self) -> set[int]:
-        return set(self.stop_ids) or ({self.eos_id} | ({self.eot_id} if self.eot_id is not None else set()))
-
-    def completion_length(self, ids) -> int:
-        """Tokens before the first stop token (end-of-text or end-of-turn)."""
-        stops = self.stops()
-        return next((i for i, t in enumerate(ids) if int(t) in stops), len(ids))
-
-    def completion_text(self, ids) -> str:
-        """Decode completion tokens, cut at the first stop token (end-of-text or end-of-turn)."""
-        ids = [int(i) for i in ids]
-        return self.tokenizer.decode(ids[:self.completion_length(ids)], skip_special_tokens=True)
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad or not trainable_only)
-
-    def save(self, path: str) -> None:
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+def __getattr__(name: str):
+    if name not in _HEAVY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HEAVY[name]), name)
+    globals()[name] = value         # later look-ups skip this function
+    return value

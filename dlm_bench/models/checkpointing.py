@@ -2,12 +2,13 @@
 the block in the backward pass. The update is the same with and without (torch's checkpoint replays
 the RNG state, so dropout draws the same masks in the recompute).
 
-Each model's own switch is used where its code has one:
-- LLaDA remote code: `LLaDAModel.set_activation_checkpointing(whole_layer)`;
-- transformers models that support it (Dream, the built-in tiny model):
+Each model's own switch is used where its code has one (its family's `checkpointing`, `models/families.py`;
+`detect` tries them in this order):
+- `llada`: LLaDA remote code, `LLaDAModel.set_activation_checkpointing(whole_layer)`;
+- `transformers`: transformers models that support it (Dream, the built-in tiny model):
   `activation_checkpointing_enable` (5.x) / `gradient_checkpointing_enable` (4.x), non-reentrant;
-- anything else: every block of the model's largest list of identical blocks is checkpointed
-  (`wrap_blocks`), only while training with gradients enabled.
+- `blocks`: anything else: every block of the model's largest list of identical blocks is
+  checkpointed (`wrap_blocks`), only while training with gradients enabled.
 Non-reentrant checkpointing needs no input that requires grad, so it works under LoRA (only adapter
 weights train) and costs nothing for the frozen reference, which runs under no_grad.
 """
@@ -24,18 +25,20 @@ def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def enable(model) -> str:
-    """Switch checkpointing on for `model` (a transformers model, possibly under peft); returns how."""
+def enable(model, how: str = "detect") -> str:
+    """Switch checkpointing on for `model` (a transformers model, possibly under peft) the way `how`
+    says (a family's switch; `detect`: the first that the model has); returns how."""
     base = _base(model)
     inner = getattr(base, "model", None)
     strategy = getattr(sys.modules.get(type(inner).__module__), "ActivationCheckpointingStrategy", None)
-    if strategy is not None and hasattr(inner, "set_activation_checkpointing"):
+    llada = strategy is not None and hasattr(inner, "set_activation_checkpointing")
+    if how == "llada" or (how == "detect" and llada):
         inner.set_activation_checkpointing(strategy.whole_layer)
         # LLaDA replays the RNG only when the model's own dropouts are all 0; LoRA dropout lives inside
         # its blocks too, so always replay it (the recompute must draw the same masks).
         inner._activation_checkpoint_fn = functools.partial(checkpoint, preserve_rng_state=True, use_reentrant=False)
         return "llada"
-    if getattr(base, "supports_gradient_checkpointing", False):
+    if how == "transformers" or (how == "detect" and getattr(base, "supports_gradient_checkpointing", False)):
         switch = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
         switch({"use_reentrant": False})
         return "transformers"

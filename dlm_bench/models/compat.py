@@ -2,7 +2,8 @@
 
 The users' model files are never edited: each shim patches the class that transformers loaded from
 them (or a transformers table), applies only where the break it fixes is present, and is idempotent.
-Each was seen with the real LLaDA-8B-Instruct and Dream-v0-Instruct-7B hub code (`../shared/models`):
+Each was seen with the real LLaDA-8B-Instruct, Dream-v0-Instruct-7B, TraDo-8B-Instruct (SDAR) and
+LLaDA2.0-mini hub code (`../shared/models`):
 
 | break (where)                                            | shim                                         |
 |----------------------------------------------------------|----------------------------------------------|
@@ -19,14 +20,29 @@ Each was seen with the real LLaDA-8B-Instruct and Dream-v0-Instruct-7B hub code 
 | `GenerationConfig.validate(is_init)` (Dream's             | accept and ignore the keywords 5.x passes    |
 | `DreamGenerationConfig`): `save_pretrained` passes        | (`strict`, `user_set_attributes`), so Dream  |
 | `strict=` (4.57 too), 5.x loading `user_set_attributes=`  | loads and a fine-tuned Dream model saves     |
+| `from transformers.utils import LossKwargs` (SDAR/TraDo):  | define it again (a TypedDict of              |
+| removed in 4.57 and 5.x, the code cannot be imported      | `num_items_in_batch`, as 4.5x had it)        |
+| `is_torch_fx_available` removed in 5.x (LLaDA2)            | define it, False: 5.x dropped FX tracing, and|
+|                                                           | the guarded code only registers an FX leaf   |
+| `Cache.__getitem__` removed in 5.x; SDAR's attention reads | give `Cache` back the 4.x read: the layer's  |
+| `cache[layer]` on its cached passes                       | (keys, values)                               |
+| `config.pad_token_id` no longer defaulted by 5.x (SDAR)    | default it to None (4.x's default)           |
+| `config.fuse_cross_entropy` (SDAR's config.json: true)     | set it False: the fused loss is patched in   |
+| makes the training-mode forward return no logits          | only by SDAR's own trainer                   |
+| `AutoModel` in `auto_map` has no LM head (SDAR, LLaDA2)    | load the family's `auto_class` (families.py) |
+| `import flash_attn` at the top of SDAR's file (CUDA only)  | a plain-torch stand-in while the module is   |
+|                                                           | imported (`flash_fallback.py`), recorded     |
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import sys
+from typing import Optional, TypedDict
 
 import torch
+
+from dlm_bench.models import flash_fallback
 
 SHIMMED = "_dlm_bench_compat"
 
@@ -44,8 +60,32 @@ def _default_rope(config, device=None, seq_len=None, **kwargs):
 
 
 def install_global_shims() -> None:
-    from transformers import modeling_rope_utils
+    """Names that remote code imports from transformers and that this transformers removed."""
+    import transformers.utils
+    from transformers import cache_utils, modeling_rope_utils
+    from transformers.utils import import_utils
     modeling_rope_utils.ROPE_INIT_FUNCTIONS.setdefault("default", _default_rope)
+    if not hasattr(transformers.utils, "LossKwargs"):
+        transformers.utils.LossKwargs = LossKwargs
+    if not hasattr(import_utils, "is_torch_fx_available"):
+        import_utils.is_torch_fx_available = _no_fx
+    if not hasattr(cache_utils.Cache, "__getitem__"):
+        cache_utils.Cache.__getitem__ = _layer_keys_values
+
+
+class LossKwargs(TypedDict, total=False):
+    """transformers 4.5x's keyword arguments of a loss (SDAR's `KwargsForCausalLM` extends it)."""
+    num_items_in_batch: Optional[torch.Tensor]
+
+
+def _no_fx() -> bool:
+    return False
+
+
+def _layer_keys_values(cache, layer_idx: int):
+    """The 4.x `cache[layer]`: that layer's stored (keys, values)."""
+    layer = cache.layers[layer_idx]
+    return layer.keys, layer.values
 
 
 def _needs_post_init(model) -> bool:
@@ -86,6 +126,10 @@ def _accepts_kwargs(fn) -> bool:
 def patch_config(config) -> None:
     if not hasattr(config, "use_cache"):
         config.use_cache = False
+    if not hasattr(config, "pad_token_id"):
+        config.pad_token_id = None
+    if getattr(config, "fuse_cross_entropy", False):
+        config.fuse_cross_entropy = False
 
 
 def patch_generation_configs(module) -> None:
@@ -108,13 +152,17 @@ def _known(fn, kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k in names}
 
 
-def remote_model_class(path: str, auto_map: dict):
-    """The class `AutoModel` would load from `path`'s remote code, patched for this transformers."""
+def remote_model_class(path: str, auto_map: dict, auto_class: str = "AutoModel"):
+    """The class `auto_class` would load from `path`'s remote code (`AutoModel` where the map has no
+    such entry), patched for this transformers."""
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
-    cls = get_class_from_dynamic_module(auto_map["AutoModel"], path)
+    auto_class = auto_class if auto_class in auto_map else "AutoModel"
+    install_global_shims()
+    with flash_fallback.standing_in(path):
+        cls = get_class_from_dynamic_module(auto_map[auto_class], path)
     patch_model_class(cls)
     patch_generation_configs(sys.modules[cls.__module__])
-    cls.register_for_auto_class("AutoModel")      # save_pretrained then copies the remote code along
+    cls.register_for_auto_class(auto_class)       # save_pretrained then copies the remote code along
     return cls
 
 

@@ -1,8 +1,9 @@
 """Load a masked diffusion LM from a local Hugging Face directory (never from the network).
 
 Handles the built-in tiny model, LLaDA (`trust_remote_code`, mask id 126336 from its config) and
-Dream (AR-adapted: logits shifted, 4-D attention mask). The mask id is read from the model or
-tokenizer config and never hard-coded; a model without one is not a DLM and is refused.
+Dream (AR-adapted: logits shifted, 4-D attention mask); what differs between them is read from their
+`Family` record (`models/families.py`). The mask id is read from the model or tokenizer config and
+never hard-coded; a model without one is not a DLM and is refused.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import torch
 
-from dlm_bench.errors import UserError, one_line
 from dlm_bench import library_warnings
+from dlm_bench.errors import UserError, one_line
+from dlm_bench.models import families, flash_fallback
+from dlm_bench.models.dlm import DLM
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -46,19 +49,20 @@ def _mask_id(config: dict, tokenizer) -> int | None:
     return getattr(tokenizer, "mask_token_id", None)
 
 
-def _load_weights(p: Path, config: dict, dtype, trust_remote_code: bool):
-    """The model itself: remote-code DLMs (LLaDA, Dream) through their `AutoModel` class with the
-    compatibility shims of `compat.py`; standard ones as masked LMs."""
+def _load_weights(p: Path, config: dict, family, dtype, trust_remote_code: bool):
+    """The model itself: remote-code DLMs through the `auto_map` class with the language-model head
+    (`Family.auto_class`) with the compatibility shims of `compat.py`; standard ones as masked LMs."""
     import transformers
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     from dlm_bench.models import compat
     library_warnings.quiet_transformers()
+    auto_map = config.get("auto_map", {})
     try:
-        if trust_remote_code and "AutoModel" in config.get("auto_map", {}):
+        if trust_remote_code and "AutoModel" in auto_map:
             hf_config = AutoConfig.from_pretrained(p, trust_remote_code=True)
             compat.patch_config(hf_config)
-            model = compat.remote_model_class(str(p), config["auto_map"]).from_pretrained(
+            model = compat.remote_model_class(str(p), auto_map, family.auto_class).from_pretrained(
                 p, config=hf_config, dtype=dtype)
             compat.restore_rotary_buffers(model)
         else:
@@ -69,9 +73,6 @@ def _load_weights(p: Path, config: dict, dtype, trust_remote_code: bool):
                         f"({type(e).__name__}: {msg}); if its remote code predates this transformers, "
                         f"try the tested range in pyproject.toml") from e
     return model
-
-
-END_OF_TURN = ("<|eot_id|>", "<|im_end|>")    # LLaDA, Dream/Qwen chat templates
 
 
 def load_model(path: str, *, lora: LoraSpec | None = None, dtype: torch.dtype | str | None = None,
@@ -110,8 +111,7 @@ def load_model(path: str, *, lora: LoraSpec | None = None, dtype: torch.dtype | 
 def _load_plain(p: Path, dtype, device, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
-    from dlm_bench.models.tiny import MODEL_TYPE as tiny_type   # (the import registers the tiny model)
-    from dlm_bench.models import DLM
+    import dlm_bench.models.tiny  # noqa: F401  (the import registers the tiny model)
     config = _read_config(p)
     try:
         tokenizer = AutoTokenizer.from_pretrained(p, trust_remote_code=trust_remote_code)
@@ -121,10 +121,11 @@ def _load_plain(p: Path, dtype, device, trust_remote_code: bool):
     if mask_id is None:
         raise UserError(f"{str(p)!r} is not a masked diffusion LM: no mask token id in its config or tokenizer")
     model_type = str(config.get("model_type", "")).lower()
-    is_dream = model_type == "dream"
-    model = _load_weights(p, config, dtype, trust_remote_code)
+    family = families.by_model_type(model_type)
+    model = _load_weights(p, config, family, dtype, trust_remote_code)
     if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
         raise UserError(f"{str(p)!r} has no language-model head (logits); it is not a DLM")
+    fallbacks = _fallbacks(model)
     model.to(device)
     model.eval()
     eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else config.get("eos_token_id")
@@ -132,13 +133,17 @@ def _load_plain(p: Path, dtype, device, trust_remote_code: bool):
         eos_id = eos_id[0]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     vocab = tokenizer.get_vocab()
-    turn_ends = [vocab[t] for t in END_OF_TURN if t in vocab]
+    turn_ends = [vocab[t] for t in family.stop_tokens if t in vocab]
     dlm = DLM(model=model, tokenizer=tokenizer, mask_id=int(mask_id), eos_id=int(eos_id), pad_id=int(pad_id),
-              eot_id=turn_ends[0] if turn_ends else None, shift_logits=is_dream, four_d_mask=is_dream,
-              path=str(p), extra={"model_type": model_type})
+              eot_id=turn_ends[0] if turn_ends else None, shift_logits=family.shift_logits,
+              path=str(p), extra={"model_type": model_type}, family=family)
+    if fallbacks:
+        dlm.extra["fallbacks"] = fallbacks
     dlm.stop_ids = tuple(sorted({int(eos_id), *turn_ends, *_generation_eos(p)}))
+    if family.block_causal:
+        dlm.block_size = int(config.get("block_size") or family.block_size)
     dlm.honours_padding = probe_padding(dlm)
-    if model_type != tiny_type:           # the tiny model keeps full logits: its demo records are bit-exact
+    if family.memory_bounds:              # the tiny model keeps full logits: its demo records are bit-exact
         from dlm_bench.models import output_head
         dlm.gather_logits = output_head.probe(dlm)
     if not dlm.honours_padding:
@@ -146,6 +151,21 @@ def _load_plain(p: Path, dtype, device, trust_remote_code: bool):
               f"with different prompt lengths separately, so results do not depend on batch composition",
               file=sys.stderr)
     return dlm
+
+
+_NOTED: set[str] = set()
+
+
+def _fallbacks(model) -> list[str]:
+    """The plain-torch stand-ins for flash_attn that the model's remote code runs on (said once per process)."""
+    used = flash_fallback.used_by(sys.modules[type(model).__module__])
+    found = [f"flash_attn.{name} (plain torch)" for name in used]
+    note = ", ".join(found)
+    if found and note not in _NOTED:
+        _NOTED.add(note)
+        print(f"note: flash_attn is not installed; {type(model).__name__} runs on dlm-bench's stand-ins: {note} "
+              f"(same results, slower than the CUDA kernels)", file=sys.stderr)
+    return found
 
 
 def _generation_eos(p: Path) -> list[int]:

@@ -12,12 +12,13 @@ token): that is the approximation, and `bench/decoding.py` measures what it cost
 shifted logits (Dream: column i predicts token i + 1) runs the window from one column earlier, so
 each block position still gets its prediction from a freshly computed column.
 
-How each architecture takes the cache, with the user's model files untouched:
-- the built-in tiny model implements it (`past_key_values` with `update()`, `models/tiny.py`);
-- Dream: its attention already calls `past_key_value.update(k, v, layer)` after rotary embedding,
-  so the store is passed as `past_key_values`, with explicit `position_ids`;
-- LLaDA: its forward refuses `past_key_values`, so each block's `attention` method is wrapped on
-  the instance (`_LladaHooks`); outside a cached pass the wrapper calls the original unchanged.
+How each architecture takes the cache (its family's `kv_cache` protocol, `models/families.py`), with
+the user's model files untouched:
+- `native`: the built-in tiny model implements it (`past_key_values` with `update()`, `models/tiny.py`);
+  Dream's attention already calls `past_key_value.update(k, v, layer)` after rotary embedding, so the
+  store is passed as `past_key_values`, with explicit `position_ids` (and its 4-D mask form);
+- `llada_hooks`: LLaDA's forward refuses `past_key_values`, so each block's `attention` method is
+  wrapped on the instance (`_LladaHooks`); outside a cached pass the wrapper calls the original unchanged.
 Any other architecture is refused with a one-line error.
 """
 from __future__ import annotations
@@ -29,8 +30,10 @@ from pathlib import Path
 import torch
 
 from dlm_bench.errors import UserError
+from dlm_bench.models import families
 
-SUPPORTED = ("dlm-bench-tiny", "llada", "dream")   # config.json model_type values
+# config.json model_type values of the families this approximate cache applies to
+SUPPORTED = tuple(t for f in families.FAMILIES if f.approximate_cache for t in f.model_types)
 
 
 class KVStore:
@@ -202,19 +205,26 @@ def _model_type(dlm) -> str:
 def architecture(dlm, mode: str):
     """How this model takes the cache; a UserError for one the harness cannot cache."""
     kind = _model_type(dlm)
+    family = families.by_model_type(kind)
     base = getattr(dlm.model, "get_base_model", lambda: dlm.model)()
-    if kind == "dlm-bench-tiny":
-        return _Native(four_d=False)
-    if kind == "dream":
-        return _Native(four_d=True)
-    if kind == "llada":
-        hooks = getattr(base, "_dlm_bench_llada_hooks", None)
-        if hooks is None:
-            hooks = _LladaHooks(base)
-            base._dlm_bench_llada_hooks = hooks
-        return hooks
-    raise UserError(f"cache={mode}: the harness cannot cache model type {kind or type(base).__name__!r} "
-                    f"(supported: {', '.join(SUPPORTED)}); use cache none")
+    if not family.approximate_cache:
+        raise UserError(refusal(mode, kind or type(base).__name__))
+    if family.kv_cache == "native":
+        return _Native(four_d=family.padding == "4d_bool")
+    hooks = getattr(base, "_dlm_bench_llada_hooks", None)
+    if hooks is None:
+        hooks = _LladaHooks(base)
+        base._dlm_bench_llada_hooks = hooks
+    return hooks
+
+
+def refusal(mode: str, kind: str) -> str:
+    """The one line that refuses `--cache MODE` on a model type the cache does not apply to."""
+    if families.by_model_type(kind).block_causal:
+        return (f"cache={mode}: {kind!r} is a block-diffusion model, whose finished blocks are always cached "
+                f"exactly; Fast-dLLM's approximate cache is for full attention: use --cache none")
+    return (f"cache={mode}: the harness cannot cache model type {kind!r} "
+            f"(supported: {', '.join(SUPPORTED)}); use --cache none")
 
 
 def check_model_dir(path: str, mode: str) -> None:
@@ -232,5 +242,4 @@ def check_model_dir(path: str, mode: str) -> None:
     except (OSError, json.JSONDecodeError):
         return                      # the loader reports a broken model directory in its own words
     if kind not in SUPPORTED:
-        raise UserError(f"cache={mode}: the harness cannot cache model type {kind!r} "
-                        f"(supported: {', '.join(SUPPORTED)}); use --cache none")
+        raise UserError(refusal(mode, kind))

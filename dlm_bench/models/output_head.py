@@ -6,18 +6,16 @@ then never builds `[rows, length, vocab]` logits: it gathers the masked position
 chunks of positions and recomputes each chunk in the backward pass (at vocab 126k the full fp32
 logits and their log-softmax are the largest tensors of an update).
 
-Known layouts: the built-in tiny model (`TinyDLMForMaskedLM.head`), LLaDA (`ff_out`, no weight tying
-or logit scaling) and Dream (`lm_head`). `probe` checks at load time that head(hidden) reproduces the
-model's logits; a model it does not know, or that fails the probe, keeps the full-logits path.
+Known layouts: the built-in tiny model (`TinyDLMForMaskedLM.head`) and the families whose record says
+`head_swappable` (`models/families.py`: LLaDA's `ff_out`, no weight tying or logit scaling; Dream's
+`lm_head`). `probe` checks at load time that head(hidden) reproduces the model's logits; a model it
+does not know, or that fails the probe, keeps the full-logits path.
 """
 from __future__ import annotations
 
 import contextlib
 
 import torch
-
-# model_type -> does the head sit, as `get_output_embeddings()`, right after the last hidden states?
-SWAPPABLE = ("llada", "dream")
 
 
 def _base(model):
@@ -26,7 +24,7 @@ def _base(model):
 
 def swappable(dlm) -> bool:
     """Can the head be swapped out for an identity (LLaDA, Dream), so a forward returns hidden states?"""
-    if dlm.extra.get("model_type") not in SWAPPABLE:
+    if not dlm.family.head_swappable:
         return False
     cfg = getattr(_base(dlm.model), "config", None)
     return not (getattr(cfg, "weight_tying", False) or getattr(cfg, "scale_logits", False))

@@ -11,12 +11,7 @@ from pathlib import Path
 
 import torch
 
-# Size fields per architecture family, small enough for CPU tests and large enough to be non-trivial.
-TINY = {
-    "llada": dict(d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=128, max_sequence_length=512),
-    "dream": dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
-                  intermediate_size=128, max_position_embeddings=512),
-}
+from dlm_bench.models import families
 
 
 def build_random(src: str | Path, out: str | Path, overrides: dict | None = None, seed: int = 0,
@@ -41,11 +36,14 @@ def random_model(model_dir: str | Path, seed: int = 0, dtype: torch.dtype = torc
     from dlm_bench.models.compat import patch_config, remote_model_class
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
     patch_config(config)
-    cls = remote_model_class(str(model_dir), config.auto_map)
+    cls = remote_model_class(str(model_dir), config.auto_map, families.by_model_type(config.model_type).auto_class)
     torch.manual_seed(seed)
     return cls(config).to(dtype).eval()
 
 
 def build_tiny(src: str | Path, out: str | Path, seed: int = 0) -> Path:
-    family = json.loads((Path(src) / "config.json").read_text())["model_type"].lower()
-    return build_random(src, out, TINY[family], seed)
+    """A tiny random-weight model of `src`'s architecture (its family's `tiny_sizes`, real vocabulary)."""
+    family = families.by_model_type(json.loads((Path(src) / "config.json").read_text())["model_type"])
+    if not family.tiny_sizes:
+        raise ValueError(f"no tiny sizes for model family {family.name!r} (models/families.py)")
+    return build_random(src, out, family.tiny_sizes, seed)

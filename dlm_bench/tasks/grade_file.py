@@ -17,11 +17,12 @@ import re
 from pathlib import Path
 
 from dlm_bench.errors import UserError
+from dlm_bench.models import families
 
 MAX_COMPLETION_CHARS = 100_000  # far beyond any real generation; guards the regex/sympy graders
-# End-of-text / end-of-turn tokens as decoded text (LLaDA/Llama-3, Dream/Qwen, the built-in tiny model).
+# End-of-text / end-of-turn tokens as decoded text, of every model family's chat format (models/families.py).
 # The sweep stops decoding at the first one; `grade` cuts there too, so both grade the same answer.
-END_OF_TURN = ("<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<|im_end|>", "<|eot|>")
+END_OF_TURN = families.end_texts()
 _END_RE = re.compile("|".join(re.escape(t) for t in END_OF_TURN))
 
 

@@ -32,6 +32,9 @@ def load_policy(model: str, lora_cfg, seed: int, dtype, device, ckpt: Path | Non
         dlm = load_model(model, lora=lora, dtype=dtype, device=device)
     else:
         dlm = load_model(str(ckpt), dtype=dtype, device=device)
+    if dlm.family.block_causal:
+        raise UserError(f"training {dlm.family.name} (block-diffusion) models needs the block-diffusion ELBO and "
+                        f"trajectory scores, which dlm-bench does not have yet; sample, passk and lm-eval work")
     if ckpt is not None and lora is not None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
