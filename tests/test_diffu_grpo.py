@@ -83,7 +83,7 @@ def test_loss_by_hand(tiny, ref_model):
     valid = ro.batch.valid
     assert loss.item() == pytest.approx(float(-(adv[:, None] * valid).sum() / valid.sum()), abs=1e-6)
     assert m.loss_count(ro) == float(valid.sum())
-    assert not torch.equal(ro.cache["prompt_masks"][0], ro.cache["prompt_masks"][1])   # fresh mask per update
+    assert not torch.equal(ro.cache.prompt_masks[0], ro.cache.prompt_masks[1])   # fresh mask per update
 
 
 # ----------------------------------------------------------------------------- exact toy

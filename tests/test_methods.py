@@ -1,4 +1,5 @@
 """Post-training objectives: hand-computed losses, an exact tabular toy, and smoke runs on `tiny`."""
+import dataclasses
 import math
 
 import pytest
@@ -171,6 +172,8 @@ def _no_grad_tensors(obj):
         return not obj.requires_grad
     if isinstance(obj, (list, tuple)):
         return all(_no_grad_tensors(o) for o in obj)
+    if dataclasses.is_dataclass(obj):
+        return all(_no_grad_tensors(getattr(obj, f.name)) for f in dataclasses.fields(obj))
     return True
 
 
@@ -185,7 +188,7 @@ def test_each_method_runs_on_tiny(tiny, ref_model, name):
         with pytest.raises(RuntimeError):
             method.loss(ro, tiny, ref_model)
         return
-    assert all(_no_grad_tensors(v) for v in ro.cache.values())      # old/ref scores carry no graph
+    assert _no_grad_tensors(ro.cache)                                 # old/ref scores carry no graph
     for p in tiny.model.parameters():
         p.grad = None
     try:
@@ -214,7 +217,7 @@ def test_shared_masks_make_old_and_ref_match_an_identical_policy(tiny, ref_model
         assert st["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and st["kl_k2"] == pytest.approx(0.0, abs=1e-6)
         _, st = espo.loss(ro, tiny, ref_model)                    # second inner update: new masks
         assert st["inner_iter"] == 1 and st["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
-    d0, d1 = ro.cache["draws"]
+    d0, d1 = ro.cache.draws
     assert not torch.equal(d0.masks, d1.masks)
     trafl_cls = get_method("trafl")
     for opts in ({}, {"z_param": "vargrad"}, {"z_features": "reference", "score": "sequence"}):
@@ -237,3 +240,55 @@ def test_configs_and_recipes():
     assert get_method("trafl").Config().z_lr > get_method("trafl").Config().lr
     with pytest.raises(UserError, match="score must be one of per_token, sequence"):
         make_config(get_method("trafl"), {"score": "bogus"})
+
+
+# ----------------------------------------------------------------------------- method internals typed
+
+def test_method_code_reads_block_fields_not_flat_aliases():
+    """Inside a method, `cfg.optim.inner_updates`, never the user-facing alias `cfg.inner_updates`:
+    every `cfg.X` / `config.X` / `self.config.X` in a method's module that names a flat alias of its
+    config (dlm_bench.config.aliases) is listed."""
+    import ast
+    import inspect
+    from dlm_bench.config import aliases
+    found = []
+    for name in method_names():
+        cls = get_method(name)
+        if not dataclasses.is_dataclass(cls.Config):
+            continue
+        flat = set(aliases(cls.Config))
+        tree = ast.parse(inspect.getsource(inspect.getmodule(cls)))
+        found += [f"{name}:{node.lineno} {ast.unparse(node)}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and node.attr in flat
+                  and ast.unparse(node.value) in ("cfg", "config", "self.config")]
+    assert not found, found
+
+
+def test_caches_slice_by_their_fields_and_plain_dicts_still_work(tiny, ref_model):
+    """`select` gives a chunk its rows of every per-row field (tensors, mask draws, lists of them) and
+    the counter as it is; a plugin's plain-dict cache is sliced key by key; what has no row axis is
+    refused with a clear error."""
+    from dlm_bench.methods import MethodCache, slice_rows
+    from dlm_bench.methods.espo import ESPOCache
+    cls = get_method("espo")
+    m = cls(make_config(cls, {"inner_updates": 2}), policy=tiny)
+    ro = _rollouts(tiny, seed=1)
+    with torch.no_grad():
+        m.prepare(ro, tiny, ref_model)
+    c = ro.cache
+    assert isinstance(c, ESPOCache) and isinstance(c, MethodCache) and c.iter == 0
+    idx = torch.tensor([4, 1])
+    sub = m.select(ro, idx).cache
+    assert isinstance(sub, ESPOCache) and sub is not c and sub.iter == 0
+    assert torch.equal(sub.adv, c.adv[idx])
+    assert torch.equal(sub.draws[1].masks, c.draws[1].masks[:, idx])
+    assert torch.equal(sub.draws[0].weights, c.draws[0].weights[:, idx])
+    assert all(torch.equal(a, b[idx]) for a, b in zip(sub.elbo_ref, c.elbo_ref))
+    ro.cache = {"adv": c.adv, "draws": c.draws, "iter": 3, "note": "x"}
+    d = ro.rows(idx).cache
+    assert d["iter"] == 3 and d["note"] == "x" and torch.equal(d["adv"], c.adv[idx])
+    assert torch.equal(d["draws"][0].masks, c.draws[0].masks[:, idx])
+    with pytest.raises(ValueError, match="cannot split cache entry of type Tensor"):
+        slice_rows(torch.zeros(2, 3), idx, 6)                 # per prompt, not per row
+    with pytest.raises(ValueError, match="cannot split cache entry of type object"):
+        slice_rows(object(), idx, 6)

@@ -33,7 +33,7 @@ def _samples(method, ro, tiny):
         method.prepare(ro, tiny, None)
     c = ro.cache
     return {(int(r), int(k)): (m.nonzero().flatten().tolist(), t.nonzero().flatten().tolist())
-            for r, k, m, t in zip(c["rows"], c["k"], c["masks"], c["targets"])}
+            for r, k, m, t in zip(c.rows, c.k, c.masks, c.targets)}
 
 
 # ----------------------------------------------------------------------------- trace slicing
@@ -74,7 +74,7 @@ def test_trace_samples_through_the_method(tiny, shrink):
         assert got == {(0, 0): (list(range(8)), list(range(8))), (1, 0): ([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5])}
     # every valid token is a loss position in exactly one sample
     c = ro.cache
-    cover = torch.zeros_like(STEP_MAP).index_add(0, c["rows"], c["targets"].long())
+    cover = torch.zeros_like(STEP_MAP).index_add(0, c.rows, c.targets.long())
     assert cover.tolist() == [[1] * 8, [1] * 6 + [0, 0]]
 
 
@@ -91,7 +91,7 @@ def test_population_zscore_and_group_filter(tiny):
     ro = _rollouts(tiny, sm, [8] * 8, r.tolist(), G=4)
     with torch.no_grad():
         m.prepare(ro, tiny, None)
-    assert ro.cache["weight"].tolist() == [1.0] * 4 + [0.0] * 4   # all-correct group dropped
+    assert ro.cache.weight.tolist() == [1.0] * 4 + [0.0] * 4   # all-correct group dropped
     assert m.loss_count(ro) == 4.0
 
 
@@ -224,10 +224,10 @@ def test_pads_after_the_first_end_of_text_are_not_trained_and_truncation_fails(t
     with torch.no_grad():
         m.prepare(ro, tiny, None)
     c = ro.cache
-    trained = torch.zeros(2, 8, dtype=torch.long).index_add(0, c["rows"], c["targets"].long())
+    trained = torch.zeros(2, 8, dtype=torch.long).index_add(0, c.rows, c.targets.long())
     assert trained.tolist() == [[1, 1, 1, 1, 0, 0, 0, 0], [1] * 8]   # the first end-of-text is the stop decision
     # row 1 is truncated: reward 0, so the group (1, 0) has advantages (+1, -1)
-    assert c["adv"][c["rows"] == 0].unique().tolist() == [1.0] and c["adv"][c["rows"] == 1].unique().tolist() == [-1.0]
+    assert c.adv[c.rows == 0].unique().tolist() == [1.0] and c.adv[c.rows == 1].unique().tolist() == [-1.0]
 
 
 @pytest.mark.parametrize("schedule", [dict(minibatches=1), dict(minibatches=2), dict(inner_updates=2)])

@@ -72,7 +72,7 @@ def test_no_reference_and_fresh_masks(tiny):
     ro = _rollouts(tiny, seed=2)
     with torch.no_grad():
         m.prepare(ro, tiny, None)
-    pm = ro.cache["prompt_masks"]
+    pm = ro.cache.prompt_masks
     assert len(pm) == 3 and not torch.equal(pm[0], pm[1])
     loss, st = m.loss(ro, tiny, None)
     assert loss.requires_grad and st["inner_iter"] == 0

@@ -8,10 +8,14 @@ the frozen reference, rollout reuse, checkpoints and distribution. A method says
     method.prepare(rollouts, policy, ref)   # once per rollout batch, no grad: cache old/ref scores
     loss, stats = method.loss(rollouts, policy, ref)   # every inner update (mu times per batch)
 
+What `prepare` caches is one small dataclass per method (a `MethodCache`, e.g. `ESPOCache`), set as
+`rollouts.cache`; micro-batching slices it row by row through its fields (`slice_rows`).
+
 Third-party packages add methods through the entry-point group ``dlm_bench.methods``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,6 +26,21 @@ from dlm_bench.registry import Registry
 from dlm_bench.likelihood import MaskDraw, ScoredBatch
 
 
+@dataclass(kw_only=True)
+class MethodCache:
+    """Base of a method's cache: what `prepare` computes once per rollout batch for `loss` (advantages,
+    old and reference scores, mask draws), as one dataclass per method with a typed field for each.
+    `Rollouts.rows` and `Method.select` slice it field by field (`slice_rows`), so a micro-batch gets
+    its rows of every per-row field; a field that is not per row makes its method override `select`."""
+    iter: int = 0          # inner updates taken on these rows: update j uses the j-th per-update draws
+
+    def take(self, idx: torch.Tensor, n: int, **given):
+        """Rows `idx` of every field (of n rows); the fields named in `given` take those values as they are."""
+        return dataclasses.replace(self, **{f.name: given[f.name] if f.name in given else
+                                            slice_rows(getattr(self, f.name), idx, n)
+                                            for f in dataclasses.fields(self)})
+
+
 @dataclass
 class Rollouts:
     """One rollout batch: N = prompts x G completions, grouped by prompt."""
@@ -30,27 +49,32 @@ class Rollouts:
     groups: torch.Tensor          # [N] long: index of the prompt each completion answers
     step_map: torch.Tensor        # [N, G] decoding step of every completion token
     seed: int                     # seeds the method's mask draws (shared by policy, old, reference)
-    cache: dict[str, Any] = field(default_factory=dict)   # method-owned: old/ref scores, masks, ...
+    # method-owned: its MethodCache once `prepare` ran (a plain dict still works, sliced key by key)
+    cache: MethodCache | dict = field(default_factory=dict)
 
-    def rows(self, idx: torch.Tensor, cache: dict | None = None) -> "Rollouts":
+    def rows(self, idx: torch.Tensor, cache: MethodCache | dict | None = None) -> "Rollouts":
         """The rows `idx` (same window width G, same seed) with `cache` (default: sliced per row)."""
-        n = self.rewards.numel()
-        c = {k: slice_rows(v, idx, n) for k, v in self.cache.items()} if cache is None else cache
+        c = slice_rows(self.cache, idx, self.rewards.numel()) if cache is None else cache
         dev = self.batch.completion.device
         return Rollouts(self.batch.index(idx.to(dev)), self.rewards[idx], self.groups[idx],
                         self.step_map[idx], self.seed, c)
 
 
 def slice_rows(v, idx: torch.Tensor, n: int):
-    """Rows `idx` of one per-row cache entry: tensors [N, ...], mask draws [K, N, G], lists of those.
+    """Rows `idx` of one per-row cache entry: tensors [N, ...], mask draws [K, N, G], lists, tuples and
+    dicts of those, a `MethodCache` field by field; numbers, strings and None pass unchanged.
     Anything else (a per-sample or per-prompt tensor) is refused: its method must override `select`."""
     if isinstance(v, (int, float, str)) or v is None:
         return v
+    if isinstance(v, MethodCache):
+        return v.take(idx, n)
     if isinstance(v, MaskDraw):
         i = idx.to(v.masks.device)
         return MaskDraw(v.masks[:, i], v.weights[:, idx.to(v.weights.device)], v.coupled)
     if isinstance(v, (list, tuple)):
         return type(v)(slice_rows(x, idx, n) for x in v)
+    if isinstance(v, dict):
+        return {k: slice_rows(x, idx, n) for k, x in v.items()}
     if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == n:
         return v[idx.to(v.device)]
     raise ValueError(f"cannot split cache entry of type {type(v).__name__} by rows")
@@ -79,14 +103,18 @@ class Method:
     def loss(self, rollouts: Rollouts, policy, ref) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
-    def next_update(self, rollouts: Rollouts, policy, ref, key: str) -> int:
-        """Index j of this inner update over the per-update entries `cache[key]` that `prepare` made
-        (running `prepare` first if the loop did not)."""
-        c = rollouts.cache
-        if key not in c:
+    def prepared(self, rollouts: Rollouts, policy, ref):
+        """The `MethodCache` that `prepare` made for these rows (running `prepare` first if the loop did not)."""
+        if not isinstance(rollouts.cache, MethodCache):
             self.prepare(rollouts, policy, ref)
-        j = c["iter"] % len(c[key])
-        c["iter"] += 1
+        return rollouts.cache
+
+    def next_update(self, rollouts: Rollouts, policy, ref) -> int:
+        """Index j of this inner update over the mu = `optim.inner_updates` per-update draws that
+        `prepare` made (running `prepare` first if the loop did not)."""
+        c = self.prepared(rollouts, policy, ref)
+        j = c.iter % max(1, self.config.optim.inner_updates)
+        c.iter += 1
         return j
 
     def select(self, rollouts: Rollouts, idx: torch.Tensor) -> Rollouts:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
 from dlm_bench.likelihood import ScoredBatch
-from dlm_bench.methods import Method, Rollouts, register_method
+from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
 from dlm_bench.methods.losses import clipped_pg, group_advantages, k3
 
 D1 = "d1 diffu-grpo/slurm_scripts/train.yaml"
@@ -86,6 +86,15 @@ def one_step_logprobs(dlm, batch: ScoredBatch, prompt_mask: torch.Tensor) -> tor
     return masked_logprobs(dlm, batch, prompt_mask[None], comp)[0]
 
 
+@dataclass(kw_only=True)
+class DiffuGRPOCache(MethodCache):
+    adv: torch.Tensor                      # [N] centred group advantages
+    positions: torch.Tensor                # [N, G] scored positions
+    prompt_masks: list[torch.Tensor]       # per inner update [N, P]: prompt tokens masked
+    old_logp: list[torch.Tensor] | None = None   # per update [N, G]: rollout-time scores (only when mu > 1)
+    ref_logp: list[torch.Tensor] | None = None   # per update [N, G]: reference scores (only when beta != 0)
+
+
 @dataclass
 class DiffuGRPOConfig(MethodConfig):
     """d1's recipe (slurm_scripts/train.yaml over diffu_grpo_config.py defaults)."""
@@ -130,42 +139,37 @@ class DiffuGRPO(Method):
     Config = DiffuGRPOConfig
     needs_reference = True
 
-    def _positions(self, rollouts: Rollouts, dlm) -> torch.Tensor:
-        c = rollouts.cache
-        if "positions" not in c:
-            c["positions"] = completion_positions(dlm, rollouts.batch, self.config.positions)
-        return c["positions"]
-
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        c["adv"] = group_advantages(rollouts.rewards, rollouts.groups, "center")
-        self._positions(rollouts, policy)
-        mu = max(1, cfg.inner_updates)
-        c["prompt_masks"] = [prompt_masks(batch, cfg.p_mask_prompt, mask_seed(rollouts.seed, j))[0] for j in range(mu)]
+        cfg, batch = self.config, rollouts.batch
+        c = rollouts.cache = DiffuGRPOCache(
+            adv=group_advantages(rollouts.rewards, rollouts.groups, "center"),
+            positions=completion_positions(policy, batch, cfg.positions),
+            prompt_masks=[prompt_masks(batch, cfg.p_mask_prompt, mask_seed(rollouts.seed, j))[0]
+                          for j in range(max(1, cfg.optim.inner_updates))])
         with torch.no_grad():
             if self.updates_per_batch > 1:     # the policy moves within the batch: keep the rollout-time scores
-                c["old_logp"] = [one_step_logprobs(policy, batch, m).detach() for m in c["prompt_masks"]]
+                c.old_logp = [one_step_logprobs(policy, batch, m).detach() for m in c.prompt_masks]
             if cfg.beta != 0.0:
-                c["ref_logp"] = [one_step_logprobs(ref, batch, m).detach() for m in c["prompt_masks"]]
-        c["iter"] = 0
+                c.ref_logp = [one_step_logprobs(ref, batch, m).detach() for m in c.prompt_masks]
 
     def loss_count(self, rollouts: Rollouts) -> float:
         """d1's loss is a token mean: its terms are the scored positions of these rows."""
-        return float(rollouts.cache["positions"].sum()) if "positions" in rollouts.cache else \
-            float(rollouts.batch.valid.sum())
+        c = rollouts.cache
+        return float(c.positions.sum()) if isinstance(c, DiffuGRPOCache) else float(rollouts.batch.valid.sum())
 
     def loss(self, rollouts: Rollouts, policy, ref):
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        j = self.next_update(rollouts, policy, ref, "prompt_masks")
-        pos = self._positions(rollouts, policy)
-        logp = one_step_logprobs(policy, batch, c["prompt_masks"][j])
-        old = c["old_logp"][j] if "old_logp" in c else logp.detach()
-        adv = c["adv"].to(logp.device, logp.dtype)
+        cfg, batch = self.config, rollouts.batch
+        j = self.next_update(rollouts, policy, ref)
+        c = rollouts.cache
+        pos = c.positions
+        logp = one_step_logprobs(policy, batch, c.prompt_masks[j])
+        old = c.old_logp[j] if c.old_logp is not None else logp.detach()
+        adv = c.adv.to(logp.device, logp.dtype)
         loss, stats = clipped_pg(logp, old.to(logp.dtype), adv, cfg.epsilon, cfg.epsilon, valid=pos,
                                  reduce="token_mean")
         n = pos.sum().clamp(min=1)
-        if "ref_logp" in c:
-            kl = (k3(logp, c["ref_logp"][j].to(logp.dtype)) * pos).sum() / n
+        if c.ref_logp is not None:
+            kl = (k3(logp, c.ref_logp[j].to(logp.dtype)) * pos).sum() / n
             loss = loss + cfg.beta * kl
             stats["kl_k3"] = float(kl.detach())
         stats.update(loss=float(loss.detach()), inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()),

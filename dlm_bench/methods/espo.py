@@ -32,7 +32,7 @@ from dlm_bench.config import (CODE_REWARD_HELP, CODE_REWARDS, LoraConfig, Method
                               ScoreConfig, block, knob, mask_seed)
 from dlm_bench.likelihood import MaskDraw, draw_masks, elbo
 from dlm_bench.methods.fidelity import Deviation
-from dlm_bench.methods import Method, Rollouts, register_method
+from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
 from dlm_bench.methods.losses import espo_loss, group_advantages
 from dlm_bench.distributed import is_sharded
 from dlm_bench.models.adapter import AdapterDisabled
@@ -42,6 +42,14 @@ def iteration_draws(rollouts: Rollouts, j: int, n: int, scheme: str) -> MaskDraw
     """The masks of inner update j: a pure function of (rollouts.seed, j), shared by policy/old/ref."""
     gen = torch.Generator().manual_seed(mask_seed(rollouts.seed, j))
     return draw_masks(rollouts.batch.valid, n, gen, scheme)
+
+
+@dataclass(kw_only=True)
+class ESPOCache(MethodCache):
+    adv: torch.Tensor                          # [N] leave-one-out advantages
+    draws: list[MaskDraw]                      # per inner update: the masks of policy, old and reference
+    elbo_old: list[torch.Tensor] | None = None   # per update [N]: rollout-time ELBOs (only when mu > 1)
+    elbo_ref: list[torch.Tensor] | None = None   # per update [N]: reference ELBOs (only when beta != 0)
 
 
 @dataclass
@@ -155,24 +163,25 @@ class ESPO(Method):
         self.reference_moved = True
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        c["adv"] = group_advantages(rollouts.rewards, rollouts.groups, "rloo", scale=cfg.scale_rewards)
-        mu = max(1, cfg.inner_updates)
-        c["draws"] = [iteration_draws(rollouts, j, cfg.scoring.num_masks, cfg.scoring.mask_scheme) for j in range(mu)]
+        cfg, batch = self.config, rollouts.batch
+        adv = group_advantages(rollouts.rewards, rollouts.groups, "rloo", scale=cfg.scale_rewards)
+        draws = [iteration_draws(rollouts, j, cfg.scoring.num_masks, cfg.scoring.mask_scheme)
+                 for j in range(max(1, cfg.optim.inner_updates))]
+        c = rollouts.cache = ESPOCache(adv=adv, draws=draws)
         with torch.no_grad():
             if self.updates_per_batch > 1:
-                c["elbo_old"] = [elbo(policy, batch, d).detach() for d in c["draws"]]
+                c.elbo_old = [elbo(policy, batch, d).detach() for d in draws]
             if cfg.beta != 0.0:
-                c["elbo_ref"] = [elbo(ref, batch, d).detach() for d in c["draws"]]
-        c["iter"] = 0
+                c.elbo_ref = [elbo(ref, batch, d).detach() for d in draws]
 
     def loss(self, rollouts: Rollouts, policy, ref):
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        j = self.next_update(rollouts, policy, ref, "draws")
-        e = elbo(policy, batch, c["draws"][j])
-        old = c["elbo_old"][j] if "elbo_old" in c else e.detach()
-        e_ref = c["elbo_ref"][j] if "elbo_ref" in c else None
-        adv = c["adv"].to(e.device, e.dtype)
+        cfg, batch = self.config, rollouts.batch
+        j = self.next_update(rollouts, policy, ref)
+        c = rollouts.cache
+        e = elbo(policy, batch, c.draws[j])
+        old = c.elbo_old[j] if c.elbo_old is not None else e.detach()
+        e_ref = c.elbo_ref[j] if c.elbo_ref is not None else None
+        adv = c.adv.to(e.device, e.dtype)
         loss, stats = espo_loss(e, old, e_ref, adv, batch.lengths, cfg.beta, cfg.epsilon_low, cfg.epsilon_high)
         stats.update(inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()),
                      elbo_per_token=float((e.detach() / batch.lengths.clamp(min=1)).mean()))

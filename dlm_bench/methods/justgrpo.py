@@ -25,7 +25,7 @@ import torch
 from dlm_bench.config import CODE_REWARD_HELP, CODE_REWARDS, LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
 from dlm_bench.likelihood import left_to_right_logprob
 from dlm_bench.methods.fidelity import Deviation
-from dlm_bench.methods import Method, Rollouts, register_method
+from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
 from dlm_bench.methods.losses import clipped_pg, group_advantages
 
 
@@ -64,6 +64,12 @@ class JustGRPOConfig(MethodConfig):
                           choices=("justgrpo", "seq_mean", "token_mean"), source="grpo.py")
 
 
+@dataclass(kw_only=True)
+class JustGRPOCache(MethodCache):
+    adv: torch.Tensor                          # [N] group z-scored advantages
+    old_logp: torch.Tensor | None = None       # [N, G] rollout-time per-token log-probs (only when reused)
+
+
 @register_method
 class JustGRPO(Method):
     name = "justgrpo"
@@ -83,15 +89,15 @@ class JustGRPO(Method):
 
     def _advantages(self, rollouts: Rollouts) -> torch.Tensor:
         c = rollouts.cache
-        if "adv" not in c:
-            c["adv"] = group_advantages(rollouts.rewards, rollouts.groups, "zscore", eps=self.config.adv_eps)
-        return c["adv"]
+        if isinstance(c, JustGRPOCache):
+            return c.adv
+        return group_advantages(rollouts.rewards, rollouts.groups, "zscore", eps=self.config.adv_eps)
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
-        self._advantages(rollouts)
+        c = rollouts.cache = JustGRPOCache(adv=self._advantages(rollouts))
         if self.updates_per_batch > 1:       # reuse needs the rollout-time per-token log-probs
             with torch.no_grad():
-                rollouts.cache["old_logp"] = left_to_right_logprob(policy, rollouts.batch, per_token=True)
+                c.old_logp = left_to_right_logprob(policy, rollouts.batch, per_token=True)
 
     def loss_count(self, rollouts: Rollouts) -> float:
         """The terms each normaliser divides by, counted on these rows (micro-batching stays exact)."""
@@ -103,10 +109,10 @@ class JustGRPO(Method):
 
     def loss(self, rollouts: Rollouts, policy, ref):
         batch, cfg = rollouts.batch, self.config
-        adv = self._advantages(rollouts).to(batch.completion.device)
+        c = self.prepared(rollouts, policy, ref)
+        adv = c.adv.to(batch.completion.device)
         logp = left_to_right_logprob(policy, batch, per_token=True)         # [N, G], exact AR order
-        old = rollouts.cache.get("old_logp")
-        old = logp.detach() if old is None else old                         # on-policy: ratio 1
+        old = logp.detach() if c.old_logp is None else c.old_logp           # on-policy: ratio 1
         loss, stats = clipped_pg(logp, old, adv.to(logp.dtype), cfg.epsilon, cfg.epsilon,
                                  valid=batch.valid, reduce=cfg.loss_norm, width=batch.completion.shape[1])
         stats.update(loss=float(loss.detach()), reward_mean=float(rollouts.rewards.float().mean()),

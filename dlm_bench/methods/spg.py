@@ -38,7 +38,7 @@ import torch
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
 from dlm_bench.likelihood import ScoredBatch
 from dlm_bench.methods.fidelity import Deviation
-from dlm_bench.methods import Method, Rollouts, register_method
+from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
 from dlm_bench.methods.diffu_grpo import completion_positions, masked_logprobs
 from dlm_bench.methods.losses import group_advantages
 
@@ -102,6 +102,14 @@ def spg_loss(elbo: torch.Tensor, upper: torch.Tensor, adv: torch.Tensor, lengths
     loss = -(w * adv.to(s.dtype) * s).sum() / w.sum().clamp(min=1)
     return loss, {"loss": float(loss.detach()), "elbo_mean": float(elbo.detach().mean()),
                   "bound_gap": float((upper - elbo).detach().mean())}
+
+
+@dataclass(kw_only=True)
+class SPGCache(MethodCache):
+    adv: torch.Tensor                      # [N] centred group advantages
+    positions: torch.Tensor                # [N, G] scored positions
+    # per inner update: (prompt masks [N, m, P], completion masks [N, m, G]), rows first so they slice
+    masks: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -170,28 +178,28 @@ class SPG(Method):
         return RECIPES.get(task, {})
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        c["adv"] = group_advantages(rollouts.rewards, rollouts.groups, "center")
-        c["positions"] = pos = completion_positions(policy, batch, cfg.positions)
+        cfg, batch = self.config, rollouts.batch
+        pos = completion_positions(policy, batch, cfg.positions)
         bl = cfg.mask_block_length or cfg.rollout.block_length
         draws = [block_random_masks(batch, pos, bl, cfg.num_t, cfg.p_mask_prompt, cfg.min_t, cfg.max_t,
-                                    mask_seed(rollouts.seed, j)) for j in range(max(1, cfg.inner_updates))]
-        # rows first, so the loop's micro-batches slice them
-        c["masks"] = [(p.transpose(0, 1).contiguous(), m.transpose(0, 1).contiguous()) for p, m in draws]
-        c["iter"] = 0
+                                    mask_seed(rollouts.seed, j)) for j in range(max(1, cfg.optim.inner_updates))]
+        rollouts.cache = SPGCache(adv=group_advantages(rollouts.rewards, rollouts.groups, "center"), positions=pos,
+                                  masks=[(p.transpose(0, 1).contiguous(), m.transpose(0, 1).contiguous())
+                                         for p, m in draws])
 
     def loss_count(self, rollouts: Rollouts) -> float:
         """SPG's loss is weighted by completion length: its normaliser is the scored positions."""
-        return float(rollouts.cache["positions"].sum())
+        return float(rollouts.cache.positions.sum())
 
     def loss(self, rollouts: Rollouts, policy, ref):
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        j = self.next_update(rollouts, policy, ref, "masks")
-        pm, cm = (t.transpose(0, 1) for t in c["masks"][j])
-        pos = c["positions"]
+        cfg, batch = self.config, rollouts.batch
+        j = self.next_update(rollouts, policy, ref)
+        c = rollouts.cache
+        pm, cm = (t.transpose(0, 1) for t in c.masks[j])
+        pos = c.positions
         lp = masked_logprobs(policy, batch, pm, cm)
         elbo, upper = spg_scores(lp, cm, pos, cfg.eubo_beta, cfg.mix_weight, cfg.negative_bound)
-        loss, stats = spg_loss(elbo, upper, c["adv"].to(lp.device), pos.sum(-1))
+        loss, stats = spg_loss(elbo, upper, c.adv.to(lp.device), pos.sum(-1))
         stats.update(inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()),
                      masked_frac=float(((cm & pos[None]).sum() / pos.sum().clamp(min=1) / cm.shape[0])))
         return loss, stats

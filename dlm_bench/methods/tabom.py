@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
 from dlm_bench.likelihood import draw_cuts, masked_token_logprobs, td_masks  # noqa: F401  (re-exported)
 from dlm_bench.methods.fidelity import Deviation
-from dlm_bench.methods import Method, Rollouts, register_method
+from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
 
 
 @dataclass
@@ -98,6 +98,14 @@ def entropy_ranking_loss(entropies: torch.Tensor, step_map: torch.Tensor, window
     return per_row[has].mean(), rows
 
 
+@dataclass(kw_only=True)
+class TABOMCache(MethodCache):
+    keep: torch.Tensor                     # [N] bool: rows trained on (filter_correct)
+    masked: list[torch.Tensor]             # per inner update [N, G]: input masks (decoded at step >= cut)
+    sup: list[torch.Tensor]                # per update [N, G]: supervised positions
+    cut: list[torch.Tensor]                # per update [N]: the cut step
+
+
 # run_tabom_examples.sh's LLaDA recipes by task kind (the defaults are llada_prm12k's, for math); the
 # Dream recipes (margin 0.1; ling_coder: lr 1e-4, lambda 2) are reachable with --set
 RECIPES = {"code": {"rank_margin": 0.3}}        # llada_ling_coder ENT_MARGIN=0.3
@@ -133,36 +141,36 @@ class TABOM(Method):
 
     def loss_count(self, rollouts: Rollouts) -> float:
         c = rollouts.cache
-        if "sup" not in c:
+        if not isinstance(c, TABOMCache):
             return float(rollouts.rewards.numel())
         if self.config.ce_weighting == "token_mean":
-            return float((c["sup"][0] & c["keep"][:, None]).sum())
-        return float(c["keep"].sum())
+            return float((c.sup[0] & c.keep[:, None]).sum())
+        return float(c.keep.sum())
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
+        cfg, batch = self.config, rollouts.batch
         dev = batch.completion.device
         steps, valid = rollouts.step_map.to(dev), batch.valid
-        c["keep"] = (rollouts.rewards.to(dev) > 0) if cfg.filter_correct else torch.ones_like(valid[:, 0])
-        c["masked"], c["sup"], c["cut"] = [], [], []
-        for j in range(max(1, cfg.inner_updates)):         # one cut per row and inner update, from the seed
+        keep = (rollouts.rewards.to(dev) > 0) if cfg.filter_correct else torch.ones_like(valid[:, 0])
+        c = rollouts.cache = TABOMCache(keep=keep, masked=[], sup=[], cut=[])
+        for j in range(max(1, cfg.optim.inner_updates)):   # one cut per row and inner update, from the seed
             gen = torch.Generator().manual_seed(mask_seed(rollouts.seed, j))
             cut = draw_cuts(steps, valid, cfg.supervision_window, gen)
             m, s = td_masks(steps, valid, cut, cfg.supervision_window)
-            c["masked"].append(m)
-            c["sup"].append(s)
-            c["cut"].append(cut)
-        c["iter"] = 0
+            c.masked.append(m)
+            c.sup.append(s)
+            c.cut.append(cut)
 
     def loss(self, rollouts: Rollouts, policy, ref):
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        j = self.next_update(rollouts, policy, ref, "sup")
-        keep = c["keep"]
+        cfg, batch = self.config, rollouts.batch
+        j = self.next_update(rollouts, policy, ref)
+        c = rollouts.cache
+        keep = c.keep
         if not bool(keep.any()):
             zero = torch.zeros((), device=batch.completion.device, requires_grad=True)
             return zero, {"loss": 0.0, "kept_rows": 0.0}
         rows = keep.nonzero(as_tuple=True)[0]
-        masked, sup, cut = c["masked"][j][rows], c["sup"][j][rows], c["cut"][j][rows]
+        masked, sup, cut = c.masked[j][rows], c.sup[j][rows], c.cut[j][rows]
         sub = batch.index(rows)
         steps = rollouts.step_map.to(sub.completion.device)[rows]
         # One forward over the whole chunk (chunk = rows); log-probs (and entropies) at the masked positions.

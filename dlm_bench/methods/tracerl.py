@@ -45,8 +45,13 @@ from torch import nn
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
 from dlm_bench.likelihood import ScoredBatch, collapse_steps, masked_input, trace_logprobs, trace_samples  # noqa: F401
 from dlm_bench.methods.fidelity import Deviation
+<<<<<<< HEAD
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.heads import ScalarHead, hidden_size
+=======
+from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
+from dlm_bench.methods.heads import ScalarHead
+>>>>>>> 2feeb3fe876a180a45f6be8fd734f100e43ab493
 from dlm_bench.methods.losses import clipped_pg, group_mean, k3
 
 
@@ -198,6 +203,23 @@ def _completion_hidden(dlm, batch, rows, masks, mask_id, chunk: int = 64) -> tor
     return torch.cat([dlm.hidden(x[s:s + chunk], att[s:s + chunk])[:, P:] for s in range(0, len(x), chunk)])
 
 
+@dataclass(kw_only=True)
+class TraceRLCache(MethodCache):
+    """One entry per (trajectory, trace step) sample, R in all (not per row: `TraceRL.select` keeps a
+    row's samples)."""
+    rows: torch.Tensor                     # [R] the rollout row of each sample
+    k: torch.Tensor                        # [R] its trace step
+    masks: torch.Tensor                    # [R, G] positions masked in its input
+    targets: torch.Tensor                  # [R, G] its loss positions (the tokens of step k)
+    weight: torch.Tensor                   # [R] 1, or 0 where the group filter dropped the row
+    adv: torch.Tensor                      # [R] advantage (group z-score, or GAE with a value model)
+    old: torch.Tensor | None = None        # [R, G] rollout-time log-probs (several updates per batch)
+    anchor: torch.Tensor | None = None     # [R, G] reference log-probs (kl_anchor "reference")
+    returns: torch.Tensor | None = None    # [R] value targets (value_model)
+    v_old: torch.Tensor | None = None      # [R, G] rollout-time token values (value_model)
+    value_feats: torch.Tensor | None = None   # [R, G, H] fixed value features, computed at first use
+
+
 # ----------------------------------------------------------------------------- the method
 
 @register_method
@@ -247,24 +269,24 @@ class TraceRL(Method):
 
     def loss_count(self, rollouts: Rollouts) -> float:
         """Terms the loss averages over: the kept (trajectory, step) samples."""
-        return float(rollouts.cache["weight"].sum()) if "weight" in rollouts.cache else float(rollouts.rewards.numel())
+        c = rollouts.cache
+        return float(c.weight.sum()) if isinstance(c, TraceRLCache) else float(rollouts.rewards.numel())
 
     def select(self, rollouts: Rollouts, idx: torch.Tensor) -> Rollouts:
         """Rows `idx` with their (trajectory, step) samples: every tensor in the cache is per sample."""
         c = rollouts.cache
-        if "rows" not in c:
+        if not isinstance(c, TraceRLCache):
             return rollouts.rows(idx)
-        idx = idx.to(c["rows"].device)
-        keep = torch.isin(c["rows"], idx)
+        idx = idx.to(c.rows.device)
+        keep = torch.isin(c.rows, idx)
         new_row = torch.full((rollouts.rewards.numel(),), -1, dtype=torch.long, device=idx.device)
         new_row[idx] = torch.arange(len(idx), device=idx.device)
-        sub = {k: (v[keep] if torch.is_tensor(v) else v) for k, v in c.items()}
-        sub["rows"] = new_row[c["rows"][keep]]
+        sub = c.take(keep.nonzero(as_tuple=True)[0], len(c.rows), rows=new_row[c.rows[keep]])
         return rollouts.rows(idx, sub)
 
     # -- prepare: samples, advantages, old / anchor log-probs, values (no grad)
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
+        cfg, batch = self.config, rollouts.batch
         self._build_value(policy)
         if self.needs_reference and ref is None:
             raise ValueError("tracerl: kl_anchor='reference' / value_backbone='reference' need a reference model")
@@ -272,7 +294,7 @@ class TraceRL(Method):
         trained = batch.valid & content if cfg.exclude_pads else batch.valid
         rows, k, masks, targets = trace_samples(rollouts.step_map.cpu(), trained.cpu(), cfg.shrink)
         dev = batch.completion.device
-        c.update(rows=rows.to(dev), k=k.to(dev), masks=masks.to(dev), targets=targets.to(dev))
+        rows = rows.to(dev)
         r = rollouts.rewards.float().to(dev)
         if cfg.truncated_reward is not None:       # no end-of-text in the window: counted as a failure
             r = torch.where(ended.to(dev), r, torch.full_like(r, float(cfg.truncated_reward)))
@@ -281,19 +303,19 @@ class TraceRL(Method):
         if cfg.group_filter is not None:
             acc = group_mean((r > 0).float(), groups)
             keep = (acc >= cfg.group_filter[0]) & (acc <= cfg.group_filter[1])
-        c["weight"] = keep[c["rows"]].float()
-        c["adv"] = population_zscore(r, groups)[c["rows"]]
+        c = rollouts.cache = TraceRLCache(rows=rows, k=k.to(dev), masks=masks.to(dev), targets=targets.to(dev),
+                                          weight=keep[rows].float(), adv=population_zscore(r, groups)[rows])
         with torch.no_grad():
             if self.updates_per_batch > 1:
-                c["old"] = self._logp(policy, rollouts).detach()
+                c.old = self._logp(policy, rollouts).detach()
             if cfg.kl_anchor == "reference" and cfg.beta != 0.0:
-                c["anchor"] = self._logp(ref, rollouts).detach()
+                c.anchor = self._logp(ref, rollouts).detach()
             if cfg.value_model:
                 self._prepare_values(rollouts, policy, ref, r)
 
     def _logp(self, dlm, rollouts: Rollouts) -> torch.Tensor:
         c = rollouts.cache
-        return trace_logprobs(dlm, rollouts.batch, c["rows"], c["masks"], c["targets"])
+        return trace_logprobs(dlm, rollouts.batch, c.rows, c.masks, c.targets)
 
     def _token_values(self, rollouts: Rollouts, policy, ref, grad: bool) -> torch.Tensor:
         """Token values [R, G] of every sample's input (each token valued at its own trace step)."""
@@ -302,23 +324,23 @@ class TraceRL(Method):
             dlm = self._value_dlm
         else:
             dlm = ref if cfg.value_backbone == "reference" else policy
-        if "value_feats" in c:
-            feats = c["value_feats"]
+        if c.value_feats is not None:
+            feats = c.value_feats
         else:
             with torch.set_grad_enabled(grad and cfg.value_backbone == "copy"):
-                feats = _completion_hidden(dlm, rollouts.batch, c["rows"], c["masks"], dlm.mask_id)
+                feats = _completion_hidden(dlm, rollouts.batch, c.rows, c.masks, dlm.mask_id)
             if cfg.value_backbone != "copy":
                 feats = feats.detach()
-                c["value_feats"] = feats           # fixed features: compute once per rollout batch
+                c.value_feats = feats           # fixed features: compute once per rollout batch
         return self.extra_modules["value_head"](feats)
 
     def _step_values(self, tok_v: torch.Tensor, rollouts: Rollouts) -> torch.Tensor:
-        t = rollouts.cache["targets"].to(tok_v.dtype)
+        t = rollouts.cache.targets.to(tok_v.dtype)
         return (tok_v * t).sum(-1) / t.sum(-1).clamp(min=1)
 
     def _prepare_values(self, rollouts: Rollouts, policy, ref, r: torch.Tensor) -> None:
         cfg, c = self.config, rollouts.cache
-        rows, k = c["rows"], c["k"]
+        rows, k = c.rows, c.k
         N, K = r.shape[0], int(k.max()) + 1 if len(k) else 1
         tok_v = self._token_values(rollouts, policy, ref, grad=False).detach()
         v_step = torch.zeros(N, K, device=r.device)
@@ -329,31 +351,29 @@ class TraceRL(Method):
         rew = torch.zeros(N, K, device=r.device)
         rew[torch.arange(N, device=r.device), last] = r          # correctness reward at the last step
         adv, ret = gae(rew, v_step, cfg.gamma, cfg.lam, mask)
-        c["adv"] = adv[rows, k]
-        c["returns"] = ret[rows, k]
-        c["v_old"] = tok_v
+        c.adv = adv[rows, k]
+        c.returns = ret[rows, k]
+        c.v_old = tok_v
 
     # -- loss
     def loss(self, rollouts: Rollouts, policy, ref):
-        cfg, c = self.config, rollouts.cache
-        if "rows" not in c:
-            self.prepare(rollouts, policy, ref)
-        weight = c["weight"]
+        cfg, c = self.config, self.prepared(rollouts, policy, ref)
+        weight = c.weight
         if float(weight.sum()) == 0.0:        # every group filtered: a zero loss that still back-propagates
             zero = torch.zeros((), device=weight.device, requires_grad=True)
             return zero, {"loss": 0.0, "kept_samples": 0.0}
         logp = self._logp(policy, rollouts)
-        old = c["old"] if "old" in c else logp.detach()
-        anchor = c.get("anchor", old) if cfg.beta != 0.0 else None
-        adv = c["adv"].to(logp.device, logp.dtype)
-        loss, stats = tracerl_loss(logp, old, anchor, adv, c["targets"], cfg.beta, cfg.epsilon, weight, cfg.kl_sum)
+        old = c.old if c.old is not None else logp.detach()
+        anchor = (c.anchor if c.anchor is not None else old) if cfg.beta != 0.0 else None
+        adv = c.adv.to(logp.device, logp.dtype)
+        loss, stats = tracerl_loss(logp, old, anchor, adv, c.targets, cfg.beta, cfg.epsilon, weight, cfg.kl_sum)
         if cfg.value_model:
             tok_v = self._token_values(rollouts, policy, ref, grad=True)
-            t = c["targets"] & (weight[:, None] > 0)
-            vl = clipped_value_loss(tok_v, c["v_old"], c["returns"][:, None].to(tok_v.dtype), cfg.value_clip, t)
+            t = c.targets & (weight[:, None] > 0)
+            vl = clipped_value_loss(tok_v, c.v_old, c.returns[:, None].to(tok_v.dtype), cfg.value_clip, t)
             loss = loss + cfg.value_coef * vl
-            stats.update(value_loss=float(vl.detach()), value_mean=float(c["v_old"][t].mean()) if t.any() else 0.0)
+            stats.update(value_loss=float(vl.detach()), value_mean=float(c.v_old[t].mean()) if t.any() else 0.0)
         stats.update(loss=float(loss.detach()), kept_samples=float(weight.sum()),
-                     samples_per_row=float(len(c["rows"]) / max(1, rollouts.rewards.numel())),
+                     samples_per_row=float(len(c.rows) / max(1, rollouts.rewards.numel())),
                      reward_mean=float(rollouts.rewards.float().mean()))
         return loss, stats

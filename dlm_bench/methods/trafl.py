@@ -45,9 +45,9 @@ from torch import nn
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, ScoreConfig, block, knob
 from dlm_bench.errors import UserError
-from dlm_bench.likelihood import elbo, normalized_logprob
+from dlm_bench.likelihood import MaskDraw, elbo, normalized_logprob
 from dlm_bench.methods.fidelity import Deviation
-from dlm_bench.methods import Method, Rollouts, register_method, slice_rows
+from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
 from dlm_bench.methods.espo import iteration_draws
 from dlm_bench.methods.heads import ScalarHead, hidden_size
 from dlm_bench.methods.losses import group_advantages, group_mean, tb_loss, tb_residual
@@ -101,6 +101,16 @@ class TraFLConfig(MethodConfig):
     z_detach: bool = knob(False, "detach the head's features",
                           source="FlowRL leaves them attached (its detach is commented out)")
     z_hidden: int = knob(256, "head width", low=1, source="the port: 2-layer GELU MLP")
+
+
+@dataclass(kw_only=True)
+class TraFLCache(MethodCache):
+    r_tilde: torch.Tensor                  # [N] the (centred) reward of the tilt
+    draws: list[MaskDraw]                  # per inner update: the masks of policy and reference scores
+    s_ref: list[torch.Tensor]              # per update [N]: reference scores S_ref(y|x)
+    # z_features "reference": (features [prompts, H], row -> prompt index [N]); per prompt, so `select`
+    # re-indexes it instead of slicing rows
+    z_feats: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def prompt_features(dlm, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,51 +174,52 @@ class TraFL(Method):
         return normalized_logprob(dlm, batch, draw) if self.config.score == "per_token" else elbo(dlm, batch, draw)
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
+        cfg, batch = self.config, rollouts.batch
         self._build_head(policy)
         kind = "center" if cfg.reward_centering == "group" else "none"
-        c["r_tilde"] = group_advantages(rollouts.rewards, rollouts.groups, kind)
-        c["draws"] = [iteration_draws(rollouts, j, cfg.num_masks, cfg.mask_scheme)
-                      for j in range(max(1, cfg.inner_updates))]
+        r_tilde = group_advantages(rollouts.rewards, rollouts.groups, kind)
+        draws = [iteration_draws(rollouts, j, cfg.scoring.num_masks, cfg.scoring.mask_scheme)
+                 for j in range(max(1, cfg.optim.inner_updates))]
         with torch.no_grad():
-            c["s_ref"] = [self._score(ref, batch, d).detach() for d in c["draws"]]
+            s_ref = [self._score(ref, batch, d).detach() for d in draws]
+            feats = None
             if cfg.z_param == "head" and cfg.z_features == "reference":
-                c["z_feats"] = tuple(t.detach() for t in prompt_features(ref, rollouts))
-        c["iter"] = 0
+                feats = tuple(t.detach() for t in prompt_features(ref, rollouts))
+        rollouts.cache = TraFLCache(r_tilde=r_tilde, draws=draws, s_ref=s_ref, z_feats=feats)
 
     def select(self, rollouts: Rollouts, idx: torch.Tensor) -> Rollouts:
         """Rows `idx`; the cached prompt features follow their rows. "vargrad" averages the residual over
         each group inside the loss, so it needs whole groups."""
-        c = dict(rollouts.cache)
+        c = rollouts.cache
         if self.config.z_param == "vargrad":
             g = rollouts.groups
             if not torch.equal(torch.isin(g, g[idx]).nonzero(as_tuple=True)[0].sort().values, idx.sort().values):
                 raise UserError("trafl: z_param 'vargrad' needs whole groups per backward; set micro_batch_size "
                                 "to a multiple of group_size")
-        feats = c.pop("z_feats", None)
-        sub = rollouts.rows(idx, {k: slice_rows(v, idx, rollouts.rewards.numel()) for k, v in c.items()})
-        if feats is not None:
-            f, inv = feats
-            sub.cache["z_feats"] = (f[inv[idx.to(inv.device)]], torch.arange(len(idx), device=inv.device))
-        return sub
+        if not isinstance(c, TraFLCache) or c.z_feats is None:
+            return rollouts.rows(idx)
+        f, inv = c.z_feats
+        feats = (f[inv[idx.to(inv.device)]], torch.arange(len(idx), device=inv.device))
+        return rollouts.rows(idx, c.take(idx, rollouts.rewards.numel(), z_feats=feats))
 
     def _log_z(self, rollouts, policy, s, s_ref, r_tilde, tilt) -> torch.Tensor:
         cfg = self.config
         if cfg.z_param == "vargrad":       # the batch-optimal log Z per prompt, no gradient
             return -group_mean((s - s_ref - cfg.beta * r_tilde * tilt).detach(), rollouts.groups.to(s.device))
-        if "z_feats" in rollouts.cache:
-            feats, inv = rollouts.cache["z_feats"]
+        if rollouts.cache.z_feats is not None:
+            feats, inv = rollouts.cache.z_feats
         else:
             feats, inv = prompt_features(policy, rollouts)
             feats = feats.detach() if cfg.z_detach else feats
         return self.extra_modules["log_z"](feats)[inv].to(s.dtype)
 
     def loss(self, rollouts: Rollouts, policy, ref):
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
-        j = self.next_update(rollouts, policy, ref, "draws")
-        s = self._score(policy, batch, c["draws"][j])
-        s_ref = c["s_ref"][j].to(s.dtype)
-        r_tilde = c["r_tilde"].to(s.device, s.dtype)
+        cfg, batch = self.config, rollouts.batch
+        j = self.next_update(rollouts, policy, ref)
+        c = rollouts.cache
+        s = self._score(policy, batch, c.draws[j])
+        s_ref = c.s_ref[j].to(s.dtype)
+        r_tilde = c.r_tilde.to(s.device, s.dtype)
         per_token = cfg.score == "per_token" and cfg.tilt_per_token
         tilt = 1.0 / batch.lengths.clamp(min=1).to(s.dtype) if per_token else 1.0
         log_z = self._log_z(rollouts, policy, s, s_ref, r_tilde, tilt)

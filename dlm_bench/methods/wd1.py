@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
-from dlm_bench.methods import Method, Rollouts, register_method
+from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
 from dlm_bench.methods.diffu_grpo import completion_positions, one_step_logprobs, prompt_masks
 from dlm_bench.methods.losses import group_advantages
 
@@ -53,6 +53,13 @@ def wd1_loss(seq_logp: torch.Tensor, coef: torch.Tensor) -> tuple[torch.Tensor, 
     """mean_i coef_i l_i = mean over groups of sum_i (w-_i - w+_i) l_i (`wd1_weights` for coef)."""
     loss = (coef.to(seq_logp.device, seq_logp.dtype) * seq_logp).mean()
     return loss, {"loss": float(loss.detach()), "coef_abs_mean": float(coef.abs().mean())}
+
+
+@dataclass(kw_only=True)
+class WD1Cache(MethodCache):
+    coef: torch.Tensor                     # [N] G_i (w-_i - w+_i), from whole groups
+    positions: torch.Tensor                # [N, G] scored positions
+    prompt_masks: list[torch.Tensor]       # per inner update [N, P]: prompt tokens masked
 
 
 @dataclass
@@ -96,21 +103,20 @@ class WD1(Method):
     Config = WD1Config
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
-        cfg, c, batch = self.config, rollouts.cache, rollouts.batch
+        cfg, batch = self.config, rollouts.batch
         adv = group_advantages(rollouts.rewards, rollouts.groups, "center")
-        c["adv"] = adv
-        c["coef"] = wd1_weights(adv, rollouts.groups)       # whole groups, before any micro-batch split
-        c["positions"] = completion_positions(policy, batch, cfg.positions)
-        c["prompt_masks"] = [prompt_masks(batch, cfg.p_mask_prompt, mask_seed(rollouts.seed, j))[0]
-                             for j in range(max(1, cfg.inner_updates))]
-        c["iter"] = 0
+        rollouts.cache = WD1Cache(
+            coef=wd1_weights(adv, rollouts.groups),           # whole groups, before any micro-batch split
+            positions=completion_positions(policy, batch, cfg.positions),
+            prompt_masks=[prompt_masks(batch, cfg.p_mask_prompt, mask_seed(rollouts.seed, j))[0]
+                          for j in range(max(1, cfg.optim.inner_updates))])
 
     def loss(self, rollouts: Rollouts, policy, ref):
-        c, batch = rollouts.cache, rollouts.batch
-        j = self.next_update(rollouts, policy, ref, "prompt_masks")
-        pos = c["positions"]
-        seq = (one_step_logprobs(policy, batch, c["prompt_masks"][j]) * pos).sum(-1)
-        loss, stats = wd1_loss(seq, c["coef"])
+        batch = rollouts.batch
+        j = self.next_update(rollouts, policy, ref)
+        c = rollouts.cache
+        seq = (one_step_logprobs(policy, batch, c.prompt_masks[j]) * c.positions).sum(-1)
+        loss, stats = wd1_loss(seq, c.coef)
         stats.update(inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()),
                      seq_logp=float(seq.detach().mean()))
         return loss, stats
