@@ -46,6 +46,8 @@ class TrainSection:
     save_every: int = knob(10, "optimizer steps between checkpoints", source=HERE, low=0)
     overrides: dict = knob({}, "method settings for every method (the names `--set` takes)", source=HERE)
     per_method: dict = knob({}, "METHOD: {settings} applied over `overrides`", source=HERE)
+    sampler: dict = knob({}, "rollout sampler settings for every method (`train --set sampler.X`): remasking, "
+                         "threshold, ...", source=HERE)
 
 
 @dataclass
@@ -139,12 +141,24 @@ def check(proto: Protocol, where: str) -> None:
                 raise UserError(f"{where}: train.overrides / train.per_method.{m}: {e}") from None
         elif proto.train.per_method.get(m):
             raise UserError(f"{where}: train.per_method.{m} would be ignored: {m} does not train")
+    if proto.train.sampler:
+        _rollout_sampler(proto, where)
     if proto.base.pretrain is not None:
         _pretrain_config(proto, where)
     try:
         sweep_config(proto, "check", ".", proto.task, ".").validated()
     except UserError as e:
         raise UserError(f"{where}: eval: {e}") from None
+
+
+def _rollout_sampler(proto: Protocol, where: str) -> None:
+    from dlm_bench.sampler import SamplerConfig
+    from dlm_bench.training.loop import TrainConfig
+    try:
+        TrainConfig(model="check", sampler=dict(proto.train.sampler)).validate()
+        SamplerConfig(**proto.train.sampler).resolved()
+    except UserError as e:
+        raise UserError(f"{where}: train.sampler: {e}") from None
 
 
 def _pretrain_config(proto: Protocol, where: str = "the protocol"):
@@ -208,7 +222,8 @@ def train_method(proto: Protocol, method: str, base: str, seed: int | None = Non
     out = _seeded(Path(proto.results) / "train" / method, seed)
     return str(train(TrainConfig(method=method, task=proto.task, model=base, out=str(out),
                                  seed=(t.seed or 0) if seed is None else seed, train_steps=t.steps,
-                                 overrides=overrides, save_every=t.save_every, data_dir=proto.data_dir)))
+                                 overrides=overrides, sampler=dict(t.sampler), save_every=t.save_every,
+                                 data_dir=proto.data_dir)))
 
 
 def sweep_config(proto: Protocol, method: str, model: str, task: str, out: str):

@@ -32,10 +32,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
-from dlm_bench.likelihood import ScoredBatch
+from dlm_bench.likelihood import ScoredBatch, masked_token_logprobs
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
 from dlm_bench.methods.losses import clipped_pg, group_advantages, k3
 
@@ -62,28 +61,10 @@ def prompt_masks(batch: ScoredBatch, p: float, seed: int, draws: int = 1) -> tor
     return (u < p) & batch.prompt_mask.bool()[None]
 
 
-def masked_logprobs(dlm, batch: ScoredBatch, prompt_mask: torch.Tensor, comp_mask: torch.Tensor,
-                    chunk: int = 64) -> torch.Tensor:
-    """log p(y_k | x with `prompt_mask` masked, y with `comp_mask` masked) at every completion
-    position: masks [K, N, P] and [K, N, G] in, [K, N, G] out (not zeroed where unmasked)."""
-    K, N, G = comp_mask.shape
-    ids = torch.where(prompt_mask.reshape(K * N, -1), dlm.mask_id, batch.prompt_ids.repeat(K, 1))
-    comp = torch.where(comp_mask.reshape(K * N, G), dlm.mask_id, batch.completion.repeat(K, 1))
-    x = torch.cat([ids, comp], 1)
-    att = torch.cat([batch.prompt_mask.repeat(K, 1), torch.ones_like(comp, dtype=batch.prompt_mask.dtype)], 1)
-    P, target = ids.shape[1], batch.completion.repeat(K, 1)
-    out = []
-    for s in range(0, K * N, chunk):
-        logits = dlm.logits(x[s:s + chunk], att[s:s + chunk])[:, P:]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        out.append(torch.gather(F.log_softmax(logits, -1), -1, target[s:s + chunk, :, None]).squeeze(-1))
-    return torch.cat(out).reshape(K, N, G)
-
-
 def one_step_logprobs(dlm, batch: ScoredBatch, prompt_mask: torch.Tensor) -> torch.Tensor:
     """d1's mean-field estimate [N, G]: the whole completion masked, the prompt masked by `prompt_mask` [N, P]."""
     comp = torch.ones_like(batch.completion, dtype=torch.bool)[None]
-    return masked_logprobs(dlm, batch, prompt_mask[None], comp)[0]
+    return masked_token_logprobs(dlm, batch, comp, prompt_masks=prompt_mask[None])[0]
 
 
 @dataclass(kw_only=True)

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 import torch
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
-from dlm_bench.likelihood import ScoredBatch
+from dlm_bench.likelihood import ScoredBatch, masked_token_logprobs
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
-from dlm_bench.methods.diffu_grpo import completion_positions, masked_logprobs
+from dlm_bench.methods.diffu_grpo import completion_positions
 from dlm_bench.methods.losses import group_advantages
 
 Y = "SPG spg/slurm_scripts/train.yaml"
@@ -197,7 +197,7 @@ class SPG(Method):
         c = rollouts.cache
         pm, cm = (t.transpose(0, 1) for t in c.masks[j])
         pos = c.positions
-        lp = masked_logprobs(policy, batch, pm, cm)
+        lp = masked_token_logprobs(policy, batch, cm, prompt_masks=pm)
         elbo, upper = spg_scores(lp, cm, pos, cfg.eubo_beta, cfg.mix_weight, cfg.negative_bound)
         loss, stats = spg_loss(elbo, upper, c.adv.to(lp.device), pos.sum(-1))
         stats.update(inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()),
