@@ -1,14 +1,15 @@
 """Every score the methods put into a loss, and the one function that builds a masked input.
 
 Inputs: `masked_input` is the only place a model input "prompt + completion window with a mask
-applied" is built (ELBO draws, TraceRL's trace steps, TaBoM's time-delay cuts, pre-training), and
-`scoring_input` the one every score runs on. It dispatches on the family's attention pattern, so no
-method needs a special case: full attention scores the masked sequence itself; a block-diffusion model
-(TraDo/SDAR, LLaDA2) scores a noised copy of the answer's blocks appended to the clean sequence, every
-block conditioned on the clean blocks before it and its own noised self (SDAR/TraDo training, dLLM-RL
-`train/rl_trado.py`; docs/likelihood.md "Block-diffusion models"). `answer_blocks` tells which answer
-positions share a block: positions in different blocks never see each other's noise, so one input can
-score a step of every block at once (TraceRL's rounds, the left-to-right order).
+applied" is built (ELBO draws, TraceRL's trace steps, TaBoM's time-delay cuts, d1's one-step and
+SPG's block masks, which also mask prompt tokens, pre-training), and `scoring_input` the one every
+score runs on. It dispatches on the family's attention pattern, so no method needs a special case:
+full attention scores the masked sequence itself; a block-diffusion model (TraDo/SDAR, LLaDA2) scores
+a noised copy of the answer's blocks appended to the clean sequence, every block conditioned on the
+clean blocks before it and its own noised self (SDAR/TraDo training, dLLM-RL `train/rl_trado.py`;
+docs/likelihood.md "Block-diffusion models"). `answer_blocks` tells which answer positions share a
+block: positions in different blocks never see each other's noise, so one input can score a step of
+every block at once (TraceRL's rounds, the left-to-right order).
 
 Scores (which method uses which: docs/likelihood.md):
 - `elbo` / `elbo_samples`: Monte-Carlo ELBO of log p(y|x) with the random-order estimator (l ~ U{1..L}
@@ -16,8 +17,16 @@ Scores (which method uses which: docs/likelihood.md):
 - `normalized_logprob`: the per-token surrogate ELBO/L;
 - `left_to_right_logprob`: the exact log-probability of decoding y one token at a time, in order;
 - `trace_logprobs`: per-token log-probs of each (trajectory, trace step) sample of `trace_samples`;
+- `one_step_logprobs`: d1's one-step estimate (the whole completion masked, the prompt masked at
+  random by `prompt_masks`; diffu-GRPO, wd1);
+- `coupled_token_logprobs`: coupled-GRPO's per-token estimate from an all-masked and a complementary pair;
+- `segment_token_logprobs`: d2's step-merged trajectory likelihood (`step_segments`);
+- `block_elbo`: EBPO's block-level ELBO for full-attention models (`block_draws`);
+- `bounded_token_logprobs`: any draws with one draw's activations alive in the backward (BGPO, EBPO, d2);
 - `masked_token_logprobs` (optionally with entropies): the per-position log-probs all of the above
-  sum, and TaBoM's cross-entropy on its time-delay masks (`draw_cuts`, `td_masks`).
+  sum, TaBoM's cross-entropy on its time-delay masks (`draw_cuts`, `td_masks`) and SPG's bounds on
+  its block masks (`block_random_masks`). Its forwards take at most `dlm.score_rows` rows, and the
+  output head runs at the scored positions only where the model allows (docs/memory.md).
 
 Masks are drawn once and passed in, so policy, old policy and reference score the same masked inputs
 (common random numbers). Scores carry gradients; wrap reference calls in `torch.no_grad()`.
@@ -25,6 +34,8 @@ Masks are drawn once and passed in, so policy, old policy and reference score th
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -144,10 +155,14 @@ def draw_masks(valid: torch.Tensor, n: int, gen: torch.Generator, scheme: str = 
 
 
 def masked_input(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion: torch.Tensor,
-                 mask: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 mask: torch.Tensor, mask_id: int, prompt_masked: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The model input for prompts [N, P] (left-padded) followed by completion windows [N, G] with the
-    positions in `mask` [N, G] replaced by the mask token; the prompt is never masked.
+    positions in `mask` [N, G] replaced by the mask token. The prompt is masked only where
+    `prompt_masked` [N, P] says (d1's and SPG's random prompt masking; default: never).
     Returns (input ids [N, P + G], attention mask [N, P + G])."""
+    if prompt_masked is not None:
+        prompt_ids = torch.where(prompt_masked.to(prompt_ids.device), mask_id, prompt_ids)
     x = torch.cat([prompt_ids, torch.where(mask.to(completion.device), mask_id, completion)], dim=1)
     att = torch.cat([prompt_mask, torch.ones(completion.shape, dtype=prompt_mask.dtype, device=x.device)], dim=1)
     return x, att
@@ -168,21 +183,21 @@ class ScoringInput:
 
 
 def scoring_input(dlm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion: torch.Tensor,
-                  mask: torch.Tensor, prompt_noise: torch.Tensor | None = None) -> ScoringInput:
+                  mask: torch.Tensor, prompt_masked: torch.Tensor | None = None) -> ScoringInput:
     """The input that scores completion windows [N, G] with `mask` [N, G] masked (and the prompt tokens in
-    `prompt_noise` [N, P], d1's prompt masking). Full attention: `masked_input`, scores at columns P..P+G.
+    `prompt_masked` [N, P], d1's prompt masking). Full attention: `masked_input`, scores at columns P..P+G.
     Block-causal: the clean sequence, then a noised copy of the columns from P - (block - 1) on (the
     prompt's tail can share a block with the first answer tokens), with `models.masks.block_scoring`'s
     mask; scores at the copy's answer columns. The clean part carries the prompt noise too. A row's last
     block ends with the window (the sampler decodes it whole: docs/likelihood.md)."""
-    prompt = prompt_ids if prompt_noise is None else torch.where(prompt_noise.bool(), dlm.mask_id, prompt_ids)
-    x, att = masked_input(prompt, prompt_mask, completion, mask, dlm.mask_id)
+    x, att = masked_input(prompt_ids, prompt_mask, completion, mask, dlm.mask_id, prompt_masked)
     P, G = prompt.shape[1], completion.shape[1]
     if not dlm.family.block_causal:
         return ScoringInput(x, att, None, P)
     lo = max(0, P - (dlm.block_size - 1))
     see, pos = attention_masks.block_scoring(att, P, lo, dlm.block_size)
-    return ScoringInput(torch.cat([prompt, completion, x[:, lo:]], 1), see, pos, P + G + (P - lo))
+    clean = torch.cat([x[:, :P], completion.to(x.device)], 1)
+    return ScoringInput(torch.cat([clean, x[:, lo:]], 1), see, pos, P + G + (P - lo))
 
 
 def answer_blocks(dlm, batch: "ScoredBatch") -> torch.Tensor | None:
@@ -219,19 +234,23 @@ class Guided:
 
 
 def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: int = 64,
-                          entropy: bool = False, prompt_masks: torch.Tensor | None = None):
-    """log p(y_i | x, y with `masks` masked) at every position: [K, B, G] (zero where unmasked).
-    With `entropy`, also the predictive entropy at every masked position: ([K, B, G], [K, B, G]).
-    `prompt_masks` [K, B, P]: prompt tokens masked too (d1's random prompt masking).
+                          entropy: bool = False, prompt_masked: torch.Tensor | None = None,
+                          scored: torch.Tensor | None = None):
+    """log p(y_i | x, y with `masks` masked) at every scored position: [K, B, G] (zero elsewhere).
+    With `entropy`, also the predictive entropy there: ([K, B, G], [K, B, G]). `prompt_masked`
+    [K, B, P] masks those prompt tokens too; `scored` [K, B, G] (default: `masks`) are the positions
+    scored, e.g. a masked window's positions before its end-of-text.
 
-    Forward passes take `chunk` rows at a time. Where the model allows (`dlm.logits_head()`), the head
-    is applied only at the masked positions (`_head_scores`); otherwise each chunk's full logits are
-    upcast for the log-softmax (the tiny model's default, bit-identical to earlier releases)."""
+    Forward passes take `chunk` rows at a time (at most `dlm.score_rows`). Where the model allows
+    (`dlm.logits_head()`), the head is applied only at the scored positions (`_head_scores`);
+    otherwise each chunk's full logits are upcast for the log-softmax (the tiny model's default,
+    bit-identical to earlier releases)."""
     K, B, G = masks.shape
     flat = masks.reshape(K * B, G)
-    noise = None if prompt_masks is None else prompt_masks.reshape(K * B, -1)
+    keep = flat if scored is None else scored.reshape(K * B, G)
+    pm = None if prompt_masked is None else prompt_masked.reshape(K * B, -1)
     inp = scoring_input(dlm, batch.prompt_ids.repeat(K, 1), batch.prompt_mask.repeat(K, 1),
-                        batch.completion.repeat(K, 1), flat, noise)
+                        batch.completion.repeat(K, 1), flat, pm)
     targets = batch.completion.repeat(K, 1)
     chunk = min(chunk, dlm.score_rows) if dlm.score_rows else chunk
     head = dlm.logits_head()
@@ -239,7 +258,7 @@ def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: i
     for s in range(0, K * B, chunk):
         part = inp.rows(slice(s, s + chunk))
         if head is not None:
-            lp, ent = _gathered(dlm, head, part, flat[s:s + chunk], targets[s:s + chunk], entropy)
+            lp, ent = _gathered(dlm, head, part, keep[s:s + chunk], targets[s:s + chunk], entropy)
             out.append(lp)
             ents.append(ent)
             continue
@@ -249,15 +268,16 @@ def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: i
         out.append(torch.gather(logp, -1, targets[s:s + chunk, :, None]).squeeze(-1))
         if entropy:
             ents.append(-(logp.exp() * logp).sum(-1))
-    lp = torch.cat(out).reshape(K, B, G) * masks
-    return (lp, torch.cat(ents).reshape(K, B, G) * masks) if entropy else lp
+    keep = keep.reshape(K, B, G)
+    lp = torch.cat(out).reshape(K, B, G) * keep
+    return (lp, torch.cat(ents).reshape(K, B, G) * keep) if entropy else lp
 
 
 HEAD_CHUNK_BYTES = 64 * 2 ** 20   # fp32 logits per head application (126k vocab: 132 positions), recomputed in backward
 
 
 def _gathered(dlm, head, part: ScoringInput, mask, targets, entropy: bool):
-    """Log-probs (and entropies) [n, G] of the masked positions of one forward chunk, from the last
+    """Log-probs (and entropies) [n, G] at the positions `mask` of one forward chunk, from the last
     hidden states at those positions only (a shifted model scores token i from state i - 1)."""
     h = dlm.hidden(part.ids, part.mask, position_ids=part.position_ids)
     rows, cols = mask.nonzero(as_tuple=True)
@@ -331,6 +351,98 @@ def _first_of_group(groups: torch.Tensor) -> torch.Tensor:
     return torch.where(new, cols, torch.zeros_like(cols)).cummax(-1).values
 
 
+# ----------------------------------------------------------------------------- bounded draws, coupled pairs, block ELBO
+
+def bounded_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: int = 64,
+                           prompt_masked: torch.Tensor | None = None, scored: torch.Tensor | None = None):
+    """`masked_token_logprobs` [K, B, G] with at most one draw's activations alive in the backward.
+
+    Under autograd each draw's forward runs inside `torch.utils.checkpoint` (non-reentrant): the
+    forward keeps only its inputs and the backward recomputes the draws one at a time, so memory does
+    not grow with K. Values and gradients equal the plain call's (tests/test_bgpo.py), for any loss of
+    the draws; the price is one more forward per draw. This is BGPO's memory bound (DARE backwards each
+    Monte-Carlo draw on its own, `llada_dp_actor_bgpo.update_policy`) and EBPO's replay (DARE
+    `ebpo_actor_mixin`: a no-grad pass over all draws, then one draw at a time with the loss's
+    gradient); without autograd it is the plain call."""
+    if not torch.is_grad_enabled():
+        return masked_token_logprobs(dlm, batch, masks, chunk, prompt_masked=prompt_masked, scored=scored)
+    from torch.utils.checkpoint import checkpoint
+
+    def one(k: int) -> torch.Tensor:
+        pm = None if prompt_masked is None else prompt_masked[k:k + 1]
+        sc = None if scored is None else scored[k:k + 1]
+        return masked_token_logprobs(dlm, batch, masks[k:k + 1], chunk, prompt_masked=pm, scored=sc)[0]
+    return torch.stack([checkpoint(one, k, use_reentrant=False) for k in range(masks.shape[0])])
+
+
+def coupled_masks(valid: torch.Tensor, gen: torch.Generator, low: float = 0.2, high: float = 0.8):
+    """coupled-GRPO's draws (apple/ml-diffucoder `coupled_grpo.py` `forward_process`): one t ~ U(low, high)
+    for the rows drawn together; draw 0 masks every valid position, draw 1 each valid position
+    independently with probability t, draw 2 exactly the valid positions draw 1 left clean.
+    Returns (masks [3, B, G], t)."""
+    t = low + (high - low) * float(torch.rand((), generator=gen, dtype=torch.float64))
+    u = torch.rand(valid.shape, generator=gen, dtype=torch.float64).to(valid.device)
+    part = (u < t) & valid
+    return torch.stack([valid, part, valid & ~part]), t
+
+
+def coupled_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, t: float, chunk: int = 64) -> torch.Tensor:
+    """coupled-GRPO's per-token estimate [B, G] (DiffuCoder `selective_log_softmax`):
+    (log p(y_i | x, all masked) + w_i log p(y_i | x, y with the partial draw that masks i masked)) / 2,
+    w_i = 1/t under draw 1 and 1/(1 - t) under draw 2: each valid position is scored exactly once by
+    the pair (zero outside the valid positions)."""
+    lp = masked_token_logprobs(dlm, batch, masks, chunk)
+    return (lp[0] + lp[1] / t + lp[2] / (1 - t)) / 2
+
+
+@dataclass
+class BlockDraw:
+    """EBPO draws: draw j * blocks + b is timestep j of block b."""
+    inputs: torch.Tensor          # [K, B, G] positions masked in the model input
+    targets: torch.Tensor         # [K, B, G] positions scored (the masked ones of block b)
+    weights: torch.Tensor         # [K, B] block length / masked count (0 for an empty block)
+    timesteps: int                # n; K = n * blocks
+
+
+def block_draws(valid: torch.Tensor, block_length: int, n: int, gen: torch.Generator) -> BlockDraw:
+    """EBPO's block-level ELBO (LLaDA2.1 report, Eq. 4; DARE `_forward_process_ebpo`) for a model that
+    attends to the whole window (LLaDA, Dream), decoded in semi-autoregressive blocks: the draw of block b
+    at timestep j keeps the blocks before b clean, masks every later valid position (they are still
+    masked when LLaDA's sampler decodes block b) and l = min(floor(t len_b) + 1, len_b) random positions
+    of block b, weight len_b / l. A block-causal model gets all blocks of a timestep from one forward; a
+    full-attention one needs a forward per block. The n * blocks levels t of a row are stratified as
+    DARE's: t = frac(u + (j * blocks + b) / (n * blocks)) from one u ~ U[0, 1), so each block's t is
+    uniform and its l uniform on {1..len_b}: the sum over blocks is unbiased for sum_b ELBO(y_b | x, y_<b)."""
+    B, G = valid.shape
+    nb = math.ceil(G / block_length)
+    block_of = (torch.arange(G, device=valid.device) // block_length)[None]
+    u = torch.rand(B, generator=gen, dtype=torch.float64)
+    inputs, targets, weights = [], [], []
+    for j in range(n):
+        for b in range(nb):
+            t = torch.frac(u + (j * nb + b) / (n * nb))
+            in_b = valid & (block_of == b)
+            len_b = in_b.sum(-1).cpu()
+            size = torch.minimum(torch.floor(t * len_b).long() + 1, len_b)
+            keys = torch.rand((B, G), generator=gen).to(valid.device)
+            ranks = keys.masked_fill(~in_b, 2.0).argsort(-1).argsort(-1)
+            tgt = ranks < size.to(valid.device)[:, None]
+            inputs.append(tgt | (valid & (block_of > b)))
+            targets.append(tgt)
+            weights.append(torch.where(size > 0, len_b / size.clamp(min=1), 0.0).to(torch.float64))
+    return BlockDraw(torch.stack(inputs), torch.stack(targets), torch.stack(weights).to(valid.device), n)
+
+
+def block_elbo(dlm, batch: ScoredBatch, draw: BlockDraw, chunk: int = 64, bounded: bool = False) -> torch.Tensor:
+    """EBPO's composite ELBO per row [B]: the mean over timesteps of the sum over blocks of each block's
+    weighted masked log-likelihood (DARE `compute_ebpo_composite_elbo` with uniform timestep weights).
+    `bounded`: one draw's activations alive at a time (`bounded_token_logprobs`)."""
+    score = bounded_token_logprobs if bounded else masked_token_logprobs
+    lp = score(dlm, batch, draw.inputs, chunk, scored=draw.targets)
+    per = draw.weights.to(lp.dtype) * lp.sum(-1)                       # [K, B]
+    return per.reshape(draw.timesteps, -1, per.shape[-1]).sum(1).mean(0)
+
+
 # ----------------------------------------------------------------------------- decoding trajectories
 
 def collapse_steps(step_map: torch.Tensor, valid: torch.Tensor, shrink: int = 1,
@@ -390,6 +502,36 @@ def trace_logprobs(dlm, batch: ScoredBatch, rows: torch.Tensor, masks: torch.Ten
     return masked_token_logprobs(dlm, sub, masks[None], chunk)[0] * targets
 
 
+def step_segments(step_map: torch.Tensor, steps: int, n: int) -> torch.Tensor:
+    """d2-StepMerge's segment of every window token [B, G]: the decoding steps 0..steps-1 cut into n
+    segments where d2 cuts them (kuleshov-group/d2 `d2StepMergeTrainer.generate`: a new segment starts
+    after step int(k * steps / n), k = 1..n-1); -1 where the token was never decoded (step < 0)."""
+    bounds = torch.tensor([int(k * (steps / n)) for k in range(1, n)], dtype=torch.long, device=step_map.device)
+    seg = torch.searchsorted(bounds, step_map.contiguous(), right=True)
+    return torch.where(step_map >= 0, seg, torch.full_like(seg, -1))
+
+
+def segment_token_logprobs(dlm, batch: ScoredBatch, seg: torch.Tensor, n: int, scored: torch.Tensor,
+                           prompt_masked: torch.Tensor | None = None, chunk: int = 64,
+                           bounded: bool = True) -> torch.Tensor:
+    """Each scored token's log-probability at the state its segment started from [B, G] (zero elsewhere):
+    log p(y_i | x, the tokens of earlier segments, every other valid token masked), d2's trajectory likelihood
+    (`_get_per_token_logps`: the trajectory state at the segment's start is the input, the segment's tokens
+    the targets). n segments of one step each give the exact log-probability of the decoding order
+    (`left_to_right_logprob` when that order is left to right). One forward per segment that holds a
+    scored token; `prompt_masked` [B, P] masks prompt tokens in all of them (d2's p_mask_prompt);
+    `bounded`: one segment's activations alive at a time (`bounded_token_logprobs`)."""
+    k = torch.arange(n, device=seg.device)[:, None, None]
+    targets = (seg[None] == k) & scored[None]
+    used = targets.flatten(1).any(1).nonzero().flatten()
+    if used.numel() == 0:
+        return torch.zeros(seg.shape, device=seg.device)
+    inputs = (((seg[None] >= k) | (seg[None] < 0)) & batch.valid[None])[used]
+    pm = None if prompt_masked is None else prompt_masked[None].expand(len(used), -1, -1)
+    score = bounded_token_logprobs if bounded else masked_token_logprobs
+    return score(dlm, batch, inputs, chunk, prompt_masked=pm, scored=targets[used]).sum(0)
+
+
 # ----------------------------------------------------------------------------- time-delay masks (TaBoM)
 
 def draw_cuts(step_map: torch.Tensor, valid: torch.Tensor, window: int, gen: torch.Generator) -> torch.Tensor:
@@ -408,3 +550,58 @@ def td_masks(step_map: torch.Tensor, valid: torch.Tensor, cut: torch.Tensor, win
     masked = ok & (step_map >= cut[:, None])
     sup = masked & (step_map < cut[:, None] + window) if window > 0 else masked
     return masked, sup
+
+
+# ----------------------------------------------------------------------------- one-step and block masks (d1, SPG)
+
+def prompt_masks(batch: ScoredBatch, p: float, seed: int, draws: int = 1) -> torch.Tensor:
+    """[draws, N, P] bool: each real prompt token masked independently with probability p (CPU
+    generator seeded by `seed`, so the masks do not depend on device or batching)."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand((draws, *batch.prompt_ids.shape), generator=gen).to(batch.prompt_ids.device)
+    return (u < p) & batch.prompt_mask.bool()[None]
+
+
+def one_step_logprobs(dlm, batch: ScoredBatch, prompt_mask: torch.Tensor, scored: torch.Tensor | None = None,
+                      chunk: int = 64) -> torch.Tensor:
+    """d1's one-step mean-field estimate [N, G]: log p(y_k | x with `prompt_mask` [N, P] masked, the
+    whole completion masked) at the positions `scored` [N, G] (default: all; zero elsewhere)."""
+    every = torch.ones_like(batch.completion, dtype=torch.bool)[None]
+    return masked_token_logprobs(dlm, batch, every, chunk, prompt_masked=prompt_mask[None],
+                                 scored=None if scored is None else scored[None])[0]
+
+
+def block_random_masks(batch: ScoredBatch, scored: torch.Tensor, block_len: int, m: int, p_clean: float,
+                       min_t: float, max_t: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPG's block_random masks (`forward_process`): (prompt masks [m, N, P], completion masks [m, N, G]),
+    from a CPU generator seeded by `seed`. Per draw j of row i a block of the scored span (the j-th of a
+    random permutation of the window's blocks, modulo the row's own block count): blocks before it
+    stay clean, later positions are masked, and inside it k ~ U{max(1, floor(n min_t))..floor(n max_t)}
+    of its n positions; clean tokens (prompt, earlier blocks) are then masked with probability
+    `p_clean`, positions outside `scored` always."""
+    gen = torch.Generator().manual_seed(seed)
+    N, G = batch.completion.shape
+    nb = math.ceil(G / block_len)
+    lens = scored.sum(-1).cpu().tolist()
+    comp = torch.zeros(m, N, G, dtype=torch.bool)
+    clean = torch.zeros(m, N, G, dtype=torch.bool)       # the blocks before the chosen one
+    for i in range(N):
+        if lens[i] == 0:
+            continue
+        own = math.ceil(lens[i] / block_len)
+        order = torch.randperm(nb, generator=gen)
+        for j in range(m):
+            start = int(order[j % nb]) % own * block_len
+            n = min(block_len, lens[i] - start)
+            lo, hi = max(int(n * min_t), 1), min(int(n * max_t), n)
+            k = int(torch.randint(lo, hi + 1, (), generator=gen))
+            comp[j, i, start + n:] = True                  # every later position
+            comp[j, i, start + torch.randperm(n, generator=gen)[:k]] = True
+            clean[j, i, :start] = True
+    u_p = torch.rand((m, *batch.prompt_ids.shape), generator=gen)
+    u_c = torch.rand((m, N, G), generator=gen)
+    dev = batch.completion.device
+    # clean tokens masked with probability p; positions outside the scored span always masked
+    comp = comp.to(dev) | (clean & (u_c < p_clean)).to(dev) | ~scored[None]
+    prompt = (u_p.to(dev) < p_clean) & batch.prompt_mask.bool()[None]
+    return prompt, comp

@@ -10,7 +10,8 @@ import torch
 from dlm_bench.likelihood import ScoredBatch
 from dlm_bench.methods import get_method, make_config
 from dlm_bench.methods import losses, toy as T
-from dlm_bench.methods.diffu_grpo import completion_positions, k3, one_step_logprobs, prompt_masks
+from dlm_bench.methods.diffu_grpo import completion_positions, one_step_logprobs, prompt_masks
+from dlm_bench.methods.losses import k3
 from test_methods import _rollouts
 from test_micro_batch import _close, _run
 from test_train import TINY, weights

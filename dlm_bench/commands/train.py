@@ -1,4 +1,5 @@
-"""`dlm-bench train METHOD --task T --model PATH [--out DIR] [--config FILE.yaml] [--train-steps N] [--set k=v ...]`.
+"""`dlm-bench train METHOD --task T --model PATH [--out DIR] [--config FILE.yaml] [--train-steps N] [--set k=v ...]`,
+or `--pairs FILE.jsonl` in place of `--task`: preference pairs as the rollouts (dlm_bench.training.pairs).
 
 Settings, later ones winning: the method's defaults (its per-task recipe when it has one), the YAML
 file, the flags, then `--set`. A key (in YAML or `--set`) is routed by name: `sampler.X` -> sampler
@@ -19,6 +20,9 @@ from dlm_bench.runs import tracking
 def add_arguments(parser) -> None:
     parser.add_argument("method", help="training method (see `dlm-bench methods`)")
     parser.add_argument("--task", default=None, help="task whose train split gives prompts and rewards")
+    parser.add_argument("--pairs", default=None, metavar="FILE.jsonl",
+                        help="train on preference pairs (one JSON object per line: prompt, chosen, rejected) "
+                             "instead of the task's rollouts; replaces --task")
     parser.add_argument("--model", default=None, help="base model directory")
     parser.add_argument("--out", default=None, help="output directory (default results/train/METHOD-TASK)")
     parser.add_argument("--config", default=None, help="YAML file of settings")
@@ -103,6 +107,12 @@ def build_config(args):
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         _route(k.strip(), _parse_value(v), method_fields, train_fields, cfg)
+    if args.pairs is not None:
+        cfg["pairs"] = args.pairs
+    if cfg.get("pairs"):                 # the file stands in for the task
+        if cfg.get("task") not in (None, "pairs"):
+            raise UserError("--pairs gives the prompts and completions: leave --task out")
+        cfg["task"] = "pairs"
     for key in ("train_steps", "optim.train_steps"):
         if key in cfg["overrides"] and "train_steps" not in cfg:
             cfg["train_steps"] = cfg["overrides"].pop(key)

@@ -90,6 +90,7 @@ class Method:
     needs_trajectory: ClassVar[bool] = False    # uses Rollouts.step_map
     pad_steps: ClassVar[bool] = False           # rollouts decode each end-of-text pad at its own step
     fidelity: ClassVar[tuple] = ()              # Deviation rows: where the recipe and this code differ
+    profile: ClassVar[Any] = None               # a methods.profile.Profile: family, estimator, reference, ...
     trains: ClassVar[bool] = True               # False for `base`
 
     def __init__(self, config=None, policy=None):
@@ -169,7 +170,8 @@ class Method:
 
 
 _METHODS = Registry("method", Method, "dlm_bench.methods", ("base", "trafl", "espo", "justgrpo", "tracerl", "tabom",
-                                                          "diffu_grpo", "wd1", "spg"),
+                                                          "diffu_grpo", "wd1", "spg", "coupled_grpo", "vrpo",
+                                                          "bgpo", "d2", "ebpo"),
                     "dlm_bench.methods")
 register_method = _METHODS.register
 

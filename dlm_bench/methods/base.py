@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlm_bench.methods import Method, register_method
+from dlm_bench.methods.profile import Profile
 
 
 @dataclass
@@ -15,6 +16,7 @@ class BaseConfig:
 class Base(Method):
     name = "base"
     Config = BaseConfig
+    profile = Profile(family="reference point", estimator="-", reference="-")
     trains = False
 
     def loss(self, rollouts, policy, ref):

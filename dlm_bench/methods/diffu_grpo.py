@@ -2,9 +2,11 @@
 Language Models via Reinforcement Learning"; code github.com/dllm-reasoning/d1 @ 837888f,
 `diffu-grpo/diffu_grpo_trainer.py`, recipe `diffu-grpo/slurm_scripts/train.yaml`).
 
-Log-probabilities by the one-step mean-field estimate (`forward_process`, `_get_per_token_logps`):
-every completion position is masked, each real prompt token is masked independently with
-probability p = `p_mask_prompt`, and one forward gives, for every completion position k,
+Log-probabilities by the one-step mean-field estimate (`forward_process`, `_get_per_token_logps`;
+here `likelihood.one_step_logprobs`, under the same scoring-row and output-head bounds as every
+method): every completion position is masked, each real prompt token is masked independently with
+probability p = `p_mask_prompt` (`likelihood.prompt_masks`), and one forward gives, for every
+scored completion position k,
 
     log pi(y_k | x) ~ log p_theta(y_k | x~, all-mask completion)        (x~: the masked prompt)
 
@@ -34,9 +36,10 @@ from dataclasses import dataclass
 import torch
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
-from dlm_bench.likelihood import ScoredBatch, masked_token_logprobs
+from dlm_bench.likelihood import ScoredBatch, one_step_logprobs, prompt_masks
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
-from dlm_bench.methods.losses import clipped_pg, group_advantages, k3
+from dlm_bench.methods.profile import Profile
+from dlm_bench.methods.losses import group_advantages, token_grpo_loss
 
 D1 = "d1 diffu-grpo/slurm_scripts/train.yaml"
 
@@ -51,20 +54,6 @@ def completion_positions(dlm, batch: ScoredBatch, mode: str) -> torch.Tensor:
     G = batch.completion.shape[1]
     first = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), torch.full_like(batch.lengths, G))
     return (torch.arange(G, device=first.device)[None, :] <= first[:, None]) & batch.valid
-
-
-def prompt_masks(batch: ScoredBatch, p: float, seed: int, draws: int = 1) -> torch.Tensor:
-    """[draws, N, P] bool: each real prompt token masked independently with probability p (CPU
-    generator seeded by `seed`, so the masks do not depend on device or batching)."""
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.rand((draws, *batch.prompt_ids.shape), generator=gen).to(batch.prompt_ids.device)
-    return (u < p) & batch.prompt_mask.bool()[None]
-
-
-def one_step_logprobs(dlm, batch: ScoredBatch, prompt_mask: torch.Tensor) -> torch.Tensor:
-    """d1's mean-field estimate [N, G]: the whole completion masked, the prompt masked by `prompt_mask` [N, P]."""
-    comp = torch.ones_like(batch.completion, dtype=torch.bool)[None]
-    return masked_token_logprobs(dlm, batch, comp, prompt_masks=prompt_mask[None])[0]
 
 
 @dataclass(kw_only=True)
@@ -118,6 +107,9 @@ class DiffuGRPOConfig(MethodConfig):
 class DiffuGRPO(Method):
     name = "diffu_grpo"
     Config = DiffuGRPOConfig
+    profile = Profile(family="sequence-ELBO RL", reference="frozen (d1 re-syncs it every 64 steps)",
+                      estimator="one-step mean-field: the whole completion masked, prompt p = 0.15",
+                      forwards=1, forwards_note="one forward per completion")
     needs_reference = True
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
@@ -129,9 +121,9 @@ class DiffuGRPO(Method):
                           for j in range(max(1, cfg.optim.inner_updates))])
         with torch.no_grad():
             if self.updates_per_batch > 1:     # the policy moves within the batch: keep the rollout-time scores
-                c.old_logp = [one_step_logprobs(policy, batch, m).detach() for m in c.prompt_masks]
+                c.old_logp = [one_step_logprobs(policy, batch, m, c.positions).detach() for m in c.prompt_masks]
             if cfg.beta != 0.0:
-                c.ref_logp = [one_step_logprobs(ref, batch, m).detach() for m in c.prompt_masks]
+                c.ref_logp = [one_step_logprobs(ref, batch, m, c.positions).detach() for m in c.prompt_masks]
 
     def loss_count(self, rollouts: Rollouts) -> float:
         """d1's loss is a token mean: its terms are the scored positions of these rows."""
@@ -143,16 +135,10 @@ class DiffuGRPO(Method):
         j = self.next_update(rollouts, policy, ref)
         c = rollouts.cache
         pos = c.positions
-        logp = one_step_logprobs(policy, batch, c.prompt_masks[j])
+        logp = one_step_logprobs(policy, batch, c.prompt_masks[j], pos)
         old = c.old_logp[j] if c.old_logp is not None else logp.detach()
-        adv = c.adv.to(logp.device, logp.dtype)
-        loss, stats = clipped_pg(logp, old.to(logp.dtype), adv, cfg.epsilon, cfg.epsilon, valid=pos,
-                                 reduce="token_mean")
-        n = pos.sum().clamp(min=1)
-        if c.ref_logp is not None:
-            kl = (k3(logp, c.ref_logp[j].to(logp.dtype)) * pos).sum() / n
-            loss = loss + cfg.beta * kl
-            stats["kl_k3"] = float(kl.detach())
-        stats.update(loss=float(loss.detach()), inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()),
-                     logp_per_token=float((logp.detach() * pos).sum() / n))
+        ref_lp = c.ref_logp[j].to(logp.dtype) if c.ref_logp is not None else None
+        loss, stats = token_grpo_loss(logp, old.to(logp.dtype), ref_lp, c.adv.to(logp.device, logp.dtype), pos,
+                                      cfg.epsilon, cfg.beta)
+        stats.update(inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()))
         return loss, stats

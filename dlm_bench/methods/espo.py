@@ -33,6 +33,7 @@ from dlm_bench.config import (CODE_REWARD_HELP, CODE_REWARDS, LoraConfig, Method
 from dlm_bench.likelihood import MaskDraw, draw_masks, elbo
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
+from dlm_bench.methods.profile import Profile
 from dlm_bench.methods.losses import espo_loss, group_advantages
 from dlm_bench.distributed import is_sharded
 from dlm_bench.models.adapter import AdapterDisabled
@@ -124,6 +125,10 @@ TASK_RECIPE = {"math500": "math", "minerva": "math", "humaneval": "code", "mbpp"
 class ESPO(Method):
     name = "espo"
     Config = ESPOConfig
+    profile = Profile(family="sequence-ELBO RL",
+                      reference="frozen LoRA base; full fine-tuning: soft-synced every 64 updates",
+                      estimator="random-order ELBO, 2 coupled pairs (ESPO's exact complement)",
+                      forwards=4, forwards_note="4 masked forwards per completion")
     fidelity = (
         Deviation("rollouts draw the Gumbel noise and the confidence softmax in bf16 (espo_trainer.py)",
                   "float64 by default (LLaDA's reference); the recipe's precision with "

@@ -26,6 +26,7 @@ from dlm_bench.config import CODE_REWARD_HELP, CODE_REWARDS, LoraConfig, MethodC
 from dlm_bench.likelihood import left_to_right_logprob
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
+from dlm_bench.methods.profile import Profile
 from dlm_bench.methods.losses import clipped_pg, group_advantages
 
 
@@ -74,6 +75,10 @@ class JustGRPOCache(MethodCache):
 class JustGRPO(Method):
     name = "justgrpo"
     Config = JustGRPOConfig
+    profile = Profile(family="trajectory RL", reference="none",
+                      estimator="exact left-to-right log-probability of its left-to-right rollouts",
+                      forwards=256, forwards_note="one forward per position in one graph (the reference "
+                                                  "backpropagates position by position)")
     fidelity = (
         Deviation("per accumulation step: sum / (gen_length x #nonzero-advantage samples of the step), 8 steps "
                   "summed without dividing by 8", "one normaliser over the whole batch: the reference's gradient "

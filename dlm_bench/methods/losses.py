@@ -112,6 +112,21 @@ def clipped_pg(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, ep
     return loss, stats
 
 
+def token_grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, adv: torch.Tensor,
+                    valid: torch.Tensor, eps: float, beta: float) -> tuple[torch.Tensor, dict]:
+    """d1's token-level GRPO (diffu-GRPO, and coupled-GRPO and d2 on their own per-token scores): the
+    clipped ratio with a symmetric `eps`, a token mean over `valid` [N, G], plus beta times the k3 KL to
+    `ref_logp` (None: no KL term)."""
+    loss, stats = clipped_pg(logp, old_logp, adv, eps, eps, valid=valid, reduce="token_mean")
+    n = valid.sum().clamp(min=1)
+    if ref_logp is not None:
+        kl = (k3(logp, ref_logp) * valid).sum() / n
+        loss = loss + beta * kl
+        stats["kl_k3"] = float(kl.detach())
+    stats.update(loss=float(loss.detach()), logp_per_token=float((logp.detach() * valid).sum() / n))
+    return loss, stats
+
+
 def espo_loss(elbo: torch.Tensor, elbo_old: torch.Tensor, elbo_ref: torch.Tensor | None,
               adv: torch.Tensor, lengths: torch.Tensor, beta: float = 0.0, eps_low: float = 0.2,
               eps_high: float | None = None) -> tuple[torch.Tensor, dict]:
@@ -161,3 +176,77 @@ def k3(logp: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor:
     (Schulman's estimator; d1's and TraceRL's KL term)."""
     d = anchor_logp - logp
     return torch.exp(d) - d - 1
+
+
+def bgpo_loss(score: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, eps_low: float = 0.2,
+              eps_high: float | None = None, dual_clip: float = 3.0) -> tuple[torch.Tensor, dict]:
+    """BGPO (THU-KEG; DARE `compute_policy_loss_bgpo`): a PPO loss per Monte-Carlo draw that is linear
+    in that draw, so each draw can be back-propagated on its own.
+
+    `score`, `old` are [K, N]: draw k's sequence score of row i (DARE: one masked forward's ELBO
+    divided by the window). With x = score - old, the ratio of draw k is 1 + x where A > 0 (a
+    first-order lower bound of e^x) and e^x where A <= 0; averaged over draws, A (1 + mean x) <=
+    A e^{mean x} for A > 0 and A mean e^x <= A e^{mean x} for A < 0 (Jensen), so the objective
+    lower-bounds the clipped surrogate of the mean score, with equal value and gradient on-policy
+    (x = 0). Clip at 1 - eps_low / 1 + eps_high, and for A < 0 the dual clip -A c. The loss is the
+    mean over draws and rows."""
+    eps_high = eps_low if eps_high is None else eps_high
+    a = adv.to(score.dtype)[None].expand_as(score)
+    x = score - old
+    ratio = torch.where(a > 0, 1 + x, torch.exp(x))
+    plain, clipped = -a * ratio, -a * ratio.clamp(1 - eps_low, 1 + eps_high)
+    loss1 = torch.maximum(plain, clipped)
+    per = torch.where(a < 0, torch.minimum(loss1, -a * dual_clip), loss1)
+    loss = per.mean()
+    with torch.no_grad():
+        stats = {"loss": float(loss), "pg_loss": float(loss), "ratio_mean": float(ratio.mean()),
+                 "clip_frac": float((clipped > plain).float().mean()),
+                 "dual_clip_frac": float(((loss1 > -a * dual_clip) & (a < 0)).float().mean()),
+                 "adv_abs_mean": float(adv.float().abs().mean())}
+    return loss, stats
+
+
+def ebpo_loss(elbo: torch.Tensor, elbo_old: torch.Tensor, adv: torch.Tensor, eps_low: float = 0.2,
+              eps_high: float | None = None) -> tuple[torch.Tensor, dict]:
+    """EBPO (LLaDA2.1 report Eq. 4-5; DARE `compute_policy_loss_ebpo`): PPO with one ratio per sequence,
+    rho = exp(ELBO - ELBO_old) on the composite (block) ELBO, not length-normalised, clipped once:
+    loss = -mean_i A_i clip-side(rho_i). The clip is applied to the log-ratio (min(log rho, log(1 + eps))
+    for A >= 0, max(log rho, log(1 - eps)) for A < 0), which equals -min(rho A, clip(rho) A) but never
+    evaluates exp on the clipped side, so an unnormalised ELBO difference cannot overflow to inf/nan."""
+    eps_high = eps_low if eps_high is None else eps_high
+    a = adv.to(elbo.dtype)
+    log_ratio = elbo - elbo_old
+    lo = torch.log1p(log_ratio.new_tensor(-eps_low))
+    hi = torch.log1p(log_ratio.new_tensor(eps_high))
+    eff = torch.where(a >= 0, torch.minimum(log_ratio, hi), torch.maximum(log_ratio, lo))
+    loss = (-a * torch.exp(eff)).mean()
+    with torch.no_grad():
+        low, high = (log_ratio < lo) & (a < 0), (log_ratio > hi) & (a > 0)
+        stats = {"loss": float(loss), "pg_loss": float(loss), "log_ratio_mean": float(log_ratio.mean()),
+                 "clip_frac": float((low | high).float().mean()), "clip_low_frac": float(low.float().mean()),
+                 "approx_kl_old": float((-log_ratio).mean()), "adv_abs_mean": float(adv.float().abs().mean())}
+    return loss, stats
+
+
+def preference_pairs(rewards: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(winner rows, loser rows) of every ordered pair inside a group whose rewards differ (graded
+    rollouts as preference data: correct over incorrect); a group with one reward forms none."""
+    r = rewards.float()
+    same = groups[:, None] == groups[None, :]
+    w, l = (same & (r[:, None] > r[None, :])).nonzero(as_tuple=True)
+    return w, l
+
+
+def dpo_loss(score_w: torch.Tensor, score_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
+             beta: float) -> tuple[torch.Tensor, dict]:
+    """DPO on likelihood estimates (VRPO, LLaDA 1.5 Eq. 3; DARE `compute_dpo_loss`), per pair:
+    -log sigmoid(beta ((B_theta(y_w) - B_ref(y_w)) - (B_theta(y_l) - B_ref(y_l)))), mean over pairs
+    (0 without pairs, still attached to the graph)."""
+    margin = (score_w - ref_w) - (score_l - ref_l)
+    per = -torch.nn.functional.logsigmoid(beta * margin)
+    loss = per.mean() if per.numel() else score_w.sum() * 0.0
+    with torch.no_grad():
+        stats = {"loss": float(loss), "dpo_loss": float(loss), "pairs": float(per.numel()),
+                 "margin_mean": float(margin.mean()) if per.numel() else 0.0,
+                 "pair_accuracy": float((margin > 0).float().mean()) if per.numel() else 0.0}
+    return loss, stats

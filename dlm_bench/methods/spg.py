@@ -14,13 +14,15 @@ scored positions C (|C| = len), t_j = |M_j| / len and p_ij = p_theta(y_i | x~_j,
     EUBO = (1/|S|) sum_{i in S} (1/beta) log q_i,  q_i = (1/m) sum_j 1[i in M_j] p_ij^beta / t_j,  S = {i: q_i > 0}
     MIX  = omega EUBO + (1 - omega) ELBO                                       (default, omega = 0.5, beta = 1.5)
 
-The log of an MC mean makes the EUBO estimate biased (as in the paper). Masks are SPG's
-`block_random` (`forward_process`): per draw a random block b of the scored span; blocks before it
-stay clean, later ones are fully masked, and inside b a count ~ U{max(1, floor(n min_t))..floor(n max_t)}
-of its n scored positions is masked at random; every other clean token (prompt and earlier blocks)
-is then masked with probability p_mask_prompt = 0.15, and positions after C are always masked. The
-m = num_t draws of a row take distinct blocks (a random permutation of the window's blocks, modulo
-the row's own block count). Inner update j (mu = 4) draws fresh masks. No KL, no ratio (--beta 0.0).
+The log of an MC mean makes the EUBO estimate biased (as in the paper). p_ij come from
+`likelihood.masked_token_logprobs` at the masked scored positions (the row and head bounds of every
+method). Masks are SPG's `block_random` (`forward_process`; `likelihood.block_random_masks`): per
+draw a random block b of the scored span; blocks before it stay clean, later ones are fully masked,
+and inside b a count ~ U{max(1, floor(n min_t))..floor(n max_t)} of its n scored positions is masked
+at random; every other clean token (prompt and earlier blocks) is then masked with probability
+p_mask_prompt = 0.15, and positions after C are always masked. The m = num_t draws of a row take
+distinct blocks (a random permutation of the window's blocks, modulo the row's own block count).
+Inner update j (mu = 4) draws fresh masks. No KL, no ratio (--beta 0.0).
 
 Reconstructed / differs: when num_t exceeds the window's block count (short test windows) the
 permutation is cycled (SPG asserts instead); a window not divisible by the block length gets a short
@@ -30,52 +32,20 @@ A >= 0, which only differs on rows with A = 0, whose term is zero anyway).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
-from dlm_bench.likelihood import ScoredBatch, masked_token_logprobs
+from dlm_bench.likelihood import block_random_masks, masked_token_logprobs
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
+from dlm_bench.methods.profile import Profile
 from dlm_bench.methods.diffu_grpo import completion_positions
 from dlm_bench.methods.losses import group_advantages
 
 Y = "SPG spg/slurm_scripts/train.yaml"
 SB = "SPG spg_mix/gsm_base_spg_mix_beta1.5_weight0.5.sbatch"
-
-
-def block_random_masks(batch: ScoredBatch, scored: torch.Tensor, block_len: int, m: int, p_clean: float,
-                       min_t: float, max_t: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPG's block_random masks: (prompt masks [m, N, P], completion masks [m, N, G]), from a CPU
-    generator seeded by `seed`."""
-    gen = torch.Generator().manual_seed(seed)
-    N, G = batch.completion.shape
-    nb = math.ceil(G / block_len)
-    lens = scored.sum(-1).cpu().tolist()
-    comp = torch.zeros(m, N, G, dtype=torch.bool)
-    clean = torch.zeros(m, N, G, dtype=torch.bool)       # the blocks before the chosen one
-    for i in range(N):
-        if lens[i] == 0:
-            continue
-        own = math.ceil(lens[i] / block_len)
-        order = torch.randperm(nb, generator=gen)
-        for j in range(m):
-            start = int(order[j % nb]) % own * block_len
-            n = min(block_len, lens[i] - start)
-            lo, hi = max(int(n * min_t), 1), min(int(n * max_t), n)
-            k = int(torch.randint(lo, hi + 1, (), generator=gen))
-            comp[j, i, start + n:] = True                  # every later position
-            comp[j, i, start + torch.randperm(n, generator=gen)[:k]] = True
-            clean[j, i, :start] = True
-    u_p = torch.rand((m, *batch.prompt_ids.shape), generator=gen)
-    u_c = torch.rand((m, N, G), generator=gen)
-    dev = batch.completion.device
-    # clean tokens masked with probability p; positions outside the scored span always masked
-    comp = comp.to(dev) | (clean & (u_c < p_clean)).to(dev) | ~scored[None]
-    prompt = (u_p.to(dev) < p_clean) & batch.prompt_mask.bool()[None]
-    return prompt, comp
 
 
 def spg_scores(lp: torch.Tensor, masked: torch.Tensor, scored: torch.Tensor, beta: float, omega: float,
@@ -168,6 +138,9 @@ RECIPES = {"sudoku": dict(eubo_beta=1.0, temperature=0.3)}   # sudoku_new_base_s
 class SPG(Method):
     name = "spg"
     Config = SPGConfig
+    profile = Profile(family="sequence-ELBO RL", reference="none",
+                      estimator="ELBO for A > 0, EUBO mixture for A <= 0, block-random masks",
+                      forwards=2, forwards_note="num_t = 2 block-random forwards per completion")
     fidelity = (
         Deviation("num_t mask blocks per window", "capped at the window's block count on short windows", "kept",
                   "tests/test_spg.py::test_block_random_masks"),
@@ -197,7 +170,7 @@ class SPG(Method):
         c = rollouts.cache
         pm, cm = (t.transpose(0, 1) for t in c.masks[j])
         pos = c.positions
-        lp = masked_token_logprobs(policy, batch, cm, prompt_masks=pm)
+        lp = masked_token_logprobs(policy, batch, cm, prompt_masked=pm, scored=cm & pos[None])
         elbo, upper = spg_scores(lp, cm, pos, cfg.eubo_beta, cfg.mix_weight, cfg.negative_bound)
         loss, stats = spg_loss(elbo, upper, c.adv.to(lp.device), pos.sum(-1))
         stats.update(inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()),

@@ -34,6 +34,7 @@ from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfi
 from dlm_bench.likelihood import draw_cuts, masked_token_logprobs, td_masks  # noqa: F401  (re-exported)
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
+from dlm_bench.methods.profile import Profile
 
 
 @dataclass
@@ -115,6 +116,9 @@ RECIPES = {"code": {"rank_margin": 0.3}}        # llada_ling_coder ENT_MARGIN=0.
 class TABOM(Method):
     name = "tabom"
     Config = TABOMConfig
+    profile = Profile(family="SFT-style", reference="none",
+                      estimator="masked cross-entropy at a time-delay cut of its own trajectory",
+                      forwards=1, forwards_note="one cut per completion")
     needs_trajectory = True
     pad_steps = True
     fidelity = (

@@ -47,6 +47,7 @@ from dlm_bench.likelihood import (ScoredBatch, answer_blocks, collapse_steps, sc
                                   trace_logprobs, trace_samples)
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
+from dlm_bench.methods.profile import Profile
 from dlm_bench.methods.heads import ScalarHead, hidden_size
 from dlm_bench.methods.losses import clipped_pg, group_mean, k3
 
@@ -237,6 +238,9 @@ class TraceRLCache(MethodCache):
 class TraceRL(Method):
     name = "tracerl"
     Config = TraceRLConfig
+    profile = Profile(family="trajectory RL", reference="none (KL to the rollout policy)",
+                      estimator="trace-step log-probabilities: 8 decoding steps merged per trace step",
+                      forwards=64, forwards_note="512 steps / shrink 8 = 64 trace-step forwards")
     fidelity = (
         Deviation("several optimizer steps per rollout batch against the fixed rollout policy", "optim.minibatches "
                   "32 against cached rollout-time scores: the clip and the KL act from the second step", "fixed",

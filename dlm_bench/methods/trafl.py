@@ -48,6 +48,7 @@ from dlm_bench.errors import UserError
 from dlm_bench.likelihood import MaskDraw, elbo, normalized_logprob
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
+from dlm_bench.methods.profile import Profile
 from dlm_bench.methods.espo import iteration_draws
 from dlm_bench.methods.heads import ScalarHead, hidden_size
 from dlm_bench.methods.losses import group_advantages, group_mean, tb_loss, tb_residual
@@ -130,6 +131,9 @@ def prompt_features(dlm, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor
 class TraFL(Method):
     name = "trafl"
     Config = TraFLConfig
+    profile = Profile(family="distribution matching", reference="frozen",
+                      estimator="per-token ELBO / L, 4 stratified-paired draws; learned log Z head",
+                      forwards=4, forwards_note="4 masked forwards per completion")
     fidelity = (
         Deviation("FlowRL: beta 15 x a z-scored advantage at every token (~15 L z per sequence)",
                   "beta 15 x the centred reward per sequence (b r~ / L per token); the applied tilt "

@@ -4,7 +4,7 @@ recipe `wd1/train.yaml` + `run/wll_NP_gsm8k.sh`, trainer type `wll_d1_neg`).
 
 A ratio-free weighted log-likelihood: no old policy, no reference, no clip. With group advantages
 A_i = r_i - mean_group(r) (no std division) and the d1 one-step sequence log-likelihood
-l_theta(y_i) = sum_{k in C_i} log p_theta(y_k | x~, all-mask completion) (`methods/diffu_grpo.py`),
+l_theta(y_i) = sum_{k in C_i} log p_theta(y_k | x~, all-mask completion) (`likelihood.one_step_logprobs`),
 
     w+_i = softmax_group(A)_i,   w-_i = softmax_group(-A)_i
     loss_group = -sum_i w+_i l_theta(y_i) + sum_i w-_i l_theta(y_i)
@@ -28,7 +28,9 @@ import torch
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
-from dlm_bench.methods.diffu_grpo import completion_positions, one_step_logprobs, prompt_masks
+from dlm_bench.likelihood import one_step_logprobs, prompt_masks
+from dlm_bench.methods.profile import Profile
+from dlm_bench.methods.diffu_grpo import completion_positions
 from dlm_bench.methods.losses import group_advantages
 
 W = "wd1 wd1/train.yaml"
@@ -101,6 +103,9 @@ class WD1Config(MethodConfig):
 class WD1(Method):
     name = "wd1"
     Config = WD1Config
+    profile = Profile(family="sequence-ELBO RL", reference="none",
+                      estimator="one-step mean-field (d1's), ratio-free weighted likelihood",
+                      forwards=1, forwards_note="one forward per completion")
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
         cfg, batch = self.config, rollouts.batch
@@ -115,7 +120,7 @@ class WD1(Method):
         batch = rollouts.batch
         j = self.next_update(rollouts, policy, ref)
         c = rollouts.cache
-        seq = (one_step_logprobs(policy, batch, c.prompt_masks[j]) * c.positions).sum(-1)
+        seq = one_step_logprobs(policy, batch, c.prompt_masks[j], c.positions).sum(-1)
         loss, stats = wd1_loss(seq, c.coef)
         stats.update(inner_iter=j, reward_mean=float(rollouts.rewards.float().mean()),
                      seq_logp=float(seq.detach().mean()))

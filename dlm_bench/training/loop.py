@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dlm_bench.training import checkpoint, model_card
+from dlm_bench.training import checkpoint, model_card, pairs
 from dlm_bench.checks import TRAIN_RESULT
 from dlm_bench.config import derive_seed, knob
 from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params, init_distributed, is_sharded,
@@ -77,6 +77,9 @@ class TrainConfig:
     overrides: dict = knob({}, "method settings (lr, group_size, beta, optim.lr, ...)", source=HARNESS)
     sampler: dict = knob({}, "extra SamplerConfig fields for rollouts (sampler.remasking, ...)", source=HARNESS)
     split: str | None = knob(None, "training split (None: the task's train split, else 'train')", source=HARNESS)
+    pairs: str | None = knob(None, "preference pairs file (JSONL: prompt, chosen, rejected) whose two completions "
+                                   "per prompt (rewards 1, 0) replace the task's rollouts; task must be 'pairs' "
+                                   "(dlm_bench.training.pairs)", source=HARNESS)
     save_every: int = knob(50, "optimizer steps between checkpoints (0: only at the end)", source=HARNESS, low=0)
     data_dir: str | None = knob(None, "folder holding the benchmark data (default: the search order)",
                                 source=HARNESS)
@@ -196,17 +199,16 @@ def plan(cfg: TrainConfig) -> Plan | None:
     cfg.validate()
     cls = get_method(cfg.method)
     mcfg = cls.config_for(cfg.task, dict(cfg.overrides))
-    task = get_task(cfg.task, data_dir=cfg.data_dir)
+    if cfg.pairs:
+        task, problems, kind = _pairs_task(cfg, cls, mcfg)      # the file in the task's place
+    else:
+        task = get_task(cfg.task, data_dir=cfg.data_dir)
     if not cls.trains:
         return None
-    kind = reward_kind(task, getattr(mcfg, "code_reward", "binary"))  # a kind the task lacks fails here
-    split = cfg.split or getattr(task, "train_split", None) or "train"
-    try:
-        problems = task.load(split)
-    except (ValueError, FileNotFoundError) as e:
-        raise UserError(f"task {cfg.task!r} split {split!r}: {e}") from e
-    if not problems:
-        raise UserError(f"task {cfg.task!r} split {split!r} is empty")
+    if not cfg.pairs:
+        kind = reward_kind(task, getattr(mcfg, "code_reward", "binary"))  # a kind the task lacks fails here
+        problems = _problems(cfg, task)
+    split = "pairs" if cfg.pairs else _split(cfg, task)
     n_micro = _micro_batches(cfg, mcfg.rollout)
     if mcfg.optim.minibatches > n_micro:     # a minibatch is at least one micro-batch of whole groups
         print(f"note: {cfg.method}: {mcfg.optim.minibatches} minibatches requested, a batch has {n_micro} "
@@ -216,6 +218,37 @@ def plan(cfg: TrainConfig) -> Plan | None:
         max(1, mcfg.optim.epochs * math.ceil(len(problems) / mcfg.rollout.batch_prompts))
     scfg = _sampler_config(cfg, mcfg.rollout, cls)
     return Plan(cfg, cls, mcfg, task, problems, int(steps), scfg, kind, split)
+
+
+def _split(cfg: TrainConfig, task) -> str:
+    return cfg.split or getattr(task, "train_split", None) or "train"
+
+
+def _problems(cfg: TrainConfig, task) -> list:
+    split = _split(cfg, task)
+    try:
+        problems = task.load(split)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(f"task {cfg.task!r} split {split!r}: {e}") from e
+    if not problems:
+        raise UserError(f"task {cfg.task!r} split {split!r} is empty")
+    return problems
+
+
+def _pairs_task(cfg: TrainConfig, cls, mcfg):
+    """A pairs file as the task: its problems, group size 2 (chosen, rejected), binary rewards."""
+    if cfg.task != "pairs":
+        raise UserError(f"--pairs gives the prompts and completions: leave --task out (got task {cfg.task!r})")
+    if cls.needs_trajectory or cls.pad_steps:
+        raise UserError(f"{cfg.method} scores decoding steps, which a pairs file does not have")
+    if mcfg.rollout.source != "online":
+        raise UserError("--pairs and rollout.source=offline both replace the rollouts; choose one")
+    if mcfg.rollout.group_size != 2:
+        print(f"note: {cfg.method}: a pairs file gives 2 completions per prompt: group_size "
+              f"{mcfg.rollout.group_size} -> 2", file=sys.stderr, flush=True)
+        mcfg.rollout.group_size = 2
+    task = pairs.PairsFile(cfg.pairs)
+    return task, task.load(), "binary"
 
 
 def _record_base(cfg: TrainConfig) -> Path:
@@ -385,7 +418,8 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
         comps = _sample(dlm, pids, p.scfg, cfg, step, gidx, G)
         texts = [c.text for c in comps]
         rewards = training_rewards(p.task, [q for q in probs for _ in range(G)], texts, p.reward_kind)
-    batch = ScoredBatch.build(dlm, [q for q in pids for _ in range(G)], [c.tokens for c in comps])
+    lengths = [getattr(c, "scored", None) or len(c.tokens) for c in comps]   # a pair scores its own tokens
+    batch = ScoredBatch.build(dlm, [q for q in pids for _ in range(G)], [c.tokens for c in comps], lengths)
     ro = Rollouts(batch=batch, rewards=torch.tensor(rewards, dtype=torch.float32),
                   groups=torch.tensor([i for i in gidx for _ in range(G)], dtype=torch.long),
                   step_map=torch.tensor([c.step_map for c in comps], dtype=torch.long),
@@ -564,6 +598,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if p.mcfg.rollout.source == "offline":
             from dlm_bench.training.trajectories import collect
             run.trajectories = collect(run)
+        if cfg.pairs:
+            run.trajectories = pairs.trajectories(run.dlm, p.problems, p.mcfg.rollout.gen_length)
         log, tracker = open_log(run) if d.main else (None, tracking.Tracker("none", cfg.out, {}))
         bar = tqdm(total=p.steps, initial=run.step, desc=f"train {cfg.method}", unit="step",
                    disable=not (progress and d.main))

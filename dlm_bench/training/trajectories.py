@@ -30,6 +30,7 @@ class Trajectory:
     step_map: list
     reward: float
     nfe: int = 0              # replaying costs no forward passes
+    scored: int | None = None  # positions scored from the window's start (None: the whole window)
 
 
 def _identity(run) -> str:
