@@ -191,7 +191,7 @@ def scoring_input(dlm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, comp
     mask; scores at the copy's answer columns. The clean part carries the prompt noise too. A row's last
     block ends with the window (the sampler decodes it whole: docs/likelihood.md)."""
     x, att = masked_input(prompt_ids, prompt_mask, completion, mask, dlm.mask_id, prompt_masked)
-    P, G = prompt.shape[1], completion.shape[1]
+    P, G = prompt_ids.shape[1], completion.shape[1]
     if not dlm.family.block_causal:
         return ScoringInput(x, att, None, P)
     lo = max(0, P - (dlm.block_size - 1))
@@ -404,7 +404,8 @@ class BlockDraw:
     timesteps: int                # n; K = n * blocks
 
 
-def block_draws(valid: torch.Tensor, block_length: int, n: int, gen: torch.Generator) -> BlockDraw:
+def block_draws(valid: torch.Tensor, block_length: int, n: int, gen: torch.Generator,
+                block_of: torch.Tensor | None = None) -> BlockDraw:
     """EBPO's block-level ELBO (LLaDA2.1 report, Eq. 4; DARE `_forward_process_ebpo`) for a model that
     attends to the whole window (LLaDA, Dream), decoded in semi-autoregressive blocks: the draw of block b
     at timestep j keeps the blocks before b clean, masks every later valid position (they are still
@@ -412,10 +413,13 @@ def block_draws(valid: torch.Tensor, block_length: int, n: int, gen: torch.Gener
     of block b, weight len_b / l. A block-causal model gets all blocks of a timestep from one forward; a
     full-attention one needs a forward per block. The n * blocks levels t of a row are stratified as
     DARE's: t = frac(u + (j * blocks + b) / (n * blocks)) from one u ~ U[0, 1), so each block's t is
-    uniform and its l uniform on {1..len_b}: the sum over blocks is unbiased for sum_b ELBO(y_b | x, y_<b)."""
+    uniform and its l uniform on {1..len_b}: the sum over blocks is unbiased for sum_b ELBO(y_b | x, y_<b).
+    `block_of` [B, G]: each position's block, counted from 0 in every row (a block-causal model's blocks,
+    which start at the prompt: `answer_blocks`); default: blocks of `block_length` from the window start."""
     B, G = valid.shape
-    nb = math.ceil(G / block_length)
-    block_of = (torch.arange(G, device=valid.device) // block_length)[None]
+    if block_of is None:
+        block_of = (torch.arange(G, device=valid.device) // block_length)[None]
+    nb = int(block_of.max()) + 1 if G else 0
     u = torch.rand(B, generator=gen, dtype=torch.float64)
     inputs, targets, weights = [], [], []
     for j in range(n):

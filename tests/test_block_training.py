@@ -107,6 +107,30 @@ def test_answer_blocks_follow_the_prompt(block):
         assert answer_blocks(dlm, batch)[b].tolist() == [(P + i) // 4 for i in range(4)]
 
 
+def test_ebpo_block_draws_are_the_model_blocks(block):
+    """EBPO on a block model: each draw's targets lie in one of the model's blocks (counted from the prompt),
+    its input masks them and every later answer position, and the blocks before stay clean."""
+    from dlm_bench.methods import Rollouts, get_method, make_config
+    dlm = dataclasses.replace(block[TRADO], block_size=4)
+    batch = _batch(dlm, G=7)
+    cls = get_method("ebpo")
+    m = cls(make_config(cls, {"timesteps": 2, "block_length": 4}), policy=dlm)
+    ro = Rollouts(batch, torch.tensor([1.0, 0.0, 0.5]), torch.tensor([0, 0, 0]), None, seed=0)
+    with torch.no_grad():
+        m.prepare(ro, dlm, None)
+    d = ro.cache.draws[0]
+    blocks = answer_blocks(dlm, batch)
+    for k in range(d.targets.shape[0]):
+        for b in range(3):
+            tgt = d.targets[k, b]
+            if not tgt.any():
+                continue
+            own = blocks[b][tgt].unique()
+            assert len(own) == 1
+            assert torch.equal(d.inputs[k, b], tgt | (blocks[b] > own))
+    assert d.targets.any(-1).sum(0).tolist() == [2 * len(blocks[b].unique()) for b in range(3)]
+
+
 def _log(out) -> list[dict]:
     return [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
 
