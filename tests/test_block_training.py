@@ -91,6 +91,17 @@ def test_left_to_right_on_a_block_model_is_the_product_of_truncated_forwards(blo
             assert per[b, i].item() == pytest.approx(_truncated_forward_logprob(dlm, prompt, noised, comp, i), abs=1e-4)
 
 
+@pytest.mark.parametrize("name", BOTH)
+def test_left_to_right_rollouts_decode_in_order(block, name):
+    """JustGRPO's rollout order on a block model: its `sequential` decoding, one token per step, in order."""
+    from dlm_bench.sampler import SamplerConfig, make_generators, sample
+    dlm = block[name]
+    cfg = SamplerConfig(gen_length=8, block_length=4, steps=8, order="left_to_right", stop_at_eos=False)
+    prompts = [dlm.prompt_ids(q) for q in QUESTIONS]
+    for c in sample(dlm, prompts, cfg, make_generators([0, 1, 2], "cpu")):
+        assert c.step_map == list(range(8))
+
+
 def test_trace_steps_count_within_each_block():
     """TraceRL on a block model ranks decoding steps per block (dLLM-RL rl_trado.py's rounds): two blocks
     decoded at global steps (0, 2 | 5, 5) and (1 | 3, 4, 6) give trace steps (0, 1 | 0, 0) and (0 | 0, 1, 2)."""
