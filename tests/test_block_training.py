@@ -142,6 +142,23 @@ def test_ebpo_block_draws_are_the_model_blocks(block):
     assert d.targets.any(-1).sum(0).tolist() == [2 * len(blocks[b].unique()) for b in range(3)]
 
 
+@pytest.mark.parametrize("name", BOTH)
+def test_canonical_lora_targets_are_peft_all_linear(block_dirs, name):
+    """The canonical q,k,v,o,gate,up,down adapt exactly the modules PEFT's own "all-linear" picks (DARE's
+    LLaDA2 LoRA recipe): on LLaDA2 attention, dense MLP, shared expert and all routed experts; the router
+    weight and the output head never."""
+    from dlm_bench.models import LoraSpec
+
+    def adapted(targets):
+        dlm = load_model(block_dirs[name], device="cpu", lora=LoraSpec(r=2, alpha=4, dropout=0.0, target_modules=targets))
+        return {n.rsplit(".lora_A", 1)[0] for n, _ in dlm.model.named_modules() if n.endswith("lora_A")}
+    ours = adapted("q,k,v,o,gate,up,down")
+    assert ours == adapted("all-linear")
+    if name == LLADA2:
+        assert any(".shared_experts." in n for n in ours) and any(".experts.7." in n for n in ours)
+        assert not any(n.endswith("mlp.gate") or "lm_head" in n for n in ours)
+
+
 def _log(out) -> list[dict]:
     return [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
 
