@@ -206,11 +206,11 @@ def test_batch_invariant_with_mixed_prompt_lengths(block, name, threshold):
 
 
 def test_one_token_blocks_are_batch_invariant_on_trado(block):
-    """order=left_to_right (blocks of one token): SDAR runs one-token cached passes through
-    flash_attn_func (here the plain-torch stand-in), which takes no padding mask."""
+    """Blocks of one token: SDAR runs one-token cached passes through flash_attn_func (here the plain-torch
+    stand-in), which takes no padding mask. (order=left_to_right decodes inside the model's blocks instead:
+    tests/test_block_training.py.)"""
     dlm = block[TRADO]
-    cfg = SamplerConfig(gen_length=6, block_length=6, steps=6, temperature=0.9, order="left_to_right",
-                        stop_at_eos=False)
+    cfg = SamplerConfig(gen_length=6, block_length=1, steps=6, temperature=0.9, stop_at_eos=False)
     prompts = [dlm.prompt_ids(q) for q in QUESTIONS]
     batched = sample(dlm, prompts, cfg, make_generators([1, 2, 3], "cpu"))
     alone = [sample(dlm, [p], cfg, make_generators([s], "cpu"))[0] for p, s in zip(prompts, [1, 2, 3])]
