@@ -207,3 +207,15 @@ def test_two_lora_updates_on_both_block_families(block_dirs, tmp_path, varied_re
     rows = _log(tmp_path / "run")
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows), rows
     assert (ckpt / "adapter_config.json").is_file() and _changed(block_dirs[name], ckpt)
+
+
+def test_full_fine_tuning_at_a_larger_block_records_it(block_dirs, tmp_path, varied_rewards, capsys):
+    """The mechanism of TraceRL's block-size adaptation (not its result): a block-4 TraDo trained with
+    rollouts of block 8 is scored with blocks of 8, says so, and its checkpoint decodes with 8 by default."""
+    from dlm_bench.training.loop import TrainConfig, train
+    over = dict(LORA, lora_r=0, block_length=8, lr=1e-4, group_filter=None, truncated_reward=None)
+    ckpt = train(TrainConfig(method="tracerl", model=block_dirs[TRADO], out=str(tmp_path / "run"), train_steps=1,
+                             task="testbed", overrides=over, device="cpu"), progress=False)
+    assert "block length 8" in capsys.readouterr().err
+    assert json.loads((ckpt / "config.json").read_text())["block_size"] == 8
+    assert load_model(str(ckpt), device="cpu").block_size == 8
