@@ -397,15 +397,15 @@ def coupled_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, t: floa
 
 @dataclass
 class BlockDraw:
-    """EBPO draws: draw j * blocks + b is timestep j of block b."""
+    """EBPO draws: draw j * blocks + b is timestep j of block b (merged: draw j holds every block)."""
     inputs: torch.Tensor          # [K, B, G] positions masked in the model input
     targets: torch.Tensor         # [K, B, G] positions scored (the masked ones of block b)
-    weights: torch.Tensor         # [K, B] block length / masked count (0 for an empty block)
-    timesteps: int                # n; K = n * blocks
+    weights: torch.Tensor         # [K, B] block length / masked count (0 for an empty block); merged: [K, B, G]
+    timesteps: int                # n; K = n * blocks (merged: K = n)
 
 
 def block_draws(valid: torch.Tensor, block_length: int, n: int, gen: torch.Generator,
-                block_of: torch.Tensor | None = None) -> BlockDraw:
+                block_of: torch.Tensor | None = None, merged: bool = False) -> BlockDraw:
     """EBPO's block-level ELBO (LLaDA2.1 report, Eq. 4; DARE `_forward_process_ebpo`) for a model that
     attends to the whole window (LLaDA, Dream), decoded in semi-autoregressive blocks: the draw of block b
     at timestep j keeps the blocks before b clean, masks every later valid position (they are still
@@ -415,7 +415,9 @@ def block_draws(valid: torch.Tensor, block_length: int, n: int, gen: torch.Gener
     DARE's: t = frac(u + (j * blocks + b) / (n * blocks)) from one u ~ U[0, 1), so each block's t is
     uniform and its l uniform on {1..len_b}: the sum over blocks is unbiased for sum_b ELBO(y_b | x, y_<b).
     `block_of` [B, G]: each position's block, counted from 0 in every row (a block-causal model's blocks,
-    which start at the prompt: `answer_blocks`); default: blocks of `block_length` from the window start."""
+    which start at the prompt: `answer_blocks`); default: blocks of `block_length` from the window start.
+    `merged` (block-causal models, whose blocks never see each other's noise): the blocks of a timestep in
+    one draw with per-position weights, one forward per timestep as DARE's, the same draws and values."""
     B, G = valid.shape
     if block_of is None:
         block_of = (torch.arange(G, device=valid.device) // block_length)[None]
@@ -434,7 +436,12 @@ def block_draws(valid: torch.Tensor, block_length: int, n: int, gen: torch.Gener
             inputs.append(tgt | (valid & (block_of > b)))
             targets.append(tgt)
             weights.append(torch.where(size > 0, len_b / size.clamp(min=1), 0.0).to(torch.float64))
-    return BlockDraw(torch.stack(inputs), torch.stack(targets), torch.stack(weights).to(valid.device), n)
+    inputs, targets, weights = torch.stack(inputs), torch.stack(targets), torch.stack(weights).to(valid.device)
+    if merged:
+        targets = targets.reshape(n, nb, B, G)
+        weights = (weights.reshape(n, nb, B)[..., None] * targets).sum(1)
+        targets = inputs = targets.any(1)
+    return BlockDraw(inputs, targets, weights, n)
 
 
 def block_elbo(dlm, batch: ScoredBatch, draw: BlockDraw, chunk: int = 64, bounded: bool = False) -> torch.Tensor:
@@ -443,7 +450,8 @@ def block_elbo(dlm, batch: ScoredBatch, draw: BlockDraw, chunk: int = 64, bounde
     `bounded`: one draw's activations alive at a time (`bounded_token_logprobs`)."""
     score = bounded_token_logprobs if bounded else masked_token_logprobs
     lp = score(dlm, batch, draw.inputs, chunk, scored=draw.targets)
-    per = draw.weights.to(lp.dtype) * lp.sum(-1)                       # [K, B]
+    w = draw.weights.to(lp.dtype)
+    per = (w * lp).sum(-1) if w.dim() == 3 else w * lp.sum(-1)         # [K, B]
     return per.reshape(draw.timesteps, -1, per.shape[-1]).sum(1).mean(0)
 
 

@@ -18,9 +18,8 @@ then one draw at a time), so memory does not grow with n.
 
 On the block models EBPO was made for (TraDo/SDAR, LLaDA2.x) the blocks are the model's own, counted from
 the prompt's first token as DARE's (`block_origin` global), and each block is scored given the clean
-blocks before it and its noised self (`likelihood.scoring_input`); this file still runs one forward per
-block and timestep there, where DARE scores all blocks of a timestep in one forward (same values, more
-forwards). On LLaDA and Dream, which DARE does not run, they attend to the whole window, so block b's
+blocks before it and its noised self (`likelihood.scoring_input`), all blocks of a timestep in one
+forward as DARE's (`block_draws(merged=True)`). On LLaDA and Dream, which DARE does not run, they attend to the whole window, so block b's
 context is built by masking every later block (as LLaDA's semi-autoregressive sampler sees it while it
 decodes block b). The recipe is DARE's LLaDA2.0-mini one; the window and steps are DARE's LLaDA math
 recipe (512 tokens, 256 steps), as LLaDA2's 2048-token window is not LLaDA's.
@@ -102,8 +101,8 @@ class EBPO(Method):
                       forwards=1, forwards_note="1 of 16 x 16 block forwards at a time")
     fidelity = (
         Deviation("block-diffusion models only (SDAR, LLaDA2.x): all blocks of a timestep in one block-causal "
-                  "forward", "block models: the same scores, one forward per block and timestep; LLaDA and Dream "
-                  "as well: one forward per block and timestep, later blocks masked", "kept",
+                  "forward", "block models: the same; LLaDA and Dream as well: one forward per block and "
+                  "timestep, later blocks masked", "kept",
                   "tests/test_block_training.py::test_ebpo_block_draws_are_the_model_blocks"),
         Deviation("block ids from the sequence start, prompt included (`block_origin` global)",
                   "block models: the same; LLaDA and Dream: blocks of the completion window, as LLaDA's sampler "
@@ -128,7 +127,7 @@ class EBPO(Method):
         gen = torch.Generator().manual_seed(mask_seed(rollouts.seed, j))
         blocks = answer_blocks(policy, rollouts.batch)
         block_of = None if blocks is None else blocks - blocks[:, :1]
-        return block_draws(rollouts.batch.valid, bl, cfg.timesteps, gen, block_of)
+        return block_draws(rollouts.batch.valid, bl, cfg.timesteps, gen, block_of, merged=blocks is not None)
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
         draws = [self._draws(rollouts, policy, j) for j in range(max(1, self.config.optim.inner_updates))]
