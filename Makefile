@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 CLI     := .venv/bin/dlm-bench
 CONFIG  ?= configs/demo.yaml
 
-.PHONY: setup system-deps test test-compat test-slow demo cpu-study base train-all eval-all figures bench clean
+.PHONY: setup system-deps test test-compat test-slow demo cpu-study positive-control base train-all eval-all figures bench clean
 
 setup: system-deps .venv/.installed
 
@@ -48,6 +48,11 @@ demo: setup
 # every method x 3 training seeds, seed-level statistics (configs/cpu-study.yaml; hours on 2 cores, resumable)
 cpu-study: setup
 	$(CLI) demo --config configs/cpu-study.yaml
+
+# JustGRPO under its own decoder must raise held-out Pass@1, seed-level interval above 0 (exits 1 if not;
+# configs/positive-control.yaml, report in reports/positive-control/)
+positive-control: setup
+	$(CLI) demo --config configs/positive-control.yaml
 
 base: setup
 	$(CLI) demo --config $(CONFIG) --only base

@@ -33,6 +33,9 @@ COMMANDS = {
     "judge": ("dlm_bench.commands.judge",
               "LLM path-diversity judge of two methods' samples (win/tie/loss; by training-seed pair "
               "with seed-K folders)"),
+    "memory": ("dlm_bench.commands.memory",
+               "will it fit? peak memory per stage of training or evaluation at full size, measured on the "
+               "CPU under fake tensors (no GPU, nothing allocated)"),
     "lm-eval": ("dlm_bench.commands.lm_eval",
                 "lm-evaluation-harness with the `dlm` model registered; every flag goes to lm-eval"),
 }

@@ -17,11 +17,11 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
-from dlm_bench.checks import model_weights
+from dlm_bench.checks import TRAIN_RESULT, model_weights
 from dlm_bench.errors import UserError
 from dlm_bench.runs.locks import folder_lock
 from dlm_bench.sampler import SamplerConfig
@@ -45,7 +45,10 @@ class SweepConfig:
     steps: int | None = None                    # None: steps_per_token * gen_length
     steps_per_token: float = 1.0
     remasking: str = "low_confidence"
-    batch_size: int = 16
+    # 32: the most rows whose sampler call fits 80 GB on LLaDA-8B and Dream-7B at the longest prompt of
+    # the paper's tasks (MBPP, 3,829 tokens) + 512 + a block of 32 (docs/memory.md: per row (width + block)
+    # x vocab x 2 B, measured by `dlm-bench memory`; Dream: 1.24 GiB/row, 45 rows; LLaDA: 53 rows)
+    batch_size: int = 32
     seed: int = 0                               # base seed, part of the config hash
     out: str = "results/passk"
     data_dir: str | None = None
@@ -56,6 +59,8 @@ class SweepConfig:
     threshold: float | None = None              # parallel decoding threshold (None: the fixed schedule)
     cache: str = "none"                         # block KV cache: none | prefix | dual
     noise_dtype: str = "float64"                # Gumbel noise precision (hashed only when not float64)
+    memory_check: bool = True                   # on a GPU, refuse a batch predicted not to fit (models/footprint.py)
+    stop_at_eos: bool = True                    # False: decode past end-of-text (methods whose rollouts do)
 
     def validated(self) -> "SweepConfig":
         ks = tuple(sorted({int(k) for k in self.ks}))
@@ -89,8 +94,72 @@ class SweepConfig:
         steps = self.steps if self.steps is not None else max(1, round(self.steps_per_token * gen_length))
         cfg = SamplerConfig(gen_length=gen_length, block_length=min(self.block_length, gen_length),
                             steps=steps, temperature=float(temperature), remasking=self.remasking,
-                            threshold=self.threshold, cache=self.cache, noise_dtype=self.noise_dtype)
+                            threshold=self.threshold, cache=self.cache, noise_dtype=self.noise_dtype,
+                            stop_at_eos=self.stop_at_eos)
         return cfg.resolved()
+
+
+# --------------------------------------------------------------------------- the rollout decoder
+
+DECODERS = ("protocol", "rollout")       # a sweep's own settings, or the decoder the model was trained with
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How a training run decoded its rollouts, as sweep settings (one temperature, one length)."""
+    name: str                   # a folder name: l2r-T1-L12, b12-T0.6-L12, ...
+    description: str            # for people: "left-to-right, T = 1, 12 tokens"
+    temperature: float
+    gen_length: int
+    block_length: int
+    steps: int
+    remasking: str = "low_confidence"
+    noise_dtype: str = "float64"
+    stop_at_eos: bool = True
+
+
+def decoder_of(sampler: SamplerConfig) -> Decoder:
+    """The sweep settings that decode exactly as `sampler` (left-to-right order is LLaDA decoding
+    with blocks of one token, one step each); sampler features a sweep lacks are refused."""
+    r = sampler.resolved()
+    odd = {k: v for k, v in (("cfg_scale", r.cfg_scale), ("logits_eos_inf", r.logits_eos_inf),
+                             ("confidence_eos_eot_inf", r.confidence_eos_eot_inf), ("threshold", r.threshold),
+                             ("cache", r.cache if r.cache != "none" else None)) if v}
+    if odd:
+        raise UserError(f"the rollout decoder uses {odd}, which a Pass@k sweep does not reproduce")
+    l2r = r.block_length == 1 and r.steps == r.gen_length
+    order = "l2r" if l2r else f"b{r.block_length}" + ("" if r.steps == r.gen_length else f"-s{r.steps}")
+    extra = [x for x in (r.remasking if r.remasking != "low_confidence" else "",
+                         r.noise_dtype if r.noise_dtype != "float64" else "", "" if r.stop_at_eos else "pads") if x]
+    name = "-".join([order, f"T{r.temperature:g}", f"L{r.gen_length}", *extra])
+    what = ("left-to-right" if l2r else f"blocks of {r.block_length}" if r.block_length < r.gen_length
+            else "one block") + ("" if l2r else f", {r.remasking.replace('_', '-')} order")
+    return Decoder(name, f"{what}, T = {r.temperature:g}, {r.gen_length} tokens, {r.steps} steps"
+                   + "".join(f", {x}" for x in extra), r.temperature, r.gen_length, r.block_length, r.steps,
+                   r.remasking, r.noise_dtype, r.stop_at_eos)
+
+
+def rollout_decoder(run: str) -> Decoder:
+    """The decoder of a training run's rollouts, read from its resolved config (RUN/config.json);
+    `run` is the run folder or its checkpoint."""
+    folder = Path(run)
+    if not (folder / TRAIN_RESULT).is_file() and (folder.parent / TRAIN_RESULT).is_file():
+        folder = folder.parent          # the run's checkpoint (its config.json is the model's)
+    path = folder / "config.json"
+    try:
+        sampler = json.loads(path.read_text())["sampler"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{str(run)!r} is not a dlm-bench training run (no {path} with its rollout sampler); "
+                        "the rollout decoder is read from the run a model was trained in") from None
+    known = {f.name for f in fields(SamplerConfig)}
+    return decoder_of(SamplerConfig(**{k: v for k, v in sampler.items() if k in known}))
+
+
+def with_decoder(cfg: SweepConfig, dec: Decoder) -> SweepConfig:
+    """`cfg` decoding with `dec` (its one temperature and length) instead of its own sampler settings."""
+    return replace(cfg, temperatures=(dec.temperature,), lengths=(dec.gen_length,), block_length=dec.block_length,
+                   steps=dec.steps, remasking=dec.remasking, noise_dtype=dec.noise_dtype,
+                   stop_at_eos=dec.stop_at_eos, threshold=None, cache="none")
 
 
 # --------------------------------------------------------------------------- hashes and seeds
@@ -278,6 +347,8 @@ def _sweep(cfg: SweepConfig, *, dlm=None, rank: int | None = None, world: int | 
     if todo and rank == 0:
         _record_model(store.dir, dlm)
     prompt_cache: dict[str, list[int]] = {}
+    if todo and cfg.memory_check and dlm.device.type == "cuda":
+        _check_fits(dlm, task, cfg, mine, cells, prompt_cache)
 
     bar = None
     if progress and todo:
@@ -350,6 +421,21 @@ def _record_model(out: Path, dlm) -> None:
         info["fallbacks"] = dlm.extra["fallbacks"]
     note(out, dlm.device, dtype)        # environment.jsonl: every environment that wrote records here
     write_json(out / "model.json", info)
+
+
+def _check_fits(dlm, task, cfg, problems, cells, prompt_cache) -> None:
+    """Refuse a batch size the memory model predicts will not fit the GPU (`models/footprint.py`):
+    the batch's rows at the longest prompt of this run plus its longest window."""
+    from dlm_bench.models.footprint import parameter_bytes, refuse_unless_fits, sampler_bytes
+    for p in problems:
+        if p.id not in prompt_cache:
+            prompt_cache[p.id] = dlm.prompt_ids(task.prompt(p))
+    rows = min(cfg.batch_size, len(problems) * cfg.n)
+    width = max(len(v) for v in prompt_cache.values()) + max(c.gen_length for c in cells)
+    block = max(c.sampler.block_length for c in cells)
+    need = parameter_bytes(dlm.model) + sampler_bytes(dlm, rows, width, block, cfg.noise_dtype)
+    refuse_unless_fits(need, dlm.device, f"a batch of {rows} samples of {width} tokens",
+                       "lower --batch-size", "--no-memory-check")
 
 
 def _run_batch(store, dlm, task, cfg, cell, batch, prompt_cache, sample, make_generators) -> None:

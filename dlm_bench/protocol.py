@@ -18,6 +18,8 @@ import yaml
 
 from dlm_bench.config import closest, from_mapping, knob
 from dlm_bench.errors import UserError
+from dlm_bench.runs.files import write_json
+from dlm_bench.runs.index import DECODER_FILE
 
 REQUIRED = ("task", "results", "report", "base", "methods", "train", "eval")
 STAGES = ("train", "eval", "report")
@@ -44,10 +46,14 @@ class TrainSection:
     seeds: list[int] | None = knob(None, "train and sweep each method once per seed, in METHOD/seed-K "
                                          "folders (the layout of the seed-level statistics)", source=HERE)
     save_every: int = knob(10, "optimizer steps between checkpoints", source=HERE, low=0)
-    overrides: dict = knob({}, "method settings for every method (the names `--set` takes)", source=HERE)
+    overrides: dict = knob({}, "method settings for every method (the names `--set` takes), over the method's "
+                               "defaults and the task's own scale (Task.train_scale)", source=HERE)
     per_method: dict = knob({}, "METHOD: {settings} applied over `overrides`", source=HERE)
     sampler: dict = knob({}, "rollout sampler settings for every method (`train --set sampler.X`): remasking, "
                          "threshold, ...", source=HERE)
+    control: str = knob("none", "'base': log the base model's reward on every step's prompts beside the run's "
+                                "(reward_minus_control; one extra rollout per step)", source=HERE,
+                        choices=("none", "base"))
 
 
 @dataclass
@@ -76,6 +82,21 @@ class EvalSection:
     limit: int | None = knob(None, "the first N problems only", source=HERE, low=1)
     batch_size: int = knob(16, "rows per sampler call", source=HERE, low=1)
     seed: int = knob(0, "base sampling seed (part of every cell's hash)", source=HERE, low=0)
+    decoders: list[str] = knob(["protocol"], "'protocol': the settings above; 'rollout': also each trained "
+                                             "model with the decoder it was trained with (its run's block length, "
+                                             "order, temperature and length; the base with every such decoder), "
+                                             "in RESULTS/passk-rollout/DECODER/", source=HERE)
+
+
+@dataclass
+class Expect:
+    method: str = knob("", "the method whose gain is claimed", source=HERE)
+    baseline: str = knob("base", "what it is compared with", source=HERE)
+    decoder: str = knob("rollout", "the sweep the claim is about: 'rollout' (each model under its training "
+                                   "decoder) or 'protocol'", source=HERE, choices=("protocol", "rollout"))
+    k: int = knob(1, "the claim is about Pass@k", source=HERE, low=1)
+    above: float = knob(0.0, "the seed-level interval of method - baseline must lie above this, in every cell",
+                        source=HERE)
 
 
 @dataclass
@@ -89,6 +110,8 @@ class Protocol:
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     name: str = knob("demo", "shown in the report's title", source=HERE)
     deterministic: Deterministic | None = knob(None, "run every stage in deterministic mode", source=HERE)
+    expect: Expect | None = knob(None, "a result the run must show (a positive control): checked after the "
+                                       "report; `demo` exits 1 when it does not hold", source=HERE)
     data_dir: str | None = knob(None, "folder holding the benchmark data", source=HERE)
 
 
@@ -143,6 +166,7 @@ def check(proto: Protocol, where: str) -> None:
             raise UserError(f"{where}: train.per_method.{m} would be ignored: {m} does not train")
     if proto.train.sampler:
         _rollout_sampler(proto, where)
+    _check_decoders(proto, where)
     if proto.base.pretrain is not None:
         _pretrain_config(proto, where)
     try:
@@ -159,6 +183,24 @@ def _rollout_sampler(proto: Protocol, where: str) -> None:
         SamplerConfig(**proto.train.sampler).resolved()
     except UserError as e:
         raise UserError(f"{where}: train.sampler: {e}") from None
+
+
+def _check_decoders(proto: Protocol, where: str) -> None:
+    from dlm_bench.evaluate import DECODERS
+    d = proto.eval.decoders
+    if "protocol" not in d or len(set(d)) != len(d) or set(d) - set(DECODERS):
+        raise UserError(f"{where}: eval.decoders must list 'protocol' and may add 'rollout' (each once), got {d!r}")
+    e = proto.expect
+    if e is None:
+        return
+    from dlm_bench.methods import get_method
+    if e.method not in proto.methods or not get_method(e.method).trains or e.baseline not in proto.methods:
+        raise UserError(f"{where}: expect needs a trained method and a baseline from `methods`, "
+                        f"got {e.method!r} vs {e.baseline!r}")
+    if e.decoder not in d:
+        raise UserError(f"{where}: expect.decoder {e.decoder!r} is not swept (eval.decoders: {d})")
+    if e.k > proto.eval.n or e.k not in proto.eval.ks:
+        raise UserError(f"{where}: expect.k = {e.k} must be one of eval.ks (with k <= n = {proto.eval.n})")
 
 
 def _pretrain_config(proto: Protocol, where: str = "the protocol"):
@@ -214,16 +256,36 @@ def _seeded(folder: Path, seed: int | None) -> Path:
 
 
 def train_method(proto: Protocol, method: str, base: str, seed: int | None = None) -> str:
-    from dlm_bench.methods import get_method
-    from dlm_bench.training.loop import TrainConfig, train
+    from dlm_bench.training.loop import train
 
     t = proto.train
-    overrides = method_overrides(proto, method) if get_method(method).trains else {}
     out = _seeded(Path(proto.results) / "train" / method, seed)
-    return str(train(TrainConfig(method=method, task=proto.task, model=base, out=str(out),
-                                 seed=(t.seed or 0) if seed is None else seed, train_steps=t.steps,
-                                 overrides=overrides, sampler=dict(t.sampler), save_every=t.save_every,
-                                 data_dir=proto.data_dir)))
+    return str(train(train_config(proto, method, base, str(out), (t.seed or 0) if seed is None else seed)))
+
+
+def train_config(proto: Protocol, method: str, base: str, out: str, seed: int):
+    """The protocol's training run of `method` (every train setting passed on)."""
+    from dlm_bench.methods import get_method
+    from dlm_bench.training.loop import TrainConfig
+    t = proto.train
+    overrides = method_overrides(proto, method) if get_method(method).trains else {}
+    return TrainConfig(method=method, task=proto.task, model=base, out=out, seed=seed, train_steps=t.steps,
+                       overrides=overrides, sampler=dict(t.sampler), save_every=t.save_every, data_dir=proto.data_dir,
+                       control=t.control)
+
+
+def rollout_decoders(proto: Protocol, methods: list[str], base: str) -> list:
+    """The distinct decoders the trained `methods` roll out with (from their resolved settings, before
+    any training), which the base model is swept with under `eval.decoders: [.., rollout]`."""
+    from dlm_bench.evaluate import decoder_of
+    from dlm_bench.methods import get_method
+    from dlm_bench.training.loop import plan
+    found = {}
+    for m in methods:
+        if get_method(m).trains:
+            dec = decoder_of(plan(train_config(proto, m, base, ".", 0)).scfg)
+            found.setdefault(dec.name, dec)
+    return list(found.values())
 
 
 def sweep_config(proto: Protocol, method: str, model: str, task: str, out: str):
@@ -238,14 +300,29 @@ def sweep_config(proto: Protocol, method: str, model: str, task: str, out: str):
                        data_dir=proto.data_dir, out=out)
 
 
-def sweep(proto: Protocol, method: str, model: str, seed: int | None = None) -> None:
-    """Pass@k on the training task, or on every task in eval.tasks (transfer protocols)."""
-    from dlm_bench.evaluate import run_sweep
+def sweep(proto: Protocol, method: str, model: str, seed: int | None = None, decoders: list | None = None) -> None:
+    """Pass@k on the training task, or on every task in eval.tasks (transfer protocols); with
+    `eval.decoders: [.., rollout]` also on the training task with the model's own training decoder
+    (`decoders`: the ones to use for an untrained model, see `rollout_decoders`)."""
+    from dlm_bench.evaluate import rollout_decoder, run_sweep, with_decoder
 
     tasks = proto.eval.tasks or [proto.task]
     for task in tasks:
         out = _seeded(Path(proto.results) / "passk" / method, seed)
         run_sweep(sweep_config(proto, method, model, task, str(out if len(tasks) == 1 else out / task)))
+    if "rollout" not in proto.eval.decoders:
+        return
+    for dec in (decoders if decoders is not None else [rollout_decoder(model)]):
+        folder = matched_root(proto) / dec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / DECODER_FILE, dataclasses.asdict(dec))     # what the report labels it with
+        run_sweep(with_decoder(sweep_config(proto, method, model, proto.task, str(_seeded(folder / method, seed))),
+                               dec))
+
+
+def matched_root(proto: Protocol) -> Path:
+    """Where the sweeps under each model's training decoder go: one folder per decoder."""
+    return Path(proto.results) / "passk-rollout"
 
 
 def run_demo(path: str, only: str | None = None, methods: str | None = None,
@@ -283,6 +360,10 @@ def _run(proto: Protocol, only: str | None, methods: str | None, stages: tuple[s
         print(f"base checkpoint: {base}")
         return None
     seeds = training_seeds(proto)
+    # the untrained base is swept with every training decoder of the protocol's methods (all of them, so
+    # that runs of a subset of methods still cover the whole study)
+    decoders = rollout_decoders(proto, list(dict.fromkeys(proto.methods + chosen)), base) \
+        if "rollout" in proto.eval.decoders and "eval" in stages else None
     if "train" in stages or "eval" in stages:
         for m in chosen:
             # an untrained method is the same model for every seed: one run, outside the seed folders
@@ -292,10 +373,40 @@ def _run(proto: Protocol, only: str | None, methods: str | None, stages: tuple[s
                 model = train_method(proto, m, base, seed)
                 if "eval" in stages:
                     print(f"== {m}{tag}: Pass@k sweep ({time.monotonic() - start:.0f}s so far)", flush=True)
-                    sweep(proto, m, model, seed)
+                    sweep(proto, m, model, seed, None if get_method(m).trains else decoders)
     if "report" not in stages:
         return None
+    matched = matched_root(proto)
     out = build_report(ReportConfig(runs=str(Path(proto.results) / "passk"), out=proto.report,
-                                    title=f"dlm-bench {proto.name}: {proto.task}"))
+                                    title=f"dlm-bench {proto.name}: {proto.task}",
+                                    matched_runs=str(matched) if "rollout" in proto.eval.decoders else None))
     print(f"report: {out}  ({time.monotonic() - start:.0f}s in all)")
+    if proto.expect is not None:
+        expectation(proto)
     return out
+
+
+class ExpectationFailed(Exception):
+    """The protocol's `expect:` result did not hold (`demo` exits 1)."""
+
+
+def expectation(proto: Protocol) -> None:
+    """Check `expect:` on the stored records; print the verdict, raise ExpectationFailed when it fails."""
+    from dlm_bench.runs.index import decoder_folders, read_scores_by_seed
+    from dlm_bench.stats.seed_level import seed_table
+    e = proto.expect
+    roots = [Path(proto.results) / "passk"] if e.decoder == "protocol" else \
+        [d for d, _ in decoder_folders(matched_root(proto)) if (d / e.method).is_dir()]
+    rows = []
+    for root in roots:
+        table = seed_table(read_scores_by_seed(root), e.method, e.baseline, e.k)
+        rows += [(root.name, r) for r in table.to_dict("records")]
+    lines = [f"{where} T={r['temperature']:g} L={r['gen_length']}: {e.method} - {e.baseline} Pass@{e.k} "
+             f"{100 * r['diff']:+.1f} pp [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] "
+             f"({r['n_seeds_a']}/{r['n_seeds_b']} seeds, {r['n_problems']} problems)" for where, r in rows]
+    ok = bool(rows) and all(r["ci_low"] > e.above for _, r in rows)
+    verdict = (f"expect ({proto.name}): {'PASS' if ok else 'FAIL'}: the {e.decoder}-decoder interval of "
+               f"{e.method} - {e.baseline} at Pass@{e.k} must lie above {100 * e.above:+.1f} pp")
+    print("\n".join([verdict, *[f"  {x}" for x in lines]]) if rows else verdict + " (no records)", flush=True)
+    if not ok:
+        raise ExpectationFailed(verdict)

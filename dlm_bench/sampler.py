@@ -214,11 +214,11 @@ def _decode(dlm, prompts, cfg: SamplerConfig, gens, progress):
                     _idle_draws([pad[i] for i in idle], [gens[i] for i in idle], P + G, vocab,
                                 steps_per_block - s, cfg, device)
                 break
-            if cache is None:
-                blk = _logits(dlm, x[rows], att[rows], P, cfg)[:, lo:hi]
+            if cache is None:       # the block's own copy: the full [rows, width, V] logits die here
+                blk = _logits(dlm, x[rows], att[rows], P, cfg)[:, lo:hi].clone()
             elif s == 0:    # the block's first step: a full pass (exact), which fills the cache
                 started = rows
-                blk = _no_eos(cache.start(x[rows], att[rows], lo, hi), dlm, cfg)[:, lo:hi]
+                blk = _no_eos(cache.start(x[rows], att[rows], lo, hi), dlm, cfg)[:, lo:hi].clone()
             else:           # rows only ever drop out of a block, so they are a subset of `started`
                 blk = _no_eos(cache.block_logits(x[rows], att[rows], torch.searchsorted(started, rows)),
                               dlm, cfg)
@@ -274,10 +274,8 @@ def _step(dlm, x, rows, blk, pads, lo, hi, width, k, cfg: SamplerConfig, gens, s
     n, bl, V = blk.shape
     dtype = NOISE_DTYPES[cfg.noise_dtype]
     if cfg.temperature > 0:
-        # Same draw as the reference's rand_like over the whole row; only the block is used.
-        u = torch.stack([_gumbel_uniforms(p, g, width, V, dtype, blk.device)[lo - p:hi - p]
-                         for p, g in zip(pads, gens)])
-        x0 = torch.argmax(blk.to(dtype).exp() / (-torch.log(u)) ** cfg.temperature, dim=-1)
+        x0 = torch.stack([_gumbel_argmax(row, p, g, lo, hi, width, cfg.temperature, dtype)
+                          for row, p, g in zip(blk, pads, gens)])
     else:
         x0 = torch.argmax(blk, dim=-1)
     if cfg.remasking == "low_confidence":
@@ -368,6 +366,22 @@ def _idle_draws(pads, gens, width, vocab, n_steps, cfg: SamplerConfig, device):
                 _gumbel_uniforms(p, g, width, vocab, NOISE_DTYPES[cfg.noise_dtype], device)
             if cfg.remasking == "random":
                 _random_scores(p, g, width, device)
+
+
+def _gumbel_argmax(logits, pad: int, gen, lo: int, hi: int, width: int, temperature: float, dtype) -> torch.Tensor:
+    """One row's Gumbel-max candidates [block] at temperature T: argmax of exp(l) / (-log u)^T, the
+    reference's `add_gumbel_noise` in `dtype`. u is the reference's draw over the row's whole width
+    (its random stream), of which only the block is kept: the full [width, V] draw (4x the bf16
+    logits of a row in float64) dies on return from `_block_uniforms`, so one row's draw is alive at
+    a time, and the noise is computed in place on the block's copy. Same ops, same values as
+    computing it for all rows at once."""
+    noise = _block_uniforms(pad, gen, lo, hi, width, logits.shape[-1], dtype, logits.device)
+    noise.log_().neg_().pow_(temperature)
+    return logits.to(dtype).exp().div_(noise).argmax(-1)
+
+
+def _block_uniforms(pad: int, gen, lo: int, hi: int, width: int, vocab: int, dtype, device) -> torch.Tensor:
+    return _gumbel_uniforms(pad, gen, width, vocab, dtype, device)[lo - pad:hi - pad].clone()
 
 
 def _gumbel_uniforms(pad: int, gen, width: int, vocab: int, dtype, device) -> torch.Tensor:

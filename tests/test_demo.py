@@ -19,8 +19,12 @@ def test_bad_configs_are_user_errors(tmp_path):
 
 def test_shipped_demo_config_is_complete():
     cfg = load_protocol("configs/demo.yaml")
-    assert cfg.eval.n == 16 and len(cfg.eval.temperatures) == 3 and len(cfg.eval.lengths) == 2
-    assert {"base", "trafl", "espo", "justgrpo"} <= set(cfg.methods)
+    assert cfg.eval.n == 16 and cfg.eval.limit is None and cfg.eval.decoders == ["protocol", "rollout"]
+    assert {"base", "trafl", "espo", "justgrpo"} <= set(cfg.methods) and cfg.train.control == "base"
+    for name in ("cpu-study", "positive-control"):
+        study = load_protocol(f"configs/{name}.yaml")
+        assert study.eval.limit is None and study.train.control == "base" and len(study.train.seeds) >= 4
+        assert study.eval.decoders == ["protocol", "rollout"]
 
 
 def test_paper_config_names_registered_methods_tasks_and_valid_sweeps():
@@ -56,6 +60,12 @@ def test_miniature_demo_end_to_end(tmp_path, tiny_dir):
     report = run_demo(str(path))
     text = report.read_text()
     assert all(m in text for m in ("base", "trafl", "espo", "justgrpo"))
+    # each checkpoint also under its own training decoder, the base under each of theirs
+    rollout = tmp_path / "results" / "passk-rollout"
+    assert {d.name for d in rollout.iterdir()} == {"l2r-T1-L12", "b12-T1-L12", "b12-T0.6-L12"}
+    assert "## Matched decoding" in text and "own training decoder: left-to-right, T = 1" in text
+    assert "## Training reward against the base model" in text      # control: base
+    assert "MDE (pp)" in text and "one training seed per method" in text.split("## Figure 1b")[0]
     with pytest.raises(UserError, match="unknown stage"):
         run_demo(str(path), stages=("nope",))
 
@@ -74,11 +84,11 @@ def test_missing_base_without_pretrain_settings_is_a_user_error(tmp_path):
         run_demo(str(path))
 
 
-def test_cpu_study_config_names_every_method_with_three_seeds():
+def test_cpu_study_config_names_every_method_with_five_seeds():
     from dlm_bench.protocol import training_seeds
     from dlm_bench.methods import get_method
     cfg = read_yaml("configs/cpu-study.yaml")
-    assert training_seeds(load_protocol("configs/cpu-study.yaml")) == [0, 1, 2]
+    assert training_seeds(load_protocol("configs/cpu-study.yaml")) == [0, 1, 2, 3, 4]
     for m in cfg["methods"]:
         get_method(m)                                 # registered
         over = {**cfg["train"]["overrides"], **cfg["train"]["per_method"].get(m, {})}
@@ -106,7 +116,11 @@ def test_seeded_protocol_lays_runs_out_for_seed_statistics(tmp_path, tiny_dir):
     assert sorted(m["training"]["seed"] for m in models) == [0, 3]
     assert all(m["training"]["method"] == "trafl" and m["training"]["complete"] for m in models)
     assert [json.loads(f.read_text())["training"] for f in (passk / "base").rglob("model.json")] == [None]
-    assert "## Across training seeds" in report.read_text()
+    text = report.read_text()
+    assert "## Per training seed" in text and "trained methods: mean over 2 training seeds" in text
+    own = tmp_path / "results" / "passk-rollout" / "b8-T0.6-L8"           # trafl's own decoder, per seed
+    assert sorted(p.name for p in (own / "trafl").iterdir()) == ["seed-0", "seed-3"] and (own / "base").is_dir()
+    assert "own training decoder: one block, low-confidence order, T = 0.6, 8 tokens" in text
     bad = dict(cfg, train=dict(cfg["train"], seeds=[1, 1]))
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(UserError, match="distinct"):
@@ -146,3 +160,60 @@ def test_protocol_command_checks_and_shows_every_shipped_config(capsys):
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["eval"]["cache"] == "none" and resolved["eval"]["remasking"] == "low_confidence"  # defaults
     assert resolved["eval"]["lengths"] == [256, 512] and resolved["train"]["save_every"] == 25       # the file's
+
+
+def _protocol(tmp_path, **changes):
+    cfg = read_yaml("configs/demo.yaml")
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg[section][name] = value
+        else:
+            cfg[section] = value
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_decoders_and_expectations_are_checked(tmp_path):
+    for changes, msg in [(dict(eval__decoders=["rollout"]), "must list 'protocol'"),
+                         (dict(eval__decoders=["protocol", "rollout", "rollout"]), "must list 'protocol'"),
+                         (dict(eval__decoders=["protocol", "greedy"]), "must list 'protocol'"),
+                         (dict(expect={"method": "tabom"}), "trained method and a baseline"),
+                         (dict(expect={"method": "justgrpo", "k": 32}), "expect.k"),
+                         (dict(expect={"method": "justgrpo", "decoder": "rollout"}, eval__decoders=["protocol"]),
+                          "is not swept"),
+                         (dict(train__control="ref"), "control")]:
+        with pytest.raises(UserError, match=msg):
+            load_protocol(_protocol(tmp_path, **changes))
+
+
+def test_the_base_is_swept_with_every_training_decoder():
+    from dlm_bench.protocol import rollout_decoders
+    proto = load_protocol("configs/demo.yaml")
+    decs = rollout_decoders(proto, proto.methods, proto.base.checkpoint)
+    assert sorted(d.name for d in decs) == ["b12-T0.6-L12", "b12-T1-L12", "l2r-T1-L12"]   # trafl, espo, justgrpo
+
+
+def test_expectation_passes_and_fails_on_the_stored_records(tmp_path, capsys):
+    """`expect:` reads the rollout-decoder records: 4 seeds clearly above the base pass; asking for an
+    interval above +50 pp fails with ExpectationFailed (demo exits 1)."""
+    import numpy as np
+    from test_seeds import _write_run
+    from dlm_bench.protocol import ExpectationFailed, expectation
+    rng = np.random.default_rng(0)
+    rates = rng.uniform(0.1, 0.5, 40)
+    root = tmp_path / "results" / "passk-rollout" / "l2r-T1-L12"
+    root.mkdir(parents=True)
+    (root / "decoder.json").write_text('{"name": "l2r-T1-L12", "description": "left-to-right"}')
+    for k in range(4):
+        _write_run(root / "justgrpo" / f"seed-{k}" / "run", "justgrpo", rates + 0.2, 16, rng, f"j{k}")
+    _write_run(root / "base" / "run", "base", rates, 16, rng, "b")
+    path = _protocol(tmp_path, results=str(tmp_path / "results"),
+                     expect={"method": "justgrpo", "decoder": "rollout", "k": 1})
+    expectation(load_protocol(path))
+    assert "PASS" in capsys.readouterr().out
+    path = _protocol(tmp_path, results=str(tmp_path / "results"),
+                     expect={"method": "justgrpo", "decoder": "rollout", "k": 1, "above": 0.5})
+    with pytest.raises(ExpectationFailed, match="FAIL"):
+        expectation(load_protocol(path))

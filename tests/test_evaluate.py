@@ -207,3 +207,38 @@ def test_cli_passk_and_compare(baseline, tiny_dir, tmp_path, capsys):
     assert "Pass@2" in text and "base" in text and "other" in text
     with pytest.raises(UserError):
         compare.run(p.parse_args(["base", "zzz", "--runs", str(runs)]))
+
+
+# ----------------------------------------------------------------------------- the rollout decoder
+
+def test_rollout_decoder_is_the_training_sampler(tiny_dir, tmp_path, varied_rewards):
+    """`--decoder rollout` sweeps with exactly the sampler the training run rolled out with: the sweep's
+    resolved SamplerConfig equals the run's, for a left-to-right and a one-block method."""
+    from dlm_bench.evaluate import rollout_decoder, with_decoder
+    from dlm_bench.sampler import SamplerConfig
+    from dlm_bench.training.loop import TrainConfig, train
+    tiny = dict(group_size=2, batch_prompts=2, gen_length=8, steps=8, block_length=4, lora_r=0, temperature=0.7)
+    for method, name in (("justgrpo", "l2r-T0.7-L8"), ("diffu_grpo", "b4-T0.7-L8")):
+        out = tmp_path / method
+        ckpt = train(TrainConfig(method=method, model=tiny_dir, out=str(out), train_steps=1, overrides=tiny,
+                                 device="cpu"), progress=False)
+        dec = rollout_decoder(str(ckpt))
+        assert dec.name == name and rollout_decoder(str(out)) == dec
+        ran = SamplerConfig(**json.loads((out / "config.json").read_text())["sampler"]).resolved()
+        sweep = with_decoder(_cfg(str(ckpt), tmp_path / "s", temperatures=(0.3, 0.9), lengths=(16,)), dec).validated()
+        assert sweep.temperatures == (0.7,) and sweep.lengths == (8,)
+        assert sweep.sampler(0.7, 8) == ran
+    with pytest.raises(UserError, match="not a dlm-bench training run"):
+        rollout_decoder(tiny_dir)
+
+
+def test_passk_decoder_flags(tiny_dir, tmp_path):
+    """`passk --decoder rollout` takes every decoding setting from the run: a decoding flag beside it
+    is refused (one line), and --rollout-run is refused without it."""
+    from dlm_bench.cli import main
+    base = ["passk", "--model", tiny_dir, "--method", "b", "--task", "testbed", "--out", str(tmp_path / "o")]
+    assert main(base + ["--decoder", "rollout", "--temps", "0.6"]) == 2
+    assert main(base + ["--decoder", "rollout", "--cache", "dual"]) == 2
+    assert main(base + ["--rollout-run", str(tmp_path)]) == 2
+    assert main(base + ["--decoder", "rollout"]) == 2          # the tiny model comes from no training run
+    assert not (tmp_path / "o").exists()

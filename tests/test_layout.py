@@ -15,7 +15,8 @@ LAYERS = (
      "dlm_bench.runs", "dlm_bench.sandbox",
      "dlm_bench.distributed", "dlm_bench.environment"),
     ("dlm_bench.methods", "dlm_bench.tasks", "dlm_bench.stats", "dlm_bench.report", "dlm_bench.judge"),
-    ("dlm_bench.protocol", "dlm_bench.evaluate", "dlm_bench.training", "dlm_bench.lm_eval_adapter"),
+    ("dlm_bench.protocol", "dlm_bench.evaluate", "dlm_bench.training", "dlm_bench.lm_eval_adapter",
+     "dlm_bench.memory"),
     ("dlm_bench.commands", "dlm_bench.cli"),
 )
 MAX_FUNCTION_LINES = 80

@@ -61,7 +61,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    cfg = ReportConfig(runs=str(runs), out=str(out), k=2, n_resamples=200, n_permutations=500)
+    cfg = ReportConfig(runs=str(runs), out=str(out), k=2, n_permutations=500)
     path = build_report(cfg)
     return out, path.read_text()
 
@@ -91,9 +91,9 @@ def test_missing_cell_is_shown_as_missing(report):
     _, text = report
     assert "espo/gsm8k/256/T=0.3" in text
     fig1c = text.split("## Figure 1c")[1].split("## Figure 2")[0]
-    assert "| gsm8k | 256 | espo | n/a | n/a | n/a | n/a | n/a |" in fig1c
+    assert "| gsm8k | 256 | espo | n/a | n/a | n/a | n/a | n/a | n/a |" in fig1c
     fig2 = text.split("## Figure 2")[1].split("## Figure 3a")[0]
-    assert "| gsm8k | 256 | espo | n/a | n/a | n/a | n/a | n/a | n/a | n/a |  |" in fig2
+    assert "| gsm8k | 256 | espo | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |  |" in fig2
     assert "Missing (no records, shown as n/a): espo on gsm8k @ 256" in fig2
     # the diversity table has no row for it either (nothing invented)
     assert not re.search(r"\| espo \| gsm8k \| 256 \| 0\.3 \|", text)
@@ -115,7 +115,7 @@ def test_fig2_numbers_equal_metrics(report, runs):
         row = [ln for ln in fig2.splitlines() if ln.startswith(f"| {r['task']} | {r['gen_length']} | {r['method']} |")]
         assert len(row) == 1
         cols = [c.strip() for c in row[0].strip("|").split("|")]
-        assert cols[7] == f"{sub['nfe'].mean():.1f}" and cols[8] == f"{sub['length'].mean():.1f}"
+        assert cols[8] == f"{sub['nfe'].mean():.1f}" and cols[9] == f"{sub['length'].mean():.1f}"
 
 
 def test_passk_numbers_equal_metrics(report, runs):
@@ -129,11 +129,11 @@ def test_passk_numbers_equal_metrics(report, runs):
                if ln.startswith(f"| {r['task']} | {r['gen_length']} | {r['method']} |")]
         assert len(row) == 1
         cols = [c.strip() for c in row[0].strip("|").split("|")]
-        assert cols[6] == f"{100 * r['pass_at_k']:.1f}"
+        assert cols[4] == "1" and cols[7] == f"{100 * r['pass_at_k']:.1f}"     # one seed; Pass@2
         checked += 1
     assert checked == 5  # espo @ 256 has no records at T = 0.3
     # comparison table: same numbers as metrics.compare_table at the primary k
-    cmp = metrics.compare_table(df, "trafl", "base", 2, n_resamples=200, n_permutations=500)
+    cmp = metrics.compare_table(df, "trafl", "base", 2, n_permutations=500)
     block = text.split("**Pass@2 (primary k = 2): trafl (A) vs base (B)**")[1].split("**Pass@2")[0]
     for r in cmp.to_dict("records"):
         pat = (f"| {r['task']} | {r['gen_length']} | {r['temperature']} | {r['n_problems']}"
@@ -155,7 +155,7 @@ def test_absent_data_skips_with_reason(tmp_path):
     rng = np.random.default_rng(1)
     Store(tmp_path / "runs" / "a").append("scores", _records("trafl", "gsm8k", 0.6, 128, rng))
     path = build_report(ReportConfig(runs=str(tmp_path / "runs"), out=str(tmp_path / "out"), k=2,
-                                     n_resamples=200, n_permutations=200))
+                                     n_permutations=200))
     text = path.read_text()
     assert "Figure 1b skipped: no records for the base method 'base'" in text
     assert "Figure 3a skipped" in text and "Figure 3b skipped" in text
@@ -175,7 +175,7 @@ def test_cli(runs, tmp_path):
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)
     args = p.parse_args(["--runs", str(runs), "--out", str(tmp_path / "r"), "--k", "2", "--bar-k", "4",
-                         "--resamples", "200", "--formats", "png"])
+                         "--formats", "png"])
     assert cmd.run(args) == 0
     text = (tmp_path / "r" / "report.md").read_text()
     assert (tmp_path / "r" / "fig2_passk_task_length.png").stat().st_size > 0
@@ -186,33 +186,31 @@ def test_cli(runs, tmp_path):
     fig2 = text.split("## Figure 2")[1].split("## Figure 3a")[0]
     for r in table.to_dict("records"):
         cell = f"{100 * r['pass_at_k']:.1f} ± {100 * r['se']:.1f}"
-        assert f"| {r['task']} | {r['gen_length']} | {r['method']} | {r['n_problems']} | 4 | {cell} |" in fig2
+        assert f"| {r['task']} | {r['gen_length']} | {r['method']} | {r['n_problems']} | 1 | 4 | {cell} |" in fig2
     assert pd.read_csv(tmp_path / "r" / "tables" / "fig2_cells.csv").shape[0] > 0
 
 
 def test_compare_cli_agrees_with_report_and_writes_csv_json(report, runs, tmp_path, capsys):
-    """One resampling setting: `compare` and `report` give the same CIs for the same cell."""
+    """`compare` and `report` give the same differences, CIs and MDEs for the same cell."""
     import argparse
     import json
 
     from dlm_bench.commands import compare as cmd
-    from dlm_bench.commands import report as report_cmd
-    from dlm_bench.stats.metrics import N_RESAMPLES
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)
-    assert p.parse_args(["a", "b"]).resamples == N_RESAMPLES == ReportConfig("r", "o").n_resamples
-    q = argparse.ArgumentParser()
-    report_cmd.add_arguments(q)
-    assert q.parse_args([]).resamples == N_RESAMPLES
     args = p.parse_args(["trafl", "base", "--runs", str(runs), "--k", "2", "--resamples", "200",
                          "--csv", str(tmp_path / "c.csv"), "--json", str(tmp_path / "c.json")])
     assert cmd.run(args) == 0
     mine = pd.read_csv(tmp_path / "c.csv")
     theirs = pd.read_csv(report[0] / "tables" / "compare_vs_base_k2.csv")
     theirs = theirs[theirs["method_a"] == "trafl"]
-    cols = ["task", "gen_length", "temperature", "diff", "ci_low", "ci_high"]
+    cols = ["task", "gen_length", "temperature", "diff", "ci_low", "ci_high", "mde", "power"]
     pd.testing.assert_frame_equal(mine[cols].reset_index(drop=True), theirs[cols].reset_index(drop=True))
     saved = json.loads((tmp_path / "c.json").read_text())
     assert saved["settings"]["n_resamples"] == 200 and len(saved["rows"]) == len(mine)
     assert saved["rows"][0]["ci_low"] == pytest.approx(mine["ci_low"].iloc[0])
-    assert "Diff (pp)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Diff (pp)" in out and "MDE (pp)" in out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| gsm8k |")]
+    for ln, mde in zip(rows, mine["mde"]):       # every row states its minimum detectable difference
+        assert f"| {100 * mde:.1f} |" in ln

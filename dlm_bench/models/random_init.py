@@ -41,6 +41,26 @@ def random_model(model_dir: str | Path, seed: int = 0, dtype: torch.dtype = torc
     return cls(config).to(dtype).eval()
 
 
+def model_from_config(model_dir: str | Path, dtype: torch.dtype):
+    """The model of `model_dir`'s config.json (remote code or a registered architecture such as the
+    built-in tiny model), initialised as its class does, built directly in `dtype` (no cast after)."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from dlm_bench.models import tiny  # noqa: F401  (registers the built-in architecture)
+    from dlm_bench.models.compat import patch_config, remote_model_class
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
+    patch_config(config)
+    auto_map = getattr(config, "auto_map", None) or {}
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        if "AutoModel" in auto_map:
+            return remote_model_class(str(model_dir), auto_map)(config).eval()
+        return AutoModelForMaskedLM.from_config(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_tiny(src: str | Path, out: str | Path, seed: int = 0) -> Path:
     """A tiny random-weight model of `src`'s architecture (its family's `tiny_sizes`, real vocabulary)."""
     family = families.by_model_type(json.loads((Path(src) / "config.json").read_text())["model_type"])

@@ -4,18 +4,25 @@
 (`render(cfg)` does the same and returns the report with its figures, for tests):
 
 - Fig 1a `fig1a_passk_vs_k`: each method's Pass@k vs k, one line style per temperature;
-- Fig 1b `fig1b_gap_to_base`: Pass@k(method) − Pass@k(base) vs k per temperature, paired
-  t-interval bands over units (metrics.paired_ci);
+- Fig 1b `fig1b_gap_to_base`: Pass@k(method) − Pass@k(base) vs k per temperature, with its MDE;
 - Fig 1c `fig1c_all_methods`: every method at T = 0.6 (or the stored temperature closest to it),
-  k = 1..n, one panel per task × length, bootstrap CI bands;
-- Fig 2 `fig2_passk_task_length`: Pass@5 per task × length as points with bootstrap CI error bars;
-  the table adds ± SE, mean NFE and completion length;
+  k = 1..n, one panel per task × length;
+- Fig 2 `fig2_passk_task_length`: Pass@5 per task × length as points with error bars; the table adds
+  ± SE, mean NFE and completion length;
 - Fig 3 `fig3a_minerva_transfer` (methods labelled `name@gsm8k` / `name@math` on a Minerva task) and
   `fig3b_livecodebench_difficulty` (LiveCodeBench by difficulty), when the data is there;
-- `report.md` with one table per figure, the paired comparison of every method vs base at the
-  primary k (metrics.compare_table) and the offline diversity table (diversity.diversity_table and
-  the embedding Vendi score), plus `tables/*.csv` with the same numbers unrounded;
-- with runs laid out as RUNS/METHOD/seed-K/, a section across training seeds (report_seeds).
+- matched decoding (report.matched, with `cfg.matched_runs`): each model also under the decoder it
+  was trained with, beside the protocol's, against the base under the same decoder;
+- training reward (report.training): reward minus the base model's reward on the same prompts;
+- the comparison of every method vs base at the primary k, with its minimum detectable difference
+  (stats.power), and the offline diversity table, plus `tables/*.csv` with the same numbers unrounded.
+
+Training seeds (runs laid out as RUNS/METHOD/seed-K/): every number above is the mean over a
+method's seeds and every band, error bar and interval the seed-level one (stats.seed_level: over
+seeds and problems; against the one untrained base run, that run's sampling variance); each seed's own
+numbers are in the section "Per training seed" (report.seed_level). With one run per method the
+intervals are t-intervals over problems, the interval the coverage simulation chose
+(docs/statistics.md), and every caption says that they cover sampling variance only.
 
 Every figure follows dlm_bench.report.style (fixed colour per method, shared y-axes, one legend from
 all series). Nothing is invented: a cell without records is "n/a" in tables and figures, and a
@@ -24,7 +31,7 @@ figure without data is skipped with a line in the report saying why.
 Pooling: curves that span tasks and lengths (Fig 1a, 1b) average over the (task, length, problem)
 units that every method has at every temperature (report_common.common_units), so no method's
 curve includes a task another method was not run on; the report names the cells kept and dropped.
-Tasks then weigh by their problem counts, which keeps the paired bootstrap exact.
+Tasks then weigh by their problem counts.
 """
 from __future__ import annotations
 
@@ -36,10 +43,16 @@ import numpy as np
 import pandas as pd
 
 from dlm_bench.stats import metrics
+from dlm_bench.stats import seed_level as seeds
+from dlm_bench.stats.power import verdict
 from dlm_bench.errors import UserError
 from dlm_bench.report.common import (cell_stats, passk_curve, is_minerva, lcb_base, num_text, numeric_cost, pct_text,
-    Report, report_rng, save_figure, temp_text, closest_temperature, common_units, md_table, order_methods, ReportConfig, UNIT)
+    Report, report_rng, save_figure, temp_text, closest_temperature, common_units, md_table, order_methods, ReportConfig,
+    SEED, interval_text, paired_matrices, untrained)
+from dlm_bench.report.matched import matched_section
+from dlm_bench.report.seed_level import seed_section, seed_summary
 from dlm_bench.report.style import dot_panel, figure_legend, fit_y, grid, LINESTYLES, MARKERS, method_color
+from dlm_bench.report.training import training_section
 from dlm_bench.report.transfer import figure_3a, figure_3b
 
 
@@ -57,7 +70,7 @@ def _fig1a(rep: Report, counts: pd.DataFrame, methods: list[str], pooled: str) -
             cell = sub[np.isclose(sub["temperature"], t)]
             if cell.empty:
                 continue
-            cur = passk_curve(cell, cfg, ("1a", m, t))
+            cur = passk_curve(cell, cfg)
             ls, mk = LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)]
             ax.plot(cur["k"], 100 * cur["pass_at_k"], ls=ls, marker=mk, ms=4, color=method_color(m))
             ax.fill_between(cur["k"], 100 * cur["ci_low"], 100 * cur["ci_high"], color=method_color(m),
@@ -65,7 +78,8 @@ def _fig1a(rep: Report, counts: pd.DataFrame, methods: list[str], pooled: str) -
             n = int(cur["k"].max())
             at = cur.set_index("k")["pass_at_k"]
             cells = cell[["task", "gen_length"]].drop_duplicates()
-            rows.append([m, temp_text(t), str(len(cells)), str(len(cell)), str(n), pct_text(at.get(1)),
+            rows.append([m, temp_text(t), str(len(cells)), str(int(cur["n_units"].iloc[0])),
+                         str(int(cur["n_seeds"].iloc[0])), str(n), pct_text(at.get(1)),
                          pct_text(at.get(cfg.k)) if cfg.k <= n else "n/a", pct_text(at.get(n))])
             csv.append(cur.assign(method=m, temperature=t))
         ax.set_title(m, color=method_color(m))
@@ -78,18 +92,38 @@ def _fig1a(rep: Report, counts: pd.DataFrame, methods: list[str], pooled: str) -
                label=f"T = {temp_text(t)}") for i, t in enumerate(temps)])
     save_figure(rep, fig, "fig1a_passk_vs_k",
           f"Mean Pass@k over the (task, length, problem) units {pooled}, per method and temperature "
-          f"(bands: {cfg.confidence:.0%} bootstrap CI over units, {cfg.n_resamples} resamples); k runs "
-          f"to the smallest n among the units; shared y-axis" + (f"; {note}." if note else "."))
-    rep.add(*md_table(["Method", "Temp.", "Task×length cells", "Problems", "n", "Pass@1 (%)",
+          f"({interval_text(counts, cfg.confidence)}); k runs to the smallest n among the units; shared "
+          f"y-axis" + (f"; {note}." if note else "."))
+    rep.add(*md_table(["Method", "Temp.", "Task×length cells", "Problems", "Seeds", "n", "Pass@1 (%)",
                        f"Pass@{cfg.k} (%)", "Pass@n (%)"], rows, right_from=2), "")
     if csv:
         pd.concat(csv).to_csv(rep.out / "tables" / "fig1a_passk_vs_k.csv", index=False)
 
 
-def _paired_units(counts: pd.DataFrame, a: str, b: str, t: float) -> pd.DataFrame:
-    at = counts[(counts["method"] == a) & np.isclose(counts["temperature"], t)]
-    bt = counts[(counts["method"] == b) & np.isclose(counts["temperature"], t)]
-    return at[UNIT + ["n", "c"]].merge(bt[UNIT + ["n", "c"]], on=UNIT, suffixes=("_a", "_b"))
+def _gap_curve(counts: pd.DataFrame, m: str, base: str, t: float, cfg: ReportConfig) -> pd.DataFrame | None:
+    """Pass@k(m) - Pass@k(base) at temperature t, k = 1..n, on the units both have: the mean over
+    seeds with its interval, MDE and power (`seed_level.seed_compare`); p is the seed-label
+    permutation's with training seeds, the paired sign-flip test's with one run each."""
+    at = counts[np.isclose(counts["temperature"], t)]
+    a, b = at[at["method"] == m], at[at["method"] == base]
+    if a.empty or b.empty:
+        return None
+    ks = list(range(1, int(min(a["n"].min(), b["n"].min())) + 1))
+    ya, yb, units, sa, sb = paired_matrices(a, b, ks)
+    if len(units) < 2:
+        return None
+    one = len(sa) == len(sb) == 1
+    rows = []
+    for j, k in enumerate(ks):
+        r = seeds.seed_compare(ya[:, :, j], yb[:, :, j], cfg.confidence, cfg.n_permutations,
+                               seed=report_rng(cfg.seed, "1b", m, t, k), fixed_a=untrained(sa), fixed_b=untrained(sb))
+        p = metrics.sign_flip_test(ya[0, :, j] - yb[0, :, j], cfg.n_permutations,
+                                   rng=report_rng(cfg.seed, "1b-p", m, t))[0] if one else r.p_seed
+        sig = _stars(p, cfg.alpha) if one else ("*" if r.ci_low > 0 or r.ci_high < 0 else "")
+        rows.append({"method": m, "temperature": t, "k": k, "gap": r.diff, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                     "ci_method": r.ci_method, "n_units": len(units), "seeds": f"{len(sa)}/{len(sb)}", "p": p,
+                     "sig": sig, "mde": r.mde, "power": r.power})
+    return pd.DataFrame(rows)
 
 
 def _fig1b(rep: Report, counts: pd.DataFrame, methods: list[str], pooled: str) -> None:
@@ -107,33 +141,23 @@ def _fig1b(rep: Report, counts: pd.DataFrame, methods: list[str], pooled: str) -
     rows, csv = [], []
     for ax, t in zip(axes, temps):
         for m in others:
-            pu = _paired_units(counts, m, cfg.base, t)
-            if pu.empty:
+            cur = _gap_curve(counts, m, cfg.base, t, cfg)
+            if cur is None:
                 continue
-            kmax = int(min(pu["n_a"].min(), pu["n_b"].min()))
-            ks = list(range(1, kmax + 1))
-            va = metrics.pass_at_k(pu["n_a"].to_numpy(), pu["c_a"].to_numpy(), ks)
-            vb = metrics.pass_at_k(pu["n_b"].to_numpy(), pu["c_b"].to_numpy(), ks)
-            cur = []
-            for j, k in enumerate(ks):
-                ci = metrics.paired_ci(va[:, j], vb[:, j], cfg.confidence)
-                cur.append({"method": m, "temperature": t, "k": k, "gap": float(np.mean(va[:, j] - vb[:, j])),
-                            "ci_low": ci.low, "ci_high": ci.high, "ci_method": ci.method,
-                            "n_units": len(pu)})
-            cur = pd.DataFrame(cur)
             csv.append(cur)
             ax.plot(cur["k"], 100 * cur["gap"], marker="o", ms=4, color=method_color(m), label=m)
             ax.fill_between(cur["k"], 100 * cur["ci_low"], 100 * cur["ci_high"], color=method_color(m),
                             alpha=0.15, lw=0)
-            if cfg.k <= kmax:
-                r = cur[cur["k"] == cfg.k].iloc[0]
-                d = va[:, cfg.k - 1] - vb[:, cfg.k - 1]
-                p, _ = metrics.sign_flip_test(d, cfg.n_permutations, rng=report_rng(cfg.seed, "1b-p", m, t))
-                rows.append([m, temp_text(t), str(len(pu)), pct_text(r["gap"], sign=True),
+            r = cur[cur["k"] == cfg.k]
+            if len(r):
+                r = r.iloc[0]
+                rows.append([m, temp_text(t), r["seeds"], str(r["n_units"]), pct_text(r["gap"], sign=True),
                              f"[{pct_text(r['ci_low'], sign=True)}, {pct_text(r['ci_high'], sign=True)}]",
-                             metrics.fmt_p(p), _stars(p, cfg.alpha)])
+                             metrics.fmt_p(r["p"]), r["sig"], pct_text(r["mde"]),
+                             verdict(bool(r["sig"]), r["gap"], r["mde"], r["power"])])
             else:
-                rows.append([m, temp_text(t), str(len(pu)), "n/a", "n/a", "n/a", f"n < {cfg.k}"])
+                rows.append([m, temp_text(t), str(cur["seeds"].iloc[0]), str(cur["n_units"].iloc[0]), "n/a", "n/a",
+                             "n/a", f"n < {cfg.k}", "n/a", "n/a"])
         ax.axhline(0, color="0.3", lw=0.8)
         ax.set_title(f"T = {temp_text(t)}")
         ax.set_xlabel("k")
@@ -142,13 +166,15 @@ def _fig1b(rep: Report, counts: pd.DataFrame, methods: list[str], pooled: str) -
     figure_legend(fig, axes, order=methods)
     save_figure(rep, fig, "fig1b_gap_to_base",
           f"Mean per-problem Pass@k difference to {cfg.base} over the (task, length, problem) units "
-          f"{pooled}; bands: {cfg.confidence:.0%} paired bootstrap CI over units ({cfg.n_resamples} "
-          f"resamples, BCa or percentile where BCa is undefined); shared y-axis.")
-    rep.add(*md_table(["Method", "Temp.", "Paired units", f"Gap Pass@{cfg.k} (pp)",
-                       f"{cfg.confidence:.0%} CI (pp)", "p perm.", "Sig."], rows, right_from=2), "",
-            f"p perm.: two-sided paired sign-flip permutation test on the pooled units at k = {cfg.k} "
-            f"(unadjusted; the per-cell tests with BH adjustment are in the comparison section); "
-            f"* p < {cfg.alpha:g}, ** p < 0.01, *** p < 0.001.", "")
+          f"{pooled} ({interval_text(counts, cfg.confidence)}; against one untrained run the difference counts "
+          f"that run's sampling variance only); shared y-axis.")
+    rep.add(*md_table(["Method", "Temp.", "Seeds A/B", "Paired units", f"Gap Pass@{cfg.k} (pp)",
+                       f"{cfg.confidence:.0%} CI (pp)", "p", "Sig.", "MDE (pp)", "Detectable?"], rows,
+                      right_from=2), "",
+            f"p: with one run per method, the two-sided paired sign-flip permutation test on the pooled units "
+            f"at k = {cfg.k} (unadjusted; * p < {cfg.alpha:g}, ** p < 0.01, *** p < 0.001); with training seeds, "
+            f"the seed-label permutation test, whose smallest attainable p is often above {cfg.alpha:g} "
+            "(docs/statistics.md), so * marks an interval that excludes 0. " + seeds.POWER_NOTE, "")
     if csv:
         pd.concat(csv).to_csv(rep.out / "tables" / "fig1b_gap_to_base.csv", index=False)
 
@@ -179,16 +205,17 @@ def _fig1c(rep: Report, counts: pd.DataFrame, methods: list[str], t_star: float)
         for m in task_methods:
             sub = cell[cell["method"] == m]
             if sub.empty:
-                rows.append([str(task), str(g), m, "n/a", "n/a", "n/a", "n/a", "n/a"])
+                rows.append([str(task), str(g), m, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a"])
                 continue
-            cur = passk_curve(sub, cfg, ("1c", m, task, g, t_star))
+            cur = passk_curve(sub, cfg)
             ax.plot(cur["k"], 100 * cur["pass_at_k"], marker="o", ms=4, color=method_color(m), label=m)
             ax.fill_between(cur["k"], 100 * cur["ci_low"], 100 * cur["ci_high"], color=method_color(m),
                             alpha=0.12, lw=0)
             n = int(cur["k"].max())
             s = cur.set_index("k")["pass_at_k"]
-            rows.append([str(task), str(g), m, str(len(sub)), str(n), pct_text(s.get(1)),
-                         pct_text(s.get(cfg.k)) if cfg.k <= n else "n/a", pct_text(s.get(n))])
+            rows.append([str(task), str(g), m, str(int(cur["n_units"].iloc[0])), str(int(cur["n_seeds"].iloc[0])),
+                         str(n), pct_text(s.get(1)), pct_text(s.get(cfg.k)) if cfg.k <= n else "n/a",
+                         pct_text(s.get(n))])
             csv.append(cur.assign(method=m, task=task, gen_length=g, temperature=t_star))
         missing = [m for m in task_methods if cell[cell["method"] == m].empty]
         title = f"{task}, length {g}"
@@ -203,10 +230,9 @@ def _fig1c(rep: Report, counts: pd.DataFrame, methods: list[str], t_star: float)
              else f" (no records at T = {temp_text(cfg.target_temperature)}; {temp_text(t_star)} is the closest stored)")
     save_figure(rep, fig, "fig1c_all_methods",
           f"Every method's mean Pass@k over problems at T = {temp_text(t_star)}{where}, k = 1..n, one panel "
-          f"per task × length (bands: {cfg.confidence:.0%} bootstrap CI over problems, "
-          f"{cfg.n_resamples} resamples; overlapping bands are not a separation); shared y-axis"
-          + (f"; {note}." if note else "."))
-    rep.add(*md_table(["Task", "Length", "Method", "Problems", "n", "Pass@1 (%)", f"Pass@{cfg.k} (%)",
+          f"per task × length ({interval_text(at, cfg.confidence)}; overlapping bands are not a "
+          f"separation); shared y-axis" + (f"; {note}." if note else "."))
+    rep.add(*md_table(["Task", "Length", "Method", "Problems", "Seeds", "n", "Pass@1 (%)", f"Pass@{cfg.k} (%)",
                        "Pass@n (%)"], rows, right_from=3), "")
     if csv:
         pd.concat(csv).to_csv(rep.out / "tables" / "fig1c_all_methods.csv", index=False)
@@ -239,7 +265,7 @@ def _fig2(rep: Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[str
             r = st[(st["method"] == m) & (st["task"] == task) & (st["gen_length"] == g)]
             if r.empty:
                 missing.append(f"{m} on {task} @ {g}")
-                rows.append([str(task), str(g), m, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", ""])
+                rows.append([str(task), str(g), m, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", ""])
                 continue
             r = r.iloc[0]
             values[((task, g), m)] = (r["pass_at_k"], r["ci_low"], r["ci_high"])
@@ -249,7 +275,7 @@ def _fig2(rep: Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[str
             cell = (f"{pct_text(r['pass_at_k'])} ± {pct_text(r['se'])}" if math.isfinite(r["pass_at_k"])
                     else f"n/a (n = {r['n_samples']} < {k})")
             ci = (f"[{pct_text(r['ci_low'])}, {pct_text(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else "n/a")
-            rows.append([str(task), str(g), m, str(r["n_problems"]), str(r["n_samples"]), cell, ci,
+            rows.append([str(task), str(g), m, str(r["n_problems"]), str(r["n_seeds"]), str(r["n_samples"]), cell, ci,
                          num_text(r["mean_nfe"]), num_text(r["mean_length"]),
                          pct_text(d, sign=True) if m != cfg.base else "—", s])
     if not groups:
@@ -266,11 +292,12 @@ def _fig2(rep: Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[str
     if absent_tasks:
         note += f" Tasks with no records at T = {temp_text(t_star)} (not shown): {', '.join(absent_tasks)}."
     save_figure(rep, fig, "fig2_passk_task_length",
-          f"Pass@{k} at T = {temp_text(t_star)} per task and generation length: mean over problems with its "
-          f"{cfg.confidence:.0%} bootstrap CI ({cfg.n_resamples} resamples; the table also gives ± 1 SE)"
-          + (f"; {ynote}" if ynote else "") + f". Stars: vs {cfg.base}, BH-adjusted paired permutation "
-          f"test at k = {k} across the cells of that method's comparison.{note}")
-    rep.add(*md_table(["Task", "Length", "Method", "Problems", "n", f"Pass@{k} (%) ± SE",
+          f"Pass@{k} at T = {temp_text(t_star)} per task and generation length: mean with its interval "
+          f"({interval_text(counts, cfg.confidence, 'error bars')}; the table also gives ± 1 SE)"
+          + (f"; {ynote}" if ynote else "") + f". Stars: vs {cfg.base}, from the comparison section at k = {k} "
+          f"(one run each: BH-adjusted paired permutation test; training seeds: the seed-level interval "
+          f"excludes 0).{note}")
+    rep.add(*md_table(["Task", "Length", "Method", "Problems", "Seeds", "n", f"Pass@{k} (%) ± SE",
                        f"{cfg.confidence:.0%} CI (%)", "Mean NFE",
                        "Mean length (tokens)", f"Δ vs {cfg.base} (pp)", "Sig."], rows, right_from=3), "")
     budgets = []
@@ -286,9 +313,9 @@ def _fig2(rep: Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[str
 
 
 def _compare_all(df: pd.DataFrame, counts: pd.DataFrame, methods: list[str], cfg: ReportConfig,
-                 k: int) -> dict:
-    """metrics.compare_table of every method vs base at k, on the cells where both have n >= k
-    (the others are listed under "_short")."""
+                 k: int, seeded: bool) -> dict:
+    """Every method vs base at k, on the cells where both have n >= k (the others are listed under
+    "_short"): `seed_level.seed_table` with training seeds, else `metrics.compare_table`."""
     out = {"_errors": {}, "_short": {}}
     cells = list(metrics.CELL)
     nmin = counts.groupby(["method"] + cells)["n"].min()
@@ -305,21 +332,27 @@ def _compare_all(df: pd.DataFrame, counts: pd.DataFrame, methods: list[str], cfg
         try:
             if sub.empty:
                 raise UserError(f"no cell has n >= {k} samples for both")
-            out[m] = metrics.compare_table(sub, m, cfg.base, k, confidence=cfg.confidence, alpha=cfg.alpha,
-                                           n_resamples=cfg.n_resamples, n_permutations=cfg.n_permutations,
-                                           seed=cfg.seed)
+            out[m] = seeds.seed_table(sub, m, cfg.base, k, confidence=cfg.confidence, seed=cfg.seed) if seeded \
+                else metrics.compare_table(sub, m, cfg.base, k, confidence=cfg.confidence, alpha=cfg.alpha,
+                                           n_permutations=cfg.n_permutations, seed=cfg.seed)
         except UserError as e:
             out[m] = None
             out["_errors"][m] = str(e)
     return out
 
 
-def _comparisons(rep: Report, compares: dict, methods: list[str]) -> None:
+def _comparisons(rep: Report, compares: dict, methods: list[str], seeded: pd.DataFrame | None) -> None:
     cfg = rep.cfg
     rep.add(f"## Paired comparison with `{cfg.base}` (primary k = {cfg.k})", "")
     if cfg.base not in methods:
         rep.skip("Paired comparison", f"no records for the base method {cfg.base!r}")
         return
+    if seeded is not None:
+        rep.add("Differences of seed means with seed-level intervals (docs/statistics.md); each seed's own "
+                "numbers are in the section \"Per training seed\".", "")
+        seed_summary(rep, seeded, methods)
+    else:
+        rep.add(f"Note: {seeds.SAMPLING_ONLY} (runs laid out as RUNS/METHOD/seed-K/ give seed-level intervals).", "")
     tables = compares.get(cfg.k, {})
     errors = tables.get("_errors", {})
     shorts = tables.get("_short", {})
@@ -330,13 +363,11 @@ def _comparisons(rep: Report, compares: dict, methods: list[str]) -> None:
         t = tables.get(m)
         if t is None:
             rep.add(f"*{m} vs {cfg.base}: not compared ({errors.get(m, 'no paired cells')}).*", "")
-            if shorts.get(m):
-                rep.add(f"Left out (fewer than k = {cfg.k} samples per problem): {'; '.join(shorts[m])}.", "")
-            continue
-        rep.add(metrics.compare_markdown(t), "")
+        else:
+            rep.add(seeds.seed_markdown(t) if seeded is not None else metrics.compare_markdown(t), "")
+            frames.append(t)
         if shorts.get(m):
             rep.add(f"Left out (fewer than k = {cfg.k} samples per problem): {'; '.join(shorts[m])}.", "")
-        frames.append(t)
     if frames:
         pd.concat(frames).to_csv(rep.out / "tables" / f"compare_vs_{_safe(cfg.base)}_k{cfg.k}.csv", index=False)
 
@@ -406,50 +437,36 @@ def _pooled_figures(rep: Report, core: pd.DataFrame, methods: list[str]) -> None
     _fig1b(rep, pooled_counts, methods, pooled)
 
 
-def _first_seed(seeded: pd.DataFrame) -> pd.DataFrame:
-    """With several training seeds, the single-run figures and tables use each method's lowest seed
-    (the section "Across training seeds" uses them all)."""
-    first = seeded.groupby("method")["train_seed"].transform("min")
-    return seeded[seeded["train_seed"] == first].drop(columns="train_seed").reset_index(drop=True)
-
-
-def build_report(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Path:
-    """Write the figures, tables and `report.md` under cfg.out; returns the report path."""
-    return render(cfg, df).out / "report.md"
-
-
-def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Report:
-    """`build_report`, returning the report with its (closed) figures for inspection."""
-    from dlm_bench.runs.index import read_all_scores, read_seeded_scores
+def _scores(cfg: ReportConfig, df: pd.DataFrame | None) -> tuple[pd.DataFrame, bool, int | None]:
+    """(score rows with a train_seed column, whether they hold training seeds, run folders read)."""
+    from dlm_bench.runs.index import read_scores_by_seed
     from dlm_bench.runs.store import run_dirs
-
-    if cfg.k < 1 or cfg.bar_k < 1:
-        raise UserError(f"k must be >= 1, got {min(cfg.k, cfg.bar_k)}")
-    if not 0 < cfg.confidence < 1:
-        raise UserError(f"confidence must be in (0, 1), got {cfg.confidence}")
-    seeded = None
+    n_runs = None
     if df is None:
-        seeded = read_seeded_scores(cfg.runs)
-        df = read_all_scores(cfg.runs) if seeded is None else _first_seed(seeded)
+        df = read_scores_by_seed(cfg.runs)
         n_runs = len(run_dirs(cfg.runs))
-    else:
-        n_runs = None
+    if SEED not in df:
+        df = df.assign(**{SEED: seeds.UNTRAINED})
     df = numeric_cost(df)
     df["temperature"] = df["temperature"].astype(float)
     df["gen_length"] = df["gen_length"].astype(int)
-    out = Path(cfg.out)
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    rep = Report(cfg, out)
-    counts = metrics.counts_table(df, metrics.BY)
-    methods = order_methods(counts["method"].unique(), cfg.base)
-    temps = sorted(counts["temperature"].unique())
-    t_star = closest_temperature(temps, cfg.target_temperature)
+    return df, bool((df[SEED] != seeds.UNTRAINED).any()), n_runs
 
+
+def _header(rep: Report, df: pd.DataFrame, counts: pd.DataFrame, methods: list[str], t_star: float,
+            n_runs: int | None) -> None:
+    cfg = rep.cfg
+    temps = sorted(counts["temperature"].unique())
+    per = counts.groupby("method")[SEED].nunique()
     rep.add(f"# {cfg.title or 'Pass@k report'}", "",
             f"Source: `{cfg.runs}`" + (f" ({n_runs} run directories)" if n_runs is not None else "")
             + f", {len(df)} scored samples.", "",
             f"- Methods: {', '.join(methods)}; base: `{cfg.base}`"
             + ("" if cfg.base in methods else " (**absent**)"),
+            f"- Training seeds per method: {', '.join(f'{m} {int(per.get(m, 0))}' for m in methods)}"
+            + (" (one run each: every interval covers sampling variance only, not retraining)"
+               if per.max() == 1 else " (figures and tables show the mean over seeds with seed-level "
+               "intervals; each seed's own numbers are in \"Per training seed\")"),
             f"- Tasks: {', '.join(map(str, sorted(counts['task'].unique())))}",
             f"- Temperatures: {', '.join(map(temp_text, temps))}; lengths: "
             f"{', '.join(map(str, sorted(counts['gen_length'].unique())))}",
@@ -470,11 +487,32 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Report:
                 + "; ".join(f"{m}/{t}/{g}/T={temp_text(tt)}" for m, t, g, tt in absent[:40])
                 + (" …" if len(absent) > 40 else ""), "")
 
+
+def build_report(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Path:
+    """Write the figures, tables and `report.md` under cfg.out; returns the report path."""
+    return render(cfg, df).out / "report.md"
+
+
+def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Report:
+    """`build_report`, returning the report with its (closed) figures for inspection. `df`: score rows
+    to use instead of reading cfg.runs (a `train_seed` column makes them per training seed)."""
+    if cfg.k < 1 or cfg.bar_k < 1:
+        raise UserError(f"k must be >= 1, got {min(cfg.k, cfg.bar_k)}")
+    if not 0 < cfg.confidence < 1:
+        raise UserError(f"confidence must be in (0, 1), got {cfg.confidence}")
+    df, has_seeds, n_runs = _scores(cfg, df)
+    out = Path(cfg.out)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    rep = Report(cfg, out)
+    counts = metrics.counts_table(df, (*metrics.BY, SEED))
+    methods = order_methods(counts["method"].unique(), cfg.base)
+    t_star = closest_temperature(counts["temperature"].unique(), cfg.target_temperature)
+    _header(rep, df, counts, methods, t_star, n_runs)
+
     compares = {}
     if cfg.base in methods:
-        compares[cfg.k] = _compare_all(df, counts, methods, cfg, cfg.k)
-        if cfg.bar_k != cfg.k:
-            compares[cfg.bar_k] = _compare_all(df, counts, methods, cfg, cfg.bar_k)
+        for k in dict.fromkeys((cfg.k, cfg.bar_k)):
+            compares[k] = _compare_all(df, counts, methods, cfg, k, has_seeds)
     held_out = counts["task"].map(lambda t: is_minerva(t) or lcb_base(t) is not None)
     core = counts[~held_out] if (~held_out).any() else counts
     if held_out.any() and (~held_out).any():
@@ -485,14 +523,15 @@ def render(cfg: ReportConfig, df: pd.DataFrame | None = None) -> Report:
     _fig2(rep, df, counts, methods, t_star, compares)
     figure_3a(rep, counts, methods, t_star)
     figure_3b(rep, counts, methods)
-    _comparisons(rep, compares, methods)
-    if seeded is not None:
-        from dlm_bench.report.seed_level import seed_section
-        seed_section(rep, seeded, methods, t_star)
+    if cfg.matched_runs:
+        matched_section(rep, df, methods, t_star)
+    if cfg.train_logs:
+        training_section(rep, methods)
+    _comparisons(rep, compares, methods, df if has_seeds else None)
+    if has_seeds:
+        seed_section(rep, df, methods, t_star)
     else:
-        from dlm_bench.stats.seed_level import SAMPLING_ONLY
-        rep.add(f"Note: {SAMPLING_ONLY} (runs laid out as RUNS/METHOD/seed-K/ add a training-seed section).", "")
-    _diversity(rep, df, methods)
+        _diversity(rep, df, methods)
     if rep.skipped:
         rep.add("## Skipped", "", *[f"- {w}: {why}." for w, why in rep.skipped], "")
     (out / "report.md").write_text("\n".join(rep.lines).rstrip() + "\n", encoding="utf-8")

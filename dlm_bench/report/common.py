@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 
 from dlm_bench.stats import metrics
+from dlm_bench.stats.seed_level import UNTRAINED, seed_mean_ci
 
 TARGET_T = 0.6
 FIG_K = 5  # Fig 2 is Pass@5 in the paper
 DIFFICULTIES = ("easy", "medium", "hard")
 UNIT = ["task", "gen_length", "problem_id"]
+SEED = "train_seed"          # per-seed rows (runs.index.read_seeded_scores); UNTRAINED outside seed folders
 
 
 @dataclass
@@ -27,7 +29,6 @@ class ReportConfig:
     target_temperature: float = TARGET_T
     confidence: float = 0.95
     alpha: float = 0.05
-    n_resamples: int = metrics.N_RESAMPLES  # bootstrap resamples (bands, CIs); compare and judge use the same
     n_permutations: int = 20_000
     seed: int = 0
     formats: tuple = ("png", "pdf")
@@ -35,6 +36,8 @@ class ReportConfig:
     difficulties: dict | None = None   # LiveCodeBench problem_id -> easy/medium/hard
     title: str | None = None
     embed_model: str | None = None     # local sentence-embedding model dir; None: lexical fallback
+    matched_runs: str | None = None    # RESULTS/passk-rollout: sweeps under each model's training decoder
+    train_logs: bool = True            # the training-reward section (from each run's log.jsonl)
 
 
 @dataclass
@@ -126,41 +129,76 @@ def _kmax(counts: pd.DataFrame) -> int:
     return int(counts["n"].min()) if len(counts) else 0
 
 
-def passk_curve(counts: pd.DataFrame, cfg: ReportConfig, key: tuple, kmax: int | None = None) -> pd.DataFrame:
-    """Mean Pass@k, SE and bootstrap CI over the rows of `counts` (per-problem n, c), k = 1..kmax;
-    `key` seeds the bootstrap so a curve's band does not depend on drawing order."""
+def seed_matrix(counts: pd.DataFrame, ks, unit=UNIT) -> tuple[np.ndarray, list, list]:
+    """Per-seed Pass@k of these rows as an (S, U, K) array on the units every seed has (a unit some
+    seed lacks is left out), with the units and the training seeds (one UNTRAINED run without seeds)."""
+    ks = [int(k) for k in np.atleast_1d(ks)]
+    rows = counts if SEED in counts else counts.assign(**{SEED: UNTRAINED})
+    n = rows.pivot_table(index=SEED, columns=unit, values="n", aggfunc="first").dropna(axis=1)
+    c = rows.pivot_table(index=SEED, columns=unit, values="c", aggfunc="first")[n.columns]
+    if n.shape[1] == 0:
+        return np.zeros((len(n.index), 0, len(ks))), [], list(n.index)
+    v = metrics.pass_at_k(n.to_numpy().astype(int).ravel(), c.to_numpy().astype(int).ravel(), ks)
+    return v.reshape(n.shape + (len(ks),)), list(n.columns), list(n.index)
+
+
+def paired_matrices(a: pd.DataFrame, b: pd.DataFrame, ks, unit=UNIT):
+    """`seed_matrix` of two methods' rows on the units both have: (ya, yb, units, seeds_a, seeds_b)."""
+    va, ua, sa = seed_matrix(a, ks, unit)
+    vb, ub, sb = seed_matrix(b, ks, unit)
+    both = sorted(set(ua) & set(ub))
+    ia, ib = {u: i for i, u in enumerate(ua)}, {u: i for i, u in enumerate(ub)}
+    return va[:, [ia[u] for u in both]], vb[:, [ib[u] for u in both]], both, sa, sb
+
+
+def untrained(seeds: list) -> bool:
+    """One run outside every seed folder: the untrained base (its variance is sampling only)."""
+    return list(seeds) == [UNTRAINED]
+
+
+def interval_text(counts: pd.DataFrame, confidence: float, what: str = "bands") -> str:
+    """What every band and interval of a figure is, given how many training seeds its methods have."""
+    per = counts.groupby("method")[SEED].nunique() if SEED in counts else pd.Series(dtype=int)
+    several = sorted({int(x) for x in per if x > 1})
+    if not several:
+        return (f"{what}: {confidence:.0%} t-intervals over problems; one training seed per method, so they "
+                "cover sampling variance only, not retraining")
+    return (f"trained methods: mean over {'/'.join(map(str, several))} training seeds; {what}: "
+            f"{confidence:.0%} seed-level intervals over seeds and problems (docs/statistics.md); a method "
+            "with one run (the untrained base): t-interval over problems")
+
+
+def passk_curve(counts: pd.DataFrame, cfg: ReportConfig, kmax: int | None = None) -> pd.DataFrame:
+    """Mean Pass@k over seeds and units with its SE and interval (`seed_level.seed_mean_ci`: the
+    seed-level interval with several training seeds, the problem-level t-interval with one), k = 1..kmax."""
     kmax = _kmax(counts) if kmax is None else kmax
     if kmax < 1:
-        return pd.DataFrame(columns=["k", "pass_at_k", "se", "ci_low", "ci_high", "n_units"])
+        return pd.DataFrame(columns=["k", "pass_at_k", "se", "ci_low", "ci_high", "n_units", "n_seeds"])
     ks = list(range(1, kmax + 1))
-    vals = metrics.pass_at_k(counts["n"].to_numpy(), counts["c"].to_numpy(), ks)
+    vals, units, seeds = seed_matrix(counts, ks)
     rows = []
     for j, k in enumerate(ks):
-        m, se = metrics.mean_se(vals[:, j])
-        ci = metrics.bootstrap_ci(vals[:, j], cfg.confidence, cfg.n_resamples, report_rng(cfg.seed, *key, k))
-        rows.append({"k": k, "pass_at_k": m, "se": se, "ci_low": ci.low, "ci_high": ci.high,
-                     "n_units": len(counts)})
+        lv = seed_mean_ci(vals[:, :, j], cfg.confidence)
+        rows.append({"k": k, "pass_at_k": lv.mean, "se": lv.se, "ci_low": lv.low, "ci_high": lv.high,
+                     "ci_method": lv.method, "n_units": len(units), "n_seeds": len(seeds)})
     return pd.DataFrame(rows)
 
 
 def cell_stats(df: pd.DataFrame, counts: pd.DataFrame, k: int, cfg: ReportConfig) -> pd.DataFrame:
-    """Per (method, task, gen_length, temperature): Pass@k ± SE and bootstrap CI (NaN where n < k),
-    problems, n, mean NFE and mean completion length over samples."""
+    """Per (method, task, gen_length, temperature): Pass@k (mean over seeds) ± SE and its interval (NaN
+    where n < k), problems, seeds, n, mean NFE and mean completion length over samples."""
     by = list(metrics.BY)
     rows = []
     cost = df.groupby(by, dropna=False).agg(nfe=("nfe", "mean"), length=("length", "mean"))
     for key, grp in counts.groupby(by, dropna=False, sort=True):
         n_min = int(grp["n"].min())
-        ci = metrics.CI(math.nan, math.nan, "undefined")
-        if n_min >= k:
-            vals = metrics.pass_at_k(grp["n"].to_numpy(), grp["c"].to_numpy(), k)
-            m, se = metrics.mean_se(vals)
-            ci = metrics.bootstrap_ci(vals, cfg.confidence, cfg.n_resamples, report_rng(cfg.seed, "cell", *key, k))
-        else:
-            m, se = math.nan, math.nan
+        vals, units, seeds = seed_matrix(grp, [min(k, n_min)], ["problem_id"])
+        lv = seed_mean_ci(vals[:, :, 0], cfg.confidence) if n_min >= k else None
         nfe, length = cost.loc[key] if key in cost.index else (math.nan, math.nan)
-        rows.append(dict(zip(by, key), k=k, n_problems=len(grp), n_samples=n_min, pass_at_k=m, se=se,
-                         ci_low=ci.low, ci_high=ci.high, mean_nfe=float(nfe), mean_length=float(length)))
+        rows.append(dict(zip(by, key), k=k, n_problems=len(units), n_seeds=len(seeds), n_samples=n_min,
+                         pass_at_k=lv.mean if lv else math.nan, se=lv.se if lv else math.nan,
+                         ci_low=lv.low if lv else math.nan, ci_high=lv.high if lv else math.nan,
+                         mean_nfe=float(nfe), mean_length=float(length)))
     return pd.DataFrame(rows)
 
 

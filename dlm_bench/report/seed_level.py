@@ -1,10 +1,12 @@
-"""The report's section on training seeds (runs laid out as RUNS/METHOD/seed-K/, dlm_bench.stats.seed_level).
+"""The report's training-seed pieces (runs laid out as RUNS/METHOD/seed-K/, dlm_bench.stats.seed_level).
 
-Figure `fig_seeds` shows, per task × length at the single-temperature T, each seed's Pass@k curve
-thin, the mean over seeds thick, and the sampling CI of that mean as a band, so the between-seed
-spread sits next to the interval that ignores it. The tables give the seed-level comparison of
-every method with base at the primary k, and the offline diversity of correct answers per seed (the
-quantity trajectory locking is about: how many distinct solutions a model still finds).
+`seed_summary` is the headline table of differences of seed means from base with seed-level
+intervals and MDEs. `seed_section` is "Per training seed": figure `fig_seeds` shows, per task × length
+at the single-temperature T, each seed's Pass@k curve thin, the mean over seeds thick, and the
+problem-level (sampling-only) CI of that mean as a band, so the between-seed spread sits next to the
+interval that ignores it; a table gives each seed's Pass@k, and one the offline diversity of correct
+answers per seed (the quantity trajectory locking is about: how many distinct solutions a model still
+finds).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from dlm_bench.stats import metrics
 
 from dlm_bench.stats import seed_level as seeds
 from dlm_bench.errors import UserError
-from dlm_bench.report.common import Report, save_figure, temp_text
+from dlm_bench.report.common import SEED, Report, save_figure, temp_text
 
 
 def _seed_curves(counts: pd.DataFrame, ks: list[int]) -> dict:
@@ -109,11 +111,13 @@ def seed_tables(seeded: pd.DataFrame, methods: list[str], base: str, ks: list[in
     return out
 
 
-def _summary(rep: Report, tables: dict, ks: list[int], methods: list[str]) -> None:
-    """One compact table: the seed-level difference from base (pp, CI) at Pass@1, the primary k and
-    Pass@n, per method and cell; * where the CI excludes 0."""
+def seed_summary(rep: Report, seeded: pd.DataFrame, methods: list[str]) -> None:
+    """One compact table: the difference of seed means from base (pp, seed-level interval, MDE) at
+    Pass@1, the primary k and Pass@n, per method and cell; * where the interval excludes 0."""
     from dlm_bench.stats.metrics import fmt_num, markdown_table
     cfg = rep.cfg
+    ks = sorted({1, cfg.k, int(metrics.counts_table(seeded, ["method", SEED, *metrics.CELL])["n"].min())})
+    tables = seed_tables(seeded, methods, cfg.base, ks, cfg.seed, cfg.confidence)
     found = [t for t in tables.values() if isinstance(t, pd.DataFrame)]
     if not found:
         return
@@ -122,9 +126,9 @@ def _summary(rep: Report, tables: dict, ks: list[int], methods: list[str]) -> No
     cells = [c for c in ("task", "gen_length", "temperature") if c in table.columns]
 
     def cell(r) -> str:
-        star = "*" if r["ci_low"] > 0 or r["ci_high"] < 0 else ""
-        return (f"{fmt_num(100 * r['diff'], 1, True)}{star} "
-                f"[{fmt_num(100 * r['ci_low'], 1, True)}, {fmt_num(100 * r['ci_high'], 1, True)}]")
+        return (f"{fmt_num(100 * r['diff'], 1, True)}{r['sig']} "
+                f"[{fmt_num(100 * r['ci_low'], 1, True)}, {fmt_num(100 * r['ci_high'], 1, True)}] "
+                f"(MDE {fmt_num(100 * r['mde'], 1)})")
 
     rows = []
     for m in [m for m in methods if m != cfg.base]:
@@ -137,31 +141,45 @@ def _summary(rep: Report, tables: dict, ks: list[int], methods: list[str]) -> No
                          f"{first['n_seeds_a']}/{first['n_seeds_b']}"]
                         + [cell(by_k[k]) if k in by_k else "n/a" for k in ks])
     names = {"task": "Task", "gen_length": "Length", "temperature": "Temp."}
-    header = ["Method", *[names[c] for c in cells], "Seeds"] + [f"Δ Pass@{k} (pp) [CI]" for k in ks]
-    rep.add(f"**Every method minus {cfg.base}, across training seeds** ({cfg.confidence:.0%} seed-level "
-            "intervals, `dlm_bench.stats.seed_level`; * the interval excludes 0; the per-method tables below add the "
-            "seed-permutation p at the primary k)", "")
+    header = ["Method", *[names[c] for c in cells], "Seeds"] + [f"Δ Pass@{k} (pp) [CI] (MDE)" for k in ks]
+    rep.add(f"**Every method minus {cfg.base}: difference of seed means** ({cfg.confidence:.0%} seed-level "
+            "intervals, `dlm_bench.stats.seed_level`; * the interval excludes 0; MDE: the smallest true difference "
+            "this design detects with 80% power; the per-method tables below add the seed-permutation p and "
+            "whether a difference of the observed size was detectable)", "")
     rep.add(*markdown_table(header, rows, right=set(range(len(cells) + 1, len(header)))), "")
 
 
-def seed_section(rep: Report, seeded: pd.DataFrame, methods: list[str], t_star: float) -> None:
-    """Add the training-seed figure and the seed-level comparison with base to the report."""
+def _per_seed_table(rep: Report, counts: pd.DataFrame, methods: list[str]) -> None:
+    """Each training seed's own Pass@1 / Pass@k / Pass@n per cell (problem-level, that seed's run only)."""
+    from dlm_bench.stats.metrics import markdown_table
     cfg = rep.cfg
-    rep.add("## Across training seeds", "",
-            "The figures and tables above use each method's lowest training seed; this section uses all.", "")
-    counts = metrics.counts_table(seeded, ["method", "train_seed", *metrics.CELL])
-    spread = counts.groupby("method")["train_seed"].nunique()
+    kmax = int(counts["n"].min())
+    ks = sorted({1, min(cfg.k, kmax), kmax})
+    rows, csv = [], []
+    for (m, task, g, t, sd), grp in counts.groupby(["method", *metrics.CELL, SEED], sort=True):
+        v = metrics.pass_at_k(grp["n"].to_numpy(), grp["c"].to_numpy(), ks).mean(axis=0)
+        csv.append({"method": m, "task": task, "gen_length": g, "temperature": t, "train_seed": sd,
+                    "n_problems": len(grp), **{f"pass@{k}": float(x) for k, x in zip(ks, v)}})
+    order = {m: i for i, m in enumerate(methods)}
+    for r in sorted(csv, key=lambda r: (order.get(r["method"], 99), r["task"], r["gen_length"], r["temperature"])):
+        rows.append([r["method"], "untrained" if r["train_seed"] == seeds.UNTRAINED else str(r["train_seed"]),
+                     str(r["task"]), str(r["gen_length"]), temp_text(r["temperature"]), str(r["n_problems"])]
+                    + [f"{100 * r[f'pass@{k}']:.1f}" for k in ks])
+    rep.add("**Pass@k of each training seed** (each seed's own run; the headline tables above use their mean)", "")
+    rep.add(*markdown_table(["Method", "Seed", "Task", "Length", "Temp.", "Problems"]
+                            + [f"Pass@{k} (%)" for k in ks], rows, right=set(range(5, 6 + len(ks)))), "")
+    pd.DataFrame(csv).to_csv(rep.out / "tables" / "per_seed_passk.csv", index=False)
+
+
+def seed_section(rep: Report, seeded: pd.DataFrame, methods: list[str], t_star: float) -> None:
+    """The section "Per training seed": each seed's Pass@k (figure and table) and diversity per seed."""
+    rep.add("## Per training seed", "",
+            "The figures and tables above show each method's mean over its training seeds with seed-level "
+            "intervals; this section shows every seed on its own.", "")
+    counts = metrics.counts_table(seeded, ["method", SEED, *metrics.CELL])
+    spread = counts.groupby("method")[SEED].nunique()
     rep.add("Training seeds per method: " + ", ".join(f"{m} {int(spread.get(m, 0))}" for m in methods)
             + " (runs outside every seed-K folder count as one seed).", "")
     _figure(rep, counts, methods, t_star)
-    ks = sorted({1, cfg.k, int(counts["n"].min())})
-    tables = seed_tables(seeded, methods, cfg.base, ks, cfg.seed, cfg.confidence)
-    _summary(rep, tables, ks, methods)
-    for m in [m for m in methods if m != cfg.base]:
-        table = tables[m, cfg.k]
-        if isinstance(table, UserError):
-            rep.add(f"*{m} vs {cfg.base}: not compared across seeds ({table}).*", "")
-            continue
-        rep.add(seeds.seed_markdown(table), "")
-        table.to_csv(rep.out / "tables" / f"seeds_{m}_vs_{cfg.base}.csv", index=False)
+    _per_seed_table(rep, counts, methods)
     _diversity(rep, seeded, methods)

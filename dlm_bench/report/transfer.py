@@ -6,8 +6,9 @@ import re
 import numpy as np
 import pandas as pd
 
-from dlm_bench.stats import metrics
-from dlm_bench.report.common import (passk_curve, is_minerva, lcb_base, pct_text, Report, report_rng, save_figure, temp_text, train_name,
+from dlm_bench.stats.seed_level import seed_mean_ci
+from dlm_bench.report.common import (passk_curve, is_minerva, lcb_base, pct_text, Report, save_figure, temp_text, train_name,
+    interval_text, seed_matrix,
     closest_temperature, DIFFICULTIES, md_table, order_methods, split_label)
 from dlm_bench.report.style import dot_panel, figure_legend, fit_y, grid, method_color
 
@@ -41,7 +42,7 @@ def figure_3a(rep: Report, counts: pd.DataFrame, methods: list[str], t_star: flo
             if sub.empty:
                 rows.append([train_name(tr), str(task), str(g), m, "n/a", "n/a", "n/a", "n/a"])
                 continue
-            cur = passk_curve(sub, cfg, ("3a", m, task, g, t_use))
+            cur = passk_curve(sub, cfg)
             # the panel title names the training set, so the legend names the method only
             ax.plot(cur["k"], 100 * cur["pass_at_k"], marker="o", ms=4, color=method_color(name),
                     label=f"{m} (untrained)" if m in refs else name, ls="--" if m in refs else "-")
@@ -49,7 +50,7 @@ def figure_3a(rep: Report, counts: pd.DataFrame, methods: list[str], t_star: flo
                             alpha=0.12, lw=0)
             s = cur.set_index("k")["pass_at_k"]
             n = int(cur["k"].max())
-            rows.append([train_name(tr), str(task), str(g), m, str(len(sub)), pct_text(s.get(1)),
+            rows.append([train_name(tr), str(task), str(g), m, str(int(cur["n_units"].iloc[0])), pct_text(s.get(1)),
                          pct_text(s.get(cfg.k)) if cfg.k <= n else "n/a", pct_text(s.get(n))])
         ax.set_title(f"trained on {train_name(tr)}: {task}, length {g}")
         ax.set_xlabel("k")
@@ -60,7 +61,7 @@ def figure_3a(rep: Report, counts: pd.DataFrame, methods: list[str], t_star: flo
     save_figure(rep, fig, "fig3a_minerva_transfer",
           f"Held-out Minerva Pass@k vs k at T = {temp_text(t_use)}; one row of panels per training set "
           f"(method label suffix after '@'); dashed: untrained references ({', '.join(refs) or 'none'}); "
-          f"bands: {cfg.confidence:.0%} bootstrap CI over problems; shared y-axis"
+          f"{interval_text(mc, cfg.confidence)}; shared y-axis"
           + (f"; {note}." if note else "."))
     rep.add(*md_table(["Trained on", "Task", "Length", "Method", "Problems", "Pass@1 (%)",
                        f"Pass@{cfg.k} (%)", "Pass@n (%)"], rows, right_from=4), "")
@@ -114,14 +115,13 @@ def figure_3b(rep: Report, counts: pd.DataFrame, methods: list[str]) -> None:
                     rows.append([str(g), d, m, "n/a", "n/a", "n/a"])
                     continue
                 n = int(sub["n"].min())
+                units = sub["problem_id"].nunique()
                 if n < k:
-                    rows.append([str(g), d, m, str(len(sub)), str(n), f"n/a (n < {k})"])
+                    rows.append([str(g), d, m, str(units), str(n), f"n/a (n < {k})"])
                     continue
-                vals = metrics.pass_at_k(sub["n"].to_numpy(), sub["c"].to_numpy(), k)
-                mean, se = metrics.mean_se(vals)
-                ci = metrics.bootstrap_ci(vals, cfg.confidence, cfg.n_resamples, report_rng(cfg.seed, "3b", g, d, m))
-                values[(d, m)] = (mean, ci.low, ci.high)
-                rows.append([str(g), d, m, str(len(sub)), str(n), f"{pct_text(mean)} ± {pct_text(se)}"])
+                lv = seed_mean_ci(seed_matrix(sub, [k], ["problem_id"])[0][:, :, 0], cfg.confidence)
+                values[(d, m)] = (lv.mean, lv.low, lv.high)
+                rows.append([str(g), d, m, str(units), str(n), f"{pct_text(lv.mean)} ± {pct_text(lv.se)}"])
         dot_panel(ax, diffs, ms, values)
         ax.set_title(f"length {g}")
     ynote = fit_y(axes, f"Pass@{k} (%)")
@@ -129,7 +129,7 @@ def figure_3b(rep: Report, counts: pd.DataFrame, methods: list[str]) -> None:
     note = f" {unlabeled} problem rows had no difficulty label and are left out." if unlabeled else ""
     save_figure(rep, fig, "fig3b_livecodebench_difficulty",
           f"LiveCodeBench Pass@{k} at T = {temp_text(t_use)} by difficulty (labels from {source}), mean over "
-          f"problems with its {cfg.confidence:.0%} bootstrap CI (the table gives ± 1 SE); n/a: no "
+          f"problems ({interval_text(lc, cfg.confidence, 'error bars')}; the table gives ± 1 SE); n/a: no "
           f"records; shared y-axis" + (f"; {ynote}" if ynote else "") + f".{note}")
     rep.add(*md_table(["Length", "Difficulty", "Method", "Problems", "n", f"Pass@{k} (%) ± SE"], rows,
                       right_from=3), "")

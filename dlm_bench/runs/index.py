@@ -29,6 +29,8 @@ from dlm_bench.runs.store import KEY, RESULTS, read_scores, run_dirs
 INDEX = "configs.jsonl"
 SEED_DIR = re.compile(r"^seed-(\d+)$")     # training-seed folders: RUNS/METHOD/seed-K/<run dirs>
 UNKNOWN = "unknown"          # records whose config hash no folder names
+UNSEEDED = -1                # train_seed of the runs outside every seed-K folder (the untrained base)
+DECODER_FILE = "decoder.json"   # ROOT/DECODER/decoder.json: the sweeps under one training decoder (protocol.sweep)
 
 
 def read_index(run_dir: str | Path) -> dict[str, dict]:
@@ -172,6 +174,19 @@ def read_all_scores(root: str | Path) -> pd.DataFrame:
     return select_current(df, dirs, root)
 
 
+def decoder_folders(root) -> list[tuple[Path, dict]]:
+    """(folder, its decoder.json) for every sub-folder of `root` that holds the sweeps of one training
+    decoder (RESULTS/passk-rollout/DECODER/); empty when `root` has none."""
+    root = Path(root)
+    out = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            out.append((d, json.loads((d / DECODER_FILE).read_text())))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def seed_folders(root) -> dict[tuple[str, int], Path]:
     """Training-seed folders under `root` (layout ROOT/METHOD/seed-K/<run dirs>), keyed by
     (parent folder, K). Empty when there are none."""
@@ -189,7 +204,7 @@ def seed_folders(root) -> dict[tuple[str, int], Path]:
 def read_seeded_scores(root):
     """Scores of every seed folder under `root` with a `train_seed` column, or None without any.
     Each seed folder is read on its own, so one label may hold one model per seed; runs outside
-    every seed folder (the untrained base) are read together as one seed, train_seed = -1."""
+    every seed folder (the untrained base) are read together as one seed, train_seed = UNSEEDED."""
     import pandas as pd
     root = Path(root)
     folders = seed_folders(root)
@@ -201,5 +216,12 @@ def read_seeded_scores(root):
     loose = [f for f in (read_scores(d) for d in rest) if not f.empty]
     if loose:
         df = pd.concat(loose, ignore_index=True).drop_duplicates(list(KEY))
-        frames.append(select_current(df.reset_index(drop=True), rest, root).assign(train_seed=-1))
+        frames.append(select_current(df.reset_index(drop=True), rest, root).assign(train_seed=UNSEEDED))
     return pd.concat(frames, ignore_index=True)
+
+
+def read_scores_by_seed(root) -> pd.DataFrame:
+    """`read_seeded_scores`, or without seed folders `read_all_scores` with every run as one seed
+    (train_seed UNSEEDED): rows the seed-level statistics take either way."""
+    df = read_seeded_scores(root)
+    return read_all_scores(root).assign(train_seed=UNSEEDED) if df is None else df

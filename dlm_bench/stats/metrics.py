@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.stats
 
 from dlm_bench.errors import UserError
-from dlm_bench.stats import N_RESAMPLES, intervals
+from dlm_bench.stats import N_RESAMPLES, intervals, power
 from dlm_bench.stats.passk import pass_at_k
 
 CELL = ("task", "gen_length", "temperature")  # one comparison per cell
@@ -278,6 +278,8 @@ class PairedResult:
     p_perm: float
     perm_method: str
     p_wilcoxon: float
+    mde: float = math.nan       # minimum detectable difference (power.POWER, alpha 1 - confidence)
+    power: float = math.nan     # power of the design at a true difference of |diff|
 
 
 def paired_compare(a_vals, b_vals, confidence: float = 0.95, n_resamples: int = N_RESAMPLES,
@@ -295,12 +297,14 @@ def paired_compare(a_vals, b_vals, confidence: float = 0.95, n_resamples: int = 
     rng = np.random.default_rng(seed)
     ci = paired_ci(a, b, confidence)
     p_perm, perm_method = sign_flip_test(d, n_permutations, exact_max, rng)
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.nan
     return PairedResult(
         n_problems=int(d.size), mean_a=float(a.mean()) if a.size else math.nan,
         mean_b=float(b.mean()) if b.size else math.nan,
         diff=float(d.mean()) if d.size else math.nan, ci_low=ci.low, ci_high=ci.high,
         ci_method=ci.method, d_z=standardized_effect(d), p_perm=p_perm, perm_method=perm_method,
-        p_wilcoxon=wilcoxon_p(d, zero_method))
+        p_wilcoxon=wilcoxon_p(d, zero_method), mde=power.mde(se, d.size - 1, 1 - confidence),
+        power=power.power_at(float(d.mean()) if d.size else math.nan, se, d.size - 1, 1 - confidence))
 
 
 def bh_adjust(pvals) -> np.ndarray:
@@ -378,7 +382,7 @@ def compare_table(scores_df: pd.DataFrame, method_a: str, method_b: str, k: int,
                          pass_a=res.mean_a, pass_b=res.mean_b, diff=res.diff,
                          ci_low=res.ci_low, ci_high=res.ci_high, ci_method=res.ci_method,
                          d_z=res.d_z, p_perm=res.p_perm, perm_method=res.perm_method,
-                         p_wilcoxon=res.p_wilcoxon))
+                         p_wilcoxon=res.p_wilcoxon, mde=res.mde, power=res.power))
     if not rows:
         raise UserError(f"no cell has problems scored for both {method_a!r} and {method_b!r}")
     table = pd.DataFrame(rows)
@@ -422,7 +426,7 @@ def compare_markdown(table: pd.DataFrame, digits: int = 1) -> str:
     names = {"task": "Task", "gen_length": "Length", "temperature": "Temp."}
     header = [names.get(c, c) for c in cells] + [
         "Problems", f"{a} Pass@{k} (%)", f"{b} Pass@{k} (%)", "Diff (pp)",
-        f"{conf:.0%} CI (pp)", "d_z", "p perm.", "p Wilcoxon", "q (BH)", "Sig."]
+        f"{conf:.0%} CI (pp)", "d_z", "p perm.", "p Wilcoxon", "q (BH)", "Sig.", "MDE (pp)", "Detectable?"]
     rows = []
     for r in table.itertuples(index=False):
         rd = r._asdict()
@@ -433,10 +437,11 @@ def compare_markdown(table: pd.DataFrame, digits: int = 1) -> str:
         rows.append([str(rd[c]) for c in cells] + [
             n, fmt_num(100 * rd["pass_a"], digits), fmt_num(100 * rd["pass_b"], digits),
             fmt_num(100 * rd["diff"], digits, True), ci, fmt_num(rd["d_z"], 2, True),
-            fmt_p(rd["p_perm"]), fmt_p(rd["p_wilcoxon"]), fmt_p(rd["q_bh"]), rd["sig"]])
+            fmt_p(rd["p_perm"]), fmt_p(rd["p_wilcoxon"]), fmt_p(rd["q_bh"]), rd["sig"],
+            fmt_num(100 * rd["mde"], digits), power.verdict(bool(rd["sig"]), rd["diff"], rd["mde"], rd["power"])])
     first = len(cells)
     lines = [f"**Pass@{k} (primary k = {k}): {a} (A) vs {b} (B)**", ""]
-    lines += markdown_table(header, rows, right=set(range(first, len(header) - 1)))
+    lines += markdown_table(header, rows, right=set(range(first, len(header) - 3)) | {len(header) - 2})
     zm = at.get("zero_method", "pratt")
     lines += ["",
               f"Diff = A − B in percentage points, per problem then averaged; problems only one "
@@ -445,7 +450,11 @@ def compare_markdown(table: pd.DataFrame, digits: int = 1) -> str:
               f"permutation test on the mean difference (primary; exact when few problems "
               f"differ). p Wilcoxon: signed-rank test ({zm} zero handling, secondary). q: "
               f"Benjamini–Hochberg over the {len(table)} cells shown; * q < {alpha:g}, "
-              f"** q < 0.01, *** q < 0.001. d_z: mean difference / sd of differences."]
+              f"** q < 0.01, *** q < 0.001. d_z: mean difference / sd of differences. MDE: the true "
+              f"difference this design (its problems x samples and the variance it observed) detects with "
+              f"{power.POWER:.0%} power at alpha {1 - conf:.2g} (stats/power.py); Detectable?: for a difference "
+              f"without a star, whether a true difference of the observed size was detectable, and the power "
+              f"at that size."]
     return "\n".join(lines)
 
 

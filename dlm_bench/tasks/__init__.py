@@ -111,6 +111,13 @@ class Task:
         """A reference completion for supervised pre-training (None when the task has none)."""
         return None
 
+    @classmethod
+    def train_scale(cls, updates_per_batch: int) -> dict:
+        """Method settings that fit this task's own scale, applied over every method's defaults (its
+        per-task recipe and the user's settings win), for a method making `updates_per_batch` optimizer
+        updates per rollout batch. None here: the methods' recipes are for the benchmarks."""
+        return {}
+
 
 _TASKS = Registry("task", Task, "dlm_bench.tasks", ("gsm8k", "math500", "minerva", "aime", "olympiadbench", "humaneval", "mbpp",
                                                  "livecodebench", "countdown", "sudoku", "testbed"),
@@ -143,6 +150,13 @@ def training_rewards(task: Task, problems: list[Problem], completions: list[str]
     if kind == "binary":
         return task.rewards(problems, completions)
     return task.rewards(problems, completions, kind=kind)
+
+
+def train_scale(name: str, updates_per_batch: int) -> dict:
+    """The registered task's `Task.train_scale`; {} for a name no task has (the caller reports it)."""
+    if name not in _TASKS.names():
+        return {}
+    return _TASKS.get(name).train_scale(updates_per_batch)
 
 
 def get_task(name: str, data_dir: str | None = None, answer_mode: str = "flexible") -> Task:

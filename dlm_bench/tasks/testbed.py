@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import math
 import random
 from functools import lru_cache
 
@@ -20,6 +21,22 @@ from dlm_bench.tasks import Grade, Problem, Task, register_task
 
 OPS = "+-*"
 EVAL_SIZE = 200
+
+# The testbed's own training scale (`train_scale`): answers are at most 12 tokens, so rollouts decode a
+# 12-token window in 12 steps (one block; left-to-right methods force their own order); 8 prompts x 8
+# samples per step and full fine-tuning of the 1.8M-parameter base (LoRA on 8B is what the recipes
+# tune). The methods' 8B recipes on this task decode up to 512 tokens for a 12-token answer.
+SCALE = {"gen_length": 12, "steps": 12, "block_length": 12, "group_size": 8, "batch_prompts": 8, "lora_r": 0}
+# Learning rate: 3e-5 for one optimizer update per rollout batch, divided by sqrt(updates per batch).
+# - 3e-5: JustGRPO (one update) keeps its held-out Pass@1 gain under its own decoder with no Pass@8 loss,
+#   where 1e-4 (the pre-training's final lr) also gains but cuts Pass@8 from 65% to 45-48% at T = 0.6
+#   (../shared/reference/testbed-fidelity.md; `make positive-control` re-measures it on 4 seeds).
+# - sqrt: AdamW moves each weight by about lr per update, but successive updates of one batch do not
+#   add up coherently. Measured (10 rollout batches from this base, mean |weight change| per batch in
+#   units of 3e-5): JustGRPO (1 update) 0.298; with lr / updates, ESPO (2 inner updates, 1.5e-5) 0.242
+#   and TraceRL (8 minibatch updates, fresh AdamW per batch, 3.75e-6) 0.117; with lr / sqrt(updates),
+#   TraceRL (1.06e-5) 0.299, i.e. the same movement per batch as JustGRPO.
+LR_ONE_UPDATE = 3e-5
 
 
 def _value(node) -> int | None:
@@ -103,6 +120,11 @@ class Testbed(Task):
         if sorted(_numbers(tree)) != sorted(problem.meta["numbers"]):
             return Grade(False, text, "invalid")
         return Grade(value == problem.answer, text, "correct" if value == problem.answer else "wrong")
+
+    @classmethod
+    def train_scale(cls, updates_per_batch: int) -> dict:
+        """SCALE, and LR_ONE_UPDATE divided by the square root of the optimizer updates per rollout batch."""
+        return {**SCALE, "lr": LR_ONE_UPDATE / math.sqrt(max(1, updates_per_batch))}
 
     def sft_target(self, problem: Problem, rng: random.Random | None = None) -> str:
         """A correct expression: a random one of all solutions when `rng` is given, else the first."""

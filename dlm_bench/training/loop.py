@@ -51,6 +51,8 @@ from dlm_bench.config import derive_seed, knob
 from dlm_bench.distributed import (Dist, accumulating, all_sum, broadcast_params, init_distributed, is_sharded,
                                    lockstep, not_replicated, replicate, shard, sum_gradients, sum_over_ranks)
 from dlm_bench.errors import UserError
+from dlm_bench.training.fit import check_fits
+from dlm_bench.training.control import CONTROLS, control_model, control_rewards
 from dlm_bench.training.schedule import lr_multiplier, step_prompts, warmup_updates
 from dlm_bench.training.parallel import grad_norm_and_clip, loss_scale, plain_params
 from dlm_bench.runs import tracking
@@ -86,7 +88,11 @@ class TrainConfig:
     device: str | None = knob(None, "cpu, cuda, cuda:1 (None: cuda if available; per rank under torchrun)",
                               source=HARNESS)
     dtype: str | None = knob(None, "model dtype (None: bf16 on GPU, fp32 on CPU)", source=HARNESS)
-    rollout_chunk: int = knob(64, "completions per sampler call", source=MEMORY, low=1)
+    # 64: its sampler call at P 256 + G 512 measured by `dlm-bench memory` (docs/memory.md) is 27.0 GiB
+    # (LLaDA-8B) / 28.7 GiB (Dream-7B) allocated, + a LoRA run's resident state (about 5 GiB): about 37 GB
+    # with the assumed overhead; rule: a power of two that fits 80 GB at that prompt length.
+    rollout_chunk: int = knob(64, "completions per sampler call", source=MEMORY + "; 64 fits 80 GB at "
+                              "P 256 + G 512 (dlm-bench memory)", low=1)
     micro_prompts: int = knob(1, "prompts (whole groups) per rollout/prepare micro-batch", source=MEMORY, low=1)
     micro_batch_size: int = knob(4, "completions (each with all its mask draws) per backward", source=MEMORY,
                                  low=1)
@@ -96,7 +102,12 @@ class TrainConfig:
                                                      "every model but the built-in tiny one)", source=MEMORY)
     parallel: str = knob("auto", "several processes: fsdp for full fine-tuning, ddp for LoRA (auto), or forced",
                          source=HARNESS, choices=("auto", "ddp", "fsdp"))
+    memory_check: bool = knob(True, "on a GPU, refuse settings the memory model predicts will not fit "
+                                    "(training/fit.py)", source=HARNESS)
     report_to: str = knob("none", tracking.HELP, source="harness default (TRL's report_to)")
+    control: str = knob("none", "'base': also log the base model's reward on each step's prompts and rollout "
+                                "seeds (control_reward_mean, reward_minus_control; one extra rollout per step, "
+                                "training/control.py)", source=HARNESS, choices=CONTROLS)
 
     def validate(self) -> "TrainConfig":
         if not self.model and self.method != "base":
@@ -111,6 +122,8 @@ class TrainConfig:
         if self.parallel not in ("auto", "ddp", "fsdp"):
             raise UserError(f"parallel must be auto, ddp or fsdp, got {self.parallel!r}")
         tracking.parse_report_to(self.report_to)
+        if self.control not in CONTROLS:
+            raise UserError(f"control must be one of {', '.join(CONTROLS)}, got {self.control!r}")
         if not isinstance(self.overrides, dict) or not isinstance(self.sampler, dict):
             raise UserError("overrides and sampler must be mappings")
         from dlm_bench.sampler import SamplerConfig
@@ -140,7 +153,8 @@ def _identity(config: dict) -> dict:
     """Settings a resumed run must share (its length, budget, checkpointing and device may change)."""
     return {k: v for k, v in config.items()
             if k not in ("train_steps", "save_every", "minutes", "device", "rollout_chunk", "out", "parallel",
-                         "gradient_checkpointing", "report_to")}
+                         "gradient_checkpointing", "report_to",
+                         "memory_check", "control")}
 
 
 def _flat(config: dict) -> dict:
@@ -192,8 +206,9 @@ def _sampler_config(cfg: TrainConfig, rollout, cls):
     return scfg
 
 
-def plan(cfg: TrainConfig) -> Plan | None:
-    """Validate every setting and load the prompts; None for a method that does not train."""
+def plan(cfg: TrainConfig, problems: list | None = None) -> Plan | None:
+    """Validate every setting and load the prompts (or take `problems`: `dlm-bench memory` needs no
+    benchmark data); None for a method that does not train."""
     from dlm_bench.methods import get_method
     from dlm_bench.tasks import get_task, reward_kind
     cfg.validate()
@@ -207,7 +222,7 @@ def plan(cfg: TrainConfig) -> Plan | None:
         return None
     if not cfg.pairs:
         kind = reward_kind(task, getattr(mcfg, "code_reward", "binary"))  # a kind the task lacks fails here
-        problems = _problems(cfg, task)
+        problems = _problems(cfg, task) if problems is None else problems
     split = "pairs" if cfg.pairs else _split(cfg, task)
     n_micro = _micro_batches(cfg, mcfg.rollout)
     if mcfg.optim.minibatches > n_micro:     # a minibatch is at least one micro-batch of whole groups
@@ -300,6 +315,7 @@ class Run:
     opt_step: int
     prompt_cache: dict = field(default_factory=dict)
     trajectories: dict | None = None      # (problem, sample) -> Trajectory, for offline rollouts
+    control: object | None = None         # the frozen base model of `--set control=base`
 
     @property
     def cfg(self) -> TrainConfig:
@@ -335,6 +351,7 @@ def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
     if resumed and state.get("reference") is not None:
         ref.model.load_state_dict(state["reference"])
         method.reference_moved = True
+    control = control_model(cfg, dlm, lora, resumed)     # before FSDP shards the policy
     method.extra_modules.to(device)
     if next(dlm.model.parameters()).dtype == torch.float64:     # an exact-arithmetic run: heads too
         method.extra_modules.double()
@@ -362,7 +379,8 @@ def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
         opt.load_state_dict(state["optimizer"])
     if d.world > 1 and not fsdp:
         replicate(dlm, d, device)       # DDP wraps the policy alone
-    return Run(p, d, device, dlm, lora, method, ref, opt, int(state["step"]), int(state["opt_step"]))
+    return Run(p, d, device, dlm, lora, method, ref, opt, int(state["step"]), int(state["opt_step"]),
+               control=control)
 
 
 # ----------------------------------------------------------------------------- stage: rollout
@@ -374,6 +392,13 @@ class Batch:
     texts: list[list[str]]
     rewards: list[list[float]]
     nfe: int
+    control: list[list[float]] = field(default_factory=list)   # the base model's rewards (control=base)
+
+
+def sampler_rows(cfg: TrainConfig, group_size: int) -> int:
+    """The most completions one rollout `sample` call decodes at once: a micro-batch's
+    `micro_prompts` x G, cut at `rollout_chunk`."""
+    return min(cfg.micro_prompts * group_size, cfg.rollout_chunk)
 
 
 def _sample(dlm, prompts_ids, scfg, cfg: TrainConfig, step: int, global_idx: list[int], G: int):
@@ -403,8 +428,6 @@ def rollout(run: Run) -> Batch:
 
 def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
     """Micro-batch m into `out`: its prompts' G completions, rewards and the prepared `Rollouts`."""
-    from dlm_bench.likelihood import ScoredBatch
-    from dlm_bench.methods import Rollouts
     from dlm_bench.tasks import training_rewards
     p, cfg, dlm, step = run.plan, run.cfg, run.dlm, run.step
     P, G = p.mcfg.rollout.batch_prompts, p.mcfg.rollout.group_size
@@ -418,18 +441,29 @@ def _rollout_micro(run: Run, m: int, idx: list[int], out: Batch) -> None:
         comps = _sample(dlm, pids, p.scfg, cfg, step, gidx, G)
         texts = [c.text for c in comps]
         rewards = training_rewards(p.task, [q for q in probs for _ in range(G)], texts, p.reward_kind)
+    out.micro.append((m, prepare_micro(run, m, gidx, pids, comps, rewards)))
+    out.texts.append(texts)
+    out.rewards.append(rewards)
+    if run.control is not None:
+        out.control.append(control_rewards(run, probs, pids, gidx, _sample))
+    out.nfe += sum(c.nfe for c in comps)
+
+
+def prepare_micro(run: Run, m: int, gidx: list[int], pids: list[list[int]], comps: list, rewards: list[float]):
+    """Micro-batch m as the method sees it: prompts `pids` (global indices `gidx`), G completions each
+    (`tokens` and `step_map`), their rewards; `prepare`d under no_grad."""
+    from dlm_bench.likelihood import ScoredBatch
+    from dlm_bench.methods import Rollouts
+    G = run.plan.mcfg.rollout.group_size
     lengths = [getattr(c, "scored", None) or len(c.tokens) for c in comps]   # a pair scores its own tokens
-    batch = ScoredBatch.build(dlm, [q for q in pids for _ in range(G)], [c.tokens for c in comps], lengths)
+    batch = ScoredBatch.build(run.dlm, [q for q in pids for _ in range(G)], [c.tokens for c in comps], lengths)
     ro = Rollouts(batch=batch, rewards=torch.tensor(rewards, dtype=torch.float32),
                   groups=torch.tensor([i for i in gidx for _ in range(G)], dtype=torch.long),
                   step_map=torch.tensor([c.step_map for c in comps], dtype=torch.long),
-                  seed=derive_seed(cfg.seed, step, m, 0x5EED))
+                  seed=derive_seed(run.cfg.seed, run.step, m, 0x5EED))
     with torch.no_grad():
-        run.method.prepare(ro, dlm, run.ref)
-    out.micro.append((m, ro))
-    out.texts.append(texts)
-    out.rewards.append(rewards)
-    out.nfe += sum(c.nfe for c in comps)
+        run.method.prepare(ro, run.dlm, run.ref)
+    return ro
 
 
 # ----------------------------------------------------------------------------- stage: update
@@ -529,6 +563,10 @@ def step_metrics(run: Run, batch: Batch, stat_sums: dict, grad_norm: float, seco
            "nfe": int(nf), "nfe_per_completion": round(nf / max(n, 1), 2),
            "lr": run.opt.param_groups[0]["lr"], "grad_norm": round(grad_norm, 6),
            "seconds": round(seconds, 3)}
+    if run.control is not None:
+        cn, cs = all_sum([sum(len(c) for c in batch.control), sum(map(sum, batch.control))], run.d, run.device)
+        row["control_reward_mean"] = round(cs / max(cn, 1), 6)
+        row["reward_minus_control"] = round(mean - cs / max(cn, 1), 6)
     row.update({k: stats[k] for k in sorted(stats)})
     return row
 
@@ -595,6 +633,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     with (folder_lock(cfg.out, what="training folder") if d.main else contextlib.nullcontext()):
         ckpt, state = resume(cfg, d)
         run = build(p, d, device, ckpt, state)
+        offline = p.mcfg.rollout.source == "offline"       # the base model's trajectories: rollout_chunk per call
+        check_fits(run, cfg.rollout_chunk if offline else sampler_rows(cfg, p.mcfg.rollout.group_size))
         if p.mcfg.rollout.source == "offline":
             from dlm_bench.training.trajectories import collect
             run.trajectories = collect(run)
