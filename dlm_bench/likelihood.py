@@ -177,6 +177,11 @@ class ScoringInput:
     position_ids: torch.Tensor | None
     start: int
 
+    @property
+    def model_kw(self) -> dict:
+        """What a forward takes besides ids and mask: the positions of a 4-D mask (none for a 2-D one)."""
+        return {} if self.position_ids is None else {"position_ids": self.position_ids}
+
     def rows(self, sl: slice) -> "ScoringInput":
         pos = None if self.position_ids is None else self.position_ids[sl]
         return ScoringInput(self.ids[sl], self.mask[sl], pos, self.start)
@@ -262,7 +267,7 @@ def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: i
             out.append(lp)
             ents.append(ent)
             continue
-        logits = dlm.logits(part.ids, part.mask, position_ids=part.position_ids)[:, part.start:part.start + G]
+        logits = dlm.logits(part.ids, part.mask, **part.model_kw)[:, part.start:part.start + G]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))   # bf16 up, float64 kept
         logp = F.log_softmax(logits, -1)
         out.append(torch.gather(logp, -1, targets[s:s + chunk, :, None]).squeeze(-1))
@@ -279,7 +284,7 @@ HEAD_CHUNK_BYTES = 64 * 2 ** 20   # fp32 logits per head application (126k vocab
 def _gathered(dlm, head, part: ScoringInput, mask, targets, entropy: bool):
     """Log-probs (and entropies) [n, G] at the positions `mask` of one forward chunk, from the last
     hidden states at those positions only (a shifted model scores token i from state i - 1)."""
-    h = dlm.hidden(part.ids, part.mask, position_ids=part.position_ids)
+    h = dlm.hidden(part.ids, part.mask, **part.model_kw)
     rows, cols = mask.nonzero(as_tuple=True)
     src = (part.start + cols - 1).clamp(min=0) if dlm.shift_logits else part.start + cols
     states, tgt = h[rows, src], targets[rows, cols]

@@ -203,7 +203,7 @@ def _completion_hidden(dlm, batch, rows, masks, chunk: int = 64) -> torch.Tensor
     inp = scoring_input(dlm, sub.prompt_ids, sub.prompt_mask, sub.completion, masks)
     G = masks.shape[1]
     parts = (inp.rows(slice(s, s + chunk)) for s in range(0, len(inp.ids), chunk))
-    return torch.cat([dlm.hidden(p.ids, p.mask, position_ids=p.position_ids)[:, p.start:p.start + G] for p in parts])
+    return torch.cat([dlm.hidden(p.ids, p.mask, **p.model_kw)[:, p.start:p.start + G] for p in parts])
 
 
 def decoding_order(trace: torch.Tensor, blocks: torch.Tensor | None) -> torch.Tensor:
