@@ -298,7 +298,7 @@ def test_report_over_both_families(block_dirs, tmp_path):
     for name in BOTH:
         _passk(block_dirs[name], tmp_path / "runs" / name, 4 if name == TRADO else 8)
     assert main(["report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "report"),
-                 "--formats", "png", "--resamples", "100"]) == 0
+                 "--formats", "png"]) == 0
     assert (tmp_path / "report" / "report.md").is_file()
 
 
