@@ -10,6 +10,7 @@ Settings as for `train` (the method's defaults, `--config`, `--set`); bf16 weigh
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from dlm_bench.errors import UserError
@@ -73,13 +74,28 @@ def _eval_sampler(args):
         raise UserError(f"unknown sampler setting: {e}") from e
 
 
+@contextlib.contextmanager
+def _untraceable(model: str):
+    """Code that moves a tensor computed from model outputs to numpy (LLaDA2's MoE router counts its
+    tokens per expert with `.cpu().numpy()`) cannot run under fake tensors: one line, not a traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "not supported for tensor subclasses" not in str(e):
+            raise
+        raise UserError(f"{model}: its code reads a value computed from the model's outputs through numpy "
+                        f"({str(e).splitlines()[0]}), which fake tensors cannot answer; this model's memory "
+                        f"cannot be traced") from e
+
+
 def run(args) -> int:
     from tqdm.auto import tqdm
 
     from dlm_bench.memory.measure import measure_eval, measure_training
     from dlm_bench.memory.report import render
     _positive(args)
-    with tqdm(desc="memory", disable=args.no_progress, bar_format="{desc} [{elapsed}]") as bar:
+    with tqdm(desc="memory", disable=args.no_progress, bar_format="{desc} [{elapsed}]") as bar, \
+            _untraceable(args.model):
         def tick(name):
             bar.set_description_str(f"memory: {name}")
         if args.method == "base":

@@ -114,7 +114,7 @@ def build_config(args):
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         _route(k.strip(), parse_value(v), method_fields, train_fields, cfg)
-    if args.pairs is not None:
+    if getattr(args, "pairs", None) is not None:
         cfg["pairs"] = args.pairs
     if cfg.get("pairs"):                 # the file stands in for the task
         if cfg.get("task") not in (None, "pairs"):

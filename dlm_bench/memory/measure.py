@@ -105,16 +105,17 @@ def probe_answers(model_dir: str) -> dict:
     they compare logits, which fake tensors do not have, and depend on the code, not the size."""
     import json
 
-    from dlm_bench.models import load_model
-    from dlm_bench.models.random_init import TINY, build_tiny
-    family = str(json.loads((Path(model_dir) / "config.json").read_text()).get("model_type", "")).lower()
+    from dlm_bench.models import families, load_model
+    from dlm_bench.models.random_init import build_tiny
+    model_type = str(json.loads((Path(model_dir) / "config.json").read_text()).get("model_type", "")).lower()
+    family = families.by_model_type(model_type)
     with tempfile.TemporaryDirectory() as tmp:
-        if family in TINY:
-            path = build_tiny(model_dir, Path(tmp) / family)
+        if family.tiny_sizes:
+            path = build_tiny(model_dir, Path(tmp) / family.name)
         elif any(Path(model_dir).glob("*.safetensors")) or any(Path(model_dir).glob("*.bin")):
             path = model_dir           # weights on disk (the built-in tiny model): probe it as it is
         else:
-            raise UserError(f"no tiny recipe for model type {family!r} (models/random_init.py TINY), so the "
+            raise UserError(f"no tiny sizes for model type {model_type!r} (models/families.py), so the "
                             f"load-time probes cannot be answered for {model_dir}")
         dlm = load_model(str(path), device="cpu", dtype=torch.float32)
     return {"honours_padding": dlm.honours_padding, "gather_logits": dlm.gather_logits}

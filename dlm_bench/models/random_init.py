@@ -55,7 +55,8 @@ def model_from_config(model_dir: str | Path, dtype: torch.dtype):
     torch.set_default_dtype(dtype)
     try:
         if "AutoModel" in auto_map:
-            return remote_model_class(str(model_dir), auto_map)(config).eval()
+            family = families.by_model_type(config.model_type)
+            return remote_model_class(str(model_dir), auto_map, family.auto_class)(config).eval()
         return AutoModelForMaskedLM.from_config(config).eval()
     finally:
         torch.set_default_dtype(previous)
