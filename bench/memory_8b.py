@@ -94,7 +94,9 @@ def child(spec: dict) -> dict:
         scfg = SamplerConfig(gen_length=512, block_length=32, steps=512, temperature=0.9)
         m = measure_eval(model, scfg, rows=spec["rows"], prompt_length=256, probes=probes)
     else:
-        cfg = TrainConfig(method=spec["method"], task="gsm8k", model=model, overrides=dict(spec.get("sets", {})))
+        sets = dict(spec.get("sets", {}))
+        loop = {k: sets.pop(k) for k in list(sets) if k in TrainConfig.__dataclass_fields__}   # micro_batch_size
+        cfg = TrainConfig(method=spec["method"], task="gsm8k", model=model, overrides=sets, **loop)
         m = measure_training(cfg, prompt_length=256, world=spec.get("world", 1), chunks=spec.get("chunks"),
                              probes=probes)
     return {"stages": [{"name": s.name, "peak": s.peak, "start": s.start, "by_kind": s.by_kind,

@@ -2,7 +2,14 @@
 
 Inputs: `masked_input` is the only place a model input "prompt + completion window with a mask
 applied" is built (ELBO draws, TraceRL's trace steps, TaBoM's time-delay cuts, d1's one-step and
-SPG's block masks, which also mask prompt tokens, pre-training).
+SPG's block masks, which also mask prompt tokens, pre-training), and `scoring_input` the one every
+score runs on. It dispatches on the family's attention pattern, so no method needs a special case:
+full attention scores the masked sequence itself; a block-diffusion model (TraDo/SDAR, LLaDA2) scores
+a noised copy of the answer's blocks appended to the clean sequence, every block conditioned on the
+clean blocks before it and its own noised self (SDAR/TraDo training, dLLM-RL `train/rl_trado.py`;
+docs/likelihood.md "Block-diffusion models"). `answer_blocks` tells which answer positions share a
+block: positions in different blocks never see each other's noise, so one input can score a step of
+every block at once (TraceRL's rounds, the left-to-right order).
 
 Scores (which method uses which: docs/likelihood.md):
 - `elbo` / `elbo_samples`: Monte-Carlo ELBO of log p(y|x) with the random-order estimator (l ~ U{1..L}
@@ -33,7 +40,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dlm_bench.errors import UserError
+from dlm_bench.models import masks as attention_masks
 
 
 @dataclass
@@ -50,9 +57,6 @@ class ScoredBatch:
 
     @classmethod
     def build(cls, dlm, prompts: list[list[int]], completions: list[list[int]], lengths=None) -> "ScoredBatch":
-        if dlm.family.block_causal:     # these scores mask the whole answer at once, over full attention
-            raise UserError(f"{dlm.family.name} is a block-diffusion model: its scores need the block-diffusion "
-                            f"ELBO (clean earlier blocks, one noised block), which dlm-bench does not have yet")
         ids, mask = dlm.pad_left(prompts)
         G = max(len(c) for c in completions)
         comp = torch.full((len(completions), G), dlm.eos_id, dtype=torch.long)
@@ -164,6 +168,53 @@ def masked_input(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion
     return x, att
 
 
+@dataclass
+class ScoringInput:
+    """What one scoring forward takes: ids [N, W], a 2-D mask of real columns or a 4-D who-sees-whom mask
+    [N, 1, W, W] with its position ids, and the column of the first answer position's score."""
+    ids: torch.Tensor
+    mask: torch.Tensor
+    position_ids: torch.Tensor | None
+    start: int
+
+    @property
+    def model_kw(self) -> dict:
+        """What a forward takes besides ids and mask: the positions of a 4-D mask (none for a 2-D one)."""
+        return {} if self.position_ids is None else {"position_ids": self.position_ids}
+
+    def rows(self, sl: slice) -> "ScoringInput":
+        pos = None if self.position_ids is None else self.position_ids[sl]
+        return ScoringInput(self.ids[sl], self.mask[sl], pos, self.start)
+
+
+def scoring_input(dlm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion: torch.Tensor,
+                  mask: torch.Tensor, prompt_masked: torch.Tensor | None = None) -> ScoringInput:
+    """The input that scores completion windows [N, G] with `mask` [N, G] masked (and the prompt tokens in
+    `prompt_masked` [N, P], d1's prompt masking). Full attention: `masked_input`, scores at columns P..P+G.
+    Block-causal: the clean sequence, then a noised copy of the columns from P - (block - 1) on (the
+    prompt's tail can share a block with the first answer tokens), with `models.masks.block_scoring`'s
+    mask; scores at the copy's answer columns. The clean part carries the prompt noise too. A row's last
+    block ends with the window (the sampler decodes it whole: docs/likelihood.md)."""
+    x, att = masked_input(prompt_ids, prompt_mask, completion, mask, dlm.mask_id, prompt_masked)
+    P, G = prompt_ids.shape[1], completion.shape[1]
+    if not dlm.family.block_causal:
+        return ScoringInput(x, att, None, P)
+    lo = max(0, P - (dlm.block_size - 1))
+    see, pos = attention_masks.block_scoring(att, P, lo, dlm.block_size)
+    clean = torch.cat([x[:, :P], completion.to(x.device)], 1)
+    return ScoringInput(torch.cat([clean, x[:, lo:]], 1), see, pos, P + G + (P - lo))
+
+
+def answer_blocks(dlm, batch: "ScoredBatch") -> torch.Tensor | None:
+    """Block index [B, G] of every answer position of a block-causal model (blocks counted from each row's
+    first prompt token, as it decodes and as `scoring_input` scores); None under full attention."""
+    if not dlm.family.block_causal:
+        return None
+    G = batch.completion.shape[1]
+    plen = batch.prompt_mask.long().sum(-1, keepdim=True)
+    return (plen + torch.arange(G, device=plen.device)[None, :]) // dlm.block_size
+
+
 class Guided:
     """A model with unsupervised classifier-free guidance on its logits, for likelihoods (LLaDA's
     `get_log_likelihood.py`, `get_logits`): the unconditional copy masks the first `prompt_len`
@@ -179,7 +230,9 @@ class Guided:
     def logits_head(self):
         return None
 
-    def logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids=None) -> torch.Tensor:
+        if position_ids is not None:
+            raise ValueError("classifier-free guidance is for full-attention models (2-D masks)")
         from dlm_bench.sampler import guided_logits       # the sampler's CFG, on scoring inputs
         att = torch.ones_like(x) if attention_mask is None else attention_mask
         return guided_logits(self._dlm, x, att, self._P, self._scale)
@@ -201,21 +254,20 @@ def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: i
     flat = masks.reshape(K * B, G)
     keep = flat if scored is None else scored.reshape(K * B, G)
     pm = None if prompt_masked is None else prompt_masked.reshape(K * B, -1)
-    x, att = masked_input(batch.prompt_ids.repeat(K, 1), batch.prompt_mask.repeat(K, 1),
-                          batch.completion.repeat(K, 1), flat, dlm.mask_id, pm)
-    P = batch.prompt_ids.shape[1]
+    inp = scoring_input(dlm, batch.prompt_ids.repeat(K, 1), batch.prompt_mask.repeat(K, 1),
+                        batch.completion.repeat(K, 1), flat, pm)
     targets = batch.completion.repeat(K, 1)
     chunk = min(chunk, dlm.score_rows) if dlm.score_rows else chunk
     head = dlm.logits_head()
     out, ents = [], []
     for s in range(0, K * B, chunk):
+        part = inp.rows(slice(s, s + chunk))
         if head is not None:
-            lp, ent = _gathered(dlm, head, x[s:s + chunk], att[s:s + chunk], keep[s:s + chunk],
-                                targets[s:s + chunk], P, entropy)
+            lp, ent = _gathered(dlm, head, part, keep[s:s + chunk], targets[s:s + chunk], entropy)
             out.append(lp)
             ents.append(ent)
             continue
-        logits = dlm.logits(x[s:s + chunk], att[s:s + chunk])[:, P:]
+        logits = dlm.logits(part.ids, part.mask, **part.model_kw)[:, part.start:part.start + G]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))   # bf16 up, float64 kept
         logp = F.log_softmax(logits, -1)
         out.append(torch.gather(logp, -1, targets[s:s + chunk, :, None]).squeeze(-1))
@@ -229,12 +281,12 @@ def masked_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, chunk: i
 HEAD_CHUNK_BYTES = 64 * 2 ** 20   # fp32 logits per head application (126k vocab: 132 positions), recomputed in backward
 
 
-def _gathered(dlm, head, x, att, mask, targets, P: int, entropy: bool):
+def _gathered(dlm, head, part: ScoringInput, mask, targets, entropy: bool):
     """Log-probs (and entropies) [n, G] at the positions `mask` of one forward chunk, from the last
     hidden states at those positions only (a shifted model scores token i from state i - 1)."""
-    h = dlm.hidden(x, att)
+    h = dlm.hidden(part.ids, part.mask, **part.model_kw)
     rows, cols = mask.nonzero(as_tuple=True)
-    src = (P + cols - 1).clamp(min=0) if dlm.shift_logits else P + cols
+    src = (part.start + cols - 1).clamp(min=0) if dlm.shift_logits else part.start + cols
     states, tgt = h[rows, src], targets[rows, cols]
     n = max(1, HEAD_CHUNK_BYTES // (4 * dlm.model.get_output_embeddings().weight.shape[0]))
     parts = [_head_scores(head, states[i:i + n], tgt[i:i + n], entropy) for i in range(0, len(tgt), n)]
@@ -279,15 +331,29 @@ def normalized_logprob(dlm, batch: ScoredBatch, draw: MaskDraw, chunk: int = 64)
 
 
 def left_to_right_logprob(dlm, batch: ScoredBatch, chunk: int = 64, per_token: bool = False) -> torch.Tensor:
-    """Exact log p of decoding y left to right: token i given x, y_<i and masks after it. [B] or [B, G]."""
+    """Exact log p of decoding y left to right: token i given x, y_<i and masks after it. [B] or [B, G].
+    Draw r masks the positions from the r-th on of every independent group of positions (the whole
+    answer under full attention: G draws; each block of a block-causal model: one draw per block offset,
+    which is its `sequential` decoding with one token per step)."""
     B, G = batch.completion.shape
-    pos = torch.arange(G, device=batch.completion.device)
-    masks = (pos[None, :] >= pos[:, None])                      # row i masks positions >= i
-    masks = masks[:, None, :].expand(G, B, G) & batch.valid[None]
-    lp = masked_token_logprobs(dlm, batch, masks, chunk)        # [G, B, G]
-    token_lp = lp[pos, :, pos].T                                # [B, G]: token i scored in draw i
-    token_lp = token_lp * batch.valid
+    pos = torch.arange(G, device=batch.completion.device)[None, :].expand(B, G)
+    blocks = answer_blocks(dlm, batch)
+    order = pos if blocks is None else pos - _first_of_group(blocks)
+    R = int(order.max()) + 1 if G else 0
+    rounds = torch.arange(R, device=pos.device)[:, None, None]
+    masks = (order[None] >= rounds) & batch.valid[None]          # [R, B, G]
+    lp = masked_token_logprobs(dlm, batch, masks, chunk)
+    token_lp = (lp * (order[None] == rounds)).sum(0) * batch.valid
     return token_lp if per_token else token_lp.sum(-1)
+
+
+def _first_of_group(groups: torch.Tensor) -> torch.Tensor:
+    """[B, G]: the column of the first position with the same (non-decreasing) group id in each row."""
+    G = groups.shape[1]
+    new = torch.ones_like(groups, dtype=torch.bool)
+    new[:, 1:] = groups[:, 1:] != groups[:, :-1]
+    cols = torch.arange(G, device=groups.device)[None, :].expand_as(groups)
+    return torch.where(new, cols, torch.zeros_like(cols)).cummax(-1).values
 
 
 # ----------------------------------------------------------------------------- bounded draws, coupled pairs, block ELBO
@@ -336,14 +402,15 @@ def coupled_token_logprobs(dlm, batch: ScoredBatch, masks: torch.Tensor, t: floa
 
 @dataclass
 class BlockDraw:
-    """EBPO draws: draw j * blocks + b is timestep j of block b."""
+    """EBPO draws: draw j * blocks + b is timestep j of block b (merged: draw j holds every block)."""
     inputs: torch.Tensor          # [K, B, G] positions masked in the model input
     targets: torch.Tensor         # [K, B, G] positions scored (the masked ones of block b)
-    weights: torch.Tensor         # [K, B] block length / masked count (0 for an empty block)
-    timesteps: int                # n; K = n * blocks
+    weights: torch.Tensor         # [K, B] block length / masked count (0 for an empty block); merged: [K, B, G]
+    timesteps: int                # n; K = n * blocks (merged: K = n)
 
 
-def block_draws(valid: torch.Tensor, block_length: int, n: int, gen: torch.Generator) -> BlockDraw:
+def block_draws(valid: torch.Tensor, block_length: int, n: int, gen: torch.Generator,
+                block_of: torch.Tensor | None = None, merged: bool = False) -> BlockDraw:
     """EBPO's block-level ELBO (LLaDA2.1 report, Eq. 4; DARE `_forward_process_ebpo`) for a model that
     attends to the whole window (LLaDA, Dream), decoded in semi-autoregressive blocks: the draw of block b
     at timestep j keeps the blocks before b clean, masks every later valid position (they are still
@@ -351,10 +418,15 @@ def block_draws(valid: torch.Tensor, block_length: int, n: int, gen: torch.Gener
     of block b, weight len_b / l. A block-causal model gets all blocks of a timestep from one forward; a
     full-attention one needs a forward per block. The n * blocks levels t of a row are stratified as
     DARE's: t = frac(u + (j * blocks + b) / (n * blocks)) from one u ~ U[0, 1), so each block's t is
-    uniform and its l uniform on {1..len_b}: the sum over blocks is unbiased for sum_b ELBO(y_b | x, y_<b)."""
+    uniform and its l uniform on {1..len_b}: the sum over blocks is unbiased for sum_b ELBO(y_b | x, y_<b).
+    `block_of` [B, G]: each position's block, counted from 0 in every row (a block-causal model's blocks,
+    which start at the prompt: `answer_blocks`); default: blocks of `block_length` from the window start.
+    `merged` (block-causal models, whose blocks never see each other's noise): the blocks of a timestep in
+    one draw with per-position weights, one forward per timestep as DARE's, the same draws and values."""
     B, G = valid.shape
-    nb = math.ceil(G / block_length)
-    block_of = (torch.arange(G, device=valid.device) // block_length)[None]
+    if block_of is None:
+        block_of = (torch.arange(G, device=valid.device) // block_length)[None]
+    nb = int(block_of.max()) + 1 if G else 0
     u = torch.rand(B, generator=gen, dtype=torch.float64)
     inputs, targets, weights = [], [], []
     for j in range(n):
@@ -369,7 +441,12 @@ def block_draws(valid: torch.Tensor, block_length: int, n: int, gen: torch.Gener
             inputs.append(tgt | (valid & (block_of > b)))
             targets.append(tgt)
             weights.append(torch.where(size > 0, len_b / size.clamp(min=1), 0.0).to(torch.float64))
-    return BlockDraw(torch.stack(inputs), torch.stack(targets), torch.stack(weights).to(valid.device), n)
+    inputs, targets, weights = torch.stack(inputs), torch.stack(targets), torch.stack(weights).to(valid.device)
+    if merged:
+        targets = targets.reshape(n, nb, B, G)
+        weights = (weights.reshape(n, nb, B)[..., None] * targets).sum(1)
+        targets = inputs = targets.any(1)
+    return BlockDraw(inputs, targets, weights, n)
 
 
 def block_elbo(dlm, batch: ScoredBatch, draw: BlockDraw, chunk: int = 64, bounded: bool = False) -> torch.Tensor:
@@ -378,24 +455,32 @@ def block_elbo(dlm, batch: ScoredBatch, draw: BlockDraw, chunk: int = 64, bounde
     `bounded`: one draw's activations alive at a time (`bounded_token_logprobs`)."""
     score = bounded_token_logprobs if bounded else masked_token_logprobs
     lp = score(dlm, batch, draw.inputs, chunk, scored=draw.targets)
-    per = draw.weights.to(lp.dtype) * lp.sum(-1)                       # [K, B]
+    w = draw.weights.to(lp.dtype)
+    per = (w * lp).sum(-1) if w.dim() == 3 else w * lp.sum(-1)         # [K, B]
     return per.reshape(draw.timesteps, -1, per.shape[-1]).sum(1).mean(0)
 
 
 # ----------------------------------------------------------------------------- decoding trajectories
 
-def collapse_steps(step_map: torch.Tensor, valid: torch.Tensor, shrink: int = 1) -> torch.Tensor:
+def collapse_steps(step_map: torch.Tensor, valid: torch.Tensor, shrink: int = 1,
+                   blocks: torch.Tensor | None = None) -> torch.Tensor:
     """Trace step of every token: the dense rank of its decoding step among the row's distinct steps,
-    // shrink (TraceRL's shrinkage s; dLLM-RL `collapse_k_unique`). Trace steps of a row are 0..K-1;
-    -1 where not valid or never decoded (step < 0)."""
+    // shrink (TraceRL's shrinkage s; dLLM-RL `collapse_k_unique`). With `blocks` [B, G] (a block-causal
+    model, `answer_blocks`), ranks count within each block instead (dLLM-RL `rl_trado.py` collapses and
+    ranks per block: its "rounds"). Trace steps are 0..K-1; -1 where not valid or never decoded (step < 0)."""
     if shrink < 1:
         raise ValueError(f"shrink must be >= 1, got {shrink}")
     ok = valid.bool() & (step_map >= 0)
     out = torch.full_like(step_map, -1)
+    span = int(step_map.max()) + 2 if step_map.numel() else 1
+    key = step_map if blocks is None else blocks.to(step_map) * span + step_map
     for b in range(step_map.shape[0]):
         if ok[b].any():
-            uniq = torch.unique(step_map[b][ok[b]])
-            rank = torch.searchsorted(uniq, step_map[b].contiguous())
+            uniq = torch.unique(key[b][ok[b]])
+            rank = torch.searchsorted(uniq, key[b].contiguous())
+            if blocks is not None:       # minus the rank of the block's first step
+                first = torch.searchsorted(uniq, torch.div(uniq, span, rounding_mode="floor") * span)
+                rank = rank - first[rank.clamp(max=len(uniq) - 1)]
             out[b] = torch.where(ok[b], torch.div(rank, shrink, rounding_mode="floor"), out[b])
     return out
 
@@ -414,10 +499,12 @@ def trajectory_inputs(trace: torch.Tensor, valid: torch.Tensor):
     return torch.tensor(rows, dtype=torch.long), torch.stack(masks), torch.stack(targets)
 
 
-def trace_samples(step_map: torch.Tensor, valid: torch.Tensor, shrink: int):
+def trace_samples(step_map: torch.Tensor, valid: torch.Tensor, shrink: int, blocks: torch.Tensor | None = None):
     """TraceRL's (trajectory, trace step) samples: (rows [R], step index k [R], masks [R, G], targets [R, G]).
-    masks: tokens of trace step >= k (the input masks them again); targets: tokens of step k."""
-    trace = collapse_steps(step_map, valid, shrink)
+    masks: tokens of trace step >= k (the input masks them again); targets: tokens of step k. With
+    `blocks` (block-causal), step k of every block at once: each block is scored given the clean blocks
+    before it, so sample k holds the k-th step of each block (dLLM-RL `rl_trado.py` `one_round_vectorized`)."""
+    trace = collapse_steps(step_map, valid, shrink, blocks)
     ok = trace >= 0
     rows, masks, targets = trajectory_inputs(trace, ok)
     k = torch.stack([trace[r][t].max() for r, t in zip(rows.tolist(), targets)]) if len(rows) else rows

@@ -385,9 +385,9 @@ class DLMEvalHarness(_LMBase):
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         from dlm_bench.likelihood import Guided, ScoredBatch, draw_masks, elbo
 
-        if self.dlm.family.block_causal:
-            raise UserError(f"loglikelihood: {self.dlm.family.name} is a block-diffusion model, and dlm-bench has no "
-                            f"block-diffusion ELBO yet; use generate_until tasks")
+        if self.dlm.family.block_causal and self.cfg_scale > 0:   # its ELBO is block-causal (docs/likelihood.md)
+            raise UserError(f"loglikelihood: cfg_scale applies to full-attention models; {self.dlm.family.name} "
+                            f"is a block-diffusion model (use cfg_scale=0)")
         seed = self.sampling_seed()
         out, n_cut = [], 0
         with self._bar(len(requests), "loglikelihood", disable_tqdm) as bar:

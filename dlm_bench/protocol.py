@@ -49,6 +49,8 @@ class TrainSection:
     overrides: dict = knob({}, "method settings for every method (the names `--set` takes), over the method's "
                                "defaults and the task's own scale (Task.train_scale)", source=HERE)
     per_method: dict = knob({}, "METHOD: {settings} applied over `overrides`", source=HERE)
+    sampler: dict = knob({}, "rollout sampler settings for every method (`train --set sampler.X`): remasking, "
+                         "threshold, ...", source=HERE)
     control: str = knob("none", "'base': log the base model's reward on every step's prompts beside the run's "
                                 "(reward_minus_control; one extra rollout per step)", source=HERE,
                         choices=("none", "base"))
@@ -167,6 +169,8 @@ def check(proto: Protocol, where: str) -> None:
                 raise UserError(f"{where}: train.overrides / train.per_method.{m}: {e}") from None
         elif proto.train.per_method.get(m):
             raise UserError(f"{where}: train.per_method.{m} would be ignored: {m} does not train")
+    if proto.train.sampler:
+        _rollout_sampler(proto, where)
     _check_decoders(proto, where)
     if proto.base.pretrain is not None:
         _pretrain_config(proto, where)
@@ -174,6 +178,16 @@ def check(proto: Protocol, where: str) -> None:
         sweep_config(proto, "check", ".", proto.task, ".").validated()
     except UserError as e:
         raise UserError(f"{where}: eval: {e}") from None
+
+
+def _rollout_sampler(proto: Protocol, where: str) -> None:
+    from dlm_bench.sampler import SamplerConfig
+    from dlm_bench.training.loop import TrainConfig
+    try:
+        TrainConfig(model="check", sampler=dict(proto.train.sampler)).validate()
+        SamplerConfig(**proto.train.sampler).resolved()
+    except UserError as e:
+        raise UserError(f"{where}: train.sampler: {e}") from None
 
 
 def _check_decoders(proto: Protocol, where: str) -> None:
@@ -261,7 +275,8 @@ def train_config(proto: Protocol, method: str, base: str, out: str, seed: int):
     t = proto.train
     overrides = method_overrides(proto, method) if get_method(method).trains else {}
     return TrainConfig(method=method, task=proto.task, model=base, out=out, seed=seed, train_steps=t.steps,
-                       overrides=overrides, save_every=t.save_every, data_dir=proto.data_dir, control=t.control)
+                       overrides=overrides, sampler=dict(t.sampler), save_every=t.save_every, data_dir=proto.data_dir,
+                       control=t.control)
 
 
 def rollout_decoders(proto: Protocol, methods: list[str], base: str) -> list:

@@ -30,7 +30,7 @@ over a window only (NFE still counts one per step; their FLOPs are in bench/deco
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -209,6 +209,9 @@ def sample(dlm, prompts: list[list[int]], cfg: SamplerConfig, generators: list[t
            recorder=None) -> list[Completion]:
     """Decode one completion per prompt (token-id lists); row i draws its randomness from generators[i].
     `resume`/`until` decode global steps [resume.step, until) only; `recorder` sees every step."""
+    if dlm.family.block_causal and cfg.order == "left_to_right":
+        # one token per step in order, inside the model's blocks: its `sequential` decoding (JustGRPO's order)
+        cfg = replace(cfg, order="diffusion", remasking="sequential", steps=cfg.gen_length)
     cfg = cfg.resolved()
     if len(generators) != len(prompts):
         raise ValueError("one generator per prompt is required")

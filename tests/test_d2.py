@@ -10,7 +10,7 @@ import torch
 from dlm_bench.errors import UserError
 from dlm_bench.methods import get_method, make_config
 from dlm_bench.methods import losses
-from dlm_bench.methods.diffu_grpo import masked_logprobs, one_step_logprobs
+from dlm_bench.likelihood import masked_token_logprobs, one_step_logprobs
 from real_lora import two_lora_updates
 from test_diffu_grpo import assert_reward_not_worse, run_on_testbed, same_update
 from test_methods import _rollouts
@@ -39,7 +39,7 @@ def test_loss_by_hand(tiny, ref_model):
         none = torch.zeros_like(ro1.batch.prompt_mask, dtype=torch.bool)
         # d1's own scorer with every completion position masked (rows shorter than the window keep their
         # end-of-text fill visible, as every estimator of the harness does)
-        d1 = masked_logprobs(tiny, ro1.batch, none[None], ro1.batch.valid[None])[0] * ro1.cache.positions
+        d1 = masked_token_logprobs(tiny, ro1.batch, ro1.batch.valid[None], prompt_masked=none[None])[0] * ro1.cache.positions
         assert torch.allclose(ro1.cache.ref_logp[0], d1, atol=1e-5)
         full = ro1.batch.valid.all(-1)                               # rows filling the window: d1 exactly
         assert full.any() and torch.allclose(ro1.cache.ref_logp[0][full],

@@ -42,12 +42,14 @@ def test_loss_by_hand(tiny):
     assert ro.cache.draws[0].inputs.shape[0] == 2 * math.ceil(W / 4) and torch.isfinite(e).all()
 
 
-def test_block_models_are_refused_with_a_message(tiny):
+def test_block_models_refuse_other_elbo_blocks(tiny):
+    """A block model's ELBO blocks are its own; a different mask_block_length is refused in one line."""
     cls = get_method("ebpo")
-    for kind in ("sdar", "llada2_moe"):
-        with pytest.raises(UserError, match="block-diffusion model"):
-            cls(make_config(cls, {}), policy=SimpleNamespace(extra={"model_type": kind}))
-    cls(make_config(cls, {}), policy=tiny)
+    fam = SimpleNamespace(block_causal=True, name="sdar")
+    with pytest.raises(UserError, match="block size 4"):
+        cls(make_config(cls, {"mask_block_length": 8}), policy=SimpleNamespace(family=fam, block_size=4))
+    cls(make_config(cls, {"mask_block_length": 4}), policy=SimpleNamespace(family=fam, block_size=4))
+    cls(make_config(cls, {"mask_block_length": 8}), policy=tiny)
 
 
 @pytest.mark.parametrize("extra", [dict(inner_updates=2, timesteps=2, block_length=4),

@@ -16,12 +16,13 @@ DARE's per-block noise levels, stratified over the n x blocks cells of a row). T
 replayed one at a time in the backward (`bounded`: DARE's `ebpo_actor_mixin` does the same, a no-grad pass
 then one draw at a time), so memory does not grow with n.
 
-This file is EBPO on LLaDA and Dream, which DARE does not run: they attend to the whole window, so block b's
+On the block models EBPO was made for (TraDo/SDAR, LLaDA2.x) the blocks are the model's own, counted from
+the prompt's first token as DARE's (`block_origin` global), and each block is scored given the clean
+blocks before it and its noised self (`likelihood.scoring_input`), all blocks of a timestep in one
+forward as DARE's (`block_draws(merged=True)`). On LLaDA and Dream, which DARE does not run, they attend to the whole window, so block b's
 context is built by masking every later block (as LLaDA's semi-autoregressive sampler sees it while it
-decodes block b), one forward per block and timestep where a block-causal model needs one per timestep.
-The block models EBPO was made for (TraDo/SDAR, LLaDA2.x) need the block-diffusion loader, not yet in the
-harness: they are refused with a message. The recipe is DARE's LLaDA2.0-mini one; the window and steps are
-DARE's LLaDA math recipe (512 tokens, 256 steps), as LLaDA2's 2048-token window is not LLaDA's.
+decodes block b). The recipe is DARE's LLaDA2.0-mini one; the window and steps are DARE's LLaDA math
+recipe (512 tokens, 256 steps), as LLaDA2's 2048-token window is not LLaDA's.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import torch
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob, mask_seed
 from dlm_bench.errors import UserError
-from dlm_bench.likelihood import BlockDraw, block_draws, block_elbo
+from dlm_bench.likelihood import BlockDraw, answer_blocks, block_draws, block_elbo
 from dlm_bench.methods import Method, MethodCache, Rollouts, register_method
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods.losses import ebpo_loss, group_advantages
@@ -40,7 +41,6 @@ from dlm_bench.methods.profile import Profile
 R = "DARE recipe/llada2_mini/run_ebpo_llada2_mini.sh"
 RL = "DARE recipe/llada/run_bgpo_llada_8b_instruct.sh"
 V = "DARE verl/trainer/config/ppo_trainer.yaml"
-BLOCK_MODELS = ("sdar", "llada2_moe")     # config.json model_type of the block-diffusion families
 
 
 @dataclass(kw_only=True)
@@ -98,14 +98,15 @@ class EBPO(Method):
     Config = EBPOConfig
     profile = Profile(family="sequence-ELBO RL", reference="none",
                       estimator="block-level ELBO: 16 timesteps x every block, blocks before clean, after masked",
-                      forwards=1, forwards_note="1 of 16 x 16 block forwards at a time (block models: 1 of 16)")
+                      forwards=1, forwards_note="1 of 16 x 16 block forwards at a time")
     fidelity = (
         Deviation("block-diffusion models only (SDAR, LLaDA2.x): all blocks of a timestep in one block-causal "
-                  "forward", "LLaDA and Dream: one forward per block and timestep, later blocks masked; block "
-                  "models refused until the block-diffusion loader lands", "kept",
-                  "tests/test_ebpo.py::test_block_models_are_refused_with_a_message"),
+                  "forward", "block models: the same; LLaDA and Dream as well: one forward per block and "
+                  "timestep, later blocks masked", "kept",
+                  "tests/test_block_training.py::test_ebpo_block_draws_are_the_model_blocks"),
         Deviation("block ids from the sequence start, prompt included (`block_origin` global)",
-                  "blocks of the completion window, as LLaDA's sampler decodes them", "kept",
+                  "block models: the same; LLaDA and Dream: blocks of the completion window, as LLaDA's sampler "
+                  "decodes them", "kept",
                   "tests/test_likelihood_draws.py::test_block_elbo_block_of_one_is_left_to_right_and_unbiased_against_enumeration"),
         Deviation("only the tokens before the padding are scored (attention mask)", "the whole window, "
                   "end-of-text padding included, as DARE's LLaDA rollouts (response mask all ones)", "kept",
@@ -114,19 +115,22 @@ class EBPO(Method):
 
     def __init__(self, config=None, policy=None):
         super().__init__(config, policy)
-        kind = str((getattr(policy, "extra", None) or {}).get("model_type", "")).lower()
-        if kind in BLOCK_MODELS:
-            raise UserError(f"ebpo: {kind} is a block-diffusion model; EBPO's block-causal likelihood for it needs "
-                            f"the block-diffusion loader, not yet in dlm-bench (LLaDA and Dream are supported)")
+        family = getattr(policy, "family", None)
+        bl = self.config.mask_block_length
+        if family is not None and family.block_causal and bl not in (0, policy.block_size):
+            raise UserError(f"ebpo: mask_block_length {bl} differs from the {family.name} model's block size "
+                            f"{policy.block_size}: its ELBO blocks are the model's (set rollout block_length instead)")
 
-    def _draws(self, rollouts: Rollouts, j: int) -> BlockDraw:
+    def _draws(self, rollouts: Rollouts, policy, j: int) -> BlockDraw:
         cfg = self.config
         bl = cfg.mask_block_length or cfg.rollout.block_length
         gen = torch.Generator().manual_seed(mask_seed(rollouts.seed, j))
-        return block_draws(rollouts.batch.valid, bl, cfg.timesteps, gen)
+        blocks = answer_blocks(policy, rollouts.batch)
+        block_of = None if blocks is None else blocks - blocks[:, :1]
+        return block_draws(rollouts.batch.valid, bl, cfg.timesteps, gen, block_of, merged=blocks is not None)
 
     def prepare(self, rollouts: Rollouts, policy, ref) -> None:
-        draws = [self._draws(rollouts, j) for j in range(max(1, self.config.optim.inner_updates))]
+        draws = [self._draws(rollouts, policy, j) for j in range(max(1, self.config.optim.inner_updates))]
         c = rollouts.cache = EBPOCache(adv=group_advantages(rollouts.rewards, rollouts.groups, "zscore", eps=1e-6),
                                        draws=draws)
         if self.updates_per_batch > 1:

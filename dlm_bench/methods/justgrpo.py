@@ -89,6 +89,12 @@ class JustGRPO(Method):
                   "is checked on prompt + completion", "code_reward 'justgrpo' on code tasks, the format checked "
                   "on the completion (our prompts contain a fence, which would always score 0)", "fixed",
                   "tests/test_code_rewards.py::test_recipe_differences_blocklist_and_timeouts"),
+        Deviation("full-attention LLaDA: one token per step, left to right, every later position masked",
+                  "block-diffusion models (TraDo/SDAR, LLaDA2): the same order as their `sequential` decoding, one "
+                  "token per step inside each block; token i is scored given the clean earlier blocks, y_<i of its "
+                  "block and masks after it (later blocks are unseen under block-causal attention), one forward "
+                  "per offset inside a block", "kept",
+                  "tests/test_block_training.py::test_left_to_right_on_a_block_model_is_the_product_of_truncated_forwards"),
     )
     rollout_order = "left_to_right"
 

@@ -80,7 +80,7 @@ def clipped_pg(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, ep
       - "token_mean": sum / number of valid tokens.
     """
     eps_high = eps_low if eps_high is None else eps_high
-    a = adv if logp.dim() == 1 else adv[:, None]
+    a = adv if logp.dim() == 1 or adv.dim() == 2 else adv[:, None]     # [N], or [N, T] per token
     ratio = torch.exp(logp - old_logp)
     clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
     per = -torch.min(ratio * a, clipped * a)

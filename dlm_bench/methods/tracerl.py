@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
-from dlm_bench.likelihood import ScoredBatch, collapse_steps, masked_input, trace_logprobs, trace_samples  # noqa: F401
+from dlm_bench.likelihood import (ScoredBatch, answer_blocks, collapse_steps, scoring_input,  # noqa: F401
+                                  trace_logprobs, trace_samples)
 from dlm_bench.methods.fidelity import Deviation
 from dlm_bench.methods import Method, Rollouts, register_method
 from dlm_bench.methods.profile import Profile
@@ -90,8 +91,11 @@ class TraceRLConfig(MethodConfig):
                               "it is not an action)", source="rl_llada.py loss mask drops <|endoftext|> fill")
     truncated_reward: float | None = knob(0.0, "reward of a completion with no end-of-text in its window "
                                           "(None: the task's reward)", source="rl_reward.py: truncated = incorrect")
-    kl_sum: bool = knob(True, "KL summed over each trace step's tokens (False: averaged)",
+    kl_sum: bool = knob(True, "KL summed over each trace step's tokens (False: divided as the policy term)",
                         source="rl_llada.py sums the k3 term per step")
+    step_norm: str = knob("tokens", "a sample's policy term: the mean over its tokens ('tokens') or their sum / "
+                          "the answer window ('window', TraDo's)", choices=("tokens", "window"),
+                          source="rl_llada.py divides by the step's tokens (rl_trado.py: by L1, the window)")
     value_model: bool = knob(False, "train a value head (TraDo 'with_value' configs)", source="off in rl_llada.yaml")
     value_backbone: str = knob("detached", "'detached' policy states | 'reference' states | 'copy': trainable copy",
                                choices=("detached", "reference", "copy"), source="reconstructed")
@@ -154,18 +158,19 @@ def gae(rewards_per_step: torch.Tensor, values_per_step: torch.Tensor, gamma: fl
 
 def tracerl_loss(logp: torch.Tensor, old_logp: torch.Tensor, anchor_logp: torch.Tensor | None,
                  adv: torch.Tensor, targets: torch.Tensor, beta: float, eps: float,
-                 weight: torch.Tensor | None = None, kl_sum: bool = False) -> tuple[torch.Tensor, dict]:
-    """Per-token clipped PPO on each sample's loss positions, averaged per sample, plus beta k3 summed
-    (`kl_sum`, the code) or averaged over them; then the weighted mean over samples. logp/old/anchor:
-    [R, G] log-probs at the positions; adv: [R]; targets: [R, G] bool; weight: [R] sample weights
-    (0 drops a sample), normalised to sum 1."""
+                 weight: torch.Tensor | None = None, kl_sum: bool = False,
+                 window: int | None = None) -> tuple[torch.Tensor, dict]:
+    """Per-token clipped PPO on each sample's loss positions, averaged per sample (or summed and divided
+    by `window`, TraDo's L1), plus beta k3 summed (`kl_sum`, the code) or divided likewise; then the
+    weighted mean over samples. logp/old/anchor: [R, G] log-probs at the positions; adv: [R], or [R, G]
+    per token (GAE); targets: [R, G] bool; weight: [R] sample weights (0 drops a sample), normalised to sum 1."""
     R = logp.shape[0]
     w = torch.ones(R, dtype=logp.dtype, device=logp.device) if weight is None else weight.to(logp)
     w = w / w.sum().clamp(min=1e-12)
     t = targets.bool()
-    n = t.sum(-1).clamp(min=1).to(logp.dtype)
+    n = t.sum(-1).clamp(min=1).to(logp.dtype) if window is None else torch.full((R,), float(window)).to(logp)
     _, stats = clipped_pg(logp, old_logp, adv, eps, eps, valid=t)
-    a = adv[:, None].to(logp.dtype)
+    a = (adv if adv.dim() == 2 else adv[:, None]).to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
     per = -torch.min(ratio * a, ratio.clamp(1 - eps, 1 + eps) * a) * t
     pg = ((per.sum(-1) / n) * w).sum()
@@ -192,26 +197,37 @@ def clipped_value_loss(v: torch.Tensor, v_old: torch.Tensor, returns: torch.Tens
 # ----------------------------------------------------------------------------- value head
 
 
-def _completion_hidden(dlm, batch, rows, masks, mask_id, chunk: int = 64) -> torch.Tensor:
-    """Hidden states [R, G, H] at the completion positions of each sample's masked input."""
+def _completion_hidden(dlm, batch, rows, masks, chunk: int = 64) -> torch.Tensor:
+    """Hidden states [R, G, H] at the completion positions of each sample's masked input (its scored copy
+    on a block-diffusion model: `likelihood.scoring_input`)."""
     sub = batch.index(rows.to(batch.completion.device))
-    x, att = masked_input(sub.prompt_ids, sub.prompt_mask, sub.completion, masks, mask_id)
-    P = sub.prompt_ids.shape[1]
-    return torch.cat([dlm.hidden(x[s:s + chunk], att[s:s + chunk])[:, P:] for s in range(0, len(x), chunk)])
+    inp = scoring_input(dlm, sub.prompt_ids, sub.prompt_mask, sub.completion, masks)
+    G = masks.shape[1]
+    parts = (inp.rows(slice(s, s + chunk)) for s in range(0, len(inp.ids), chunk))
+    return torch.cat([dlm.hidden(p.ids, p.mask, **p.model_kw)[:, p.start:p.start + G] for p in parts])
+
+
+def decoding_order(trace: torch.Tensor, blocks: torch.Tensor | None) -> torch.Tensor:
+    """Each token's step [N, G] in its row's decoding order (the GAE steps): its trace step, or on a
+    block-diffusion model the rank of (block, step within the block); -1 where `trace` is."""
+    if blocks is None:
+        return trace
+    key = blocks.to(trace) * (int(trace.max()) + 2) + trace
+    return collapse_steps(key, trace >= 0)
 
 
 @dataclass(kw_only=True)
 class TraceRLCache(SampleCache):
     """One entry per (trajectory, trace step) sample, R in all (not per row: `TraceRL.select` keeps a
     row's samples); `rows` [R] is the rollout row of each sample."""
-    k: torch.Tensor                        # [R] its trace step
+    k: torch.Tensor                        # [R] its trace step (block-diffusion: the step within each block)
     masks: torch.Tensor                    # [R, G] positions masked in its input
     targets: torch.Tensor                  # [R, G] its loss positions (the tokens of step k)
     weight: torch.Tensor                   # [R] 1, or 0 where the group filter dropped the row
-    adv: torch.Tensor                      # [R] advantage (group z-score, or GAE with a value model)
+    adv: torch.Tensor                      # [R] group z-score, or [R, G] per token (GAE with a value model)
     old: torch.Tensor | None = None        # [R, G] rollout-time log-probs (several updates per batch)
     anchor: torch.Tensor | None = None     # [R, G] reference log-probs (kl_anchor "reference")
-    returns: torch.Tensor | None = None    # [R] value targets (value_model)
+    returns: torch.Tensor | None = None    # [R, G] value targets at the sample's tokens (value_model)
     v_old: torch.Tensor | None = None      # [R, G] rollout-time token values (value_model)
     value_feats: torch.Tensor | None = None   # [R, G, H] fixed value features, computed at first use
 
@@ -283,7 +299,9 @@ class TraceRL(Method):
             raise ValueError("tracerl: kl_anchor='reference' / value_backbone='reference' need a reference model")
         ended, content = answer_positions(batch, policy.stops())
         trained = batch.valid & content if cfg.exclude_pads else batch.valid
-        rows, k, masks, targets = trace_samples(rollouts.step_map.cpu(), trained.cpu(), cfg.shrink)
+        blocks = answer_blocks(policy, batch)
+        blocks = None if blocks is None else blocks.cpu()
+        rows, k, masks, targets = trace_samples(rollouts.step_map.cpu(), trained.cpu(), cfg.shrink, blocks)
         dev = batch.completion.device
         rows = rows.to(dev)
         r = rollouts.rewards.float().to(dev)
@@ -302,7 +320,8 @@ class TraceRL(Method):
             if cfg.kl_anchor == "reference" and cfg.beta != 0.0:
                 c.anchor = self._logp(ref, rollouts).detach()
             if cfg.value_model:
-                self._prepare_values(rollouts, policy, ref, r)
+                trace = collapse_steps(rollouts.step_map.cpu(), trained.cpu(), cfg.shrink, blocks)
+                self._prepare_values(rollouts, policy, ref, r, decoding_order(trace, blocks).to(dev))
 
     def _logp(self, dlm, rollouts: Rollouts) -> torch.Tensor:
         c = rollouts.cache
@@ -319,32 +338,33 @@ class TraceRL(Method):
             feats = c.value_feats
         else:
             with torch.set_grad_enabled(grad and cfg.value_backbone == "copy"):
-                feats = _completion_hidden(dlm, rollouts.batch, c.rows, c.masks, dlm.mask_id)
+                feats = _completion_hidden(dlm, rollouts.batch, c.rows, c.masks)
             if cfg.value_backbone != "copy":
                 feats = feats.detach()
                 c.value_feats = feats           # fixed features: compute once per rollout batch
         return self.extra_modules["value_head"](feats)
 
-    def _step_values(self, tok_v: torch.Tensor, rollouts: Rollouts) -> torch.Tensor:
-        t = rollouts.cache.targets.to(tok_v.dtype)
-        return (tok_v * t).sum(-1) / t.sum(-1).clamp(min=1)
-
-    def _prepare_values(self, rollouts: Rollouts, policy, ref, r: torch.Tensor) -> None:
+    def _prepare_values(self, rollouts: Rollouts, policy, ref, r: torch.Tensor, order: torch.Tensor) -> None:
+        """GAE over each row's steps in decoding order (`order` [N, G], -1 untrained): a step's value is
+        the mean value of its tokens, each valued in the input of the sample that trains it."""
         cfg, c = self.config, rollouts.cache
-        rows, k = c.rows, c.k
-        N, K = r.shape[0], int(k.max()) + 1 if len(k) else 1
+        N, G = order.shape
+        S = int(order.max()) + 1 if order.numel() and int(order.max()) >= 0 else 1
         tok_v = self._token_values(rollouts, policy, ref, grad=False).detach()
-        v_step = torch.zeros(N, K, device=r.device)
-        v_step[rows, k] = self._step_values(tok_v, rollouts).float()
-        mask = torch.zeros(N, K, dtype=torch.bool, device=r.device)
-        mask[rows, k] = True
-        last = torch.zeros(N, dtype=torch.long, device=r.device).scatter_reduce(0, rows, k, "amax")
-        rew = torch.zeros(N, K, device=r.device)
+        row_v = torch.zeros(N, G, device=r.device)
+        row_v[c.rows[:, None].expand_as(c.targets)[c.targets], c.targets.nonzero()[:, 1]] = tok_v[c.targets].float()
+        ok = order >= 0
+        slot = (torch.arange(N, device=r.device)[:, None] * S + order.clamp(min=0))[ok]
+        total = torch.zeros(N * S, device=r.device).index_add_(0, slot, row_v[ok])
+        count = torch.zeros(N * S, device=r.device).index_add_(0, slot, torch.ones_like(row_v[ok]))
+        v_step, mask = (total / count.clamp(min=1)).view(N, S), (count > 0).view(N, S)
+        last = order.max(-1).values.clamp(min=0)
+        rew = torch.zeros(N, S, device=r.device)
         rew[torch.arange(N, device=r.device), last] = r          # correctness reward at the last step
         adv, ret = gae(rew, v_step, cfg.gamma, cfg.lam, mask)
-        c.adv = adv[rows, k]
-        c.returns = ret[rows, k]
-        c.v_old = tok_v
+        tok_adv = adv.gather(1, order.clamp(min=0)) * ok
+        tok_ret = ret.gather(1, order.clamp(min=0)) * ok
+        c.adv, c.returns, c.v_old = tok_adv[c.rows] * c.targets, tok_ret[c.rows] * c.targets, tok_v
 
     # -- loss
     def loss(self, rollouts: Rollouts, policy, ref):
@@ -357,11 +377,13 @@ class TraceRL(Method):
         old = c.old if c.old is not None else logp.detach()
         anchor = (c.anchor if c.anchor is not None else old) if cfg.beta != 0.0 else None
         adv = c.adv.to(logp.device, logp.dtype)
-        loss, stats = tracerl_loss(logp, old, anchor, adv, c.targets, cfg.beta, cfg.epsilon, weight, cfg.kl_sum)
+        window = rollouts.batch.completion.shape[1] if cfg.step_norm == "window" else None
+        loss, stats = tracerl_loss(logp, old, anchor, adv, c.targets, cfg.beta, cfg.epsilon, weight, cfg.kl_sum,
+                                   window)
         if cfg.value_model:
             tok_v = self._token_values(rollouts, policy, ref, grad=True)
             t = c.targets & (weight[:, None] > 0)
-            vl = clipped_value_loss(tok_v, c.v_old, c.returns[:, None].to(tok_v.dtype), cfg.value_clip, t)
+            vl = clipped_value_loss(tok_v, c.v_old, c.returns.to(tok_v.dtype), cfg.value_clip, t)
             loss = loss + cfg.value_coef * vl
             stats.update(value_loss=float(vl.detach()), value_mean=float(c.v_old[t].mean()) if t.any() else 0.0)
         stats.update(loss=float(loss.detach()), kept_samples=float(weight.sum()),

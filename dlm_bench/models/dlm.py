@@ -51,9 +51,13 @@ class DLM:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _forward(self, input_ids, attention_mask=None, hidden=False, **model_kw) -> torch.Tensor:
-        """Raw logits (or last hidden states) of the wrapped model for a left-padded batch.
-        `model_kw` go to the model as they are (the block KV cache passes `past_key_values`)."""
+    def _forward(self, input_ids, attention_mask=None, hidden=False, position_ids=None, **model_kw) -> torch.Tensor:
+        """Raw logits (or last hidden states) of the wrapped model for a left-padded batch [B, T], or
+        for a 4-D boolean `attention_mask` [B, 1, T, T] (query sees key) with its `position_ids`, as the
+        block-diffusion scores build it (`likelihood.scoring_input`). `model_kw` go to the model as
+        they are (the block KV cache passes `past_key_values`)."""
+        if attention_mask is not None and attention_mask.dim() == 4:
+            return self._forward_4d(input_ids, attention_mask, position_ids, hidden)
         padded = attention_mask is not None and not bool(attention_mask.all())
         if padded and not self.honours_padding:
             if model_kw:  # the sampler never pads such a model when caching (equal-length groups)
@@ -67,6 +71,16 @@ class DLM:
         elif padded:
             kw.update(masks.padded_inputs(attention_mask, self.family.padding,
                                           self.family.padding == "2d" and self._takes_position_ids()))
+        if hidden:
+            return self.model(input_ids=input_ids, output_hidden_states=True, **kw).hidden_states[-1]
+        return self.model(input_ids=input_ids, **kw).logits
+
+    def _forward_4d(self, input_ids, see, position_ids, hidden) -> torch.Tensor:
+        """A forward with a given who-sees-whom mask, in the form the family takes (bool or additive)."""
+        if self.family.padding == "2d":
+            raise ValueError(f"{self.family.name} models take 2-D attention masks only")
+        dtype = next(self.model.parameters()).dtype
+        kw = {"attention_mask": masks.as_form(see, self.family.padding, dtype), "position_ids": position_ids}
         if hidden:
             return self.model(input_ids=input_ids, output_hidden_states=True, **kw).hidden_states[-1]
         return self.model(input_ids=input_ids, **kw).logits
@@ -93,7 +107,8 @@ class DLM:
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                **model_kw) -> torch.Tensor:
-        """[B, T, V] logits where position i scores token i (shifted for AR-adapted models)."""
+        """[B, T, V] logits where position i scores token i (shifted for AR-adapted models).
+        `attention_mask`: 2-D real columns, or a 4-D boolean mask with `position_ids` (`_forward`)."""
         logits = self._forward(input_ids, attention_mask, **model_kw)
         if self.shift_logits and not logits.requires_grad:     # no graph to keep: shift without a copy
             return shift_right_in_place(logits)
@@ -101,13 +116,14 @@ class DLM:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
 
-    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T, H] last-layer hidden states (after the final norm: the output head's input)."""
         from dlm_bench.models import output_head
         if output_head.swappable(self):     # without computing the [B, T, vocab] head at all
             with output_head.without_head(self.model):
-                return self._forward(input_ids, attention_mask)
-        return self._forward(input_ids, attention_mask, hidden=True)
+                return self._forward(input_ids, attention_mask, position_ids=position_ids)
+        return self._forward(input_ids, attention_mask, hidden=True, position_ids=position_ids)
 
     def logits_head(self):
         """The output head as a function hidden [..., H] -> logits [..., V] when scores may gather

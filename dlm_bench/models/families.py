@@ -105,7 +105,13 @@ SDAR = Family(
                     intermediate_size=128, max_position_embeddings=512))
 
 # LLaDA2.0/2.1-mini (inclusionAI): mixture of experts (layer 0 dense, then routed + shared experts), fused
-# q/k/v. Its 2-D masks with a 0 turn causal, so padding goes in as a 4-D additive mask. No block size in
+# q/k/v. LoRA: the canonical names cover attention (query_key_value, dense), the dense layer's MLP, the shared
+# expert and every routed expert (gate/up/down_proj), i.e. exactly PEFT's "all-linear", the target set of
+# DARE's LLaDA2.0-mini LoRA recipe (yjyddq/DARE @ 83ae8a3 recipe/llada2_mini/run_sft_peft_llada2_mini.sh:
+# lora_rank 32, target_modules all-linear; its RL recipes train every weight); the router (`gate.weight`, an
+# nn.Parameter) gets none (tests/test_block_training.py). The router has no auxiliary loss to keep: the model
+# returns aux_loss None and balances experts with a fixed `expert_bias` buffer (aux-loss-free routing), which
+# no dlm-bench update touches. Its 2-D masks with a 0 turn causal, so padding goes in as a 4-D additive mask. No block size in
 # config.json: 32, its `generate()` default. Mask id from the tokenizer's <|mask|>. The reference sampler
 # stops at end-of-text only; the chat template's <|role_end|> id is a placeholder in the shared snapshot.
 LLADA2_MOE = Family(

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from dlm_bench.errors import UserError, one_line
 from dlm_bench import library_warnings
+from dlm_bench.errors import UserError, one_line
 from dlm_bench.models import families, flash_fallback
 from dlm_bench.models.dlm import DLM
 

@@ -8,6 +8,7 @@
   (block of position p = p // block_size), so a left-padded row sees exactly what it sees unpadded.
   Pad queries see themselves only, so no row of the mask is empty (an empty row is NaN in SDPA and
   reaches real rows through the values).
+- `block_scoring`: the block-diffusion training layout (clean sequence + noised copy) for scores.
 - `as_form`: the boolean mask in the form the model takes: bool (SDAR) or additive 0 / -inf in the
   model's dtype (LLaDA2, whose 2-D masks with a 0 become causal: `models/MANIFEST.md`).
 """
@@ -69,3 +70,32 @@ def block_causal_inputs(att: torch.Tensor | None, shape, block_size: int, paddin
         att = torch.ones(shape, dtype=torch.long, device=device)
     return {"attention_mask": as_form(full_block_causal(att, block_size), padding, dtype),
             "position_ids": positions(att)}
+
+
+
+
+def block_scoring(att: torch.Tensor, start: int, copy_from: int, block_size: int):
+    """The block-diffusion training layout (SDAR/TraDo's, dLLM-RL `train/rl_trado.py`; dFactory's for LLaDA2):
+    the clean sequence [B, T] (left-padded; the answer from column `start`) followed by a noised copy of
+    its columns [copy_from, T). Every noised query sees the clean blocks before its own and the noised
+    columns of its own block, so one forward scores each block given the clean earlier blocks and its
+    noised self.
+
+    Blocks are counted as in `full_block_causal` (from each row's first real token, as the sampler
+    decodes), so a block can hold the prompt's last tokens and the first answer tokens; the copy starts
+    early enough (`copy_from` <= start - (block_size - 1)) to hold those prompt tokens, which also see the
+    noised answer tokens of their block. Copied columns of blocks without answer tokens, and pads, see
+    only themselves. Returns ([B, 1, T + C, T + C] bool, position ids [B, T + C]), C = T - copy_from."""
+    B, T = att.shape
+    real = att.bool()
+    pos = positions(att)
+    blk = pos // block_size
+    cb = blk[:, copy_from:]                                           # blocks of the copied columns
+    live = real[:, copy_from:] & (cb >= blk[:, start:start + 1])      # ... that hold answer tokens
+    clean_keys = real[:, None, :] & (blk[:, None, :] < cb[:, :, None]) & live[:, :, None]
+    own_block = (cb[:, None, :] == cb[:, :, None]) & live[:, None, :] & live[:, :, None]
+    C = T - copy_from
+    lone = torch.eye(C, dtype=torch.bool, device=att.device)[None] & ~live[:, :, None]
+    top = torch.cat([full_block_causal(att, block_size)[:, 0], att.new_zeros((B, T, C), dtype=torch.bool)], -1)
+    bottom = torch.cat([clean_keys, own_block | lone], -1)
+    return torch.cat([top, bottom], 1)[:, None], torch.cat([pos, pos[:, copy_from:]], 1)

@@ -339,9 +339,10 @@ class Run:
 
 def build(p: Plan, d: Dist, device, ckpt: Path | None, state: dict) -> Run:
     """Policy (+ adapter), method (its own modules seeded alike on every rank), reference, AdamW."""
-    from dlm_bench.training.policy import frozen_reference, load_policy
+    from dlm_bench.training.policy import frozen_reference, load_policy, train_block_size
     cfg, mcfg, resumed = p.cfg, p.mcfg, ckpt is not None
     dlm, lora = load_policy(cfg.model, mcfg.lora, cfg.seed, cfg.dtype, device, ckpt)
+    train_block_size(dlm, mcfg.rollout.block_length)
     dlm.bound_memory(cfg.gradient_checkpointing, cfg.micro_batch_size)     # memory only (docs/memory.md)
     torch.manual_seed(derive_seed(cfg.seed, 0x2E7))
     method = p.cls(mcfg, policy=dlm)

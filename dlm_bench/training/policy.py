@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
@@ -32,9 +33,6 @@ def load_policy(model: str, lora_cfg, seed: int, dtype, device, ckpt: Path | Non
         dlm = load_model(model, lora=lora, dtype=dtype, device=device)
     else:
         dlm = load_model(str(ckpt), dtype=dtype, device=device)
-    if dlm.family.block_causal:
-        raise UserError(f"training {dlm.family.name} (block-diffusion) models needs the block-diffusion ELBO and "
-                        f"trajectory scores, which dlm-bench does not have yet; sample, passk and lm-eval work")
     if ckpt is not None and lora is not None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -46,12 +44,27 @@ def load_policy(model: str, lora_cfg, seed: int, dtype, device, ckpt: Path | Non
     return dlm, lora is not None
 
 
+def train_block_size(dlm, block_length: int) -> None:
+    """A block-diffusion policy is scored with the blocks it decodes with in its rollouts, so training with
+    another block length than the model's own adapts it to that size (TraceRL's block-size adaptation,
+    dLLM-RL `rollout.block_size` = `training.block_size`); a full fine-tuning checkpoint records it in its
+    config.json (`block_size`). Full-attention models are left alone."""
+    if not dlm.family.block_causal or block_length == dlm.block_size:
+        return
+    print(f"note: training the {dlm.family.name} model (block size {dlm.block_size}) with its rollouts' block "
+          f"length {block_length}: scores and checkpoints use {block_length}", file=sys.stderr, flush=True)
+    dlm.block_size = int(block_length)
+    base = dlm.model.get_base_model() if hasattr(dlm.model, "get_base_model") else dlm.model
+    base.config.block_size = int(block_length)
+
+
 def frozen_reference(model: str, policy, lora: bool, resumed: bool, dtype):
     if lora:
         return AdapterDisabled(policy)
     if resumed:       # the policy has moved: the reference is the base model as loaded
         from dlm_bench.models import load_model
         ref = load_model(model, dtype=dtype, device=policy.device)
+        ref.block_size = policy.block_size          # scored with the blocks the policy trains with
     else:
         ref = dataclasses.replace(policy, model=copy.deepcopy(policy.model))
     ref.model.eval()
