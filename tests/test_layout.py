@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parent.parent / "dlm_bench"
 LAYERS = (
     ("dlm_bench", "dlm_bench.errors", "dlm_bench.checks", "dlm_bench.config", "dlm_bench.registry",
      "dlm_bench.library_warnings"),
-    ("dlm_bench.sampler", "dlm_bench.block_sampler", "dlm_bench.likelihood", "dlm_bench.models",
+    ("dlm_bench.sampler", "dlm_bench.block_sampler", "dlm_bench.decoders", "dlm_bench.likelihood", "dlm_bench.models",
      "dlm_bench.runs", "dlm_bench.sandbox",
      "dlm_bench.distributed", "dlm_bench.environment"),
     ("dlm_bench.methods", "dlm_bench.tasks", "dlm_bench.stats", "dlm_bench.report", "dlm_bench.judge"),
