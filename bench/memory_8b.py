@@ -216,11 +216,23 @@ def train_table(results: dict, models, world: int = 1) -> list[str]:
             roll = _stage(r, "rollout")
             rows_n = roll["name"].split("(")[1].split(" ")[0]
             peak = max(s["peak"] for s in r["stages"])
+            if not _backward_ran(r):
+                rows.append(f"| {model} | {spec['method']} | {trains} | {window} | | | no backward ran on the "
+                            f"synthetic micro-batch (no gradients or optimizer state at any stage): not measured "
+                            f"| | {_gib(roll['peak'])} ({rows_n}) | |")
+                continue
             rows.append(f"| {model} | {spec['method']}{' (' + sets + ')' if sets else ''} | {trains} | {window} | "
                         f"{_gib(_stage(r, 'prepare 2')['start'])} | {_gib(_stage(r, 'prepare 2')['peak'])} | "
                         f"{_gib(_stage(r, 'update 1')['peak'])} | {_gib(_stage(r, 'update 2')['peak'])} | "
                         f"{_gib(roll['peak'])} ({rows_n}) | {_fits(peak)} |")
     return rows
+
+
+def _backward_ran(r: dict) -> bool:
+    """Whether an update stage held gradients or optimizer state (a method may skip the synthetic batch,
+    e.g. when its filter drops every group): without them the row measures no update."""
+    return any(k in s["by_kind"] for s in r["stages"] if s["name"].startswith("update")
+               for k in ("gradients", "optimizer state"))
 
 
 def _dims(model: str) -> tuple[int, int]:
@@ -237,7 +249,8 @@ def update_coefficients(results: dict) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, r in results.items():
         spec = json.loads(k)
-        if spec["kind"] != "train" or spec.get("world", 1) != 1 or spec.get("sets", {}).get("gen_length"):
+        if spec["kind"] != "train" or spec.get("world", 1) != 1 or spec.get("sets", {}).get("gen_length") \
+                or not _backward_ran(r):
             continue
         mcfg = get_method(spec["method"]).config_for("gsm8k", dict(spec.get("sets", {})))
         mbs = spec.get("sets", {}).get("micro_batch_size", TrainConfig.micro_batch_size)

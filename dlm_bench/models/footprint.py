@@ -30,7 +30,8 @@ NOISE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2}
 # `prepare` above the resident state, when larger), at each method's defaults: `bench/memory_8b.py
 # --markdown` prints this dict from its measurements (the larger of LLaDA-8B and Dream-7B;
 # docs/memory.md has the tables). A method that is not listed (a plugin) is checked without it.
-UPDATE_BYTES: dict[str, float] = {}
+UPDATE_BYTES: dict[str, float] = {"trafl": 10.76, "espo": 6.53, "diffu_grpo": 5.79, "wd1": 0.0, "spg": 1.53,
+                                   "tabom": 1.54, "coupled_grpo": 12.16}   # 2026-12-06, LLaDA-8B rows
 
 
 def overhead(allocated: int) -> int:
