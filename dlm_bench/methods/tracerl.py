@@ -40,7 +40,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from dlm_bench.config import LoraConfig, MethodConfig, OptimConfig, RolloutConfig, block, knob
 from dlm_bench.likelihood import (ScoredBatch, answer_blocks, collapse_steps, scoring_input,  # noqa: F401
