@@ -269,3 +269,17 @@ def test_passk_on_a_lora_output(real_dirs, tiny_dir, tmp_path, name):
         assert counted > 0 and any(unknown in g["tokens"] for g in gens)
     else:
         assert counted == 0
+
+
+def test_sampling_ids_the_tokenizer_lacks_counts_them(real_dirs, tmp_path):
+    """Decoding a Dream adapter that favours an id past its tokenizer: the sampler returns the id, the
+    text leaves it out (the tokenizer's own decode of the rest) and the completion counts it."""
+    from dlm_bench.sampler import SamplerConfig, make_generators, sample
+    lora, unknown = _unknown_id_prone(real_dirs[DREAM], tmp_path)
+    dlm = load_model(lora, device="cpu")
+    prompt = dlm.prompt_ids("What is 2+3?")
+    comp = sample(dlm, [prompt], SamplerConfig(gen_length=8, block_length=8, steps=8, temperature=0.7,
+                                               stop_at_eos=False), make_generators([1], "cpu"))[0]
+    assert unknown in comp.tokens and comp.unknown == comp.tokens.count(unknown)
+    known = [t for t in comp.tokens if t != unknown]
+    assert comp.text == dlm.tokenizer.decode(known, skip_special_tokens=True)
