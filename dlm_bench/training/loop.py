@@ -220,10 +220,10 @@ def plan(cfg: TrainConfig, problems: list | None = None) -> Plan | None:
         task = get_task(cfg.task, data_dir=cfg.data_dir)
     if not cls.trains:
         return None
+    split = "pairs" if cfg.pairs else cfg.split or getattr(task, "train_split", None) or "train"
     if not cfg.pairs:
         kind = reward_kind(task, getattr(mcfg, "code_reward", "binary"))  # a kind the task lacks fails here
-        problems = _problems(cfg, task) if problems is None else problems
-    split = "pairs" if cfg.pairs else _split(cfg, task)
+        problems = _problems(cfg, task, split) if problems is None else problems
     n_micro = _micro_batches(cfg, mcfg.rollout)
     if mcfg.optim.minibatches > n_micro:     # a minibatch is at least one micro-batch of whole groups
         print(f"note: {cfg.method}: {mcfg.optim.minibatches} minibatches requested, a batch has {n_micro} "
@@ -235,12 +235,7 @@ def plan(cfg: TrainConfig, problems: list | None = None) -> Plan | None:
     return Plan(cfg, cls, mcfg, task, problems, int(steps), scfg, kind, split)
 
 
-def _split(cfg: TrainConfig, task) -> str:
-    return cfg.split or getattr(task, "train_split", None) or "train"
-
-
-def _problems(cfg: TrainConfig, task) -> list:
-    split = _split(cfg, task)
+def _problems(cfg: TrainConfig, task, split: str) -> list:
     try:
         problems = task.load(split)
     except (ValueError, FileNotFoundError) as e:
